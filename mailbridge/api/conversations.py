@@ -1,0 +1,240 @@
+"""Conversations and messages as the app sees them: create, post, list, read, delete, download files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from mailbridge.domain import conversations as convs
+from mailbridge.domain import directory
+from mailbridge.domain.db import transaction
+from mailbridge.domain.errors import Forbidden, Invalid, NotFound
+from mailbridge.domain.models import Attachment, ConversationKind, Message, MessageSource
+from mailbridge.storage.intake import Intake, Upload, intake_uploads
+
+from .deps import ServicesDep, conversation_out, message_out
+from .schemas import ConversationIn, ConversationOut, Items, MessageIn, MessageOut
+
+router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["conversations"])
+M = TypeVar("M", bound=BaseModel)
+
+MULTIPART_DOC: dict[str, Any] = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/{name}"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "payload": {"type": "string", "description": "the JSON body as a string"},
+                        "attachments": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                    "required": ["payload"],
+                }
+            },
+        },
+        "required": True,
+    }
+}
+
+
+def _doc(name: str) -> dict[str, Any]:
+    doc = json.loads(json.dumps(MULTIPART_DOC).replace("{name}", name))
+    return doc
+
+
+async def _read_body(request: Request, model: type[M]) -> tuple[M, list[Upload]]:
+    """JSON, or multipart with a ``payload`` JSON field and ``attachments`` files (spooled, never in memory)."""
+    content_type = request.headers.get("content-type", "")
+    uploads: list[Upload] = []
+    try:
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form(max_files=1000, max_fields=50)
+            raw = form.get("payload")
+            if not isinstance(raw, str):
+                raise Invalid("invalid_request", "payload: a JSON string field is required", "payload")
+            data = json.loads(raw)
+            for item in form.getlist("attachments"):
+                if isinstance(item, UploadFile):
+                    uploads.append(Upload(item.filename, item.content_type or "application/octet-stream", item.file))
+        else:
+            data = await request.json()
+        return model.model_validate(data), uploads
+    except json.JSONDecodeError:
+        raise Invalid("invalid_request", "body is not valid JSON", None) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise Invalid("invalid_request", f"{field}: {first['msg']}", field) from None
+
+
+@router.post("/conversations", status_code=201, response_model=ConversationOut, openapi_extra=_doc("ConversationIn"))
+async def create_conversation(practice: str, request: Request, svc: ServicesDep) -> ConversationOut:
+    body, uploads = await _read_body(request, ConversationIn)
+    return await run_in_threadpool(_create_conversation, practice, body, uploads, svc)
+
+
+def _create_conversation(practice: str, body: ConversationIn, uploads: list[Upload], svc: Any) -> ConversationOut:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        author = directory.get_user(session, p, body.author, "author")
+        company = directory.get_company(session, p, body.company, "company") if body.company else None
+        people = [directory.get_user(session, p, ext, "participants") for ext in body.participants]
+        intake: Intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale)
+        text = intake.with_withheld_line(body.body)
+        conversation, message = convs.create_conversation(
+            session, p, kind=ConversationKind(body.kind), company=company, subject=body.subject, author=author,
+            participants=people, body=text, source=MessageSource.app, attachments=intake.accepted,
+        )
+        out = conversation_out(conversation, [message])
+        out.messages[0].withheld = intake.withheld_dicts()
+        return out
+
+
+@router.post(
+    "/conversations/{conversation}/messages", status_code=201, response_model=MessageOut,
+    openapi_extra=_doc("MessageIn"),
+)
+async def post_message(practice: str, conversation: str, request: Request, svc: ServicesDep) -> MessageOut:
+    body, uploads = await _read_body(request, MessageIn)
+    return await run_in_threadpool(_post_message, practice, conversation, body, uploads, svc)
+
+
+def _post_message(practice: str, conversation_id: str, body: MessageIn, uploads: list[Upload], svc: Any) -> MessageOut:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        author = directory.get_user(session, p, body.author, "author")
+        conversation = convs.get_conversation(session, p, conversation_id)
+        intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale)
+        message = convs.post_message(
+            session, p, conversation, author, body=intake.with_withheld_line(body.body), internal=body.internal,
+            source=MessageSource.app, attachments=intake.accepted,
+        )
+        out = message_out(message)
+        out.withheld = intake.withheld_dicts()
+        return out
+
+
+@router.get("/conversations", response_model=Items)
+def list_conversations(practice: str, svc: ServicesDep, as_: str = Query(alias="as")) -> Items:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        actor = directory.get_user(session, p, as_, "as")
+        return Items(items=[conversation_out(c) for c in convs.conversations_for(session, p, actor)])
+
+
+@router.get("/conversations/{conversation}", response_model=ConversationOut)
+def get_conversation(practice: str, conversation: str, svc: ServicesDep, as_: str = Query(alias="as")) -> ConversationOut:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        actor = directory.get_user(session, p, as_, "as")
+        conv = _readable(session, p, conversation, actor)
+        return conversation_out(conv, convs.messages_for(session, conv, actor))
+
+
+@router.get("/conversations/{conversation}/messages", response_model=Items)
+def list_messages(practice: str, conversation: str, svc: ServicesDep, as_: str = Query(alias="as")) -> Items:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        actor = directory.get_user(session, p, as_, "as")
+        conv = _readable(session, p, conversation, actor)
+        return Items(items=[message_out(m) for m in convs.messages_for(session, conv, actor)])
+
+
+def _readable(session: Any, p: Any, conversation_id: str, actor: Any) -> Any:
+    conv = convs.get_conversation(session, p, conversation_id)
+    verdict = convs.readable(session, actor, conv)
+    if not verdict.allowed:
+        if verdict.reason == "conversation_deleted":
+            raise NotFound("conversation_not_found", "conversation not found")
+        raise Forbidden(verdict.reason, f"not allowed ({verdict.rule})")
+    return conv
+
+
+@router.delete("/conversations/{conversation}", status_code=204)
+def delete_conversation(practice: str, conversation: str, svc: ServicesDep, as_: str = Query(alias="as")) -> Response:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        actor = directory.get_user(session, p, as_, "as")
+        orphans = convs.delete_conversation(session, p, convs.get_conversation(session, p, conversation), actor)
+    for sha in orphans:
+        svc.blobs.delete(sha)
+    return Response(status_code=204)
+
+
+@router.delete("/messages/{message}", status_code=204)
+def delete_message(practice: str, message: str, svc: ServicesDep, as_: str = Query(alias="as")) -> Response:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        actor = directory.get_user(session, p, as_, "as")
+        orphans = convs.delete_message(session, p, message, actor)
+    for sha in orphans:
+        svc.blobs.delete(sha)
+    return Response(status_code=204)
+
+
+@router.put("/conversations/{conversation}/participants/{user}", status_code=204)
+def add_participant(practice: str, conversation: str, user: str, svc: ServicesDep) -> Response:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        conv = convs.get_conversation(session, p, conversation)
+        convs.add_participant(session, conv, directory.get_user(session, p, user))
+    return Response(status_code=204)
+
+
+@router.delete("/conversations/{conversation}/participants/{user}", status_code=204)
+def remove_participant(practice: str, conversation: str, user: str, svc: ServicesDep) -> Response:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        conv = convs.get_conversation(session, p, conversation)
+        convs.remove_participant(session, conv, directory.get_user(session, p, user))
+    return Response(status_code=204)
+
+
+@router.get("/attachments/{attachment}", response_class=StreamingResponse)
+def download_attachment(practice: str, attachment: str, svc: ServicesDep, as_: str = Query(alias="as")) -> StreamingResponse:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        actor = directory.get_user(session, p, as_, "as")
+        row = session.get(Attachment, attachment)
+        if row is None:
+            raise NotFound("attachment_not_found", "attachment not found")
+        message = session.get_one(Message, row.message_id)
+        conv = _readable(session, p, message.conversation_id, actor)
+        if message.internal and actor.kind.value != "staff":
+            raise NotFound("attachment_not_found", "attachment not found")
+        del conv
+        sha, filename, size = row.sha256, row.filename, row.size
+        content_type = row.content_type
+
+    def chunks() -> Iterator[bytes]:
+        with svc.blobs.open(sha) as handle:
+            while block := handle.read(256 * 1024):
+                yield block
+
+    return StreamingResponse(
+        chunks(),
+        media_type=content_type if content_type.startswith(("image/", "application/pdf")) else "application/octet-stream",
+        headers={
+            "Content-Disposition": content_disposition(filename),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Length": str(size),
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Cache-Control": "private, no-store",
+        },
+    )
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII fallback plus the UTF-8 name, always as a download."""
+    from urllib.parse import quote
+
+    ascii_name = filename.encode("ascii", "replace").decode("ascii").replace('"', "_").replace("\\", "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"

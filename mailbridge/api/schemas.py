@@ -1,0 +1,136 @@
+"""Payload shapes of the HTTP API: a contract with the messaging app (see README and /openapi.json)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+Locale = Literal["en", "fr"]
+
+_EMAIL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
+
+def _check_email(value: str) -> str:
+    """An addr-spec we can put in a header safely: no spaces, quotes, CR/LF or display names."""
+    if len(value) > 254 or not _EMAIL.match(value) or ".." in value:
+        raise ValueError("not a valid email address")
+    return value
+
+
+EmailStr = Annotated[str, AfterValidator(_check_email)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PracticeIn(Strict):
+    name: str = Field(min_length=1, max_length=255)
+    reply_domain: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9.-]+\.[A-Za-z]{2,}$|^[A-Za-z0-9.-]+\.test$")
+    notify_from: EmailStr
+    locale: Locale = "en"
+    settings: dict[str, Any] = {}
+
+
+class PracticeOut(BaseModel):
+    slug: str
+    name: str
+    reply_domain: str
+    notify_from: str
+    locale: str
+    settings: dict[str, Any]
+
+
+class UserIn(Strict):
+    email: EmailStr
+    alt_emails: list[EmailStr] = []
+    name: str = Field(min_length=1, max_length=255)
+    kind: Literal["staff", "client"]
+    role: Literal["provider", "biller", "front_office", "admin"] | None = None
+    active: bool = True
+    locale: Locale = "en"
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    alt_emails: list[str]
+    name: str
+    kind: str
+    role: str | None
+    active: bool
+    locale: str
+    email_bouncing: bool
+
+
+class CompanyIn(Strict):
+    name: str = Field(min_length=1, max_length=255)
+
+
+class CompanyOut(BaseModel):
+    id: str
+    name: str
+
+
+class FriendshipIn(Strict):
+    state: Literal["requested", "accepted", "closed"]
+
+
+class FriendshipOut(BaseModel):
+    user_a: str
+    user_b: str
+    state: str
+
+
+class ConversationIn(Strict):
+    kind: Literal["company", "confidential", "private", "direct"]
+    company: str | None = None
+    subject: str = Field(min_length=1, max_length=255)
+    author: str
+    participants: list[str] = Field(min_length=1)
+    body: str
+
+
+class MessageIn(Strict):
+    author: str
+    body: str
+    internal: bool = False
+
+
+class AttachmentOut(BaseModel):
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+class MessageOut(BaseModel):
+    id: str
+    author: str
+    body: str
+    body_html: str | None
+    source: Literal["app", "email", "imap"]
+    internal: bool
+    created_at: datetime
+    attachments: list[AttachmentOut]
+    withheld: list[dict[str, str]] = []
+
+
+class ConversationOut(BaseModel):
+    id: str
+    kind: str
+    company: str | None
+    subject: str
+    participants: list[str]
+    created_at: datetime
+    messages: list[MessageOut] = []
+
+
+class Items(BaseModel):
+    items: list[Any]

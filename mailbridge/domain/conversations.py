@@ -1,0 +1,382 @@
+"""Conversations and messages: the one place that creates, posts and deletes, for the app and for email alike.
+
+Every post goes through ``post_message`` which asks the policy, writes the message, its attachment
+rows and the notifications to send (transactional outbox) in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailbridge.domain.directory import favourite_company_ids, friendship_between, holders_of
+from mailbridge.domain.errors import Forbidden, Invalid, NotFound
+from mailbridge.domain.models import (
+    Attachment,
+    AuditEvent,
+    Company,
+    Conversation,
+    ConversationKind,
+    Message,
+    MessageSource,
+    Participant,
+    Practice,
+    User,
+    UserKind,
+    utcnow,
+)
+from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.policy.rules import Person, Situation, Verdict, can_post, can_read, can_read_message
+
+MAX_SUBJECT = 255
+
+
+@dataclass(frozen=True, slots=True)
+class NewAttachment:
+    """An attachment already checked and written to the blob store, waiting for its row."""
+
+    filename: str
+    content_type: str
+    declared_type: str
+    size: int
+    sha256: str
+    content_id: str | None = None
+
+
+class PolicyDenied(Forbidden):
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.reason, f"not allowed ({verdict.rule})")
+        self.verdict = verdict
+
+
+def practice_settings(practice: Practice) -> PracticeSettings:
+    return PracticeSettings.model_validate(practice.settings or {})
+
+
+def _person(user: User, holds_company: bool) -> Person:
+    return Person(
+        id=user.id,
+        kind=user.kind.value,  # type: ignore[arg-type]
+        role=user.role.value if user.role else None,  # type: ignore[arg-type]
+        active=user.active,
+        holds_company=holds_company,
+    )
+
+
+def situation(
+    session: Session,
+    actor: User,
+    conversation: Conversation,
+    *,
+    internal: bool = False,
+    body: str = "",
+    is_reply: bool = True,
+) -> Situation:
+    """A fresh snapshot of everything the policy looks at: favourites removed yesterday matter today."""
+    members = [p.user for p in conversation.active_participants()]
+    holders: set[int] = set()
+    if conversation.company_id is not None:
+        holders = holders_of(session, conversation.company_id, [u.id for u in members] + [actor.id])
+    friendship = None
+    if conversation.kind == ConversationKind.direct and len(members) == 2:
+        found = friendship_between(session, members[0], members[1])
+        friendship = found.state.value if found else None
+    settings = practice_settings(session.get_one(Practice, conversation.practice_id))
+    return Situation(
+        actor=_person(actor, actor.id in holders),
+        kind=conversation.kind.value,  # type: ignore[arg-type]
+        participants=tuple(_person(u, u.id in holders) for u in members),
+        deleted=conversation.deleted_at is not None,
+        friendship=friendship,  # type: ignore[arg-type]
+        internal=internal,
+        body_chars=len(body.strip()),
+        min_body_chars=settings.min_body_chars,
+        group_privacy=settings.group_privacy,
+        is_reply=is_reply,
+    )
+
+
+def get_conversation(session: Session, practice: Practice, conversation_id: str) -> Conversation:
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is None or conversation.practice_id != practice.id:
+        raise NotFound("conversation_not_found", "conversation not found")
+    return conversation
+
+
+def readable(session: Session, actor: User, conversation: Conversation) -> Verdict:
+    return can_read(situation(session, actor, conversation))
+
+
+def validate_new_conversation(
+    kind: ConversationKind,
+    company: Company | None,
+    subject: str,
+    author: User,
+    participants: Sequence[User],
+) -> None:
+    if len(subject) > MAX_SUBJECT:
+        raise Invalid("subject_too_long", f"subject longer than {MAX_SUBJECT} characters", "subject")
+    if kind in (ConversationKind.company, ConversationKind.confidential) and company is None:
+        raise Invalid("company_required", f"a {kind.value} conversation needs a company", "company")
+    if kind in (ConversationKind.private, ConversationKind.direct) and company is not None:
+        raise Invalid("company_not_allowed", f"a {kind.value} conversation has no company", "company")
+    ids = [u.id for u in participants]
+    if len(ids) != len(set(ids)):
+        raise Invalid("duplicate_participants", "participants contain duplicates", "participants")
+    members = {u.id: u for u in [author, *participants]}
+    if kind == ConversationKind.direct:
+        if any(u.kind != UserKind.staff for u in members.values()):
+            raise Invalid("direct_staff_only", "direct conversations are between two staff", "participants")
+        if len(members) != 2:
+            raise Invalid("direct_two_people", "a direct conversation has exactly two people", "participants")
+    if len(members) < 2:
+        raise Invalid("no_recipient", "a conversation needs at least one other participant", "participants")
+
+
+def create_conversation(
+    session: Session,
+    practice: Practice,
+    *,
+    kind: ConversationKind,
+    company: Company | None,
+    subject: str,
+    author: User,
+    participants: Sequence[User],
+    body: str,
+    body_html: str | None = None,
+    source: MessageSource = MessageSource.app,
+    attachments: Sequence[NewAttachment] = (),
+    idempotency_key: str | None = None,
+    notify: bool = True,
+) -> tuple[Conversation, Message]:
+    validate_new_conversation(kind, company, subject, author, participants)
+    conversation = Conversation(
+        practice_id=practice.id,
+        kind=kind,
+        company_id=company.id if company else None,
+        subject=subject,
+        creator_id=author.id,
+    )
+    session.add(conversation)
+    members = {u.id: u for u in [author, *participants]}
+    for user in members.values():
+        conversation.participants.append(Participant(user_id=user.id, user=user))
+    session.flush()
+    verdict = can_post(situation(session, author, conversation, body=body, is_reply=False))
+    if not verdict.allowed:
+        raise PolicyDenied(verdict)
+    message = _write_message(
+        session, practice, conversation, author, body, body_html, None, source, False, attachments,
+        idempotency_key, notify,
+    )
+    return conversation, message
+
+
+def post_message(
+    session: Session,
+    practice: Practice,
+    conversation: Conversation,
+    author: User,
+    *,
+    body: str,
+    body_html: str | None = None,
+    hidden_text: str | None = None,
+    internal: bool = False,
+    source: MessageSource = MessageSource.app,
+    attachments: Sequence[NewAttachment] = (),
+    idempotency_key: str | None = None,
+    notify: bool = True,
+) -> Message:
+    verdict = check_post(session, author, conversation, body=body, internal=internal, has_files=bool(attachments))
+    if not verdict.allowed:
+        raise PolicyDenied(verdict)
+    return _write_message(
+        session, practice, conversation, author, body, body_html, hidden_text, source, internal, attachments,
+        idempotency_key, notify,
+    )
+
+
+def check_post(
+    session: Session,
+    author: User,
+    conversation: Conversation,
+    *,
+    body: str,
+    internal: bool = False,
+    has_files: bool = False,
+) -> Verdict:
+    # A message that carries only files is not "too short": the minimum applies to typed text.
+    effective = body if body.strip() or not has_files else "x" * 10_000
+    return can_post(situation(session, author, conversation, internal=internal, body=effective))
+
+
+def _write_message(
+    session: Session,
+    practice: Practice,
+    conversation: Conversation,
+    author: User,
+    body: str,
+    body_html: str | None,
+    hidden_text: str | None,
+    source: MessageSource,
+    internal: bool,
+    attachments: Sequence[NewAttachment],
+    idempotency_key: str | None,
+    notify: bool,
+) -> Message:
+    message = Message(
+        conversation_id=conversation.id,
+        author_id=author.id,
+        author=author,
+        body=body,
+        body_html=body_html,
+        hidden_text=hidden_text,
+        source=source,
+        internal=internal,
+        idempotency_key=idempotency_key,
+    )
+    for position, item in enumerate(attachments):
+        message.attachments.append(
+            Attachment(
+                position=position,
+                filename=item.filename,
+                content_type=item.content_type,
+                declared_type=item.declared_type,
+                size=item.size,
+                sha256=item.sha256,
+                content_id=item.content_id,
+            )
+        )
+    session.add(message)
+    conversation.updated_at = utcnow()
+    session.flush()
+    if notify:
+        from mailbridge.outbound.fanout import enqueue_notifications
+
+        enqueue_notifications(session, practice, conversation, message)
+    return message
+
+
+def conversations_for(session: Session, practice: Practice, actor: User) -> list[Conversation]:
+    """Every conversation the actor may read: candidates by participation or followed company, then policy."""
+    companies = favourite_company_ids(session, actor)
+    participating = select(Participant.conversation_id).where(
+        Participant.user_id == actor.id, Participant.removed_at.is_(None)
+    )
+    query = select(Conversation).where(
+        Conversation.practice_id == practice.id,
+        Conversation.deleted_at.is_(None),
+        Conversation.id.in_(participating)
+        | (Conversation.company_id.in_(companies) if companies else Conversation.id.in_(participating)),
+    )
+    candidates = session.scalars(query.order_by(Conversation.updated_at.desc())).unique().all()
+    return [c for c in candidates if readable(session, actor, c).allowed]
+
+
+def messages_for(session: Session, conversation: Conversation, actor: User) -> list[Message]:
+    person = Person(id=actor.id, kind=actor.kind.value)  # type: ignore[arg-type]
+    rows = session.scalars(
+        select(Message)
+        .where(Message.conversation_id == conversation.id, Message.deleted_at.is_(None))
+        .order_by(Message.created_at, Message.id)
+    ).all()
+    return [m for m in rows if can_read_message(person, m.internal)]
+
+
+def first_message(session: Session, conversation_id: str) -> Message | None:
+    return session.scalar(
+        select(Message).where(Message.conversation_id == conversation_id).order_by(Message.created_at).limit(1)
+    )
+
+
+def _audit(session: Session, practice: Practice, action: str, actor: User, kind: str, target: str) -> None:
+    session.add(AuditEvent(practice_id=practice.id, action=action, actor_id=actor.id, target_kind=kind, target_id=target))
+
+
+def _erase(session: Session, message: Message) -> list[str]:
+    """Remove the content for good (seed 003: deletion is permanent); return the blobs it referenced."""
+    hashes = [a.sha256 for a in message.attachments]
+    message.body = ""
+    message.body_html = None
+    message.hidden_text = None
+    message.deleted_at = utcnow()
+    message.attachments.clear()
+    return hashes
+
+
+def unreferenced(session: Session, hashes: Sequence[str]) -> list[str]:
+    """Blobs no remaining attachment row points at; the caller deletes them after the commit."""
+    if not hashes:
+        return []
+    still = set(session.scalars(select(Attachment.sha256).where(Attachment.sha256.in_(list(hashes)))).all())
+    return sorted(set(hashes) - still)
+
+
+def delete_message(session: Session, practice: Practice, message_id: str, actor: User) -> list[str]:
+    """Seed 003: staff may permanently delete any message they sent."""
+    message = session.get(Message, message_id)
+    if message is None or message.deleted_at is not None:
+        raise NotFound("message_not_found", "message not found")
+    conversation = get_conversation(session, practice, message.conversation_id)
+    if actor.kind != UserKind.staff or message.author_id != actor.id:
+        raise Forbidden("not_author", "only the staff member who sent a message may delete it")
+    hashes = _erase(session, message)
+    _audit(session, practice, "message_deleted", actor, "message", message.id)
+    from mailbridge.outbound.fanout import cancel_pending
+
+    cancel_pending(session, message_ids=[message.id])
+    session.flush()
+    del conversation
+    return unreferenced(session, hashes)
+
+
+def delete_conversation(session: Session, practice: Practice, conversation: Conversation, actor: User) -> list[str]:
+    """Seed 003: a whole thread may be deleted only by the staff member who started it."""
+    if conversation.deleted_at is not None:
+        raise NotFound("conversation_not_found", "conversation not found")
+    if actor.kind != UserKind.staff or conversation.creator_id != actor.id:
+        raise Forbidden("not_creator", "only the staff member who started a conversation may delete it")
+    messages = session.scalars(select(Message).where(Message.conversation_id == conversation.id)).all()
+    hashes: list[str] = []
+    for message in messages:
+        hashes.extend(_erase(session, message))
+    conversation.subject = ""
+    conversation.deleted_at = utcnow()
+    from mailbridge.inbound.tokens import revoke_for_conversations
+    from mailbridge.outbound.fanout import cancel_pending
+
+    revoke_for_conversations(session, [conversation.id])
+    cancel_pending(session, message_ids=[m.id for m in messages])
+    _audit(session, practice, "conversation_deleted", actor, "conversation", conversation.id)
+    session.flush()
+    return unreferenced(session, hashes)
+
+
+def add_participant(session: Session, conversation: Conversation, user: User) -> None:
+    for p in conversation.participants:
+        if p.user_id == user.id:
+            p.removed_at = None
+            return
+    conversation.participants.append(Participant(user_id=user.id, user=user))
+    session.flush()
+
+
+def remove_participant(session: Session, conversation: Conversation, user: User) -> None:
+    from mailbridge.inbound.tokens import revoke_for_participant
+
+    for p in conversation.participants:
+        if p.user_id == user.id and p.removed_at is None:
+            p.removed_at = utcnow()
+            revoke_for_participant(session, conversation.id, user.id)
+            session.flush()
+            return
+    raise NotFound("participant_not_found", "not a participant")
+
+
+def count_messages(session: Session, conversation_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Message).where(Message.conversation_id == conversation_id)) or 0
+
+

@@ -1,0 +1,29 @@
+"""Domain errors with stable codes; the HTTP edge turns them into problem+json, the SMTP edge into replies."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    status = 400
+
+    def __init__(self, code: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.field = field
+
+
+class NotFound(DomainError):
+    status = 404
+
+
+class Invalid(DomainError):
+    status = 422
+
+
+class Forbidden(DomainError):
+    status = 403
+
+
+class Conflict(DomainError):
+    status = 409

@@ -1,0 +1,120 @@
+"""Who a message is for, decided at RCPT from the envelope only (never from headers the sender wrote)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailbridge.domain.models import Practice, Route
+from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.inbound.tokens import AddressTemplate, TokenIssuer
+from mailbridge.replies import (
+    OK_RECIPIENT,
+    RELAY_DENIED,
+    UNKNOWN_RECIPIENT,
+    SmtpReply,
+)
+
+TargetKind = Literal["reply", "route", "operator", "bounce"]
+OPERATOR_LOCALS = ("postmaster", "abuse")
+VERP_PREFIX = "bounce"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: TargetKind
+    practice_id: int
+    address: str  # as given, lower-cased
+    token_id: int | None = None
+    route_id: int | None = None
+    outbox_id: str | None = None
+
+    @property
+    def redacted(self) -> str:
+        """The address for logs: a token never appears in full."""
+        if self.kind == "reply":
+            local, _, domain = self.address.partition("@")
+            return f"{local[:10]}…@{domain}"
+        return self.address
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientDecision:
+    reply: SmtpReply
+    target: Target | None
+    reason: str  # log code: token_invalid, relay_denied, ...
+    size_limit: int | None = None  # the practice's total message limit, for SIZE and DATA
+
+
+def verp_mac(secret: bytes, outbox_id: str) -> str:
+    return hmac.new(secret, f"verp:{outbox_id}".encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def verp_address(secret: bytes, outbox_id: str, domain: str) -> str:
+    """The envelope sender of a notification: identifies its outbox row, signed so it cannot be forged."""
+    return f"{VERP_PREFIX}+{outbox_id}-{verp_mac(secret, outbox_id)}@{domain}"
+
+
+def split_address(address: str) -> tuple[str, str] | None:
+    address = address.strip().strip("<>").lower()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or any(c in address for c in "\r\n\x00 "):
+        return None
+    return local, domain
+
+
+def decide_recipient(session: Session, issuer: TokenIssuer, verp_secret: bytes, address: str) -> RecipientDecision:
+    """Decide early, per recipient (RFC 5321 §3.3): relay, unknown token, route, postmaster, bounce."""
+    decision = _decide(session, issuer, verp_secret, address)
+    if decision.target is None:
+        return decision
+    practice = session.get(Practice, decision.target.practice_id)
+    limit = PracticeSettings.model_validate(practice.settings or {}).effective_message_max_bytes if practice else None
+    return RecipientDecision(decision.reply, decision.target, decision.reason, limit)
+
+
+def _decide(session: Session, issuer: TokenIssuer, verp_secret: bytes, address: str) -> RecipientDecision:
+    parts = split_address(address)
+    if parts is None:
+        return RecipientDecision(UNKNOWN_RECIPIENT, None, "address_malformed")
+    local, domain = parts
+    full = f"{local}@{domain}"
+
+    route = session.scalar(select(Route).where(Route.address == full))
+    if route is not None:
+        return RecipientDecision(OK_RECIPIENT, Target("route", route.practice_id, full, route_id=route.id), "route")
+
+    practice = session.scalar(select(Practice).where(Practice.reply_domain == domain))
+    if practice is None:
+        route_domain = session.scalar(select(Route.practice_id).where(Route.address.like(f"%@{domain}")).limit(1))
+        if route_domain is not None and local in OPERATOR_LOCALS:
+            return RecipientDecision(OK_RECIPIENT, Target("operator", route_domain, full), "operator")
+        if route_domain is not None:
+            return RecipientDecision(UNKNOWN_RECIPIENT, None, "unknown_route")
+        return RecipientDecision(RELAY_DENIED, None, "relay_denied")
+
+    if local in OPERATOR_LOCALS:
+        return RecipientDecision(OK_RECIPIENT, Target("operator", practice.id, full), "operator")
+
+    if local.startswith(VERP_PREFIX + "+"):
+        rest = local[len(VERP_PREFIX) + 1 :]
+        outbox_id, _, mac = rest.rpartition("-")
+        if outbox_id and hmac.compare_digest(mac, verp_mac(verp_secret, outbox_id)):
+            return RecipientDecision(OK_RECIPIENT, Target("bounce", practice.id, full, outbox_id=outbox_id), "bounce")
+        return RecipientDecision(UNKNOWN_RECIPIENT, None, "verp_invalid")
+
+    settings = PracticeSettings.model_validate(practice.settings or {})
+    token = AddressTemplate(settings.reply_local_template).token_from_local(local)
+    row = issuer.resolve(session, token) if token else None
+    if row is None or row.practice_id != practice.id:  # tenant isolation: same answer as unknown
+        return RecipientDecision(UNKNOWN_RECIPIENT, None, "token_invalid")
+    if not settings.reply_by_email:
+        from mailbridge.replies import POLICY_DENIED
+
+        return RecipientDecision(POLICY_DENIED, None, "reply_by_email_disabled")
+    return RecipientDecision(OK_RECIPIENT, Target("reply", practice.id, full, token_id=row.id), "token_ok")

@@ -1,0 +1,144 @@
+"""Parse once with the stdlib (policy.default), robust to missing boundaries and unknown charsets.
+
+The corpora in ../shared/corpora contain dozens of messages on which a naive ``get_content()``
+raises; every accessor here falls back to a lossy decode instead of failing the message.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.message import EmailMessage, Message
+
+from mailbridge.storage.intake import Upload
+
+_POLICY = email.policy.default
+
+
+@dataclass
+class ParsedMail:
+    message: EmailMessage
+    text: str | None = None
+    html: str | None = None
+    attachments: list[Upload] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+
+def parse_bytes(raw: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(raw, policy=_POLICY)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def header_text(msg: Message, name: str) -> str:
+    """A header's decoded value, never raising on broken encoded-words."""
+    try:
+        value = msg.get(name)
+    except Exception:
+        return ""
+    if value is None:
+        return ""
+    return str(value).replace("\r", " ").replace("\n", " ").strip()
+
+
+def single_from(msg: EmailMessage) -> Address | None:
+    """The one From address, or None when there are several, none, or the parse was ambiguous (A4, A5)."""
+    try:
+        headers = msg.get_all("From") or []
+        if len(headers) != 1:
+            return None
+        header = headers[0]
+        addresses = getattr(header, "addresses", ())
+        if len(addresses) != 1 or getattr(header, "defects", ()):
+            return None
+        address: Address = addresses[0]
+        if not address.username or not address.domain or "@" in address.username:
+            return None
+        return address
+    except Exception:
+        return None
+
+
+def _decode_text(part: Message) -> str:
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+        if isinstance(content, str):
+            return content
+    except Exception:
+        pass
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, errors="replace")
+    except LookupError:  # unknown charset such as x-evil (M5)
+        return payload.decode("utf-8", errors="replace")
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:
+        return None
+    return str(name) if name else None
+
+
+def _is_attachment(part: Message) -> bool:
+    disposition = (part.get_content_disposition() or "").lower()
+    if disposition == "attachment":
+        return True
+    if _filename(part):
+        return True
+    return part.get_content_maintype() not in ("text", "multipart")
+
+
+def _leaves(part: Message, depth: int = 0) -> Iterator[Message]:
+    """Leaf parts in order; a message/rfc822 part is one opaque leaf, never processed as a reply (M8)."""
+    if depth > 50:
+        return
+    if part.get_content_type() == "message/rfc822" or not part.is_multipart():
+        yield part
+        return
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        for child in payload:
+            if isinstance(child, Message):
+                yield from _leaves(child, depth + 1)
+
+
+def _attachment_bytes(part: Message) -> bytes:
+    if part.get_content_type() == "message/rfc822":
+        inner = part.get_payload()
+        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
+            return inner[0].as_bytes(policy=_POLICY)
+        return b""
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def parse_mail(raw: bytes) -> ParsedMail:
+    msg = parse_bytes(raw)
+    parsed = ParsedMail(message=msg, defects=[type(d).__name__ for d in msg.defects])
+    for part in _leaves(msg):
+        parsed.defects.extend(type(d).__name__ for d in getattr(part, "defects", ()))
+        content_type = part.get_content_type()
+        if not _is_attachment(part) and content_type == "text/plain" and parsed.text is None:
+            parsed.text = _decode_text(part)
+        elif not _is_attachment(part) and content_type == "text/html" and parsed.html is None:
+            parsed.html = _decode_text(part)
+        elif _is_attachment(part) or content_type not in ("text/plain", "text/html"):
+            content_id = part.get("Content-ID")
+            parsed.attachments.append(
+                Upload(
+                    filename=_filename(part),
+                    content_type=content_type,
+                    file=io.BytesIO(_attachment_bytes(part)),
+                    content_id=str(content_id).strip("<> ") if content_id else None,
+                )
+            )
+    return parsed

@@ -1,0 +1,608 @@
+"""The one inbound pipeline, the same for SMTP, LMTP and IMAP: an ordered list of small steps.
+
+    store_raw → prescan → parse → classify → resolve → sender_proof → authenticate → body
+              → policy → attachments → store
+
+Each step may end the run with ``Done`` (accepted but not posted: auto-reply, bounce, duplicate,
+quarantine), ``Rejected`` (5xx) or ``Deferred`` (4xx). Only after the final commit is durable does
+``run`` return 250. Any unexpected exception becomes 451 4.3.0 with the traceback in the log only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from mailbridge import replies
+from mailbridge.domain import conversations as convs
+from mailbridge.domain.db import transaction
+from mailbridge.domain.models import (
+    Conversation,
+    ConversationKind,
+    InboundLog,
+    InboundState,
+    Message,
+    MessageSource,
+    NoticeSent,
+    OutboxKind,
+    Practice,
+    QuarantineItem,
+    ReplyToken,
+    Route,
+    User,
+    UserAddress,
+    UserKind,
+    utcnow,
+)
+from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.inbound import prescan as prescan_mod
+from mailbridge.inbound.authenticate import AuthResults, authenticate
+from mailbridge.inbound.body import extract_reply, extract_reply_from_html, sanitize_html
+from mailbridge.inbound.classify import Classification, classify
+from mailbridge.inbound.dns import Resolver
+from mailbridge.inbound.envelope import Target
+from mailbridge.inbound.parse import ParsedMail, header_text, parse_mail, single_from
+from mailbridge.observability import INBOUND, STEP_SECONDS
+from mailbridge.replies import Deferred, Rejected, SmtpReply
+from mailbridge.storage.blobs import BlobStore
+from mailbridge.storage.intake import Intake, TooManyAttachments, intake_uploads
+
+log = logging.getLogger(__name__)
+
+# Reasons a known participant can fix: they get one polite notice per reason per day (never a stranger).
+FIXABLE = frozenset(
+    {"group_conversation", "inactive_client", "direct_channel_closed", "body_too_short", "attachment_withheld",
+     "empty_message", "message_too_big", "too_many_attachments"}
+)
+
+
+class Done(Exception):
+    """The run ends accepted (250) without a post: auto-reply, bounce, duplicate, quarantine, forward."""
+
+    def __init__(self, state: InboundState, reason: str, reply: SmtpReply = replies.OK) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class Envelope:
+    door: str  # smtp | lmtp | imap
+    peer: str | None
+    helo: str | None
+    mail_from: str
+    target: Target
+    # Runs inside the final transaction, whatever the outcome (IMAP records its last UID there, so a
+    # crash before the commit re-fetches the message and the idempotency key posts it once).
+    finalize: Callable[[Session], None] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reply: SmtpReply
+    state: InboundState
+    reason: str
+    inbound_id: str | None = None
+    message_id: str | None = None
+    conversation_id: str | None = None
+
+
+@dataclass
+class Deps:
+    """Everything the pipeline touches, injected (tests hand in fakes for DNS only)."""
+
+    sessions: Any  # sessionmaker[Session]
+    blobs: BlobStore
+    resolver: Resolver
+    raw_dir: Path
+    own_addresses: frozenset[str] = frozenset()
+    trusted_authserv_ids: tuple[str, ...] = ()
+    authserv_id: str = "mailbridge"
+    loop_value: str = "mailbridge"
+    prescan_limits: prescan_mod.PrescanLimits = field(default_factory=prescan_mod.PrescanLimits)
+
+
+@dataclass
+class Context:
+    deps: Deps
+    envelope: Envelope
+    raw_path: Path
+    size: int
+    inbound_id: str = ""
+    raw: bytes = b""
+    parsed: ParsedMail | None = None
+    classification: Classification | None = None
+    practice_id: int | None = None
+    settings: PracticeSettings = field(default_factory=PracticeSettings)
+    sender: User | None = None
+    from_address: str = ""
+    conversation_id: str | None = None
+    auth: AuthResults | None = None
+    body: str = ""
+    body_html: str | None = None
+    hidden: str | None = None
+    internal: bool = False
+    intake: Intake | None = None
+    rule: str | None = None
+    notice_reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def msg(self) -> EmailMessage:
+        assert self.parsed is not None
+        return self.parsed.message
+
+
+Step = Callable[[Context], None]
+
+
+# ---- steps ------------------------------------------------------------------------------------------
+
+
+def store_raw(ctx: Context) -> None:
+    """Raw bytes first (Mailman's switchboard): fsync the file, then the inbound row, before any decision."""
+    day = ctx.deps.raw_dir / date.today().isoformat()
+    day.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(ctx.raw_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        with transaction(ctx.deps.sessions) as session:
+            row = InboundLog(
+                practice_id=ctx.envelope.target.practice_id,
+                door=ctx.envelope.door,
+                peer=ctx.envelope.peer,
+                helo=(ctx.envelope.helo or "")[:255] or None,
+                mail_from=ctx.envelope.mail_from[:320],
+                rcpt=ctx.envelope.target.redacted[:320],
+                token_id=ctx.envelope.target.token_id,
+                size=ctx.size,
+            )
+            session.add(row)
+            session.flush()
+            final = day / f"{row.id}.eml"
+            os.replace(ctx.raw_path, final)
+            row.raw_path = str(final)
+            ctx.inbound_id = row.id
+            ctx.raw_path = final
+    except OSError as exc:
+        raise Deferred(replies.TEMPFAIL, "tempfail_disk") from exc
+    ctx.practice_id = ctx.envelope.target.practice_id
+    with ctx.deps.sessions() as session:
+        practice = session.get(Practice, ctx.practice_id)
+        if practice is not None:
+            ctx.settings = PracticeSettings.model_validate(practice.settings or {})
+    if ctx.size > ctx.settings.effective_message_max_bytes:
+        ctx.notice_reason = None  # who sent it is not known yet; the SMTP answer names the limit
+        raise Rejected(replies.message_too_big(ctx.settings.effective_message_max_bytes), "message_too_big")
+    ctx.raw = ctx.raw_path.read_bytes()
+
+
+def prescan(ctx: Context) -> None:
+    result = prescan_mod.prescan(ctx.raw, ctx.deps.prescan_limits)
+    if result.ok:
+        return
+    if result.reason == "loop_received":
+        raise Rejected(replies.LOOP_DETECTED, "loop_detected")
+    if result.reason == "bare_line_ending":
+        raise Rejected(replies.BARE_LINE_ENDING, "bare_line_ending")
+    raise Rejected(replies.MIME_TOO_COMPLEX, result.reason or "mime_bomb")
+
+
+def parse(ctx: Context) -> None:
+    try:
+        ctx.parsed = parse_mail(ctx.raw)
+    except Exception as exc:  # the stdlib parser is lenient; anything left is a malformed message
+        log.info("parse_failed", extra={"error": type(exc).__name__})
+        raise Rejected(replies.MALFORMED, "parse_failed") from exc
+    ctx.details["message_id"] = header_text(ctx.msg, "Message-ID")[:998]
+    if ctx.parsed.defects:
+        ctx.details["defects"] = sorted(set(ctx.parsed.defects))[:20]
+
+
+def classify_mail(ctx: Context) -> None:
+    """Bounces go to bounce processing; auto-replies and loops are accepted and never posted (RFC 3834)."""
+    result = classify(
+        ctx.msg,
+        envelope_from=ctx.envelope.mail_from,
+        own_addresses=ctx.deps.own_addresses,
+        loop_value=ctx.deps.loop_value,
+    )
+    ctx.classification = result
+    if ctx.envelope.target.kind == "bounce" or result.kind == "bounce":
+        from mailbridge.outbound.bounces import record_bounce
+
+        with transaction(ctx.deps.sessions) as session:
+            record_bounce(session, ctx.envelope.target, ctx.msg, result)
+        raise Done(InboundState.bounce, result.reason if result.kind == "bounce" else "verp_bounce")
+    if ctx.envelope.target.kind == "operator":
+        _forward_to_operator(ctx)
+        raise Done(InboundState.forwarded, "operator_mail")
+    if result.kind == "auto_reply":
+        raise Done(InboundState.dropped_auto_reply, "auto_reply_dropped")
+    if result.kind == "loop":
+        raise Done(InboundState.dropped_auto_reply, "loop_detected")
+
+
+def _forward_to_operator(ctx: Context) -> None:
+    """postmaster@ and abuse@ (RFC 5321 §4.5.1) go to the practice's operator, never into a conversation."""
+    from mailbridge.outbound.fanout import enqueue_email
+
+    with transaction(ctx.deps.sessions) as session:
+        practice = session.get_one(Practice, ctx.practice_id)
+        operator = ctx.settings.operator_address
+        if operator:
+            enqueue_email(session, practice, kind=OutboxKind.forward, to_address=operator,
+                          payload={"inbound_id": ctx.inbound_id, "rcpt": ctx.envelope.target.address})
+
+
+def resolve_sender(ctx: Context) -> None:
+    """The From addr-spec, exactly one (A4, A5); for replies it must be one of the token owner's addresses."""
+    address = single_from(ctx.msg)
+    if address is None:
+        raise Rejected(replies.AMBIGUOUS_FROM, "from_ambiguous")
+    ctx.from_address = address.addr_spec.lower()
+    ctx.details["from"] = ctx.from_address
+    target = ctx.envelope.target
+    with ctx.deps.sessions() as session:
+        if target.kind == "reply":
+            token = session.get(ReplyToken, target.token_id)
+            if token is None or token.revoked_at is not None:
+                raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
+            owner = session.get_one(User, token.user_id)
+            ctx.conversation_id = token.conversation_id
+            if not owner.owns_address(ctx.from_address):
+                raise Rejected(replies.SENDER_MISMATCH, "reply_user_mismatch")
+            ctx.sender = owner
+        elif target.kind == "route":
+            users = session.scalars(
+                select(User)
+                .join(UserAddress, UserAddress.user_id == User.id)
+                .where(UserAddress.practice_id == ctx.practice_id, UserAddress.address == ctx.from_address)
+            ).unique().all()
+            ctx.sender = users[0] if len(users) == 1 else None
+            if ctx.sender is not None and ctx.sender.kind == UserKind.staff:
+                raise Rejected(replies.STAFF_USE_APP, "staff_to_route")
+
+
+def authenticate_sender(ctx: Context) -> None:
+    """DKIM/SPF/DMARC through the injected resolver; a DMARC failure is refused, DNS trouble deferred."""
+    domain = ctx.from_address.rpartition("@")[2]
+    try:
+        ctx.auth = authenticate(
+            ctx.raw, ctx.msg, from_domain=domain, peer_ip=_ip(ctx.envelope.peer), mail_from=ctx.envelope.mail_from,
+            helo=ctx.envelope.helo, resolver=ctx.deps.resolver, trusted_authserv_ids=ctx.deps.trusted_authserv_ids,
+        )
+    except Exception as exc:
+        log.warning("authentication_error", extra={"error": type(exc).__name__})
+        raise Deferred(replies.AUTH_TEMPERROR, "auth_temperror") from exc
+    auth = ctx.auth
+    ctx.details["auth"] = auth.header_value(ctx.deps.authserv_id)
+    if "temperror" in (auth.dkim, auth.spf, auth.dmarc):
+        raise Deferred(replies.AUTH_TEMPERROR, "auth_temperror")
+    if auth.dmarc == "fail":
+        raise Rejected(replies.AUTH_FAILED, "dmarc_fail")
+
+
+def _ip(peer: str | None) -> str | None:
+    if not peer:
+        return None
+    return peer.rsplit(":", 1)[0].strip("[]") if peer.count(":") == 1 else peer
+
+
+def extract_body(ctx: Context) -> None:
+    """Prefer text/plain, else HTML converted to text; keep the trimmed quote and signature hidden."""
+    parsed = ctx.parsed
+    assert parsed is not None
+    if parsed.text and parsed.text.strip():
+        extracted = extract_reply(parsed.text)
+    elif parsed.html:
+        extracted = extract_reply_from_html(parsed.html)
+        ctx.body_html = sanitize_html(parsed.html)
+    else:
+        extracted = extract_reply("")
+    body = extracted.visible.strip()
+    marker = ctx.settings.note_marker
+    if ctx.sender is not None and ctx.sender.kind == UserKind.staff and marker:
+        first, _, rest = body.partition("\n")
+        if first.strip().lower() == marker.lower():
+            ctx.internal = True
+            body = rest.strip()
+    ctx.body = body
+    ctx.hidden = extracted.hidden or None
+    if not body and not parsed.attachments:
+        ctx.notice_reason = "empty_message"
+        raise Rejected(replies.EMPTY_MESSAGE, "empty_message")
+
+
+def sender_policy(ctx: Context) -> None:
+    """Who may post, evaluated now; confidential and private replies need an aligned pass or wait for staff."""
+    target = ctx.envelope.target
+    with ctx.deps.sessions() as session:
+        if target.kind == "route":
+            _route_policy(ctx, session)
+            return
+        conversation = session.get(Conversation, ctx.conversation_id)
+        assert ctx.sender is not None
+        if conversation is None:
+            raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
+        sender = session.get_one(User, ctx.sender.id)
+        verdict = convs.check_post(
+            session, sender, conversation, body=ctx.body, internal=ctx.internal,
+            has_files=bool(ctx.parsed and ctx.parsed.attachments),
+        )
+        ctx.rule = verdict.rule
+        if not verdict.allowed:
+            ctx.notice_reason = verdict.reason
+            raise Rejected(replies.POLICY_DENIED, verdict.reason)
+        strict = ctx.settings.sender_auth == "aligned_required" or conversation.kind in (
+            ConversationKind.confidential, ConversationKind.private,
+        )
+        if strict and ctx.auth is not None and not ctx.auth.aligned:
+            _quarantine(ctx, "auth_not_aligned")
+
+
+def _route_policy(ctx: Context, session: Session) -> None:
+    route = session.get_one(Route, ctx.envelope.target.route_id)
+    if ctx.sender is None or ctx.sender.kind != UserKind.client:
+        if route.unknown_senders == "triage":
+            _quarantine(ctx, "unknown_sender")
+        raise Rejected(replies.POLICY_DENIED, "unknown_sender")
+    from mailbridge.domain.routes import group_members
+
+    members = group_members(session, route)
+    if not members:
+        raise Rejected(replies.POLICY_DENIED, "route_empty")
+    if not ctx.sender.active and any(m.role is not None and m.role.value == "provider" for m in members):
+        ctx.notice_reason = "inactive_client"
+        raise Rejected(replies.POLICY_DENIED, "inactive_client")
+    ctx.rule = "route_known_client"
+    if ctx.auth is not None and not ctx.auth.aligned:
+        _quarantine(ctx, "auth_not_aligned")
+
+
+def _quarantine(ctx: Context, reason: str) -> None:
+    """Held for staff review in its own transaction: never visible to a client, never auto-replied."""
+    with transaction(ctx.deps.sessions) as session:
+        session.add(
+            QuarantineItem(
+                practice_id=ctx.practice_id, inbound_id=ctx.inbound_id,
+                route_address=ctx.envelope.target.address if ctx.envelope.target.kind == "route" else None,
+                conversation_id=ctx.conversation_id, reason=reason, from_address=ctx.from_address,
+                subject=header_text(ctx.msg, "Subject")[:998],
+            )
+        )
+    raise Done(InboundState.quarantined, reason)
+
+
+def take_attachments(ctx: Context) -> None:
+    """Every file judged by its bytes; refused ones are withheld with a visible line, never dropped silently."""
+    assert ctx.parsed is not None
+    if not ctx.parsed.attachments:
+        return
+    locale = ctx.sender.locale if ctx.sender else "en"
+    try:
+        ctx.intake = intake_uploads(ctx.deps.blobs, ctx.settings, ctx.parsed.attachments, locale)
+    except TooManyAttachments as exc:
+        ctx.notice_reason = "too_many_attachments"
+        raise Rejected(replies.TOO_MANY_ATTACHMENTS, "too_many_attachments") from exc
+    except OSError as exc:
+        raise Deferred(replies.TEMPFAIL, "tempfail_disk") from exc
+    ctx.details["attachments"] = ctx.intake.log_details()
+    ctx.body = ctx.intake.with_withheld_line(ctx.body)
+    if ctx.intake.withheld:
+        ctx.notice_reason = "attachment_withheld"
+
+
+def store(ctx: Context) -> None:
+    """Message, attachment rows, notifications and the inbound row's final state in one transaction."""
+    assert ctx.sender is not None
+    key = idempotency_key(ctx)
+    accepted = ctx.intake.accepted if ctx.intake else []
+    source = MessageSource.imap if ctx.envelope.door == "imap" else MessageSource.email
+    try:
+        with transaction(ctx.deps.sessions) as session:
+            if session.scalar(select(Message.id).where(Message.idempotency_key == key)):
+                raise Done(InboundState.duplicate, "duplicate_suppressed")
+            practice = session.get_one(Practice, ctx.practice_id)
+            sender = session.get_one(User, ctx.sender.id)
+            if ctx.envelope.target.kind == "route":
+                message = _open_conversation(ctx, session, practice, sender, key, source)
+            else:
+                conversation = session.get_one(Conversation, ctx.conversation_id)
+                message = convs.post_message(
+                    session, practice, conversation, sender, body=ctx.body, body_html=ctx.body_html,
+                    hidden_text=ctx.hidden, internal=ctx.internal, source=source, attachments=accepted,
+                    idempotency_key=key,
+                )
+                token = session.get(ReplyToken, ctx.envelope.target.token_id)
+                if token is not None:
+                    token.last_used_at = utcnow()
+            row = session.get_one(InboundLog, ctx.inbound_id)
+            _finish_row(row, ctx, InboundState.posted, "posted", replies.OK)
+            if ctx.envelope.finalize is not None:
+                ctx.envelope.finalize(session)
+            row.posted_message_id = message.id
+            row.conversation_id = message.conversation_id
+            if ctx.notice_reason == "attachment_withheld":
+                _notice(session, practice, ctx, "attachment_withheld")
+            ctx.details["posted"] = message.id
+            ctx.conversation_id = message.conversation_id
+    except IntegrityError as exc:
+        if "idempotency" in str(exc.orig).lower() or "unique" in str(exc.orig).lower():
+            raise Done(InboundState.duplicate, "duplicate_suppressed") from exc
+        raise
+    except convs.PolicyDenied as exc:  # the state changed between the check and the commit
+        ctx.notice_reason = exc.verdict.reason
+        raise Rejected(replies.POLICY_DENIED, exc.verdict.reason) from exc
+
+
+def _open_conversation(
+    ctx: Context, session: Session, practice: Practice, sender: User, key: str, source: MessageSource
+) -> Message:
+    """Mail to frontdesk@ from a known client opens a conversation with the route's group; To/Cc never join.
+
+    A company or confidential route needs the client's company: it is used when the client follows
+    exactly one; otherwise the conversation is private (participants only), the safest kind.
+    """
+    from mailbridge.domain.directory import favourite_company_ids, get_company_by_id
+    from mailbridge.domain.routes import group_members
+
+    route = session.get_one(Route, ctx.envelope.target.route_id)
+    subject = header_text(ctx.msg, "Subject")[:255] or "(no subject)"
+    kind, company = ConversationKind.private, None
+    if route.kind != ConversationKind.private:
+        followed = favourite_company_ids(session, sender)
+        if len(followed) == 1:
+            kind, company = route.kind, get_company_by_id(session, next(iter(followed)))
+    _, message = convs.create_conversation(
+        session, practice, kind=kind, company=company, subject=subject, author=sender,
+        participants=group_members(session, route), body=ctx.body, body_html=ctx.body_html, source=source,
+        attachments=ctx.intake.accepted if ctx.intake else [], idempotency_key=key,
+    )
+    return message
+
+
+def idempotency_key(ctx: Context) -> str:
+    """Token (or route) + Message-ID + body hash: Message-ID alone is chosen by the sender (M10)."""
+    raw = ctx.raw
+    split = raw.find(b"\r\n\r\n")
+    split = raw.find(b"\n\n") if split < 0 else split
+    body_hash = hashlib.sha256(raw[split:] if split >= 0 else raw).hexdigest()
+    target = ctx.envelope.target
+    who = f"t{target.token_id}" if target.kind == "reply" else f"r{target.route_id}:{ctx.from_address}"
+    material = f"{who}\x00{ctx.details.get('message_id', '')}\x00{body_hash}"
+    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+STEPS: tuple[Step, ...] = (
+    store_raw,
+    prescan,
+    parse,
+    classify_mail,
+    resolve_sender,
+    authenticate_sender,
+    extract_body,
+    sender_policy,
+    take_attachments,
+    store,
+)
+
+
+# ---- running ----------------------------------------------------------------------------------------
+
+
+def _finish_row(row: InboundLog, ctx: Context, state: InboundState, reason: str, reply: SmtpReply) -> None:
+    row.state = state
+    row.reason = reason
+    row.rule = ctx.rule
+    row.smtp_reply = reply.wire()[:255]
+    row.from_header = ctx.from_address[:320] or None
+    row.message_id_header = str(ctx.details.get("message_id", ""))[:998] or None
+    row.auth_results = ctx.details.get("auth")
+    row.details = {k: v for k, v in ctx.details.items() if k not in ("auth", "message_id", "from")}
+
+
+def _notice(session: Session, practice: Practice, ctx: Context, reason: str) -> None:
+    """One short, localized notice per address per reason per day; only to a proven, known participant."""
+    from mailbridge.outbound.fanout import enqueue_email
+
+    if ctx.sender is None or reason not in FIXABLE or ctx.classification is None:
+        return
+    if ctx.classification.kind != "human" or ctx.auth is None:
+        return
+    today = date.today().isoformat()
+    exists = session.scalar(
+        select(NoticeSent.id).where(
+            NoticeSent.practice_id == practice.id, NoticeSent.address == ctx.from_address,
+            NoticeSent.reason == reason, NoticeSent.day == today,
+        )
+    )
+    if exists:
+        return
+    session.add(NoticeSent(practice_id=practice.id, address=ctx.from_address, reason=reason, day=today))
+    withheld = [v.filename + " (" + (v.explanation or v.reason or "") + ")" for v in ctx.intake.withheld] if ctx.intake else []
+    enqueue_email(
+        session, practice, kind=OutboxKind.notice, to_address=ctx.from_address, recipient_id=ctx.sender.id,
+        payload={"reason": reason, "locale": ctx.sender.locale, "files": withheld, "in_reply_to": ctx.details.get("message_id", "")},
+    )
+
+
+def _record(ctx: Context, state: InboundState, reason: str, reply: SmtpReply) -> None:
+    """Final state of a run that did not post; best effort when the database itself is the problem."""
+    if not ctx.inbound_id:
+        return
+    try:
+        with transaction(ctx.deps.sessions) as session:
+            row = session.get(InboundLog, ctx.inbound_id)
+            if row is None:
+                return
+            _finish_row(row, ctx, state, reason, reply)
+            if ctx.envelope.finalize is not None and state != InboundState.deferred:
+                ctx.envelope.finalize(session)
+            if state == InboundState.rejected and ctx.notice_reason and ctx.practice_id is not None:
+                practice = session.get(Practice, ctx.practice_id)
+                if practice is not None:
+                    _notice(session, practice, ctx, ctx.notice_reason)
+    except SQLAlchemyError:
+        log.warning("inbound_log_update_failed", extra={"reason": reason})
+
+
+def _cleanup_raw(ctx: Context, state: InboundState) -> None:
+    """A posted message lives in the database; its raw copy must not outlive a deletion (seed 003)."""
+    if state in (InboundState.posted, InboundState.duplicate, InboundState.dropped_auto_reply):
+        try:
+            ctx.raw_path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
+    """Run every step; return the one SMTP answer. 250 only once the post is committed."""
+    ctx = Context(deps=deps, envelope=envelope, raw_path=raw_path, size=size)
+    state, reason, reply = InboundState.posted, "posted", replies.OK
+    try:
+        for step in STEPS:
+            started = time.perf_counter()
+            try:
+                step(ctx)
+            finally:
+                STEP_SECONDS.labels(step.__name__).observe(time.perf_counter() - started)
+    except Done as done:
+        state, reason, reply = done.state, done.reason, done.reply
+        _record(ctx, state, reason, reply)
+    except Rejected as rejected:
+        state, reason, reply = InboundState.rejected, rejected.reason, rejected.reply
+        _record(ctx, state, reason, reply)
+    except Deferred as deferred:
+        state, reason, reply = InboundState.deferred, deferred.reason, deferred.reply
+        _record(ctx, state, reason, reply)
+    except (OperationalError, SQLAlchemyError, OSError):
+        log.warning("tempfail_db", exc_info=True)
+        state, reason, reply = InboundState.deferred, "tempfail_db", replies.TEMPFAIL
+        _record(ctx, state, reason, reply)
+    except Exception:
+        log.exception("pipeline_unexpected_error")
+        state, reason, reply = InboundState.deferred, "internal_error", replies.TEMPFAIL
+        _record(ctx, state, reason, reply)
+    finally:
+        if not ctx.inbound_id:
+            try:
+                Path(raw_path).unlink(missing_ok=True)
+            except OSError:
+                pass
+    _cleanup_raw(ctx, state)
+    INBOUND.labels(state.value, reason).inc()
+    return Outcome(reply, state, reason, ctx.inbound_id or None, ctx.details.get("posted"), ctx.conversation_id)

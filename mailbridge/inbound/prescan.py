@@ -1,0 +1,322 @@
+"""Bounded pre-scan of raw message bytes, so a MIME bomb is refused in milliseconds before the full parse."""
+
+from __future__ import annotations
+
+import email.message
+import re
+from dataclasses import dataclass
+from email import policy
+from typing import Final, Literal
+
+__all__ = ["PrescanLimits", "PrescanReason", "PrescanResult", "prescan"]
+
+PrescanReason = Literal[
+    "mime_depth",
+    "mime_parts",
+    "header_size",
+    "header_count",
+    "nul_in_header",
+    "bare_line_ending",
+    "loop_received",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PrescanLimits:
+    """Caps applied before parsing (HOSTILE M1–M3, P1/P2, P14, A12).
+
+    ``max_header_bytes``/``max_headers`` bound the top-level header block and, separately, the sum of
+    all nested entity header blocks (parts and attached messages). ``max_received`` counts top-level
+    ``Received`` fields only (RFC 5321 §6.3 loop detection; qmail uses 100, we use 30). With
+    ``require_crlf`` (the SMTP door) any LF not preceded by CR is refused; the IMAP door may relax it.
+    A bare CR is always refused: Python's parser treats it as a line end and the scan below would not.
+    """
+
+    max_depth: int = 20
+    max_parts: int = 1000
+    max_header_bytes: int = 256 * 1024
+    max_headers: int = 1000
+    max_received: int = 30
+    require_crlf: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PrescanResult:
+    """``ok`` or the first limit hit; ``part_count``/``depth`` are what was seen up to that point."""
+
+    ok: bool
+    reason: PrescanReason | None
+    part_count: int
+    depth: int
+
+
+_DEFAULT_LIMITS: Final = PrescanLimits()
+
+# Patterns start with a literal "\n" so the regex engine can skip ahead quickly (a leading "^" in
+# MULTILINE mode is tried at every byte); callers search from the "\n" ending the previous line.
+# email.feedparser's header-line pattern: a line that does not match ends the header block.
+_HEADER_LINE: Final = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+_HEADER_STOP: Final = re.compile(rb"\n(?!From |[\x21-\x39\x3b-\x7e]*:|[\t ])")
+_BLANK_LINE: Final = re.compile(rb"\n\r?\n")
+_CONTENT_TYPE_NAME: Final = re.compile(rb"\ncontent-type[ \t]*:", re.IGNORECASE)
+_FOLDED_VALUE_END: Final = re.compile(rb"\n(?![ \t])")
+_LINE_BREAKS: Final = re.compile(rb"\r?\n")
+# A Content-Type value with only plain `name=token` / `name="quoted"` parameters: its boundary can be
+# read with a regex (≈ 2 µs) instead of the policy's header parser (≈ 150 µs).
+_SIMPLE_CONTENT_TYPE: Final = re.compile(
+    r"[ \t]*(multipart/[!#$%&\'*+.^_`|~0-9A-Za-z-]+[ \t]*)"
+    r'(?:;[ \t]*[A-Za-z0-9_.-]+[ \t]*=[ \t]*(?:"[^"\\\r\n]*"|[^\s;"\\()<>@,:/\[\]?=]+)[ \t]*)*;?[ \t]*\Z',
+    re.IGNORECASE,
+)
+_CLEAN_TYPE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+")
+_SIMPLE_PARAM: Final = re.compile(r';[ \t]*([A-Za-z0-9_.-]+)[ \t]*=[ \t]*(?:"([^"]*)"|([^\s;"]+))')
+
+
+def prescan(raw: bytes, limits: PrescanLimits = _DEFAULT_LIMITS) -> PrescanResult:
+    """Check line endings, the top-level header block, then MIME nesting and part count in one linear pass.
+
+    The walk mirrors ``email.feedparser`` (a delimiter of any enclosing multipart ends a part, the
+    outermost match wins, ``message/*`` bodies are whole messages, ``multipart/digest`` parts default
+    to ``message/rfc822``) without building anything: body bytes are skipped by one compiled regex per
+    nesting change. Measured here (2 cores): M1 (3,000 nested multiparts) ≈ 0.7 ms, M2 (50,000 empty
+    parts) ≈ 2 ms, M3 (1 MB of headers) ≈ 2 ms, a 5 KB multipart reply ≈ 20–40 µs.
+    """
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") != crlf or (limits.require_crlf and raw.count(b"\n") != crlf):
+        return PrescanResult(False, "bare_line_ending", 0, 0)
+
+    if raw.startswith((b"\r\n", b"\n")):
+        header_end = 0
+    else:
+        found = _BLANK_LINE.search(raw, 0, limits.max_header_bytes + 3)
+        if found is not None:
+            header_end = found.start() + 1
+        elif len(raw) <= limits.max_header_bytes:
+            header_end = len(raw)  # a header-only message
+        else:
+            return PrescanResult(False, "header_size", 0, 0)
+    if header_end > limits.max_header_bytes:
+        return PrescanResult(False, "header_size", 0, 0)
+    block = raw[:header_end]
+    if b"\x00" in block:
+        return PrescanResult(False, "nul_in_header", 0, 0)
+    if _field_count(block) > limits.max_headers:
+        return PrescanResult(False, "header_count", 0, 0)
+    # feedparser takes the field name up to the first colon; "Received :" is not a header line at all.
+    lowered = b"\n" + block.lower()
+    if lowered.count(b"\nreceived:") > limits.max_received:
+        return PrescanResult(False, "loop_received", 0, 0)
+    return _Walker(raw, limits).run()
+
+
+def _field_count(block: bytes) -> int:
+    """Header fields in a block of whole lines: lines minus continuation lines."""
+    lines = block.count(b"\n") + (0 if block.endswith(b"\n") or not block else 1)
+    continuations = block.count(b"\n ") + block.count(b"\n\t") + (1 if block[:1] in (b" ", b"\t") else 0)
+    return lines - continuations
+
+
+class _Walker:
+    """Linear MIME walk; the state is a stack of enclosing containers, never recursion."""
+
+    def __init__(self, raw: bytes, limits: PrescanLimits) -> None:
+        self.raw = raw
+        self.limits = limits
+        # One entry per open container: (boundary, is_digest) for a multipart, (None, False) for message/*.
+        self.stack: list[tuple[bytes | None, bool]] = []
+        self.levels: dict[bytes, int] = {}  # boundary -> outermost stack index using it
+        self.pattern: re.Pattern[bytes] | None = None
+        self.parts = 1
+        self.depth = 0
+        self.nested_header_bytes = 0
+        self.nested_headers = 0
+
+    def _result(self, reason: PrescanReason | None) -> PrescanResult:
+        return PrescanResult(reason is None, reason, self.parts, self.depth)
+
+    def _reindex(self) -> None:
+        self.levels = {}
+        for i, (boundary, _digest) in enumerate(self.stack):
+            if boundary is not None and boundary not in self.levels:
+                self.levels[boundary] = i
+        if self.levels:
+            alternatives = b"|".join(re.escape(b) for b in self.levels)
+            # RFC 2046 §5.1.1 delimiter line, with feedparser's tolerance for trailing blanks.
+            self.pattern = re.compile(rb"\n--(" + alternatives + rb")(--)?[ \t]*\r?(?=\n|\Z)")
+        else:
+            self.pattern = None
+
+    def _push(self, boundary: bytes | None, digest: bool) -> bool:
+        self.stack.append((boundary, digest))
+        if len(self.stack) > self.limits.max_depth:
+            self.depth = len(self.stack)
+            return False
+        if boundary is not None:
+            self._reindex()
+        return True
+
+    def _truncate(self, size: int) -> None:
+        if len(self.stack) != size:
+            del self.stack[size:]
+            self._reindex()
+
+    def _line_after(self, index: int) -> int:
+        """Start of the line following the one containing ``index``."""
+        nl = self.raw.find(b"\n", index)
+        return len(self.raw) if nl < 0 else nl + 1
+
+    def _content_type(self, start: int, stop: int) -> bytes | None:
+        """Unfolded value of the first Content-Type field in the header block ``raw[start:stop]``."""
+        raw = self.raw
+        if raw[start : start + 13].lower() == b"content-type:" or (
+            raw[start : start + 12].lower() == b"content-type" and raw[start + 12 : start + 13] in b" \t"
+        ):
+            name_end = raw.index(b":", start) + 1
+        else:
+            found = _CONTENT_TYPE_NAME.search(raw, max(start - 1, 0), stop)
+            if found is None:
+                return None
+            name_end = found.end()
+        value_end = _FOLDED_VALUE_END.search(raw, name_end, stop)
+        value = raw[name_end : value_end.start() if value_end else stop]
+        return _LINE_BREAKS.sub(b"", value).rstrip(b"\r\n")
+
+    def run(self) -> PrescanResult:
+        raw = self.raw
+        end = len(raw)
+        pos = 0
+        top = True
+        in_headers = True
+        while True:
+            hit: tuple[int, bool] | None = None
+            if in_headers:
+                # Header state: one entity's header block. It ends, as in feedparser, at a blank or
+                # non-header line, or at a delimiter of an enclosing multipart (then it has no body).
+                if pos >= end or not _HEADER_LINE.match(raw, pos):
+                    header_end = pos
+                else:
+                    stop = _HEADER_STOP.search(raw, pos)
+                    header_end = stop.start() + 1 if stop is not None else end
+                if self.pattern is not None and header_end > pos:
+                    delimiter = self.pattern.search(raw, pos - 1, header_end)
+                    if delimiter is not None:
+                        header_end = delimiter.start() + 1
+                        hit = (self.levels[delimiter.group(1)], delimiter.group(2) is not None)
+                if not top:
+                    self.nested_header_bytes += header_end - pos
+                    self.nested_headers += _field_count(raw[pos:header_end])
+                    if self.nested_header_bytes > self.limits.max_header_bytes:
+                        return self._result("header_size")
+                    if self.nested_headers > self.limits.max_headers:
+                        return self._result("header_count")
+                content_type = self._content_type(pos, header_end) if header_end > pos else None
+                pos = header_end
+                if pos < end and (hit is not None or raw[pos] in b"\r\n"):
+                    pos = self._line_after(pos)  # consume the blank separator or the delimiter line
+                top = False
+                in_headers = False
+                if hit is None:
+                    parent_digest = bool(self.stack) and self.stack[-1][1]
+                    kind, boundary, digest = _entity_kind(content_type, parent_digest)
+                    if kind == "message":
+                        # The body is a whole message (feedparser recurses): back to header state.
+                        self.parts += 1
+                        if self.parts > self.limits.max_parts:
+                            return self._result("mime_parts")
+                        if not self._push(None, False):
+                            return self._result("mime_depth")
+                        self.depth = max(self.depth, len(self.stack))
+                        in_headers = True
+                        continue
+                    if kind == "multipart" and boundary is not None and not self._push(boundary, digest):
+                        return self._result("mime_depth")
+                    if kind == "delivery-status":
+                        # Each blank-line separated block becomes one child Message object in the parse.
+                        following = self.pattern.search(raw, pos - 1) if self.pattern is not None else None
+                        stop_at = following.start() if following is not None else end
+                        blocks = raw.count(b"\n\n", pos, stop_at) + raw.count(b"\n\r\n", pos, stop_at) + 1
+                        self.parts += blocks
+                        self.depth = max(self.depth, len(self.stack) + 1)
+                        if self.parts > self.limits.max_parts:
+                            return self._result("mime_parts")
+
+            if hit is None:
+                # Body state: jump to the next delimiter line of any open multipart.
+                if self.pattern is None:
+                    return self._result(None)
+                found = self.pattern.search(raw, max(pos - 1, 0))
+                if found is None:
+                    return self._result(None)  # no (further) delimiter: a defect at worst, not a bomb
+                hit = (self.levels[found.group(1)], found.group(2) is not None)
+                pos = self._line_after(found.start() + 1)
+
+            level, is_close = hit
+            if is_close:
+                # That multipart is done; what follows is its epilogue, inside the enclosing entity.
+                self._truncate(level)
+                continue
+            # A delimiter at `level` closes every deeper container and opens a new part there.
+            self._truncate(level + 1)
+            self.depth = max(self.depth, level + 1)
+            self.parts += 1
+            if self.parts > self.limits.max_parts:
+                return self._result("mime_parts")
+            in_headers = True
+
+
+def _entity_kind(
+    content_type: bytes | None, parent_digest: bool
+) -> tuple[Literal["message", "multipart", "delivery-status", "leaf"], bytes | None, bool]:
+    """Classify an entity from its (first) Content-Type field, as ``email.feedparser`` would."""
+    if content_type is None:
+        return ("message", None, False) if parent_digest else ("leaf", None, False)
+    value = content_type.decode("ascii", "surrogateescape")
+    holder: email.message.EmailMessage | None = None
+    ctype = value.split(";", 1)[0].strip().lower()
+    if not _CLEAN_TYPE.fullmatch(ctype):
+        # Comments, quotes or encoded words (=?utf-8?q?multipart/mixed?=): the policy decodes them, so
+        # must we, or a bomb could hide behind a type the scan misreads.
+        holder = _holder(value, parent_digest)
+        ctype = holder.get_content_type() if holder is not None else "text/plain"
+    if ctype.count("/") != 1:
+        ctype = "message/rfc822" if parent_digest else "text/plain"  # invalid → the default type
+    if ctype == "message/delivery-status":
+        return "delivery-status", None, False
+    maintype, subtype = ctype.split("/")
+    if maintype == "message":
+        return "message", None, False
+    if maintype != "multipart":
+        return "leaf", None, False
+    simple = _SIMPLE_CONTENT_TYPE.match(value)
+    if simple is not None:
+        params = _SIMPLE_PARAM.findall(value, simple.end(1))
+        names = [name.lower() for name, _q, _t in params]
+        if names.count("boundary") == 1:
+            _name, quoted, token = params[names.index("boundary")]
+            boundary_text = quoted or token
+            if boundary_text:
+                return "multipart", boundary_text.encode("ascii", "surrogateescape"), subtype == "digest"
+    # Anything unusual (RFC 2231 boundary*, encoded words, escapes): ask the real header parser.
+    if holder is None:
+        holder = _holder(value, parent_digest)
+    boundary = None
+    if holder is not None:
+        try:
+            boundary = holder.get_boundary()
+        except Exception:  # the real parse cannot find a boundary either
+            boundary = None
+    if boundary is None:
+        return "multipart", None, False
+    return "multipart", boundary.encode("ascii", "surrogateescape"), subtype == "digest"
+
+
+def _holder(value: str, parent_digest: bool) -> email.message.EmailMessage | None:
+    """A one-header message parsed by ``policy.default``, the policy of the real parse."""
+    holder = email.message.EmailMessage(policy=policy.default)
+    if parent_digest:
+        holder.set_default_type("message/rfc822")
+    try:
+        holder["Content-Type"] = value.strip()
+    except Exception:  # a header the policy refuses outright
+        return None
+    return holder

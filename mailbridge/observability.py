@@ -1,0 +1,69 @@
+"""Metrics (Prometheus) and readiness: what an operator watches."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from sqlalchemy import func, select, text
+
+from mailbridge.domain.db import migrations_current
+from mailbridge.domain.models import Outbox, OutboxState, utcnow
+from mailbridge.wiring import Services
+
+REGISTRY = CollectorRegistry()
+INBOUND = Counter("mailbridge_inbound_total", "Inbound messages by final state and reason", ["state", "reason"],
+                  registry=REGISTRY)
+SMTP_REPLIES = Counter("mailbridge_smtp_replies_total", "SMTP answers by code", ["code"], registry=REGISTRY)
+DELIVERIES = Counter("mailbridge_deliveries_total", "Outbound deliveries by result", ["result"], registry=REGISTRY)
+BOUNCES = Counter("mailbridge_bounces_total", "Bounces received", ["kind"], registry=REGISTRY)
+STEP_SECONDS = Histogram("mailbridge_pipeline_step_seconds", "Pipeline step latency", ["step"], registry=REGISTRY,
+                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+OUTBOX_DEPTH = Gauge("mailbridge_outbox_depth", "Pending outbox rows", registry=REGISTRY)
+OUTBOX_AGE = Gauge("mailbridge_outbox_oldest_seconds", "Age of the oldest pending outbox row", registry=REGISTRY)
+IMAP_STATUS = Gauge("mailbridge_imap_mailbox_up", "IMAP mailbox connected (1) or failing (0)", ["mailbox"],
+                    registry=REGISTRY)
+
+OUTBOX_LAG_LIMIT = timedelta(minutes=15)
+
+
+def _outbox_stats(services: Services) -> tuple[int, float]:
+    with services.sessions() as session:
+        depth, oldest = session.execute(
+            select(func.count(), func.min(Outbox.next_attempt_at)).where(Outbox.state == OutboxState.pending)
+        ).one()
+    age = 0.0
+    if oldest is not None:
+        if oldest.tzinfo is None:
+            from datetime import UTC
+
+            oldest = oldest.replace(tzinfo=UTC)
+        age = max(0.0, (utcnow() - oldest).total_seconds())
+    return int(depth), age
+
+
+def readiness(services: Services) -> dict[str, dict[str, Any]]:
+    checks: dict[str, dict[str, Any]] = {}
+    try:
+        with services.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = {"ok": True}
+        checks["migrations"] = {"ok": migrations_current(services.engine)}
+        _, age = _outbox_stats(services)
+        checks["outbox_lag"] = {"ok": age < OUTBOX_LAG_LIMIT.total_seconds(), "seconds": round(age, 1)}
+    except Exception as exc:  # readiness reports, it does not raise
+        checks["database"] = {"ok": False, "error": type(exc).__name__}
+    if services.settings.smtp_enabled:
+        checks["smtp_listener"] = {"ok": services.flags.get("smtp_listening", False)}
+    return checks
+
+
+def render_metrics(services: Services) -> tuple[bytes, str]:
+    try:
+        depth, age = _outbox_stats(services)
+        OUTBOX_DEPTH.set(depth)
+        OUTBOX_AGE.set(age)
+    except Exception:  # metrics must render even when the database is down
+        pass
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

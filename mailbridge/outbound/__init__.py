@@ -1,0 +1,1 @@
+"""The path of a notification: fanout → render → compose → sign → deliver → worker; bounces come back."""

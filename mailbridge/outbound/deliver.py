@@ -1,0 +1,135 @@
+"""Handing signed bytes to the world: a smarthost over SMTP (aiosmtplib) or .eml files in DATA_DIR/outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import aiosmtplib
+
+Result = Literal["sent", "temporary", "permanent"]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    result: Result
+    answer: str
+
+
+class Transport(Protocol):
+    async def send(self, mail_from: str, rcpt: str, data: bytes) -> Delivery: ...
+    async def close(self) -> None: ...
+
+
+class FileTransport:
+    """The embedded default: each email becomes an .eml file, written atomically."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    async def send(self, mail_from: str, rcpt: str, data: bytes) -> Delivery:
+        return await asyncio.to_thread(self._write, mail_from, rcpt, data)
+
+    def _write(self, mail_from: str, rcpt: str, data: bytes) -> Delivery:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(f"X-Envelope-From: <{mail_from}>\r\nX-Envelope-To: <{rcpt}>\r\n".encode())
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        final = Path(tmp).with_suffix(".eml")
+        os.replace(tmp, final)
+        return Delivery("sent", f"250 written {final.name}")
+
+    async def close(self) -> None:
+        return None
+
+
+class SmtpTransport:
+    """One connection reused across a batch; 4xx and network/TLS trouble retry, 5xx fail for good."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        starttls: Literal["required", "opportunistic", "off"] = "required",
+        username: str = "",
+        password: str = "",
+        ca_file: Path | None = None,
+        timeout: float = 60.0,
+        local_hostname: str | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.starttls = starttls
+        self.username, self.password = username, password
+        self.timeout = timeout
+        self.local_hostname = local_hostname
+        self.tls_context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        self._client: aiosmtplib.SMTP | None = None
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        if self._client is not None and self._client.is_connected:
+            return self._client
+        client = aiosmtplib.SMTP(
+            hostname=self.host, port=self.port, timeout=self.timeout, start_tls=False,
+            local_hostname=self.local_hostname, tls_context=self.tls_context,
+        )
+        await client.connect()
+        if self.starttls != "off":
+            if client.supports_extension("starttls"):
+                await client.starttls()
+            elif self.starttls == "required":
+                await client.quit()
+                raise aiosmtplib.SMTPException("smarthost offers no STARTTLS; refusing to send in cleartext")
+        if self.username:
+            await client.login(self.username, self.password)
+        self._client = client
+        return client
+
+    async def send(self, mail_from: str, rcpt: str, data: bytes) -> Delivery:
+        try:
+            client = await self._connect()
+            errors, answer = await client.sendmail(mail_from, [rcpt], data)
+            return Delivery("sent", answer[:500] or "250")
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0] if exc.recipients else None
+            code = refused.code if refused else 550
+            text = f"{code} {refused.message}" if refused else str(exc)
+            await self._reset()
+            return Delivery("permanent" if code >= 500 else "temporary", text[:500])
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset()
+            return Delivery("permanent" if exc.code >= 500 else "temporary", f"{exc.code} {exc.message}"[:500])
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            await self._drop()
+            return Delivery("temporary", f"connection: {type(exc).__name__}: {exc}"[:500])
+
+    async def _reset(self) -> None:
+        if self._client is not None and self._client.is_connected:
+            try:
+                await self._client.rset()
+            except Exception:
+                await self._drop()
+
+    async def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.is_connected:
+            try:
+                await client.quit()
+            except Exception:
+                client.close()

@@ -1,0 +1,129 @@
+"""Fan-out: one outbox row per participant to notify, written in the same transaction as the message."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from mailbridge.domain.models import (
+    Conversation,
+    Message,
+    Outbox,
+    OutboxKind,
+    OutboxState,
+    Practice,
+    Suppression,
+    UserKind,
+    utcnow,
+)
+from mailbridge.policy.rules import can_read
+
+log = logging.getLogger(__name__)
+
+
+def suppressed(session: Session, practice_id: int, address: str) -> bool:
+    return bool(
+        session.scalar(
+            select(Suppression.id).where(
+                Suppression.practice_id == practice_id,
+                Suppression.address == address.lower(),
+                Suppression.suppressed.is_(True),
+            )
+        )
+    )
+
+
+def enqueue_notifications(session: Session, practice: Practice, conversation: Conversation, message: Message) -> int:
+    """Every participant but the author who may read the conversation now; internal notes to staff only."""
+    from mailbridge.domain.conversations import practice_settings, situation
+
+    delay = practice_settings(practice).notify_delay_seconds
+    now = utcnow()
+    created = 0
+    for participant in conversation.active_participants():
+        user = participant.user
+        if user.id == message.author_id:
+            continue
+        if message.internal and user.kind != UserKind.staff:
+            continue
+        if not can_read(situation(session, user, conversation)).allowed:
+            continue
+        if suppressed(session, practice.id, user.email):
+            log.info("notification_suppressed", extra={"practice": practice.slug, "reason": "address_suppressed"})
+            continue
+        if delay and _coalesce(session, conversation.id, user.id, message.id):
+            continue
+        session.add(
+            Outbox(
+                practice_id=practice.id,
+                kind=OutboxKind.notification,
+                message_id=message.id,
+                conversation_id=conversation.id,
+                recipient_id=user.id,
+                to_address=user.email,
+                next_attempt_at=now + timedelta(seconds=delay),
+            )
+        )
+        created += 1
+    session.flush()
+    return created
+
+
+def _coalesce(session: Session, conversation_id: str, recipient_id: int, message_id: str) -> bool:
+    """With a delay set, a waiting notification for the same person and conversation absorbs the new one."""
+    row = session.scalar(
+        select(Outbox).where(
+            Outbox.kind == OutboxKind.notification,
+            Outbox.conversation_id == conversation_id,
+            Outbox.recipient_id == recipient_id,
+            Outbox.state == OutboxState.pending,
+            Outbox.attempts == 0,
+            Outbox.next_attempt_at > utcnow(),
+        )
+    )
+    if row is None:
+        return False
+    payload = dict(row.payload or {})
+    payload["coalesced"] = int(payload.get("coalesced", 1)) + 1
+    row.payload = payload
+    row.message_id = message_id
+    return True
+
+
+def enqueue_email(
+    session: Session,
+    practice: Practice,
+    *,
+    kind: OutboxKind,
+    to_address: str,
+    payload: dict[str, Any],
+    recipient_id: int | None = None,
+    conversation_id: str | None = None,
+) -> Outbox:
+    """Notices (rejections) and forwards (postmaster@) ride the same durable outbox as notifications."""
+    row = Outbox(
+        practice_id=practice.id,
+        kind=kind,
+        to_address=to_address,
+        payload=payload,
+        recipient_id=recipient_id,
+        conversation_id=conversation_id,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def cancel_pending(session: Session, message_ids: Sequence[str]) -> None:
+    """A deleted message must not go out by email afterwards."""
+    if message_ids:
+        session.execute(
+            update(Outbox)
+            .where(Outbox.message_id.in_(list(message_ids)), Outbox.state == OutboxState.pending)
+            .values(state=OutboxState.failed, last_answer="cancelled: message deleted", message_id=None)
+        )

@@ -1,0 +1,219 @@
+"""Who may read and post in a conversation, right now: an ordered table of small named rules.
+
+The rules come from the product documents (../shared/seeds): company, confidential and private
+conversations (seeds 000-002), group privacy and inactive clients (seed 003), direct channels between
+two friends (seed 004). Each rule looks at a ``Situation`` (a snapshot of the current state, built fresh
+for every decision) and returns a refusal, an explicit allow, or ``None`` to let the next rule speak.
+The first rule that speaks decides; the name of that rule is recorded with every inbound email.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["company", "confidential", "private", "direct"]
+UserKind = Literal["staff", "client"]
+Role = Literal["provider", "biller", "front_office", "admin"]
+FriendState = Literal["requested", "accepted", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    id: int
+    kind: UserKind
+    role: Role | None = None
+    active: bool = True
+    holds_company: bool = False  # has the conversation's company among their favourites
+
+
+@dataclass(frozen=True, slots=True)
+class Situation:
+    actor: Person
+    kind: Kind
+    participants: tuple[Person, ...]
+    deleted: bool = False
+    friendship: FriendState | None = None  # direct conversations only
+    # what is being posted (ignored by can_read)
+    internal: bool = False
+    body_chars: int = 1
+    min_body_chars: int = 1
+    group_privacy: bool = True
+    is_reply: bool = True  # False when the message opens the conversation
+
+    @property
+    def actor_is_participant(self) -> bool:
+        return any(p.id == self.actor.id for p in self.participants)
+
+    @property
+    def client_participants(self) -> tuple[Person, ...]:
+        return tuple(p for p in self.participants if p.kind == "client")
+
+    @property
+    def staff_participants(self) -> tuple[Person, ...]:
+        return tuple(p for p in self.participants if p.kind == "staff")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    rule: str
+    reason: str  # stable code: API problem codes and the inbound log use it
+
+
+Rule = Callable[[Situation], Verdict | None]
+
+
+def _allow(rule: str, reason: str = "allowed") -> Verdict:
+    return Verdict(True, rule, reason)
+
+
+def _deny(rule: str, reason: str) -> Verdict:
+    return Verdict(False, rule, reason)
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+
+
+def conversation_deleted(s: Situation) -> Verdict | None:
+    return _deny("conversation_deleted", "conversation_deleted") if s.deleted else None
+
+
+def direct_between_friends(s: Situation) -> Verdict | None:
+    """Seed 004: only the two friends see a direct channel; closing it keeps history readable."""
+    if s.kind != "direct":
+        return None
+    if s.actor.kind == "staff" and s.actor_is_participant:
+        return _allow("direct_between_friends")
+    return _deny("direct_between_friends", "not_participant")
+
+
+def private_participants_only(s: Situation) -> Verdict | None:
+    if s.kind != "private":
+        return None
+    if s.actor_is_participant:
+        return _allow("private_participants_only")
+    return _deny("private_participants_only", "not_participant")
+
+
+def staff_with_favourite(s: Situation) -> Verdict | None:
+    """Company and confidential: practitioners who follow the company (or take part) may."""
+    if s.kind not in ("company", "confidential") or s.actor.kind != "staff":
+        return None
+    if s.actor.holds_company or s.actor_is_participant:
+        return _allow("staff_with_favourite")
+    return _deny("staff_with_favourite", "not_following_company")
+
+
+def company_clients(s: Situation) -> Verdict | None:
+    """Company: a client participant may; a client following the company may if one such client takes part."""
+    if s.kind != "company" or s.actor.kind != "client":
+        return None
+    if s.actor_is_participant:
+        return _allow("company_clients")
+    if s.actor.holds_company and any(p.holds_company for p in s.client_participants):
+        return _allow("company_clients", "allowed_via_favourite")
+    return _deny("company_clients", "not_participant")
+
+
+def confidential_designated_clients(s: Situation) -> Verdict | None:
+    """Confidential: among clients, only designated participants who are clients of the company."""
+    if s.kind != "confidential" or s.actor.kind != "client":
+        return None
+    if s.actor_is_participant and s.actor.holds_company:
+        return _allow("confidential_designated_clients")
+    if s.actor_is_participant:
+        return _deny("confidential_designated_clients", "not_company_client")
+    return _deny("confidential_designated_clients", "not_participant")
+
+
+READ_RULES: tuple[Rule, ...] = (
+    conversation_deleted,
+    direct_between_friends,
+    private_participants_only,
+    staff_with_favourite,
+    company_clients,
+    confidential_designated_clients,
+)
+
+# ---- posting (applied after the reading rules allowed) ---------------------------------------------
+
+
+def account_inactive_staff(s: Situation) -> Verdict | None:
+    if s.actor.kind == "staff" and not s.actor.active:
+        return _deny("account_inactive_staff", "account_inactive")
+    return None
+
+
+def direct_channel_open(s: Situation) -> Verdict | None:
+    """Seed 004: a direct channel opens once the friend request is accepted; we can also close it."""
+    if s.kind != "direct":
+        return None
+    if s.friendship == "accepted":
+        return None
+    reason = "direct_channel_closed" if s.friendship == "closed" else "friendship_not_accepted"
+    return _deny("direct_channel_open", reason)
+
+
+def group_privacy(s: Situation) -> Verdict | None:
+    """Seed 003: a private message sent to more than one client cannot be replied to; start a new one."""
+    if s.kind == "private" and s.group_privacy and s.is_reply and len(s.client_participants) > 1:
+        return _deny("group_privacy", "group_conversation")
+    return None
+
+
+def inactive_client_to_provider(s: Situation) -> Verdict | None:
+    """Seed 003: inactive clients cannot write to their provider, but still reach billing and front office."""
+    if s.actor.kind != "client" or s.actor.active:
+        return None
+    if any(p.role == "provider" for p in s.staff_participants):
+        return _deny("inactive_client_to_provider", "inactive_client")
+    return None
+
+
+def internal_notes_staff_only(s: Situation) -> Verdict | None:
+    if s.internal and s.actor.kind != "staff":
+        return _deny("internal_notes_staff_only", "internal_requires_staff")
+    return None
+
+
+def minimum_body(s: Situation) -> Verdict | None:
+    """Seed 003 asks for at least 10 characters; the practice sets its own minimum."""
+    if s.body_chars < s.min_body_chars:
+        return _deny("minimum_body", "body_too_short")
+    return None
+
+
+POST_RULES: tuple[Rule, ...] = (
+    account_inactive_staff,
+    direct_channel_open,
+    group_privacy,
+    inactive_client_to_provider,
+    internal_notes_staff_only,
+    minimum_body,
+)
+
+
+def _evaluate(rules: tuple[Rule, ...], s: Situation) -> Verdict | None:
+    for rule in rules:
+        verdict = rule(s)
+        if verdict is not None:
+            return verdict
+    return None
+
+
+def can_read(s: Situation) -> Verdict:
+    return _evaluate(READ_RULES, s) or _deny("default_deny", "not_allowed")
+
+
+def can_post(s: Situation) -> Verdict:
+    read = can_read(s)
+    if not read.allowed:
+        return read
+    return _evaluate(POST_RULES, s) or read
+
+
+def can_read_message(actor: Person, internal: bool) -> bool:
+    """Internal notes are for staff only, whatever the conversation."""
+    return actor.kind == "staff" or not internal

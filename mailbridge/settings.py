@@ -1,0 +1,167 @@
+"""The one typed settings object: defaults < TOML file < environment, validated once at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Settings(BaseSettings):
+    """Every knob an operator can turn. ``config/mailbridge.example.toml`` documents each one."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILBRIDGE_", extra="forbid", validate_default=True)
+
+    # Paths and storage
+    data_dir: Path = Path("./var")
+    database_url: str = ""  # empty: SQLite file DATA_DIR/mailbridge.db
+
+    # Listeners
+    smtp_listen: str = "127.0.0.1:2525"
+    http_listen: str = "127.0.0.1:8080"
+    lmtp: bool = False  # speak LMTP instead of SMTP on smtp_listen (Postfix in front)
+    smtp_enabled: bool = True
+    smtp_hostname: str = "mailbridge.localhost"
+    tls_cert: Path | None = None  # STARTTLS offered when both are set
+    tls_key: Path | None = None
+    smtp_max_connections: int = Field(default=200, ge=1)
+    smtp_max_connections_per_ip: int = Field(default=20, ge=1)
+    smtp_max_bad_recipients: int = Field(default=10, ge=1)  # per connection, then 421 4.7.0
+    smtp_max_recipients: int = Field(default=100, ge=1)
+    smtp_timeout_seconds: float = Field(default=300.0, gt=0)
+    max_concurrent_large_transfers: int = Field(default=4, ge=1)
+
+    # Outbound
+    smarthost: str = ""  # host:port; empty writes .eml files to DATA_DIR/outbox/
+    smarthost_starttls: Literal["required", "opportunistic", "off"] = "required"
+    smarthost_username: str = ""
+    smarthost_password: str = ""
+    smarthost_ca_file: Path | None = None
+    outbox_retry_schedule: list[int] = [60, 300, 1800, 7200, 21600, 43200]  # seconds; the last repeats
+    outbox_lifetime_seconds: int = Field(default=2 * 24 * 3600, ge=60)
+    outbox_lease_seconds: int = Field(default=300, ge=5)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    outbox_batch: int = Field(default=50, ge=1)
+    worker_enabled: bool = True
+
+    # Authentication of inbound mail
+    dns_nameservers: list[str] = []  # e.g. ["127.0.0.1:5353"]; empty uses the system resolver
+    dns_timeout_seconds: float = Field(default=5.0, gt=0)
+    trusted_authserv_ids: list[str] = []  # trust only Authentication-Results from these (LMTP behind Postfix)
+    authserv_id: str = "mailbridge"
+
+    # The messaging app
+    api_key: str = ""
+    app_url: str = "http://127.0.0.1:8080"  # sign-in links in notifications
+
+    templates_dir: Path | None = None  # default: the templates/ folder shipped beside the package
+
+    # Housekeeping
+    raw_retention_days: int = Field(default=30, ge=0)
+    log_json: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("smtp_listen", "http_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+    @field_validator("smarthost")
+    @classmethod
+    def _smarthost(cls, value: str) -> str:
+        return _check_listen(value) if value else value
+
+    @field_validator("dns_nameservers")
+    @classmethod
+    def _nameservers(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host, _, port = item.partition(":") if item.count(":") == 1 else (item, "", "")
+            ipaddress.ip_address(host)
+            if port and not port.isdigit():
+                raise ValueError(f"bad nameserver port in {item!r}")
+        return value
+
+    @field_validator("outbox_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: list[int]) -> list[int]:
+        if not value or any(v <= 0 for v in value):
+            raise ValueError("must be a non-empty list of positive seconds")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite:// and postgresql:// URLs are supported")
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'mailbridge.db').resolve()}"
+
+    @property
+    def starttls_enabled(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = _CONFIG_PATH.get("path")
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+_CONFIG_PATH: dict[str, Path | None] = {"path": None}
+
+
+class SettingsError(Exception):
+    """A bad setting: one line naming the key and the problem, for a clean exit 2."""
+
+
+def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once, in the composition root; TOML from --config or MAILBRIDGE_CONFIG."""
+    import os
+
+    path_text = str(config_path) if config_path else os.environ.get("MAILBRIDGE_CONFIG", "")
+    path = Path(path_text) if path_text else None
+    if path is not None and not path.is_file():
+        raise SettingsError(f"config: file {path} does not exist")
+    _CONFIG_PATH["path"] = path
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise SettingsError(f"{key}: {first['msg']}") from None
+    except ValueError as exc:  # e.g. TOML syntax error
+        raise SettingsError(f"config: {exc}") from None
+    finally:
+        _CONFIG_PATH["path"] = None

@@ -1,0 +1,110 @@
+"""Both doors' files (email parts and app uploads) go through one check-then-store path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from mailbridge.domain.conversations import NewAttachment
+from mailbridge.domain.errors import Invalid
+from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.inbound.attachments import AttachmentRules, Candidate, Verdict, judge, withheld_line
+from mailbridge.storage.blobs import BlobStore
+
+HEAD_BYTES = 8192
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One received file: its declared name and type, and a readable, seekable body (often a temp file)."""
+
+    filename: str | None
+    content_type: str
+    file: BinaryIO
+    content_id: str | None = None
+
+
+@dataclass
+class Intake:
+    accepted: list[NewAttachment] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    locale: str = "en"
+
+    @property
+    def withheld(self) -> list[Verdict]:
+        return [v for v in self.verdicts if not v.accepted]
+
+    def with_withheld_line(self, body: str) -> str:
+        """Withhold, don't drop silently: the message says which files did not come through and why."""
+        line = withheld_line(self.verdicts, self.locale)
+        if not line:
+            return body
+        return f"{body.rstrip()}\n\n{line}" if body.strip() else line
+
+    def withheld_dicts(self) -> list[dict[str, str]]:
+        return [{"filename": v.filename, "reason": v.reason or "", "explanation": v.explanation or ""} for v in self.withheld]
+
+    def log_details(self) -> list[dict[str, object]]:
+        return [
+            {"filename": v.filename, "accepted": v.accepted, "sniffed_type": v.sniffed_type, "reason": v.reason}
+            for v in self.verdicts
+        ]
+
+
+def rules_for(settings: PracticeSettings) -> AttachmentRules:
+    return AttachmentRules(max_bytes=settings.attachment_max_bytes, max_count=settings.attachment_max_count)
+
+
+def _size(handle: BinaryIO) -> int:
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    handle.seek(0)
+    return size
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    handle.seek(0)
+    while block := handle.read(CHUNK):
+        yield block
+
+
+class TooManyAttachments(Invalid):
+    def __init__(self, limit: int) -> None:
+        super().__init__("too_many_attachments", f"at most {limit} attachments per message", "attachments")
+
+
+def intake_uploads(blobs: BlobStore, settings: PracticeSettings, uploads: Sequence[Upload], locale: str) -> Intake:
+    """Judge every file by its bytes, store the accepted ones (content-addressed), report the rest."""
+    rules = rules_for(settings)
+    if len(uploads) > rules.max_count:
+        raise TooManyAttachments(rules.max_count)
+    intake = Intake(locale=locale)
+    for index, upload in enumerate(uploads, start=1):
+        size = _size(upload.file)
+        head = upload.file.read(HEAD_BYTES)
+        candidate = Candidate(
+            raw_filename=upload.filename,
+            declared_type=(upload.content_type or "application/octet-stream").split(";")[0].strip().lower(),
+            size=size,
+            head=head,
+            content_id=upload.content_id,
+        )
+        verdict = judge(candidate, rules, index)
+        intake.verdicts.append(verdict)
+        if not verdict.accepted:
+            continue
+        stored = blobs.put_stream(_chunks(upload.file))
+        intake.accepted.append(
+            NewAttachment(
+                filename=verdict.filename,
+                content_type=verdict.sniffed_type,
+                declared_type=candidate.declared_type,
+                size=stored.size,
+                sha256=stored.sha256,
+                content_id=upload.content_id,
+            )
+        )
+    return intake

@@ -1,0 +1,82 @@
+"""The composition root: builds every long-lived object once from the settings and hands them down."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailbridge.domain.db import make_engine, make_session_factory
+from mailbridge.inbound.dns import NameserverResolver, Resolver
+from mailbridge.inbound.tokens import TokenIssuer
+from mailbridge.settings import Settings
+from mailbridge.storage.blobs import BlobStore, LocalBlobStore
+
+
+def _load_secret(path: Path, env_value: str) -> bytes:
+    """The token secret: from the environment, else a 0600 file created once in the data dir."""
+    if env_value:
+        return env_value.encode("utf-8")
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32).encode("ascii")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(value)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return value
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    blobs: BlobStore
+    tokens: TokenIssuer
+    resolver: Resolver
+    verp_secret: bytes
+    flags: dict[str, bool] = field(default_factory=dict)  # e.g. smtp_listening, for /readyz
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_services(settings: Settings, resolver: Resolver | None = None) -> Services:
+    """Tests and benchmarks hand in a static DNS table; operators point ``dns_nameservers`` anywhere."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    secret = _load_secret(settings.data_dir / "secrets" / "token.key", os.environ.get("MAILBRIDGE_TOKEN_SECRET", ""))
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        blobs=LocalBlobStore(settings.data_dir / "attachments"),
+        tokens=TokenIssuer(secret),
+        resolver=resolver or NameserverResolver(settings.dns_nameservers, timeout=settings.dns_timeout_seconds),
+        verp_secret=hmac.new(secret, b"verp", hashlib.sha256).digest(),
+    )
+
+
+def pipeline_deps(services: Services) -> Any:
+    from mailbridge.inbound.pipeline import Deps
+
+    settings = services.settings
+    return Deps(
+        sessions=services.sessions,
+        blobs=services.blobs,
+        resolver=services.resolver,
+        raw_dir=settings.data_dir / "inbound",
+        trusted_authserv_ids=tuple(settings.trusted_authserv_ids),
+        authserv_id=settings.authserv_id,
+        loop_value=settings.smtp_hostname,
+    )
