@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     # Paths and storage
     data_dir: Path = Path("./var")
     database_url: str = ""  # empty: SQLite file DATA_DIR/mailbridge.db
+    database_busy_timeout_seconds: float = Field(default=30.0, gt=0)  # SQLite: wait this long for a lock
 
     # Listeners
     smtp_listen: str = "127.0.0.1:2525"

@@ -54,7 +54,7 @@ class Services:
 def build_services(settings: Settings, resolver: Resolver | None = None) -> Services:
     """Tests and benchmarks hand in a static DNS table; operators point ``dns_nameservers`` anywhere."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, busy_timeout=settings.database_busy_timeout_seconds)
     secret = _load_secret(settings.data_dir / "secrets" / "token.key", os.environ.get("MAILBRIDGE_TOKEN_SECRET", ""))
     return Services(
         settings=settings,

@@ -25,6 +25,7 @@ API_KEY = "test-key-" + "x" * 24
 # loopback, so mail from 127.0.0.1 passes SPF aligned, as it would from the client's real provider.
 DNS_TABLE: dict[str, list[str]] = {
     "client.test": ["v=spf1 ip4:127.0.0.1 ip6:::1 -all"],
+    "acme.test": ["v=spf1 ip4:127.0.0.1 -all"],
     "_dmarc.client.test": ["v=DMARC1; p=reject"],
     "strict.test": ["v=spf1 -all"],
     "_dmarc.strict.test": ["v=DMARC1; p=reject"],

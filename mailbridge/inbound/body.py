@@ -26,6 +26,7 @@ class ExtractedReply:
 
 _MAX_HEADER_CHARS: Final = 400  # a reply header longer than this is prose, not a header
 _MAX_HEADER_LINES: Final = 3  # clients wrap "On <date>, <name> <addr> wrote:" over at most 3 lines
+_MAX_DATED_HEADER_LINES: Final = 6
 _MAX_SIGNATURE_LINES: Final = 10
 _MAX_SIGNATURE_LINE_CHARS: Final = 100
 
@@ -52,6 +53,10 @@ _TIME_OR_YEAR = re.compile(r"\d{1,2}[:.h]\d{2}|(?<!\d)(?:19|20)\d{2}(?!\d)|\d{4}
 _HEADER_OPENER = re.compile(
     r"^[\s>*_-]*(?:(?:on|le|el|am|op|w\s+dniu|dnia|den|på|il|in\s+data|em|vào|pada|dne|dňa|"
     r"kl\.|в|у|在|於)\s|\S{0,12}\s*\d)",
+    re.IGNORECASE,
+)
+_ON_DATE = re.compile(
+    r"^[\s*_-]*on\s+(?:mon|tue|wed|thu|fri|sat|sun|jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|\d)",
     re.IGNORECASE,
 )
 # "reply On Wed, Apr 4, 2012 at 3:59 PM, bob@example.com wrote:" — the client glued the attribution to
@@ -124,16 +129,21 @@ _HISTORY_HEADING = re.compile(
     r"vorige\s+berichten)[*_:\s]*$",
     re.IGNORECASE,
 )
+# Outlook's plain-text separator above the original message (its header block may be in any language).
+_OUTLOOK_RULE = re.compile(r"^_{20,}$")
 _MAILING_LIST_FOOTER = re.compile(r"mailing\s+list\s*$|^to\s+unsubscribe\b", re.IGNORECASE)
 
 # "Sent from my iPhone" and friends: a whole line, a short device name without sentence punctuation.
-_DEVICE = r"(?:[\w'’&+./@()-]{1,40}|<[^>\s]{1,300}>)(?:\s+(?:[\w'’&+./@()-]{1,40}|<[^>\s]{1,300}>)){0,7}"
-_MOBILE_FOOTER = re.compile(
-    r"^\s*(?:"
+_DEVICE_WORD = r"(?:[\w'’&+./@()-]{1,40}(?:<[^>\s]{1,300}>)?|<[^>\s]{1,300}>)"  # "TypeApp<http://…>"
+_DEVICE = rf"{_DEVICE_WORD}(?:\s+{_DEVICE_WORD}){{0,7}}"
+_SENT_FROM = (
     r"(?:sent|envoyé|enviado|gesendet|inviato|verzonden|verstuurd|skickat|sendt|lähetetty|wysłane|"
     r"odesláno|отправлено|надіслано)\s+"
     r"(?:from|via|with|using|de|depuis|à\s+partir\s+de|von|mit|über|da|dal|dal\s+mio|van|vanaf|met|"
-    r"från|fra|med|z|ze|с|з|desde|do)\s+" + _DEVICE + r"|"
+    r"från|fra|med|z|ze|с|з|desde|do)\s+"
+)
+_MOBILE_FOOTER = re.compile(
+    r"^[\s–-]*(?:" + _SENT_FROM + _DEVICE + r"|"
     r"(?:get|download|télécharge[zr]?|scarica|descarga|baixe|hol\s+dir)\s+outlook\s+" + _DEVICE + r"|"
     r"von\s+meinem\s+" + _DEVICE + r"\s+gesendet|"
     r"[\w ]{1,30}から送信|发自我的\s*[\w ]{1,30}|從我的\s*[\w ]{1,30}\s*傳送|"
@@ -141,12 +151,22 @@ _MOBILE_FOOTER = re.compile(
     r")\s*[.!]?\s*$",
     re.IGNORECASE,
 )
+# Longer carrier footers ("Sent via the Samsung Galaxy S® 5, an AT&T 4G LTE smartphone"): allowed
+# when a device or mail app is named before any comma, so "Sent from my desk, is much easier than
+# my mobile phone." stays a sentence.
+_DEVICE_FOOTER = re.compile(
+    r"^[\s–-]*" + _SENT_FROM + r"[^,\n]{0,40}?\b(?:iphone|ipad|ipod|android|blackberry|samsung|galaxy|"
+    r"mobile|phone|smartphone|tablet|device|htc|nokia|huawei|xiaomi|pixel|motorola|outlook|mail|gmail|"
+    r"yahoo|aol|airmail|mailbox|spark|proton\w*|bluemail|typeapp|handy|mobiltelefon|téléphone|"
+    r"portable|móvil|celular|telefono|cellulare)\b.{0,80}$",
+    re.IGNORECASE,
+)
 
 # Closing formulas that open a signature block ("Regards,\nJane Doe\nCEO"). "Thanks" and "Cheers"
 # are deliberately absent: they usually carry meaning ("Thanks, that fixed it") and stay visible.
 _VALEDICTION = re.compile(
-    r"^\s*(?:(?:best|kind|warm|warmest|many|with\s+kind|with\s+best|all\s+the\s+best\s+and)\s+)?regards|"
-    r"^\s*(?:best|sincerely|yours\s+(?:truly|sincerely|faithfully)|respectfully|best\s+wishes|all\s+the\s+best|"
+    r"^\s*(?:(?:(?:best|kind|warm|warmest|many|with\s+kind|with\s+best)\s+)?regards|"
+    r"best|sincerely|yours\s+(?:truly|sincerely|faithfully)|respectfully|best\s+wishes|all\s+the\s+best|"
     r"cordialement|bien\s+cordialement|très\s+cordialement|bien\s+à\s+vous|salutations(?:\s+distinguées)?|"
     r"meilleures\s+salutations|sincères\s+salutations|mit\s+freundlichen\s+gr(?:ü|ue|u)(?:ß|ss)en|"
     r"freundliche\s+gr(?:ü|u)(?:ß|ss)e|viele\s+gr(?:ü|u)(?:ß|ss)e|beste\s+gr(?:ü|u)(?:ß|ss)e|"
@@ -205,7 +225,7 @@ def _split_glued_headers(lines: list[str]) -> list[str]:
     for line in lines:
         if len(line) <= _MAX_HEADER_CHARS and not _is_quote(line) and _WROTE_END.search(line):
             glued = _GLUED_ON.match(line)
-            if glued and _TIME_OR_YEAR.search(glued["header"]):
+            if glued and re.search(r"\w", glued["before"]) and _TIME_OR_YEAR.search(glued["header"]):
                 out.extend((glued["before"], glued["header"]))
                 continue
         out.append(line)
@@ -246,14 +266,20 @@ def _match_attribution(lines: Sequence[str], i: int) -> _Header | None:
     first = lines[i]
     if len(first) > _MAX_HEADER_CHARS:
         return None
+    # "On Tue, Apr 11, 2017 at 10:07 PM John Smith\n\n<\nmailto:…>\n> wrote:" (Polymail) spreads a
+    # dated attribution over blank lines; only such a dated opener may reach that far.
+    dated = _ON_DATE.match(first) is not None
+    limit = _MAX_DATED_HEADER_LINES if dated else _MAX_HEADER_LINES
     parts: list[str] = []
     j = i
-    while j < len(lines) and j - i < _MAX_HEADER_LINES:
-        if j > i and not _header_continuation(lines[j]):
-            break
+    while j < len(lines) and j - i < limit:
+        if j > i:
+            if dated and not _clean(lines[j]):
+                j += 1
+                continue
+            if not _header_continuation(lines[j]) or not _HEADER_OPENER.match(first):
+                break  # only a line that opens like an attribution may be joined with the next ones
         parts.append(_clean(lines[j]).lstrip(">").strip() if j > i else _clean(lines[j]))
-        if j > i and not _HEADER_OPENER.match(first):
-            break  # only a line that opens like an attribution may be joined with the next ones
         strong = _is_attribution(" ".join(parts))
         if strong is not None:
             return _Header(j + 1, strong)
@@ -334,7 +360,9 @@ def _cut_marker_end(lines: Sequence[str], i: int) -> int | None:
     short = len(line) <= 200
     if short and (_ORIGINAL_MARKER.match(line) or _SIG_DELIMITER.match(line)):
         return i + 1
-    if short and (_MOBILE_FOOTER.match(line) or _REPLY_ABOVE.search(line)):
+    if short and (_MOBILE_FOOTER.match(line) or _DEVICE_FOOTER.match(line) or _REPLY_ABOVE.search(line)):
+        return i + 1
+    if _OUTLOOK_RULE.match(line):
         return i + 1
     if short and (_is_history_heading(lines, i) or _is_mailing_list_footer(lines, i)):
         return i + 1
@@ -566,7 +594,8 @@ def _strip_trailing_noise(lines: Sequence[str], visible: list[int]) -> list[int]
 
 
 def _join(lines: Sequence[str], indices: Iterable[int]) -> str:
-    return _trim("\n".join(lines[i] for i in indices))
+    # Trailing blanks are invisible noise (and format=flowed artefacts), never the author's words.
+    return _trim("\n".join(lines[i].rstrip() for i in indices))
 
 
 def _trim(text: str) -> str:
@@ -577,16 +606,18 @@ def extract_reply(text: str) -> ExtractedReply:
     """Split a plain-text body into what the author wrote and the quoted history/signature."""
     lines = _split_glued_headers(_normalise(text).split("\n"))
     scan = _scan(lines)
-    visible = _strip_trailing_noise(lines, _select_visible(lines, scan))
+    visible = _select_visible(lines, scan)
+    if scan.keep_from is not None:
+        visible = [*visible, *range(scan.keep_from, len(lines))]
+    else:
+        visible = _strip_trailing_noise(lines, visible)
     if not any(_clean(lines[i]) for i in visible):
         # Everything looks quoted: better to show the whole message than to lose it.
-        return ExtractedReply(_trim("\n".join(lines)), "")
+        return ExtractedReply(_join(lines, range(len(lines))), "")
     if scan.keep_from is None:
         start = _signature_start(lines, visible)
         if start is not None:
             visible = _strip_trailing_noise(lines, visible[:start])
-    else:
-        visible = [*visible, *range(scan.keep_from, len(lines))]
     kept = set(visible)
     return ExtractedReply(_join(lines, visible), _join(lines, (i for i in range(len(lines)) if i not in kept)))
 
@@ -701,7 +732,7 @@ class _TextBuilder:
     def text(self, data: str, *, pre: bool = False) -> None:
         if not pre:
             data = _HTML_SPACE.sub(" ", data)
-            if not data.strip():
+            if not data.strip(" "):  # &nbsp; is content: Word's "<p>&nbsp;</p>" is a blank line
                 self.space = self.space or (bool(data) and not self.empty and self.newlines == 0)
                 return
             if self.newlines or self.empty:
@@ -853,8 +884,15 @@ def _inside(node: _Node, tag: str) -> bool:
     return False
 
 
-_ID_CONTAINERS: Final = ("divrplyfwdmsg", "appendonsend", "olk_src_body_section", "yahoo_quoted")
-_CLASS_CONTAINER = re.compile(r"(?:^|_)(?:gmail_quote|moz-cite-prefix|yahoo_quoted)")
+# Outlook (web, desktop, Mac, new Outlook), Yahoo, AOL, Zimbra, Proton, Gmail, Thunderbird.
+_ID_CONTAINERS: Final = (
+    "divrplyfwdmsg",
+    "appendonsend",
+    "olk_src_body_section",
+    "mail-editor-reference-message-container",
+    "aolmsgpart",
+)
+_CLASS_CONTAINER = re.compile(r"(?:^|_)(?:gmail_quote|moz-cite-prefix|protonmail_quote)|yahoo_quoted")
 _FIELD_START = re.compile(rf"^\s*(?:{_START_FIELDS})\s*[:：]", re.IGNORECASE)
 _FORWARD_START = re.compile(rf"^\W*(?:{_FORWARD_NAMES})", re.IGNORECASE)
 
@@ -862,7 +900,9 @@ _FORWARD_START = re.compile(rf"^\W*(?:{_FORWARD_NAMES})", re.IGNORECASE)
 def _is_quote_container(node: _Node) -> bool:
     """Elements that mail clients put around the quoted message when replying."""
     node_id = node.attrs.get("id", "").lower()
-    if node_id.removeprefix("x_").startswith(_ID_CONTAINERS) or node.attrs.get("name") == "messageReplySection":
+    if node_id.removeprefix("x_").startswith(_ID_CONTAINERS) or "yahoo_quoted" in node_id:
+        return True
+    if node.attrs.get("name") == "messageReplySection" or node.attrs.get("data-marker") == "__QUOTED_TEXT__":
         return True
     if any(_CLASS_CONTAINER.search(c) for c in node.classes()):
         # Gmail wraps forwarded messages in the same container: a forward is the content.
@@ -879,7 +919,8 @@ def _is_signature_container(node: _Node) -> bool:
     classes = node.classes()
     return (
         any(c.removeprefix("x_") in ("gmail_signature", "moz-signature") for c in classes)
-        or node.attrs.get("id", "").lower().removeprefix("x_") == "signature"
+        or node.attrs.get("id", "").lower().removeprefix("x_")
+        in ("signature", "applemailsignature", "ms-outlook-mobile-signature")
         or node.attrs.get("data-smartmail") == "gmail_signature"
     )
 
