@@ -223,6 +223,9 @@ def _check_dkim(raw: bytes, resolver: Resolver) -> tuple[DkimResult, tuple[str, 
         except DnsTempError:
             results.append("temperror")
             continue
+        except dkim.ValidationError:  # body hash mismatch, expired or future signature
+            results.append("fail")
+            continue
         except Exception:  # dkim.DKIMException and friends: a malformed signature or key
             results.append("permerror")
             continue

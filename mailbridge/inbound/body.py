@@ -33,6 +33,7 @@ _MAX_SIGNATURE_LINE_CHARS: Final = 100
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
 _QUOTE_LINE = re.compile(r"^[ \t]*>")
 # A horizontal rule drawn with punctuation; absorbed into the cut when it sits right above a quote marker.
+_BANNER = re.compile(r"<{2,}\s*$")  # ">> click here <<": mirrored arrows
 _RULE_LINE = re.compile(r"^[-_=*~—–#+.]{2,}$")
 _SIG_DELIMITER = re.compile(r"^--[ \t]?$")  # RFC 3676 "-- " (many clients drop the trailing space)
 
@@ -129,8 +130,6 @@ _HISTORY_HEADING = re.compile(
     r"vorige\s+berichten)[*_:\s]*$",
     re.IGNORECASE,
 )
-# Outlook's plain-text separator above the original message (its header block may be in any language).
-_OUTLOOK_RULE = re.compile(r"^_{20,}$")
 _MAILING_LIST_FOOTER = re.compile(r"mailing\s+list\s*$|^to\s+unsubscribe\b", re.IGNORECASE)
 
 # "Sent from my iPhone" and friends: a whole line, a short device name without sentence punctuation.
@@ -185,6 +184,13 @@ _VALEDICTION = re.compile(
 _SIGNOFF_START = re.compile(
     r"^\s*(?:regards|best|kind\s+regards|thanks|thank\s+you|cheers|sincerely|cordialement|merci|"
     r"bien\s+à\s+vous|grüße|gruß|mfg|groeten|pozdrawiam|hilsen|mvh|saluti|saludos|abraços|спасибо)\b",
+    re.IGNORECASE,
+)
+_GREETING = re.compile(
+    r"^\s*(?:hi|hello|hey|dear|good\s+(?:morning|afternoon|evening)|bonjour|bonsoir|salut|cher|chère|"
+    r"hallo|liebe|lieber|sehr\s+geehrte|guten\s+(?:tag|morgen|abend)|moin|hej|hei|hola|estimad[oa]|"
+    r"buongiorno|ciao|caro|cara|olá|oi|prezado|beste|geachte|dzień\s+dobry|cześć|witam|szanown[ya]|"
+    r"привет|здравствуйте|добрый\s+день|уважаем)\b",
     re.IGNORECASE,
 )
 _PHONE = re.compile(r"(?<![\w/])\+?\(?\d[\d\s().-]{5,22}\d(?![\w/])")
@@ -362,8 +368,6 @@ def _cut_marker_end(lines: Sequence[str], i: int) -> int | None:
         return i + 1
     if short and (_MOBILE_FOOTER.match(line) or _DEVICE_FOOTER.match(line) or _REPLY_ABOVE.search(line)):
         return i + 1
-    if _OUTLOOK_RULE.match(line):
-        return i + 1
     if short and (_is_history_heading(lines, i) or _is_mailing_list_footer(lines, i)):
         return i + 1
     return _field_block_end(lines, i)
@@ -434,21 +438,31 @@ def _classify(lines: Sequence[str], end: int, headers: set[int]) -> list[str]:
             kinds.append("B")
         else:
             kinds.append("Q" if _is_quote(lines[i]) else "T")
-    _absorb_lazy_continuations(kinds)
-    _release_lone_markers(kinds)
+    _absorb_lazy_continuations(lines, kinds)
+    _release_decorations(lines, kinds)
     return kinds
 
 
-def _absorb_lazy_continuations(kinds: list[str]) -> None:
+def _continues_quote(previous: str, line: str) -> bool:
+    """Whether ``line`` is the wrapped tail of the quoted ``previous`` line rather than an answer."""
+    first = line[:1]
+    if first.isalpha() and first.islower() or not first.isalnum():
+        return True  # "ignissim odio?", "_nonce=3dd518)": a word or URL cut in two
+    quoted = previous.lstrip(" \t>")
+    return len(quoted) >= 60 and not quoted.endswith((".", "!", "?", ":", ";"))
+
+
+def _absorb_lazy_continuations(lines: Sequence[str], kinds: list[str]) -> None:
     # A quoted line re-wrapped by the client loses its '>' ("> … pharetra d\nignissim odio?\n>"):
-    # one or two unprefixed lines squeezed between quote lines are still the quote.
+    # one or two unprefixed lines squeezed between quote lines are still the quote — unless they
+    # read as an answer typed between two quoted lines ("> Question?\nYes.\n> Next?").
     i = 0
     while i < len(kinds):
         if kinds[i] == "T" and i > 0 and kinds[i - 1] == "Q":
             j = i
             while j < len(kinds) and kinds[j] == "T" and j - i < 2:
                 j += 1
-            if j < len(kinds) and kinds[j] == "Q":
+            if j < len(kinds) and kinds[j] == "Q" and _continues_quote(lines[i - 1], _clean(lines[i])):
                 for k in range(i, j):
                     kinds[k] = "Q"
             i = j
@@ -456,10 +470,10 @@ def _absorb_lazy_continuations(kinds: list[str]) -> None:
             i += 1
 
 
-def _release_lone_markers(kinds: list[str]) -> None:
-    # One '>'-line glued between two text lines (">>> >>> http://x <<<") is decoration, not a quote.
+def _release_decorations(lines: Sequence[str], kinds: list[str]) -> None:
+    # A lone banner line glued inside text (">>> >>> http://x <<<") uses '>' as an arrow, not a quote.
     for i in range(1, len(kinds) - 1):
-        if kinds[i] == "Q" and kinds[i - 1] == "T" and kinds[i + 1] == "T":
+        if kinds[i] == "Q" and kinds[i - 1] == "T" and kinds[i + 1] == "T" and _BANNER.search(lines[i]):
             kinds[i] = "T"
 
 
@@ -485,32 +499,55 @@ def _segments(kinds: Sequence[str]) -> list[_Segment]:
     return segments
 
 
-def _is_signoff(lines: Sequence[str], segment: _Segment) -> bool:
-    content = [_clean(lines[i]) for i in segment.lines if _clean(lines[i])]
-    if not content:
-        return True
+def _content(lines: Sequence[str], segment: _Segment) -> list[str]:
+    return [_clean(lines[i]) for i in segment.lines if _clean(lines[i])]
+
+
+def _is_signoff(content: Sequence[str]) -> bool:
     return len(content) <= 2 and _SIGNOFF_START.match(content[0]) is not None
+
+
+def _is_name_block(content: Sequence[str]) -> bool:
+    # "Stefano Costa @stekosteko / Editor, Journal of Open Archaeology Data" under a quote: a signature.
+    return len(content) <= 4 and all(_looks_like_name(re.sub(r"\s@\S+", "", line)) for line in content)
+
+
+def _is_answer(lines: Sequence[str], segment: _Segment) -> bool:
+    content = _content(lines, segment)
+    return bool(content) and not _is_signoff(content) and not _is_name_block(content)
+
+
+def _is_greeting(lines: Sequence[str], before: Sequence[_Segment]) -> bool:
+    content = [line for seg in before if seg.kind == "T" for line in _content(lines, seg)]
+    return len(content) == 1 and (_GREETING.match(content[0]) is not None or content[0].endswith(","))
 
 
 def _select_visible(lines: Sequence[str], scan: _Scan) -> list[int]:
     """Indices of the author's lines in lines[:scan.end].
 
-    Quotes are dropped, except in an interleaved reply (two or more answers written below quotes),
-    where the quotes that an answer follows are kept for context; their attribution lines are not.
+    Quotes are dropped, except where an answer is written below them: in an interleaved reply (two
+    or more answers below quotes) and below a quote that the author introduced with a greeting only
+    ("Hi Bob,\n> question\nanswer"). Kept quotes lose their attribution line. A name/title block
+    left under the last quote is a signature.
     """
     kinds = _classify(lines, scan.end, scan.headers)
     segments = _segments(kinds)
     answered = {
         n
         for n, seg in enumerate(segments[:-1])
-        if seg.kind == "Q" and segments[n + 1].kind == "T" and not _is_signoff(lines, segments[n + 1])
+        if seg.kind == "Q" and segments[n + 1].kind == "T" and _is_answer(lines, segments[n + 1])
     }
     interleaved = len(answered) >= 2
+    last_quote = max((n for n, seg in enumerate(segments) if seg.kind == "Q"), default=-1)
+    text_above = any(seg.kind == "T" and _content(lines, seg) for seg in segments[: max(last_quote, 0)])
     visible: list[int] = []
     for n, seg in enumerate(segments):
         if seg.kind == "T":
+            content = _content(lines, seg)
+            if n > last_quote and text_above and content and _is_name_block(content):
+                continue
             visible.extend(seg.lines)
-        elif interleaved and n in answered:
+        elif n in answered and (interleaved or _is_greeting(lines, segments[:n])):
             visible.extend(_without_attribution(seg.lines, kinds))
     return visible
 
@@ -577,7 +614,9 @@ def _signature_start(lines: Sequence[str], visible: Sequence[int]) -> int | None
         contacts += _is_contact(line)
         prose = prose or _is_sentence(line)
         if _VALEDICTION.match(line):
-            best = p
+            # "Regards,\nJane" is part of the message; "Regards,\nJane Doe\nOffice manager" is a signature.
+            if tail_lines >= 3:
+                best = p
             continue
         opens_block = not _clean(lines[visible[p - 1]]) or _is_rule(lines[visible[p - 1]])
         if not prose and contacts >= 2 and opens_block and (_looks_like_name(line) or _is_rule(line)):
@@ -857,7 +896,7 @@ class _Renderer:
         inner = _TextBuilder()
         self.render(node, inner)
         body = _tidy(inner.value())
-        out.block(1)
+        out.block(2)
         if body:
             for line in body.split("\n"):
                 rest = line.lstrip(_CUT + _SIG_OPEN + _SIG_CLOSE)
@@ -865,7 +904,7 @@ class _Renderer:
                     out.marker(sentinel)  # keep the cut/signature positions through the quoting
                 out.text(f">{rest}" if rest.startswith(">") or not rest else f"> {rest}", pre=True)
                 out.hard_break()
-        out.block(1)
+        out.block(2)
 
 
 def _int(value: str | None, default: int) -> int:

@@ -311,8 +311,22 @@ def _collect_headers(msg: Message, loop_header: str) -> dict[str, list[str]]:
     for name, value in msg.raw_items():
         key = name.strip().lower()
         if key in wanted:
-            found.setdefault(key, []).append(_FOLD.sub(" ", str(value)).strip())
+            found.setdefault(key, []).append(_FOLD.sub(" ", _unescape(str(value))).strip())
     return found
+
+
+def _unescape(value: str) -> str:
+    """Raw 8-bit header bytes arrive as surrogate escapes; most clients that send them mean UTF-8."""
+    if value.isascii():
+        return value
+    try:
+        data = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def _decode(value: str) -> str:

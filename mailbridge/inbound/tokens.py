@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailbridge.domain.models import ReplyToken, utcnow
@@ -81,22 +82,40 @@ class TokenIssuer:
         self._secret = secret
 
     def issue(self, session: Session, practice_id: int, user_id: int, conversation_id: str) -> str:
-        """The participant's token for this conversation: created on first notification, then re-derived."""
-        row = session.scalar(
-            select(ReplyToken).where(ReplyToken.user_id == user_id, ReplyToken.conversation_id == conversation_id)
-        )
+        """The participant's token for this conversation: created on first notification, then re-derived.
+
+        Two workers may notify the same person at once: the insert runs in a savepoint and, when the
+        other one won, its row is read back, so both notifications carry the same address.
+        """
+        row = self._row(session, user_id, conversation_id)
         if row is not None and row.revoked_at is None:
             return derive(self._secret, row.nonce)
         nonce = secrets.token_hex(16)
         token = derive(self._secret, nonce)
-        if row is None:
-            row = ReplyToken(practice_id=practice_id, user_id=user_id, conversation_id=conversation_id)
-            session.add(row)
-        row.nonce = nonce
-        row.lookup = token_hash(token)
-        row.revoked_at = None
-        session.flush()
+        if row is not None:  # revoked earlier, re-added since: a fresh token, the old one stays dead
+            row.nonce, row.lookup, row.revoked_at = nonce, token_hash(token), None
+            session.flush()
+            return token
+        try:
+            with session.begin_nested():
+                session.add(
+                    ReplyToken(
+                        practice_id=practice_id, user_id=user_id, conversation_id=conversation_id,
+                        nonce=nonce, lookup=token_hash(token),
+                    )
+                )
+        except IntegrityError:
+            winner = self._row(session, user_id, conversation_id)
+            if winner is None:
+                raise
+            return derive(self._secret, winner.nonce)
         return token
+
+    @staticmethod
+    def _row(session: Session, user_id: int, conversation_id: str) -> ReplyToken | None:
+        return session.scalar(
+            select(ReplyToken).where(ReplyToken.user_id == user_id, ReplyToken.conversation_id == conversation_id)
+        )
 
     def resolve(self, session: Session, token: str) -> ReplyToken | None:
         """The live token row, or None for unknown, malformed or revoked (the caller answers the same)."""

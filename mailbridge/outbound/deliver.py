@@ -82,6 +82,7 @@ class SmtpTransport:
             local_hostname=self.local_hostname, tls_context=self.tls_context,
         )
         await client.connect()
+        await client.ehlo()  # the server's extensions are known only after EHLO
         if self.starttls != "off":
             if client.supports_extension("starttls"):
                 await client.starttls()

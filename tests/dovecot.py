@@ -1,0 +1,265 @@
+"""A throwaway Dovecot IMAP server for tests: own config, passwd file and maildirs in a temporary directory.
+
+No system service is touched: ``dovecot -F -c <tmp>/dovecot.conf`` runs in the foreground on free
+loopback ports and is stopped by its PID. ``doveadm`` works on the same maildirs, so a test can
+deliver, count and inspect mail the way a provider's MTA and a human with a mail client would.
+Tests that need it skip with a clear reason when ``dovecot`` is not installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+PASSWORD = "s3cret-imap-pass"
+
+
+def dovecot_binary() -> str | None:
+    return shutil.which("dovecot") or (
+        "/usr/sbin/dovecot" if os.access("/usr/sbin/dovecot", os.X_OK) else None
+    )
+
+
+def doveadm_binary() -> str | None:
+    return shutil.which("doveadm") or ("/usr/bin/doveadm" if os.access("/usr/bin/doveadm", os.X_OK) else None)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll a condition with a bounded timeout (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+class Dovecot:
+    """One Dovecot master process; ``users`` maps login → password (``{PLAIN}`` in the passwd file)."""
+
+    def __init__(self, root: Path, *, tls: tuple[Path, Path] | None = None) -> None:
+        self.root = root
+        self.tls = tls  # (certificate chain PEM, private key PEM): enables STARTTLS and an imaps listener
+        self.port = 0
+        self.imaps_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.users: dict[str, str] = {}
+        self.conf = root / "dovecot.conf"
+        self.log = root / "dovecot.log"
+        self._dovecot = dovecot_binary() or "dovecot"
+        self._doveadm = doveadm_binary() or "doveadm"
+
+    # ---- configuration -------------------------------------------------------------------------
+
+    def _write_config(self) -> None:
+        root = self.root
+        for sub in ("run", "state", "home"):
+            (root / sub).mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            mail_user = "dovecot"
+            extra = ""
+            with contextlib.suppress(KeyError):
+                pw = pwd.getpwnam(mail_user)
+                os.chown(root / "home", pw.pw_uid, pw.pw_gid)
+        else:  # an ordinary developer account: everything runs as that user, no chroot
+            mail_user = pwd.getpwuid(os.geteuid()).pw_name
+            extra = (
+                f"default_login_user = {mail_user}\ndefault_internal_user = {mail_user}\n"
+                "service imap-login {\n  chroot =\n}\nservice anvil {\n  chroot =\n}\n"
+            )
+        if self.tls:
+            cert, key = self.tls
+            ssl = f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\nssl_min_protocol = TLSv1.2\n"
+        else:
+            ssl = "ssl = no\n"
+        self.conf.write_text(
+            f"""protocols = imap
+listen = 127.0.0.1
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {self.log}
+info_log_path = {self.log}
+{ssl}disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+first_valid_uid = 1
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={mail_user} gid={mail_user} home={root}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {self.imaps_port}
+  }}
+}}
+{extra}"""
+        )
+        self._write_passwd()
+
+    def _write_passwd(self) -> None:
+        path = self.root / "passwd"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{user}:{{PLAIN}}{password}\n" for user, password in self.users.items()))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)  # passwd-file is re-read when its mtime changes
+
+    def add_user(self, user: str, password: str = PASSWORD) -> str:
+        self.users[user] = password
+        if self.conf.exists():
+            self._write_passwd()
+        return user
+
+    # ---- process -------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 15.0) -> None:
+        if not self.port:
+            self.port = free_port()
+            self.imaps_port = free_port() if self.tls else 0
+        self._write_config()
+        self.process = subprocess.Popen(
+            [self._dovecot, "-F", "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "stderr.log", "ab"),  # noqa: SIM115 - handed to the child
+        )
+        ports = [p for p in (self.port, self.imaps_port) if p]
+        if not wait_until(lambda: all(self._listening(p) for p in ports) or self.process.poll() is not None,
+                          timeout):
+            self.stop()
+            raise RuntimeError(f"dovecot did not listen within {timeout}s: {self.tail()}")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"dovecot exited with {self.process.returncode}: {self.tail()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+        # the master is gone; make sure its listener is too before a restart reuses the port
+        wait_until(lambda: not self._listening(self.port), timeout)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @staticmethod
+    def _listening(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def tail(self, lines: int = 30) -> str:
+        texts = []
+        for path in (self.log, self.root / "stderr.log"):
+            if path.exists():
+                texts.extend(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(texts)
+
+    # ---- mail, through doveadm (works on the maildir like the provider's MTA would) -------------
+
+    def doveadm(
+        self, command: str, *args: str, user: str | None = None, stdin: bytes | None = None, fmt: str | None = None
+    ) -> str:
+        """``doveadm [-f fmt] <command words> [-u user] args…``."""
+        line = [self._doveadm, "-c", str(self.conf)] + (["-f", fmt] if fmt else []) + command.split()
+        if user is not None:
+            line += ["-u", user]
+        line += list(args)
+        result = subprocess.run(line, input=stdin, capture_output=True, timeout=30, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"doveadm {command} failed: {result.stderr.decode(errors='replace')}")
+        return result.stdout.decode(errors="replace")
+
+    def deliver(self, user: str, raw: bytes, folder: str = "INBOX") -> None:
+        self.doveadm("save", "-m", folder, user=user, stdin=raw)
+
+    def uids(self, user: str, folder: str = "INBOX", query: str = "ALL") -> list[int]:
+        """UIDs in a folder (``[]`` if it does not exist)."""
+        try:
+            out = self.doveadm("search", "mailbox", folder, *query.split(), user=user)
+        except RuntimeError as exc:
+            if "doesn't exist" in str(exc) or "not found" in str(exc).lower():
+                return []
+            raise
+        return sorted(int(line.split()[1]) for line in out.splitlines() if line.strip())
+
+    def count(self, user: str, folder: str = "INBOX") -> int:
+        return len(self.uids(user, folder))
+
+    def folders(self, user: str) -> list[str]:
+        return [line.strip() for line in self.doveadm("mailbox list", user=user).splitlines() if line.strip()]
+
+    def flags(self, user: str, folder: str = "INBOX") -> list[str]:
+        out = self.doveadm("fetch", "flags", "mailbox", folder, "ALL", user=user)
+        return [line.partition(":")[2].strip() for line in out.splitlines() if line.startswith("flags:")]
+
+    def create_folder(self, user: str, folder: str) -> None:
+        self.doveadm("mailbox create", folder, user=user)
+
+    def delete_folder(self, user: str, folder: str) -> None:
+        self.doveadm("mailbox delete", "-r", "-s", folder, user=user)
+
+    def uidvalidity(self, user: str, folder: str = "INBOX") -> int:
+        out = self.doveadm("mailbox status", "uidvalidity", folder, user=user, fmt="flow")
+        return int(out.strip().partition("=")[2])
+
+    def kick(self, user: str) -> None:
+        """Close every IMAP connection of ``user`` server-side, like a provider dropping idle sessions."""
+        self.doveadm("kick", user)
+
+
+def skip_without_dovecot() -> None:
+    if dovecot_binary() is None or doveadm_binary() is None:
+        pytest.skip("dovecot is not installed (Debian: apt-get install dovecot-imapd)")
+
+
+@contextlib.contextmanager
+def running_dovecot(*, tls: tuple[Path, Path] | None = None) -> Iterator[Dovecot]:
+    """A started server in a fresh world-traversable directory (the mail user must reach its maildir)."""
+    skip_without_dovecot()
+    root = Path(tempfile.mkdtemp(prefix="mailbridge-dovecot-"))
+    os.chmod(root, 0o755)
+    server = Dovecot(root, tls=tls)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
