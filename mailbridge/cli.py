@@ -13,16 +13,24 @@ from mailbridge.settings import Settings, SettingsError, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mailbridge", description="Email gateway for secure practice messaging.")
+    parser = argparse.ArgumentParser(
+        prog="mailbridge", description="Email gateway for secure practice messaging."
+    )
     parser.add_argument("--config", help="TOML settings file (also MAILBRIDGE_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run HTTP API, SMTP/LMTP ingress, delivery worker and IMAP pollers")
-    serve.add_argument("--lmtp", action="store_true", help="speak LMTP on the SMTP listener (Postfix in front)")
+    serve.add_argument(
+        "--lmtp", action="store_true", help="speak LMTP on the SMTP listener (Postfix in front)"
+    )
     serve.add_argument("--no-smtp", action="store_true", help="do not start the SMTP listener")
     serve.add_argument("--no-worker", action="store_true", help="do not start the delivery worker")
-    serve.add_argument("--migrate", action="store_true", help="apply migrations first (always done for SQLite)")
-    serve.add_argument("--generate-api-key", action="store_true", help="create and print an API key if none is set")
+    serve.add_argument(
+        "--migrate", action="store_true", help="apply migrations first (always done for SQLite)"
+    )
+    serve.add_argument(
+        "--generate-api-key", action="store_true", help="create and print an API key if none is set"
+    )
 
     db = sub.add_parser("db", help="database commands")
     dbsub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
@@ -97,8 +105,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
             if args.migrate or services.engine.dialect.name == "sqlite":
                 upgrade(services.engine)
-            print(f"mailbridge: HTTP on {settings.http_listen}, API key {settings.api_key[:4]}… (full key in "
-                  f"{settings.data_dir / 'secrets' / 'api.key'} or MAILBRIDGE_API_KEY)", file=sys.stderr)
+            print(
+                f"mailbridge: HTTP on {settings.http_listen}, API key {settings.api_key[:4]}… (full key in "
+                f"{settings.data_dir / 'secrets' / 'api.key'} or MAILBRIDGE_API_KEY)",
+                file=sys.stderr,
+            )
             serve(services)
             return 0
         if args.command == "db":
@@ -133,7 +144,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 return 2
             except ValidationError as exc:
                 first = exc.errors()[0]
-                print(f"mailbridge: {args.file}: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+                print(
+                    f"mailbridge: {args.file}: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                    file=sys.stderr,
+                )
                 return 2
             except DomainError as exc:
                 print(f"mailbridge: {args.file}: {exc.code}: {exc.detail}", file=sys.stderr)

@@ -22,32 +22,114 @@ def _practice(slug: str, lang: str) -> dict[str, Any]:
         "reply_domain": domain,
         "notify_from": f"notify@{slug}.test",
         "locale": lang,
-        "settings": {"min_body_chars": 10 if fr else 1, "attachment_max_bytes": 10 * 1024 * 1024 if fr else 25 * 1024 * 1024},
+        "settings": {
+            "min_body_chars": 10 if fr else 1,
+            "attachment_max_bytes": 10 * 1024 * 1024 if fr else 25 * 1024 * 1024,
+        },
         "users": {
-            "dr-smith": {"email": f"dr.smith@{slug}.test", "name": "Dr Alex Smith", "kind": "staff", "role": "provider", "locale": lang},
-            "dr-jones": {"email": f"dr.jones@{slug}.test", "name": "Dr Sam Jones", "kind": "staff", "role": "provider", "locale": lang},
-            "billing": {"email": f"billing@{slug}.test", "name": "Bea Biller", "kind": "staff", "role": "biller", "locale": lang},
-            "frontdesk": {"email": f"frontdesk@{slug}.test", "name": "Fran Desk", "kind": "staff", "role": "front_office", "locale": lang},
-            "admin": {"email": f"admin@{slug}.test", "name": "Ada Admin", "kind": "staff", "role": "admin", "locale": lang},
-            "alice": {"email": "alice@client.test", "alt_emails": ["alice.work@client.test"], "name": "Alice Martin", "kind": "client", "locale": lang},
+            "dr-smith": {
+                "email": f"dr.smith@{slug}.test",
+                "name": "Dr Alex Smith",
+                "kind": "staff",
+                "role": "provider",
+                "locale": lang,
+            },
+            "dr-jones": {
+                "email": f"dr.jones@{slug}.test",
+                "name": "Dr Sam Jones",
+                "kind": "staff",
+                "role": "provider",
+                "locale": lang,
+            },
+            "billing": {
+                "email": f"billing@{slug}.test",
+                "name": "Bea Biller",
+                "kind": "staff",
+                "role": "biller",
+                "locale": lang,
+            },
+            "frontdesk": {
+                "email": f"frontdesk@{slug}.test",
+                "name": "Fran Desk",
+                "kind": "staff",
+                "role": "front_office",
+                "locale": lang,
+            },
+            "admin": {
+                "email": f"admin@{slug}.test",
+                "name": "Ada Admin",
+                "kind": "staff",
+                "role": "admin",
+                "locale": lang,
+            },
+            "alice": {
+                "email": "alice@client.test",
+                "alt_emails": ["alice.work@client.test"],
+                "name": "Alice Martin",
+                "kind": "client",
+                "locale": lang,
+            },
             "bob": {"email": "bob@client.test", "name": "Bob Durand", "kind": "client", "locale": lang},
-            "carol": {"email": "carol@client.test", "name": "Carol Petit", "kind": "client", "active": False, "locale": lang},
+            "carol": {
+                "email": "carol@client.test",
+                "name": "Carol Petit",
+                "kind": "client",
+                "active": False,
+                "locale": lang,
+            },
         },
         "companies": {"acme-bakery": {"name": "Boulangerie Acme" if fr else "Acme Bakery"}},
-        "favorites": [["dr-smith", "acme-bakery"], ["billing", "acme-bakery"], ["alice", "acme-bakery"], ["bob", "acme-bakery"]],
+        "favorites": [
+            ["dr-smith", "acme-bakery"],
+            ["billing", "acme-bakery"],
+            ["alice", "acme-bakery"],
+            ["bob", "acme-bakery"],
+        ],
         "friendships": [["dr-smith", "dr-jones", "accepted"]],
         "routes": {
-            f"frontdesk@{slug}.test": {"roles": ["front_office"], "kind": "private", "unknown_senders": "triage"},
+            f"frontdesk@{slug}.test": {
+                "roles": ["front_office"],
+                "kind": "private",
+                "unknown_senders": "triage",
+            },
             f"billing@{slug}.test": {"roles": ["biller"], "kind": "private", "unknown_senders": "reject"},
         },
     }
 
 
 CONVERSATIONS = (
-    (ConversationKind.company, "acme-bakery", "Quarterly VAT return", "dr-smith", ["alice"], "Hello Alice, your VAT return is ready for review."),
-    (ConversationKind.confidential, "acme-bakery", "Payroll question", "billing", ["alice"], "Hello Alice, one question about payroll."),
-    (ConversationKind.private, None, "Your next appointment", "dr-smith", ["bob"], "Hello Bob, shall we meet on Tuesday at 10?"),
-    (ConversationKind.direct, None, "Case conference", "dr-smith", ["dr-jones"], "Sam, can we talk about the Durand file?"),
+    (
+        ConversationKind.company,
+        "acme-bakery",
+        "Quarterly VAT return",
+        "dr-smith",
+        ["alice"],
+        "Hello Alice, your VAT return is ready for review.",
+    ),
+    (
+        ConversationKind.confidential,
+        "acme-bakery",
+        "Payroll question",
+        "billing",
+        ["alice"],
+        "Hello Alice, one question about payroll.",
+    ),
+    (
+        ConversationKind.private,
+        None,
+        "Your next appointment",
+        "dr-smith",
+        ["bob"],
+        "Hello Bob, shall we meet on Tuesday at 10?",
+    ),
+    (
+        ConversationKind.direct,
+        None,
+        "Case conference",
+        "dr-smith",
+        ["dr-jones"],
+        "Sam, can we talk about the Durand file?",
+    ),
 )
 
 
@@ -61,10 +143,14 @@ def load_demo(session: Session) -> list[str]:
         practice = directory.get_practice(session, slug)
         for kind, company, subject, author, participants, body in CONVERSATIONS:
             convs.create_conversation(
-                session, practice, kind=kind,
+                session,
+                practice,
+                kind=kind,
                 company=directory.get_company(session, practice, company) if company else None,
-                subject=subject, author=directory.get_user(session, practice, author),
-                participants=[directory.get_user(session, practice, p) for p in participants], body=body,
+                subject=subject,
+                author=directory.get_user(session, practice, author),
+                participants=[directory.get_user(session, practice, p) for p in participants],
+                body=body,
             )
     return ["demo", "demo-fr"]
 

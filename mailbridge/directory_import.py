@@ -32,15 +32,28 @@ def load_directory(session: Session, data: dict[str, Any]) -> dict[str, int]:
     counts = {"practices": 0, "users": 0, "companies": 0, "favorites": 0, "friendships": 0, "routes": 0}
     for item in parsed.practices:
         practice, _ = directory.upsert_practice(
-            session, item.slug, name=item.name, reply_domain=item.reply_domain, notify_from=str(item.notify_from),
-            locale=item.locale, settings=item.settings,
+            session,
+            item.slug,
+            name=item.name,
+            reply_domain=item.reply_domain,
+            notify_from=str(item.notify_from),
+            locale=item.locale,
+            settings=item.settings,
         )
         counts["practices"] += 1
         users = {}
         for ext, u in item.users.items():
             users[ext], _ = directory.upsert_user(
-                session, practice, ext, email=str(u.email), alt_emails=[str(a) for a in u.alt_emails], name=u.name,
-                kind=UserKind(u.kind), role=StaffRole(u.role) if u.role else None, active=u.active, locale=u.locale,
+                session,
+                practice,
+                ext,
+                email=str(u.email),
+                alt_emails=[str(a) for a in u.alt_emails],
+                name=u.name,
+                kind=UserKind(u.kind),
+                role=StaffRole(u.role) if u.role else None,
+                active=u.active,
+                locale=u.locale,
             )
             counts["users"] += 1
         for ext, c in item.companies.items():
@@ -48,13 +61,18 @@ def load_directory(session: Session, data: dict[str, Any]) -> dict[str, int]:
             counts["companies"] += 1
         for user_ext, company_ext in item.favorites:
             directory.set_favorite(
-                session, directory.get_user(session, practice, user_ext),
-                directory.get_company(session, practice, company_ext), True,
+                session,
+                directory.get_user(session, practice, user_ext),
+                directory.get_company(session, practice, company_ext),
+                True,
             )
             counts["favorites"] += 1
         for a, b, state in item.friendships:
             directory.set_friendship(
-                session, practice, directory.get_user(session, practice, a), directory.get_user(session, practice, b),
+                session,
+                practice,
+                directory.get_user(session, practice, a),
+                directory.get_user(session, practice, b),
                 FriendshipState(state),
             )
             counts["friendships"] += 1

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from sqlalchemy import func, select, text
 
 from mailbridge.domain.db import migrations_current
@@ -13,17 +20,31 @@ from mailbridge.domain.models import Outbox, OutboxState, utcnow
 from mailbridge.wiring import Services
 
 REGISTRY = CollectorRegistry()
-INBOUND = Counter("mailbridge_inbound_total", "Inbound messages by final state and reason", ["state", "reason"],
-                  registry=REGISTRY)
+INBOUND = Counter(
+    "mailbridge_inbound_total",
+    "Inbound messages by final state and reason",
+    ["state", "reason"],
+    registry=REGISTRY,
+)
 SMTP_REPLIES = Counter("mailbridge_smtp_replies_total", "SMTP answers by code", ["code"], registry=REGISTRY)
-DELIVERIES = Counter("mailbridge_deliveries_total", "Outbound deliveries by result", ["result"], registry=REGISTRY)
+DELIVERIES = Counter(
+    "mailbridge_deliveries_total", "Outbound deliveries by result", ["result"], registry=REGISTRY
+)
 BOUNCES = Counter("mailbridge_bounces_total", "Bounces received", ["kind"], registry=REGISTRY)
-STEP_SECONDS = Histogram("mailbridge_pipeline_step_seconds", "Pipeline step latency", ["step"], registry=REGISTRY,
-                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+STEP_SECONDS = Histogram(
+    "mailbridge_pipeline_step_seconds",
+    "Pipeline step latency",
+    ["step"],
+    registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 OUTBOX_DEPTH = Gauge("mailbridge_outbox_depth", "Pending outbox rows", registry=REGISTRY)
-OUTBOX_AGE = Gauge("mailbridge_outbox_oldest_seconds", "Age of the oldest pending outbox row", registry=REGISTRY)
-IMAP_STATUS = Gauge("mailbridge_imap_mailbox_up", "IMAP mailbox connected (1) or failing (0)", ["mailbox"],
-                    registry=REGISTRY)
+OUTBOX_AGE = Gauge(
+    "mailbridge_outbox_oldest_seconds", "Age of the oldest pending outbox row", registry=REGISTRY
+)
+IMAP_STATUS = Gauge(
+    "mailbridge_imap_mailbox_up", "IMAP mailbox connected (1) or failing (0)", ["mailbox"], registry=REGISTRY
+)
 
 OUTBOX_LAG_LIMIT = timedelta(minutes=15)
 

@@ -54,7 +54,9 @@ class Deferred(Exception):
 
 OK = SmtpReply(250, "2.0.0", "Message accepted")
 OK_RECIPIENT = SmtpReply(250, "2.1.5", "Recipient OK")
-OK_DISCARDED = SmtpReply(250, "2.0.0", "Message accepted")  # identical on the wire: no oracle for auto-replies
+OK_DISCARDED = SmtpReply(
+    250, "2.0.0", "Message accepted"
+)  # identical on the wire: no oracle for auto-replies
 
 RELAY_DENIED = SmtpReply(550, "5.7.1", "Relay access denied")
 UNKNOWN_RECIPIENT = SmtpReply(550, "5.1.1", "No such recipient")

@@ -18,22 +18,36 @@ log = logging.getLogger(__name__)
 
 async def start_ingress(services: Services) -> asyncio.AbstractServer:
     from mailbridge.domain.practice_settings import PracticeSettings
-    from mailbridge.ingress.smtp import ConnectionLimits, IngressHandler, make_decider, start_smtp, tls_context
+    from mailbridge.ingress.smtp import (
+        ConnectionLimits,
+        IngressHandler,
+        make_decider,
+        start_smtp,
+        tls_context,
+    )
 
     settings = services.settings
     host, port = split_listen(settings.smtp_listen)
     handler = IngressHandler(
-        pipeline_deps(services), make_decider(services), "lmtp" if settings.lmtp else "smtp",
+        pipeline_deps(services),
+        make_decider(services),
+        "lmtp" if settings.lmtp else "smtp",
         settings.smtp_max_bad_recipients,
     )
     tls = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
     biggest = PracticeSettings(attachment_max_bytes=100 * 1024 * 1024).effective_message_max_bytes
     server = await start_smtp(
-        handler=handler, host=host, port=port, lmtp=settings.lmtp, hostname=settings.smtp_hostname,
+        handler=handler,
+        host=host,
+        port=port,
+        lmtp=settings.lmtp,
+        hostname=settings.smtp_hostname,
         data_size_limit=biggest,
         limits=ConnectionLimits(settings.smtp_max_connections, settings.smtp_max_connections_per_ip),
-        spool_dir=settings.data_dir / "spool", large_transfers=settings.max_concurrent_large_transfers,
-        timeout=settings.smtp_timeout_seconds, tls=tls,
+        spool_dir=settings.data_dir / "spool",
+        large_transfers=settings.max_concurrent_large_transfers,
+        timeout=settings.smtp_timeout_seconds,
+        tls=tls,
     )
     services.flags["smtp_listening"] = True
     log.info("smtp_listening", extra={"listen": settings.smtp_listen, "lmtp": settings.lmtp})
@@ -54,15 +68,20 @@ async def run_all(services: Services, stop: asyncio.Event | None = None) -> None
     tasks.append(asyncio.create_task(run_pollers(services, stop), name="imap"))
     host, port = split_listen(settings.http_listen)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(services), host=host, port=port, log_config=None, lifespan="off", access_log=False)
+        uvicorn.Config(
+            create_app(services), host=host, port=port, log_config=None, lifespan="off", access_log=False
+        )
     )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    # uvicorn captures SIGINT/SIGTERM while it serves and re-raises them once it has stopped, which
+    # reaches the handlers above: either way every part stops together.
     http = asyncio.create_task(server.serve(), name="http")
-    await stop.wait()
+    stopping = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait({http, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
     server.should_exit = True
     if smtp_server is not None:
         smtp_server.close()

@@ -55,14 +55,17 @@ def build_services(settings: Settings, resolver: Resolver | None = None) -> Serv
     """Tests and benchmarks hand in a static DNS table; operators point ``dns_nameservers`` anywhere."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.effective_database_url, busy_timeout=settings.database_busy_timeout_seconds)
-    secret = _load_secret(settings.data_dir / "secrets" / "token.key", os.environ.get("MAILBRIDGE_TOKEN_SECRET", ""))
+    secret = _load_secret(
+        settings.data_dir / "secrets" / "token.key", os.environ.get("MAILBRIDGE_TOKEN_SECRET", "")
+    )
     return Services(
         settings=settings,
         engine=engine,
         sessions=make_session_factory(engine),
         blobs=LocalBlobStore(settings.data_dir / "attachments"),
         tokens=TokenIssuer(secret),
-        resolver=resolver or NameserverResolver(settings.dns_nameservers, timeout=settings.dns_timeout_seconds),
+        resolver=resolver
+        or NameserverResolver(settings.dns_nameservers, timeout=settings.dns_timeout_seconds),
         verp_secret=hmac.new(secret, b"verp", hashlib.sha256).digest(),
     )
 

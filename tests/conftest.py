@@ -139,8 +139,12 @@ USERS: dict[str, dict[str, Any]] = {
     "dr-jones": {"email": "dr.jones@acme.test", "name": "Dr Sam Jones", "kind": "staff", "role": "provider"},
     "billing": {"email": "billing@acme.test", "name": "Bea Biller", "kind": "staff", "role": "biller"},
     "frontdesk": {"email": "desk@acme.test", "name": "Fran Desk", "kind": "staff", "role": "front_office"},
-    "alice": {"email": "alice@client.test", "alt_emails": ["alice.work@client.test"], "name": "Alice Martin",
-              "kind": "client"},
+    "alice": {
+        "email": "alice@client.test",
+        "alt_emails": ["alice.work@client.test"],
+        "name": "Alice Martin",
+        "kind": "client",
+    },
     "bob": {"email": "bob@client.test", "name": "Bob Durand", "kind": "client", "locale": "fr"},
     "carol": {"email": "carol@client.test", "name": "Carol Petit", "kind": "client", "active": False},
     "dave": {"email": "dave@client.test", "name": "Dave Outsider", "kind": "client"},
@@ -161,8 +165,12 @@ def seed(services: Services, practice: str = "acme") -> None:
                         **PRACTICE,
                         "users": USERS,
                         "companies": {"bakery": {"name": "Acme Bakery"}, "garage": {"name": "Garage Ltd"}},
-                        "favorites": [["dr-smith", "bakery"], ["billing", "bakery"], ["alice", "bakery"],
-                                      ["bob", "bakery"]],
+                        "favorites": [
+                            ["dr-smith", "bakery"],
+                            ["billing", "bakery"],
+                            ["alice", "bakery"],
+                            ["bob", "bakery"],
+                        ],
                         "friendships": [["dr-smith", "dr-jones", "accepted"]],
                     }
                 ]

@@ -149,8 +149,9 @@ service imap-login {{
             stderr=open(self.root / "stderr.log", "ab"),  # noqa: SIM115 - handed to the child
         )
         ports = [p for p in (self.port, self.imaps_port) if p]
-        if not wait_until(lambda: all(self._listening(p) for p in ports) or self.process.poll() is not None,
-                          timeout):
+        if not wait_until(
+            lambda: all(self._listening(p) for p in ports) or self.process.poll() is not None, timeout
+        ):
             self.stop()
             raise RuntimeError(f"dovecot did not listen within {timeout}s: {self.tail()}")
         if self.process.poll() is not None:
@@ -195,7 +196,12 @@ service imap-login {{
     # ---- mail, through doveadm (works on the maildir like the provider's MTA would) -------------
 
     def doveadm(
-        self, command: str, *args: str, user: str | None = None, stdin: bytes | None = None, fmt: str | None = None
+        self,
+        command: str,
+        *args: str,
+        user: str | None = None,
+        stdin: bytes | None = None,
+        fmt: str | None = None,
     ) -> str:
         """``doveadm [-f fmt] <command words> [-u user] args…``."""
         line = [self._doveadm, "-c", str(self.conf)] + (["-f", fmt] if fmt else []) + command.split()

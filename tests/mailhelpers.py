@@ -74,9 +74,14 @@ def open_conversation(
         p = directory.get_practice(session, practice)
         company_row: Company | None = directory.get_company(session, p, company) if company else None
         conversation, _ = convs.create_conversation(
-            session, p, kind=ConversationKind(kind), company=company_row, subject=subject,
+            session,
+            p,
+            kind=ConversationKind(kind),
+            company=company_row,
+            subject=subject,
             author=directory.get_user(session, p, author),
-            participants=[directory.get_user(session, p, u) for u in participants], body=body,
+            participants=[directory.get_user(session, p, u) for u in participants],
+            body=body,
         )
         return conversation.id
 

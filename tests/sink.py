@@ -25,7 +25,9 @@ class SinkHandler:
     rcpt_answer: str | None = None
     event: threading.Event = field(default_factory=threading.Event)
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         if self.rcpt_answer:
             return self.rcpt_answer
         envelope.rcpt_tos.append(address)
@@ -34,7 +36,11 @@ class SinkHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.answers:
             return self.answers.pop(0)
-        self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(envelope.original_content or b"")))
+        self.received.append(
+            Received(
+                str(envelope.mail_from), list(envelope.rcpt_tos), bytes(envelope.original_content or b"")
+            )
+        )
         self.event.set()
         return "250 2.0.0 queued"
 
@@ -53,8 +59,11 @@ class Sink:
 
         async def start() -> Any:
             return await self.loop.create_server(
-                lambda: SMTP(self.handler, hostname="sink.test", tls_context=self.tls, require_starttls=False),
-                host="127.0.0.1", port=0,
+                lambda: SMTP(
+                    self.handler, hostname="sink.test", tls_context=self.tls, require_starttls=False
+                ),
+                host="127.0.0.1",
+                port=0,
             )
 
         self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)

@@ -14,8 +14,14 @@ BASE = "/api/v1/practices/acme"
 
 
 def new_conv(api: Any, **over: Any) -> Any:
-    body = {"kind": "private", "company": None, "subject": "Next appointment", "author": "dr-smith",
-            "participants": ["alice"], "body": "Hello Alice, shall we meet Tuesday?"} | over
+    body = {
+        "kind": "private",
+        "company": None,
+        "subject": "Next appointment",
+        "author": "dr-smith",
+        "participants": ["alice"],
+        "body": "Hello Alice, shall we meet Tuesday?",
+    } | over
     return api.post(f"{BASE}/conversations", json=body)
 
 
@@ -36,11 +42,19 @@ def test_health_needs_no_key_but_api_does(api: Any) -> None:
 def test_openapi_served(api: Any) -> None:
     spec = api.get("/openapi.json").json()
     assert "/api/v1/practices/{practice}/conversations" in spec["paths"]
-    assert "multipart/form-data" in spec["paths"]["/api/v1/practices/{practice}/conversations"]["post"]["requestBody"]["content"]
+    assert (
+        "multipart/form-data"
+        in spec["paths"]["/api/v1/practices/{practice}/conversations"]["post"]["requestBody"]["content"]
+    )
 
 
 def test_directory_upserts_are_idempotent(api: Any) -> None:
-    practice = {"name": "Acme", "reply_domain": "reply.acme.test", "notify_from": "notify@acme.test", "locale": "fr"}
+    practice = {
+        "name": "Acme",
+        "reply_domain": "reply.acme.test",
+        "notify_from": "notify@acme.test",
+        "locale": "fr",
+    }
     assert api.put(BASE, json=practice).status_code == 201
     again = api.put(BASE, json=practice)
     assert again.status_code == 200
@@ -62,13 +76,27 @@ def test_directory_upserts_are_idempotent(api: Any) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "status", "code"),
     [
-        ("/api/v1/practices/nope/users/x", {"email": "a@b.test", "name": "A", "kind": "client"}, 404, "practice_not_found"),
+        (
+            "/api/v1/practices/nope/users/x",
+            {"email": "a@b.test", "name": "A", "kind": "client"},
+            404,
+            "practice_not_found",
+        ),
         (f"{BASE}/users/x", {"email": "not-an-email", "name": "A", "kind": "client"}, 422, "invalid_request"),
         (f"{BASE}/users/x", {"email": "a@b.test", "name": "A", "kind": "robot"}, 422, "invalid_request"),
         (f"{BASE}/users/x", {"email": "a@b.test", "name": "A", "kind": "staff"}, 422, "role_required"),
         (f"{BASE}/users/x/favorites/nope", None, 404, "user_not_found"),
-        (f"{BASE}", {"name": "A", "reply_domain": "reply.acme.test", "notify_from": "n@acme.test",
-                     "settings": {"attachment_max_bytes": 500 * 1024 * 1024}}, 422, "invalid_settings"),
+        (
+            f"{BASE}",
+            {
+                "name": "A",
+                "reply_domain": "reply.acme.test",
+                "notify_from": "n@acme.test",
+                "settings": {"attachment_max_bytes": 500 * 1024 * 1024},
+            },
+            422,
+            "invalid_settings",
+        ),
     ],
 )
 def test_directory_bad_input(seeded: Any, api: Any, path: str, body: Any, status: int, code: str) -> None:
@@ -102,8 +130,13 @@ def test_company_conversation_visible_through_favourites(seeded: Any, api: Any) 
         assert conv["id"] not in ids, user
     # a favourite removed today matters today
     api.delete(f"{BASE}/users/billing/favorites/bakery")
-    assert api.post(f"{BASE}/conversations/{conv['id']}/messages",
-                    json={"author": "billing", "body": "Invoice attached soon"}).status_code == 403
+    assert (
+        api.post(
+            f"{BASE}/conversations/{conv['id']}/messages",
+            json={"author": "billing", "body": "Invoice attached soon"},
+        ).status_code
+        == 403
+    )
 
 
 @pytest.mark.parametrize(
@@ -116,11 +149,17 @@ def test_company_conversation_visible_through_favourites(seeded: Any, api: Any) 
         ({"subject": "x" * 256}, 422, "invalid_request", "subject"),
         ({"author": "ghost"}, 404, "user_not_found", "author"),
         ({"company": "nope", "kind": "company"}, 404, "company_not_found", "company"),
-        ({"kind": "direct", "author": "dr-smith", "participants": ["billing"]}, 403, "friendship_not_accepted", None),
+        (
+            {"kind": "direct", "author": "dr-smith", "participants": ["billing"]},
+            403,
+            "friendship_not_accepted",
+            None,
+        ),
     ],
 )
-def test_create_conversation_bad_input(seeded: Any, api: Any, over: dict[str, Any], status: int, code: str,
-                                       field: str | None) -> None:
+def test_create_conversation_bad_input(
+    seeded: Any, api: Any, over: dict[str, Any], status: int, code: str, field: str | None
+) -> None:
     response = new_conv(api, **over)
     assert response.status_code == status, response.text
     problem = response.json()
@@ -133,38 +172,60 @@ def test_create_conversation_bad_input(seeded: Any, api: Any, over: dict[str, An
 
 def test_post_refusals_carry_the_policy_reason(seeded: Any, api: Any) -> None:
     group = new_conv(api, participants=["alice", "bob"]).json()
-    refused = api.post(f"{BASE}/conversations/{group['id']}/messages", json={"author": "alice", "body": "Reply to all of you"})
+    refused = api.post(
+        f"{BASE}/conversations/{group['id']}/messages",
+        json={"author": "alice", "body": "Reply to all of you"},
+    )
     assert refused.status_code == 403 and refused.json()["code"] == "group_conversation"
     one = new_conv(api).json()
     short = api.post(f"{BASE}/conversations/{one['id']}/messages", json={"author": "alice", "body": "ok"})
     assert short.status_code == 403 and short.json()["code"] == "body_too_short"
     inactive = new_conv(api, participants=["carol"]).json()
-    assert api.post(f"{BASE}/conversations/{inactive['id']}/messages",
-                    json={"author": "carol", "body": "Hello doctor, a question"}).json()["code"] == "inactive_client"
+    assert (
+        api.post(
+            f"{BASE}/conversations/{inactive['id']}/messages",
+            json={"author": "carol", "body": "Hello doctor, a question"},
+        ).json()["code"]
+        == "inactive_client"
+    )
     to_billing = new_conv(api, author="billing", participants=["carol"]).json()
-    assert api.post(f"{BASE}/conversations/{to_billing['id']}/messages",
-                    json={"author": "carol", "body": "About my invoice please"}).status_code == 201
+    assert (
+        api.post(
+            f"{BASE}/conversations/{to_billing['id']}/messages",
+            json={"author": "carol", "body": "About my invoice please"},
+        ).status_code
+        == 201
+    )
 
 
 def test_internal_notes_hidden_from_clients(seeded: Any, api: Any) -> None:
     conv = new_conv(api).json()
-    note = api.post(f"{BASE}/conversations/{conv['id']}/messages",
-                    json={"author": "dr-smith", "body": "Client seemed anxious today", "internal": True})
+    note = api.post(
+        f"{BASE}/conversations/{conv['id']}/messages",
+        json={"author": "dr-smith", "body": "Client seemed anxious today", "internal": True},
+    )
     assert note.status_code == 201 and note.json()["internal"] is True
     staff_view = api.get(f"{BASE}/conversations/{conv['id']}/messages?as=dr-smith").json()["items"]
     client_view = api.get(f"{BASE}/conversations/{conv['id']}/messages?as=alice").json()["items"]
     assert len(staff_view) == 2 and len(client_view) == 1
-    refused = api.post(f"{BASE}/conversations/{conv['id']}/messages",
-                       json={"author": "alice", "body": "a note of my own", "internal": True})
+    refused = api.post(
+        f"{BASE}/conversations/{conv['id']}/messages",
+        json={"author": "alice", "body": "a note of my own", "internal": True},
+    )
     assert refused.json()["code"] == "internal_requires_staff"
 
 
 def test_deletion_rules_and_audit(seeded: Any, api: Any) -> None:
     conv = new_conv(api).json()
     first = conv["messages"][0]["id"]
-    reply = api.post(f"{BASE}/conversations/{conv['id']}/messages", json={"author": "alice", "body": "Tuesday works for me"}).json()
+    reply = api.post(
+        f"{BASE}/conversations/{conv['id']}/messages",
+        json={"author": "alice", "body": "Tuesday works for me"},
+    ).json()
     assert api.delete(f"{BASE}/messages/{reply['id']}?as=dr-smith").json()["code"] == "not_author"
-    assert api.delete(f"{BASE}/messages/{reply['id']}?as=alice").json()["code"] == "not_author"  # clients cannot
+    assert (
+        api.delete(f"{BASE}/messages/{reply['id']}?as=alice").json()["code"] == "not_author"
+    )  # clients cannot
     assert api.delete(f"{BASE}/messages/{first}?as=dr-smith").status_code == 204
     remaining = api.get(f"{BASE}/conversations/{conv['id']}/messages?as=alice").json()["items"]
     assert [m["id"] for m in remaining] == [reply["id"]]
@@ -188,7 +249,10 @@ def test_direct_channel_closed_keeps_history(seeded: Any, api: Any) -> None:
     conv = new_conv(api, kind="direct", participants=["dr-jones"], body="Case conference at noon?").json()
     api.put(f"{BASE}/friendships/dr-jones/dr-smith", json={"state": "closed"})
     assert len(api.get(f"{BASE}/conversations/{conv['id']}/messages?as=dr-jones").json()["items"]) == 1
-    refused = api.post(f"{BASE}/conversations/{conv['id']}/messages", json={"author": "dr-jones", "body": "Still on for noon"})
+    refused = api.post(
+        f"{BASE}/conversations/{conv['id']}/messages",
+        json={"author": "dr-jones", "body": "Still on for noon"},
+    )
     assert refused.json()["code"] == "direct_channel_closed"
 
 
@@ -199,8 +263,17 @@ def test_import_cli_round_trip(tmp_path: Any, backend: str) -> None:
 
     if backend != "sqlite":
         pytest.skip("CLI round trip exercised on SQLite")
-    data = {"practices": [{"slug": "imp", "name": "Imported", "reply_domain": "reply.imp.test",
-                           "notify_from": "n@imp.test", "users": {"u1": {"email": "u1@x.test", "name": "U", "kind": "client"}}}]}
+    data = {
+        "practices": [
+            {
+                "slug": "imp",
+                "name": "Imported",
+                "reply_domain": "reply.imp.test",
+                "notify_from": "n@imp.test",
+                "users": {"u1": {"email": "u1@x.test", "name": "U", "kind": "client"}},
+            }
+        ]
+    }
     path = tmp_path / "dir.json"
     path.write_text(json.dumps(data))
     env = {"MAILBRIDGE_DATA_DIR": str(tmp_path / "var")}

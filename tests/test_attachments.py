@@ -10,7 +10,6 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tests import filemakers as fm
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,6 +29,7 @@ from mailbridge.inbound.attachments import (
     sniff,
     withheld_line,
 )
+from tests import filemakers as fm
 
 MIB = 1024 * 1024
 NOISE = random.Random(4).randbytes(64)  # fixed: libmagic calls it application/octet-stream

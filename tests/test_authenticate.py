@@ -436,6 +436,21 @@ def test_spf_edge_cases() -> None:
     )
 
 
+def test_spf_include_loop_hits_the_lookup_limit() -> None:
+    assert spf({"example.org": ["v=spf1 include:example.org -all"]}) == "permerror"
+    assert spf({"example.org": ["v=spf1 redirect=example.org"]}) == "permerror"
+
+
+def test_a_resolver_bug_is_a_temperror_not_a_crash() -> None:
+    class Broken(StaticResolver):
+        def txt(self, name: str) -> list[bytes]:
+            raise RuntimeError("resolver bug")
+
+    assert check_spf(PEER, "a@example.org", None, Broken({})) == "temperror"
+    result = run(make_raw(), Broken({}), peer=PEER)
+    assert (result.spf, result.dmarc, result.temperror) == ("temperror", "temperror", True)
+
+
 def test_peer_ip_none_is_spf_none() -> None:
     assert check_spf(None, "a@example.org", "h", StaticResolver({"example.org": ["v=spf1 -all"]})) == "none"
 

@@ -117,7 +117,8 @@ def test_human_headers_are_not_auto_reply_markers(headers: list[tuple[str, str]]
         # German
         "Abwesenheitsnotiz: Neue Nachricht",
         "Automatische Antwort: Neue Nachricht",
-        "Abwesend: Neue Nachricht",
+        "Abwesend: AW: Neue Nachricht",
+        "Urlaub:",
         "Max Mustermann ist außer Haus",
         # Spanish, Italian, Dutch, Portuguese
         "Respuesta automática: Nuevo mensaje",
@@ -125,7 +126,7 @@ def test_human_headers_are_not_auto_reply_markers(headers: list[tuple[str, str]]
         "Risposta automatica: Nuovo messaggio",
         "Fuori sede: Nuovo messaggio",
         "Automatisch antwoord: Nieuw bericht",
-        "Afwezig: Nieuw bericht",
+        "Afwezig: RE: Nieuw bericht",
         "Resposta automática: Nova mensagem",
         # Encoded in the header, as clients send it
         "=?utf-8?q?R=C3=A9ponse_automatique_=3A_Nouveau_message?=",
@@ -148,6 +149,12 @@ def test_out_of_office_subjects(subject: str) -> None:
         "Urlaubsplanung",
         "Vacation photos",
         "Réponse au message de lundi",
+        "Absence: Tom on Monday",
+        "Urlaub: ab wann sind Sie zurück?",
+        "Dr Smith is out of the office, who do I contact?",
+        "My husband is away until Friday",
+        "Delivery failure of my prescription",
+        "Delivery problem",
     ],
 )
 def test_human_subjects(subject: str) -> None:
@@ -219,6 +226,7 @@ def test_null_sender_auto_reply_is_an_auto_reply() -> None:
 def test_mailer_daemon_without_parsable_content_is_a_bounce() -> None:
     msg = make([("Subject", "Mail could not be delivered"), ("Precedence", "bulk")])
     assert run(msg) == Classification("bounce", "bounce_subject")
+    assert run(make([("Subject", "Mail could not be delivered")])).kind == "human"  # no machine marker
     msg = make([("Sender", "x")], body="Something went wrong.\n")
     msg.replace_header("From", "Mail Delivery Subsystem <mailer-daemon@mx.example.net>")
     assert run(msg) == Classification("bounce", "mailer_daemon")
@@ -254,12 +262,24 @@ def test_loops() -> None:
 
 
 def test_our_own_notification_coming_back_is_a_loop_not_an_auto_reply() -> None:
-    msg = make([("Auto-Submitted", "auto-generated"), ("X-Auto-Response-Suppress", "All"), ("X-Mailbridge-Loop", "1")])
+    msg = make(
+        [
+            ("Auto-Submitted", "auto-generated"),
+            ("X-Auto-Response-Suppress", "All"),
+            ("X-Mailbridge-Loop", "1"),
+        ]
+    )
     assert run(msg).kind == "loop"
 
 
 def test_never_raises_on_garbage() -> None:
-    for raw in (b"", b"\x00\xff\xfe", b"From: \n\n", b"Content-Type: multipart/report\n\n--x", b"From: <<<@@@>>>\n"):
+    for raw in (
+        b"",
+        b"\x00\xff\xfe",
+        b"From: \n\n",
+        b"Content-Type: multipart/report\n\n--x",
+        b"From: <<<@@@>>>\n",
+    ):
         msg = email.message_from_bytes(raw, policy=policy.default)
         assert isinstance(msg, EmailMessage)
         assert run(msg).kind in {"human", "bounce", "auto_reply", "loop"}
@@ -390,7 +410,7 @@ def test_discourse_labelled_cases() -> None:
 
 def test_talon_human_replies() -> None:
     base = corpus("talon")
-    replies = sorted((base / "standard_replies").glob("*.eml")) + [base / "reply-quotations-share-block.eml"]
+    replies = [*sorted((base / "standard_replies").glob("*.eml")), base / "reply-quotations-share-block.eml"]
     assert len(replies) == 13
     for path in replies:
         assert run(load(path)) == Classification("human", "human"), path.name

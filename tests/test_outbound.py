@@ -64,14 +64,24 @@ def enable_dkim(services: Any) -> dict[bytes, bytes]:
 
 def test_staff_post_notifies_client_dkim_threads_and_reply_comes_back(seeded: Any, api: Any) -> None:
     dns = enable_dkim(seeded)
-    conv = api.post(f"{BASE}/conversations", json={
-        "kind": "company", "company": "bakery", "subject": "Quarterly VAT return", "author": "dr-smith",
-        "participants": ["alice"], "body": "Your VAT return is ready for review.",
-    }).json()
+    conv = api.post(
+        f"{BASE}/conversations",
+        json={
+            "kind": "company",
+            "company": "bakery",
+            "subject": "Quarterly VAT return",
+            "author": "dr-smith",
+            "participants": ["alice"],
+            "body": "Your VAT return is ready for review.",
+        },
+    ).json()
     with Sink() as sink:
         worker = worker_for(seeded, sink)
         drain(worker)
-        api.post(f"{BASE}/conversations/{conv['id']}/messages", json={"author": "dr-smith", "body": "Any questions so far?"})
+        api.post(
+            f"{BASE}/conversations/{conv['id']}/messages",
+            json={"author": "dr-smith", "body": "Any questions so far?"},
+        )
         drain(worker)
         to_alice = [r for r in sink.received if r.rcpts == ["alice@client.test"]]
         assert len(to_alice) == 2
@@ -89,12 +99,19 @@ def test_staff_post_notifies_client_dkim_threads_and_reply_comes_back(seeded: An
         assert reply_to == str(first["Reply-To"]) and reply_to.startswith("reply+")
         # the client answers the notification over SMTP: it posts, and the staff member is notified
         with live_server(seeded) as ingress:
-            answer = reply_message("alice@client.test", reply_to, "No questions, thank you!",
-                                   headers={"In-Reply-To": second["Message-ID"]})
+            answer = reply_message(
+                "alice@client.test",
+                reply_to,
+                "No questions, thank you!",
+                headers={"In-Reply-To": second["Message-ID"]},
+            )
             assert send(ingress, answer, "alice@client.test", reply_to)[0] == 250
         drain(worker)
         to_staff = [parse(r.data) for r in sink.received if r.rcpts == ["dr.smith@acme.test"]]
-        assert len(to_staff) == 1 and "No questions, thank you!" in to_staff[0].get_body(("plain",)).get_content()
+        assert (
+            len(to_staff) == 1
+            and "No questions, thank you!" in to_staff[0].get_body(("plain",)).get_content()
+        )
         assert str(to_staff[0]["From"]).startswith("Alice Martin via Acme Counselling")
 
 
@@ -102,9 +119,21 @@ def test_minimal_mode_leaks_nothing(seeded: Any, api: Any) -> None:
     import io
 
     secret_subject, secret_body = "Anxiety follow-up Zorblax", "Your panic attacks Quixotic plan"
-    files = {"attachments": ("therapy-notes-Flibber.pdf", io.BytesIO(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n"), "application/pdf")}
-    payload = {"kind": "private", "company": None, "subject": secret_subject, "author": "dr-smith",
-               "participants": ["alice"], "body": secret_body}
+    files = {
+        "attachments": (
+            "therapy-notes-Flibber.pdf",
+            io.BytesIO(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n"),
+            "application/pdf",
+        )
+    }
+    payload = {
+        "kind": "private",
+        "company": None,
+        "subject": secret_subject,
+        "author": "dr-smith",
+        "participants": ["alice"],
+        "body": secret_body,
+    }
     import json
 
     created = api.post(f"{BASE}/conversations", data={"payload": json.dumps(payload)}, files=files)
@@ -114,7 +143,15 @@ def test_minimal_mode_leaks_nothing(seeded: Any, api: Any) -> None:
         drain(worker_for(seeded, sink))
     (delivered,) = sink.received
     raw = delivered.data
-    for leak in (b"Zorblax", b"Quixotic", b"Flibber", b"Anxiety", b"Dr Alex Smith", b"Acme Counselling", b"Alice"):
+    for leak in (
+        b"Zorblax",
+        b"Quixotic",
+        b"Flibber",
+        b"Anxiety",
+        b"Dr Alex Smith",
+        b"Acme Counselling",
+        b"Alice",
+    ):
         assert leak not in raw, leak
     msg = parse(raw)
     assert msg["Subject"] == "You have a new secure message"
@@ -122,18 +159,43 @@ def test_minimal_mode_leaks_nothing(seeded: Any, api: Any) -> None:
 
 
 def test_french_minimal_subject(seeded: Any, api: Any) -> None:
-    api.post(f"{BASE}/conversations", json={"kind": "private", "company": None, "subject": "RDV", "author": "dr-smith",
-                                            "participants": ["bob"], "body": "Bonjour Bob, mardi 10 h ?"})
+    api.post(
+        f"{BASE}/conversations",
+        json={
+            "kind": "private",
+            "company": None,
+            "subject": "RDV",
+            "author": "dr-smith",
+            "participants": ["bob"],
+            "body": "Bonjour Bob, mardi 10 h ?",
+        },
+    )
     with Sink() as sink:
         drain(worker_for(seeded, sink))
     assert parse(sink.received[0].data)["Subject"] == "Vous avez un nouveau message sécurisé"
 
 
 def test_display_name_injection_yields_one_recipient(seeded: Any, api: Any) -> None:
-    api.put(f"{BASE}/users/dr-smith", json={"email": "dr.smith@acme.test", "name": 'Evil "Doc"\r\nBcc: x@evil.test',
-                                            "kind": "staff", "role": "provider"})
-    api.post(f"{BASE}/conversations", json={"kind": "company", "company": "bakery", "subject": "Hi\r\nBcc: y@evil.test",
-                                            "author": "dr-smith", "participants": ["alice"], "body": "Hello there Alice"})
+    api.put(
+        f"{BASE}/users/dr-smith",
+        json={
+            "email": "dr.smith@acme.test",
+            "name": 'Evil "Doc"\r\nBcc: x@evil.test',
+            "kind": "staff",
+            "role": "provider",
+        },
+    )
+    api.post(
+        f"{BASE}/conversations",
+        json={
+            "kind": "company",
+            "company": "bakery",
+            "subject": "Hi\r\nBcc: y@evil.test",
+            "author": "dr-smith",
+            "participants": ["alice"],
+            "body": "Hello there Alice",
+        },
+    )
     with Sink() as sink:
         drain(worker_for(seeded, sink))
     (delivered,) = sink.received
@@ -155,7 +217,13 @@ def test_smarthost_451_three_times_then_250(seeded: Any) -> None:
                 row = session.scalars(select(Outbox)).one()
                 ids.append(row.message_id_header)
                 if row.state == OutboxState.pending:
-                    delays.append(round((row.next_attempt_at.replace(tzinfo=None) - utcnow().replace(tzinfo=None)).total_seconds()))
+                    delays.append(
+                        round(
+                            (
+                                row.next_attempt_at.replace(tzinfo=None) - utcnow().replace(tzinfo=None)
+                            ).total_seconds()
+                        )
+                    )
                     row.next_attempt_at = utcnow() - timedelta(seconds=1)  # time passes
         assert len(sink.received) == 1
         with seeded.sessions() as session:
@@ -176,7 +244,9 @@ def test_smarthost_550_fails_without_retry_and_suppresses(seeded: Any) -> None:
     with seeded.sessions() as session:
         row = session.scalars(select(Outbox)).one()
         assert row.state == OutboxState.failed and row.attempts == 1 and "5.1.1" in (row.last_answer or "")
-        assert session.scalars(select(Suppression.address).where(Suppression.suppressed.is_(True))).all() == ["alice@client.test"]
+        assert session.scalars(select(Suppression.address).where(Suppression.suppressed.is_(True))).all() == [
+            "alice@client.test"
+        ]
         assert session.scalar(select(User.email_bouncing).where(User.email == "alice@client.test")) is True
     open_conversation(seeded, kind="company", company="bakery", participants=("alice",), subject="Second")
     with seeded.sessions() as session:  # a suppressed address gets no new notification rows
@@ -228,13 +298,13 @@ def test_bounce_to_verp_address_suppresses(seeded: Any) -> None:
         drain(worker_for(seeded, sink))
         verp = sink.received[0].mail_from
     dsn = (
-        "From: MAILER-DAEMON@mx.client.test\r\nTo: {verp}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        f"From: MAILER-DAEMON@mx.client.test\r\nTo: {verp}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
         "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
         "--b\r\nContent-Type: text/plain\r\n\r\nMailbox does not exist.\r\n"
         "--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.client.test\r\n\r\n"
         "Final-Recipient: rfc822; alice@client.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
         "Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--b--\r\n"
-    ).format(verp=verp)
+    )
     with live_server(seeded) as ingress, ingress.client() as client:
         client.ehlo("mx.client.test")
         client.mail("<>")

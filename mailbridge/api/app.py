@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
+
 from mailbridge import __version__
 from mailbridge.wiring import Services
 
-from . import conversations, directory, maillog, problems
+from . import conversations, directory, maillog, problems, routing
 from .deps import require_api_key
 
 
@@ -25,6 +26,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(directory.router, dependencies=secured)
     app.include_router(conversations.router, dependencies=secured)
     app.include_router(maillog.router, dependencies=secured)
+    app.include_router(routing.router, dependencies=secured)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -46,7 +46,7 @@ MULTIPART_DOC: dict[str, Any] = {
 
 
 def _doc(name: str) -> dict[str, Any]:
-    doc = json.loads(json.dumps(MULTIPART_DOC).replace("{name}", name))
+    doc: dict[str, Any] = json.loads(json.dumps(MULTIPART_DOC).replace("{name}", name))
     return doc
 
 
@@ -63,7 +63,9 @@ async def _read_body(request: Request, model: type[M]) -> tuple[M, list[Upload]]
             data = json.loads(raw)
             for item in form.getlist("attachments"):
                 if isinstance(item, UploadFile):
-                    uploads.append(Upload(item.filename, item.content_type or "application/octet-stream", item.file))
+                    uploads.append(
+                        Upload(item.filename, item.content_type or "application/octet-stream", item.file)
+                    )
         else:
             data = await request.json()
         return model.model_validate(data), uploads
@@ -75,13 +77,17 @@ async def _read_body(request: Request, model: type[M]) -> tuple[M, list[Upload]]
         raise Invalid("invalid_request", f"{field}: {first['msg']}", field) from None
 
 
-@router.post("/conversations", status_code=201, response_model=ConversationOut, openapi_extra=_doc("ConversationIn"))
+@router.post(
+    "/conversations", status_code=201, response_model=ConversationOut, openapi_extra=_doc("ConversationIn")
+)
 async def create_conversation(practice: str, request: Request, svc: ServicesDep) -> ConversationOut:
     body, uploads = await _read_body(request, ConversationIn)
     return await run_in_threadpool(_create_conversation, practice, body, uploads, svc)
 
 
-def _create_conversation(practice: str, body: ConversationIn, uploads: list[Upload], svc: Any) -> ConversationOut:
+def _create_conversation(
+    practice: str, body: ConversationIn, uploads: list[Upload], svc: Any
+) -> ConversationOut:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         author = directory.get_user(session, p, body.author, "author")
@@ -90,8 +96,16 @@ def _create_conversation(practice: str, body: ConversationIn, uploads: list[Uplo
         intake: Intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale)
         text = intake.with_withheld_line(body.body)
         conversation, message = convs.create_conversation(
-            session, p, kind=ConversationKind(body.kind), company=company, subject=body.subject, author=author,
-            participants=people, body=text, source=MessageSource.app, attachments=intake.accepted,
+            session,
+            p,
+            kind=ConversationKind(body.kind),
+            company=company,
+            subject=body.subject,
+            author=author,
+            participants=people,
+            body=text,
+            source=MessageSource.app,
+            attachments=intake.accepted,
         )
         out = conversation_out(conversation, [message])
         out.messages[0].withheld = intake.withheld_dicts()
@@ -99,7 +113,9 @@ def _create_conversation(practice: str, body: ConversationIn, uploads: list[Uplo
 
 
 @router.post(
-    "/conversations/{conversation}/messages", status_code=201, response_model=MessageOut,
+    "/conversations/{conversation}/messages",
+    status_code=201,
+    response_model=MessageOut,
     openapi_extra=_doc("MessageIn"),
 )
 async def post_message(practice: str, conversation: str, request: Request, svc: ServicesDep) -> MessageOut:
@@ -107,15 +123,23 @@ async def post_message(practice: str, conversation: str, request: Request, svc: 
     return await run_in_threadpool(_post_message, practice, conversation, body, uploads, svc)
 
 
-def _post_message(practice: str, conversation_id: str, body: MessageIn, uploads: list[Upload], svc: Any) -> MessageOut:
+def _post_message(
+    practice: str, conversation_id: str, body: MessageIn, uploads: list[Upload], svc: Any
+) -> MessageOut:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         author = directory.get_user(session, p, body.author, "author")
         conversation = convs.get_conversation(session, p, conversation_id)
         intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale)
         message = convs.post_message(
-            session, p, conversation, author, body=intake.with_withheld_line(body.body), internal=body.internal,
-            source=MessageSource.app, attachments=intake.accepted,
+            session,
+            p,
+            conversation,
+            author,
+            body=intake.with_withheld_line(body.body),
+            internal=body.internal,
+            source=MessageSource.app,
+            attachments=intake.accepted,
         )
         out = message_out(message)
         out.withheld = intake.withheld_dicts()
@@ -131,7 +155,9 @@ def list_conversations(practice: str, svc: ServicesDep, as_: str = Query(alias="
 
 
 @router.get("/conversations/{conversation}", response_model=ConversationOut)
-def get_conversation(practice: str, conversation: str, svc: ServicesDep, as_: str = Query(alias="as")) -> ConversationOut:
+def get_conversation(
+    practice: str, conversation: str, svc: ServicesDep, as_: str = Query(alias="as")
+) -> ConversationOut:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         actor = directory.get_user(session, p, as_, "as")
@@ -159,11 +185,15 @@ def _readable(session: Any, p: Any, conversation_id: str, actor: Any) -> Any:
 
 
 @router.delete("/conversations/{conversation}", status_code=204)
-def delete_conversation(practice: str, conversation: str, svc: ServicesDep, as_: str = Query(alias="as")) -> Response:
+def delete_conversation(
+    practice: str, conversation: str, svc: ServicesDep, as_: str = Query(alias="as")
+) -> Response:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         actor = directory.get_user(session, p, as_, "as")
-        orphans = convs.delete_conversation(session, p, convs.get_conversation(session, p, conversation), actor)
+        orphans = convs.delete_conversation(
+            session, p, convs.get_conversation(session, p, conversation), actor
+        )
     for sha in orphans:
         svc.blobs.delete(sha)
     return Response(status_code=204)
@@ -199,7 +229,9 @@ def remove_participant(practice: str, conversation: str, user: str, svc: Service
 
 
 @router.get("/attachments/{attachment}", response_class=StreamingResponse)
-def download_attachment(practice: str, attachment: str, svc: ServicesDep, as_: str = Query(alias="as")) -> StreamingResponse:
+def download_attachment(
+    practice: str, attachment: str, svc: ServicesDep, as_: str = Query(alias="as")
+) -> StreamingResponse:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         actor = directory.get_user(session, p, as_, "as")
@@ -221,7 +253,9 @@ def download_attachment(practice: str, attachment: str, svc: ServicesDep, as_: s
 
     return StreamingResponse(
         chunks(),
-        media_type=content_type if content_type.startswith(("image/", "application/pdf")) else "application/octet-stream",
+        media_type=content_type
+        if content_type.startswith(("image/", "application/pdf"))
+        else "application/octet-stream",
         headers={
             "Content-Disposition": content_disposition(filename),
             "X-Content-Type-Options": "nosniff",

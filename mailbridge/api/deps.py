@@ -31,7 +31,9 @@ ServicesDep = Annotated[Services, Depends(services)]
 
 
 def attachment_out(a: Attachment) -> AttachmentOut:
-    return AttachmentOut(id=a.id, filename=a.filename, content_type=a.content_type, size=a.size, sha256=a.sha256)
+    return AttachmentOut(
+        id=a.id, filename=a.filename, content_type=a.content_type, size=a.size, sha256=a.sha256
+    )
 
 
 def message_out(m: Message) -> MessageOut:

@@ -26,15 +26,26 @@ router = APIRouter(prefix="/api/v1/practices", tags=["directory"])
 
 def practice_out(p: Practice) -> PracticeOut:
     return PracticeOut(
-        slug=p.slug, name=p.name, reply_domain=p.reply_domain, notify_from=p.notify_from, locale=p.locale,
+        slug=p.slug,
+        name=p.name,
+        reply_domain=p.reply_domain,
+        notify_from=p.notify_from,
+        locale=p.locale,
         settings=p.settings,
     )
 
 
 def user_out(u: User) -> UserOut:
     return UserOut(
-        id=u.external_id, email=u.email, alt_emails=u.alt_emails, name=u.name, kind=u.kind.value,
-        role=u.role.value if u.role else None, active=u.active, locale=u.locale, email_bouncing=u.email_bouncing,
+        id=u.external_id,
+        email=u.email,
+        alt_emails=u.alt_emails,
+        name=u.name,
+        kind=u.kind.value,
+        role=u.role.value if u.role else None,
+        active=u.active,
+        locale=u.locale,
+        email_bouncing=u.email_bouncing,
     )
 
 
@@ -45,8 +56,13 @@ def put_practice(practice: str, body: PracticeIn, svc: ServicesDep, response: Re
     with transaction(svc.sessions) as session:
         try:
             row, created = directory.upsert_practice(
-                session, practice, name=body.name, reply_domain=body.reply_domain, notify_from=str(body.notify_from),
-                locale=body.locale, settings=body.settings,
+                session,
+                practice,
+                name=body.name,
+                reply_domain=body.reply_domain,
+                notify_from=str(body.notify_from),
+                locale=body.locale,
+                settings=body.settings,
             )
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -69,8 +85,15 @@ def put_user(practice: str, user: str, body: UserIn, svc: ServicesDep, response:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         row, created = directory.upsert_user(
-            session, p, user, email=str(body.email), alt_emails=[str(a) for a in body.alt_emails], name=body.name,
-            kind=UserKind(body.kind), role=StaffRole(body.role) if body.role else None, active=body.active,
+            session,
+            p,
+            user,
+            email=str(body.email),
+            alt_emails=[str(a) for a in body.alt_emails],
+            name=body.name,
+            kind=UserKind(body.kind),
+            role=StaffRole(body.role) if body.role else None,
+            active=body.active,
             locale=body.locale,
         )
         response.status_code = 201 if created else 200
@@ -85,7 +108,9 @@ def get_user(practice: str, user: str, svc: ServicesDep) -> UserOut:
 
 
 @router.put("/{practice}/companies/{company}", response_model=CompanyOut)
-def put_company(practice: str, company: str, body: CompanyIn, svc: ServicesDep, response: Response) -> CompanyOut:
+def put_company(
+    practice: str, company: str, body: CompanyIn, svc: ServicesDep, response: Response
+) -> CompanyOut:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         row, created = directory.upsert_company(session, p, company, name=body.name)
@@ -97,7 +122,9 @@ def put_company(practice: str, company: str, body: CompanyIn, svc: ServicesDep, 
 def put_favorite(practice: str, user: str, company: str, svc: ServicesDep) -> Response:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        directory.set_favorite(session, directory.get_user(session, p, user), directory.get_company(session, p, company), True)
+        directory.set_favorite(
+            session, directory.get_user(session, p, user), directory.get_company(session, p, company), True
+        )
     return Response(status_code=204)
 
 
@@ -105,12 +132,16 @@ def put_favorite(practice: str, user: str, company: str, svc: ServicesDep) -> Re
 def delete_favorite(practice: str, user: str, company: str, svc: ServicesDep) -> Response:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        directory.set_favorite(session, directory.get_user(session, p, user), directory.get_company(session, p, company), False)
+        directory.set_favorite(
+            session, directory.get_user(session, p, user), directory.get_company(session, p, company), False
+        )
     return Response(status_code=204)
 
 
 @router.put("/{practice}/friendships/{user_a}/{user_b}", response_model=FriendshipOut)
-def put_friendship(practice: str, user_a: str, user_b: str, body: FriendshipIn, svc: ServicesDep) -> FriendshipOut:
+def put_friendship(
+    practice: str, user_a: str, user_b: str, body: FriendshipIn, svc: ServicesDep
+) -> FriendshipOut:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         a = directory.get_user(session, p, user_a, "user_a")

@@ -39,11 +39,24 @@ def inbound(
         return Items(
             items=[
                 {
-                    "id": r.id, "received_at": r.received_at, "door": r.door, "peer": r.peer, "mail_from": r.mail_from,
-                    "rcpt": r.rcpt, "from": r.from_header, "message_id": r.message_id_header, "token_id": r.token_id,
-                    "auth_results": r.auth_results, "rule": r.rule, "reason": r.reason, "state": r.state.value,
-                    "smtp_reply": r.smtp_reply, "size": r.size, "conversation": r.conversation_id,
-                    "posted_message": r.posted_message_id, "details": r.details,
+                    "id": r.id,
+                    "received_at": r.received_at,
+                    "door": r.door,
+                    "peer": r.peer,
+                    "mail_from": r.mail_from,
+                    "rcpt": r.rcpt,
+                    "from": r.from_header,
+                    "message_id": r.message_id_header,
+                    "token_id": r.token_id,
+                    "auth_results": r.auth_results,
+                    "rule": r.rule,
+                    "reason": r.reason,
+                    "state": r.state.value,
+                    "smtp_reply": r.smtp_reply,
+                    "size": r.size,
+                    "conversation": r.conversation_id,
+                    "posted_message": r.posted_message_id,
+                    "details": r.details,
                 }
                 for r in rows
             ]
@@ -66,10 +79,18 @@ def outbound(
         return Items(
             items=[
                 {
-                    "id": r.id, "kind": r.kind.value, "state": r.state.value, "to": r.to_address,
-                    "message": r.message_id, "conversation": r.conversation_id, "attempts": r.attempts,
-                    "next_attempt_at": r.next_attempt_at, "last_answer": r.last_answer,
-                    "message_id_header": r.message_id_header, "created_at": r.created_at, "sent_at": r.sent_at,
+                    "id": r.id,
+                    "kind": r.kind.value,
+                    "state": r.state.value,
+                    "to": r.to_address,
+                    "message": r.message_id,
+                    "conversation": r.conversation_id,
+                    "attempts": r.attempts,
+                    "next_attempt_at": r.next_attempt_at,
+                    "last_answer": r.last_answer,
+                    "message_id_header": r.message_id_header,
+                    "created_at": r.created_at,
+                    "sent_at": r.sent_at,
                 }
                 for r in rows
             ]

@@ -16,8 +16,13 @@ PROBLEM = "application/problem+json"
 
 
 def problem(status: int, code: str, detail: str, field: str | None = None) -> JSONResponse:
-    body: dict[str, object] = {"type": "about:blank", "title": code.replace("_", " "), "status": status,
-                               "code": code, "detail": detail}
+    body: dict[str, object] = {
+        "type": "about:blank",
+        "title": code.replace("_", " "),
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
     if field:
         body["field"] = field
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
@@ -37,7 +42,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "error"
+        )
         response = problem(exc.status_code, code, str(exc.detail))
         if exc.status_code == 401:
             response.headers["WWW-Authenticate"] = "Bearer"

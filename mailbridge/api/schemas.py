@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
-
 import re
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Locale = Literal["en", "fr"]
 
-_EMAIL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
 
 
 def _check_email(value: str) -> str:
@@ -31,7 +31,9 @@ class Strict(BaseModel):
 
 class PracticeIn(Strict):
     name: str = Field(min_length=1, max_length=255)
-    reply_domain: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9.-]+\.[A-Za-z]{2,}$|^[A-Za-z0-9.-]+\.test$")
+    reply_domain: str = Field(
+        min_length=3, max_length=255, pattern=r"^[A-Za-z0-9.-]+\.[A-Za-z]{2,}$|^[A-Za-z0-9.-]+\.test$"
+    )
     notify_from: EmailStr
     locale: Locale = "en"
     settings: dict[str, Any] = {}

@@ -59,8 +59,8 @@ def practice_settings(practice: Practice) -> PracticeSettings:
 def _person(user: User, holds_company: bool) -> Person:
     return Person(
         id=user.id,
-        kind=user.kind.value,  # type: ignore[arg-type]
-        role=user.role.value if user.role else None,  # type: ignore[arg-type]
+        kind=user.kind.value,
+        role=user.role.value if user.role else None,
         active=user.active,
         holds_company=holds_company,
     )
@@ -87,7 +87,7 @@ def situation(
     settings = practice_settings(session.get_one(Practice, conversation.practice_id))
     return Situation(
         actor=_person(actor, actor.id in holders),
-        kind=conversation.kind.value,  # type: ignore[arg-type]
+        kind=conversation.kind.value,
         participants=tuple(_person(u, u.id in holders) for u in members),
         deleted=conversation.deleted_at is not None,
         friendship=friendship,  # type: ignore[arg-type]
@@ -169,8 +169,18 @@ def create_conversation(
     if not verdict.allowed:
         raise PolicyDenied(verdict)
     message = _write_message(
-        session, practice, conversation, author, body, body_html, None, source, False, attachments,
-        idempotency_key, notify,
+        session,
+        practice,
+        conversation,
+        author,
+        body,
+        body_html,
+        None,
+        source,
+        False,
+        attachments,
+        idempotency_key,
+        notify,
     )
     return conversation, message
 
@@ -190,12 +200,24 @@ def post_message(
     idempotency_key: str | None = None,
     notify: bool = True,
 ) -> Message:
-    verdict = check_post(session, author, conversation, body=body, internal=internal, has_files=bool(attachments))
+    verdict = check_post(
+        session, author, conversation, body=body, internal=internal, has_files=bool(attachments)
+    )
     if not verdict.allowed:
         raise PolicyDenied(verdict)
     return _write_message(
-        session, practice, conversation, author, body, body_html, hidden_text, source, internal, attachments,
-        idempotency_key, notify,
+        session,
+        practice,
+        conversation,
+        author,
+        body,
+        body_html,
+        hidden_text,
+        source,
+        internal,
+        attachments,
+        idempotency_key,
+        notify,
     )
 
 
@@ -277,7 +299,7 @@ def conversations_for(session: Session, practice: Practice, actor: User) -> list
 
 
 def messages_for(session: Session, conversation: Conversation, actor: User) -> list[Message]:
-    person = Person(id=actor.id, kind=actor.kind.value)  # type: ignore[arg-type]
+    person = Person(id=actor.id, kind=actor.kind.value)
     rows = session.scalars(
         select(Message)
         .where(Message.conversation_id == conversation.id, Message.deleted_at.is_(None))
@@ -288,12 +310,19 @@ def messages_for(session: Session, conversation: Conversation, actor: User) -> l
 
 def first_message(session: Session, conversation_id: str) -> Message | None:
     return session.scalar(
-        select(Message).where(Message.conversation_id == conversation_id).order_by(Message.created_at).limit(1)
+        select(Message)
+        .where(Message.conversation_id == conversation_id)
+        .order_by(Message.created_at)
+        .limit(1)
     )
 
 
 def _audit(session: Session, practice: Practice, action: str, actor: User, kind: str, target: str) -> None:
-    session.add(AuditEvent(practice_id=practice.id, action=action, actor_id=actor.id, target_kind=kind, target_id=target))
+    session.add(
+        AuditEvent(
+            practice_id=practice.id, action=action, actor_id=actor.id, target_kind=kind, target_id=target
+        )
+    )
 
 
 def _erase(session: Session, message: Message) -> list[str]:
@@ -333,7 +362,9 @@ def delete_message(session: Session, practice: Practice, message_id: str, actor:
     return unreferenced(session, hashes)
 
 
-def delete_conversation(session: Session, practice: Practice, conversation: Conversation, actor: User) -> list[str]:
+def delete_conversation(
+    session: Session, practice: Practice, conversation: Conversation, actor: User
+) -> list[str]:
     """Seed 003: a whole thread may be deleted only by the staff member who started it."""
     if conversation.deleted_at is not None:
         raise NotFound("conversation_not_found", "conversation not found")
@@ -377,6 +408,9 @@ def remove_participant(session: Session, conversation: Conversation, user: User)
 
 
 def count_messages(session: Session, conversation_id: str) -> int:
-    return session.scalar(select(func.count()).select_from(Message).where(Message.conversation_id == conversation_id)) or 0
-
-
+    return (
+        session.scalar(
+            select(func.count()).select_from(Message).where(Message.conversation_id == conversation_id)
+        )
+        or 0
+    )

@@ -23,7 +23,9 @@ def make_engine(url: str, busy_timeout: float = 30.0, **kwargs: Any) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False}, **kwargs)
+        engine = create_engine(
+            url, connect_args={"timeout": busy_timeout, "check_same_thread": False}, **kwargs
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:

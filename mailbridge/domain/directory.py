@@ -130,7 +130,9 @@ def upsert_user(
     return user, created
 
 
-def upsert_company(session: Session, practice: Practice, external_id: str, *, name: str) -> tuple[Company, bool]:
+def upsert_company(
+    session: Session, practice: Practice, external_id: str, *, name: str
+) -> tuple[Company, bool]:
     company = session.scalar(
         select(Company).where(Company.practice_id == practice.id, Company.external_id == external_id)
     )
@@ -148,7 +150,9 @@ def set_favorite(session: Session, user: User, company: Company, on: bool) -> No
     if on and not exists:
         session.add(Favorite(user_id=user.id, company_id=company.id))
     elif not on and exists:
-        session.execute(delete(Favorite).where(Favorite.user_id == user.id, Favorite.company_id == company.id))
+        session.execute(
+            delete(Favorite).where(Favorite.user_id == user.id, Favorite.company_id == company.id)
+        )
     session.flush()
 
 
@@ -159,7 +163,9 @@ def friendship_between(session: Session, a: User, b: User) -> Friendship | None:
     )
 
 
-def set_friendship(session: Session, practice: Practice, a: User, b: User, state: FriendshipState) -> Friendship:
+def set_friendship(
+    session: Session, practice: Practice, a: User, b: User, state: FriendshipState
+) -> Friendship:
     if a.id == b.id:
         raise Invalid("same_user", "a friendship needs two different users", "user_b")
     if a.kind != UserKind.staff or b.kind != UserKind.staff:

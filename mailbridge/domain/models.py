@@ -240,7 +240,9 @@ class Participant(Base):
 class Message(Base):
     __tablename__ = "messages"
     id: Mapped[pk_str]
-    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     body: Mapped[str] = mapped_column(Text, default="")
     body_html: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -253,7 +255,10 @@ class Message(Base):
 
     author: Mapped[User] = relationship(lazy="joined")
     attachments: Mapped[list[Attachment]] = relationship(
-        back_populates="message", cascade="all, delete-orphan", lazy="selectin", order_by="Attachment.position"
+        back_populates="message",
+        cascade="all, delete-orphan",
+        lazy="selectin",
+        order_by="Attachment.position",
     )
 
 
@@ -305,7 +310,9 @@ class InboundLog(Base):
 
     __tablename__ = "inbound_log"
     id: Mapped[pk_str]
-    practice_id: Mapped[int | None] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
+    practice_id: Mapped[int | None] = mapped_column(
+        ForeignKey("practices.id", ondelete="CASCADE"), index=True
+    )
     received_at: Mapped[created_at]
     door: Mapped[str] = mapped_column(String(8))  # smtp | lmtp | imap | api
     peer: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -314,7 +321,9 @@ class InboundLog(Base):
     rcpt: Mapped[str] = mapped_column(String(320), default="")  # token part redacted
     from_header: Mapped[str | None] = mapped_column(String(320), nullable=True)
     message_id_header: Mapped[str | None] = mapped_column(String(998), nullable=True)
-    token_id: Mapped[int | None] = mapped_column(ForeignKey("reply_tokens.id", ondelete="SET NULL"), nullable=True)
+    token_id: Mapped[int | None] = mapped_column(
+        ForeignKey("reply_tokens.id", ondelete="SET NULL"), nullable=True
+    )
     auth_results: Mapped[str | None] = mapped_column(Text, nullable=True)
     rule: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -337,9 +346,13 @@ class Outbox(Base):
     id: Mapped[pk_str]
     practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
     kind: Mapped[OutboxKind] = mapped_column(_enum(OutboxKind))
-    message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), nullable=True)
+    message_id: Mapped[str | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), nullable=True
+    )
     conversation_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    recipient_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=True)
+    recipient_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=True
+    )
     to_address: Mapped[str] = mapped_column(String(320))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     state: Mapped[OutboxState] = mapped_column(_enum(OutboxState), default=OutboxState.pending)

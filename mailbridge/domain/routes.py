@@ -23,7 +23,9 @@ class RouteIn(BaseModel):
 def _domain_ok(practice: Practice, address: str) -> None:
     local, at, domain = address.rpartition("@")
     if not at or not local or "." not in domain:
-        raise Invalid("invalid_address", "a full address such as frontdesk@acme.example is required", "address")
+        raise Invalid(
+            "invalid_address", "a full address such as frontdesk@acme.example is required", "address"
+        )
     if local.startswith(("postmaster", "abuse")):
         raise Invalid("reserved_address", "postmaster@ and abuse@ are reserved", "address")
 
@@ -53,7 +55,9 @@ def upsert_route(session: Session, practice: Practice, address: str, body: Route
 
 
 def get_route(session: Session, practice: Practice, address: str) -> Route:
-    route = session.scalar(select(Route).where(Route.practice_id == practice.id, Route.address == address.lower()))
+    route = session.scalar(
+        select(Route).where(Route.practice_id == practice.id, Route.address == address.lower())
+    )
     if route is None:
         raise NotFound("route_not_found", "route not found")
     return route
@@ -87,6 +91,9 @@ def group_members(session: Session, route: Route) -> list[User]:
 
 def route_out(route: Route) -> dict[str, object]:
     return {
-        "address": route.address, "staff": route.staff, "roles": route.roles, "kind": route.kind.value,
+        "address": route.address,
+        "staff": route.staff,
+        "roles": route.roles,
+        "kind": route.kind.value,
         "unknown_senders": route.unknown_senders,
     }

@@ -97,7 +97,10 @@ def authenticate(
     resolver: Resolver,
     trusted_authserv_ids: Collection[str] = (),
 ) -> AuthResults:
-    """DKIM, SPF and DMARC for one message; all DNS goes through ``resolver``. Never raises.
+    """DKIM, SPF and DMARC for one message; all DNS goes through ``resolver``.
+
+    Never raises for anything a message or DNS can contain: DNS timeouts and resolver failures come
+    back as ``temperror``, malformed signatures and records as ``permerror``/``fail``/``none``.
 
     With ``trusted_authserv_ids``, the topmost run of Authentication-Results fields whose authserv-id
     is in that set (added by our MTA) is believed, method by method, and anything below the first
@@ -339,6 +342,9 @@ class _SpfCheck:
             return "temperror"
         except _PermError:
             return "permerror"
+        except Exception:  # a resolver bug: retrying later is the safe answer
+            log.exception("spf_check_failed")
+            return "temperror"
 
     # DNS with the RFC's limits --------------------------------------------------------------------
 
@@ -598,6 +604,9 @@ def _check_dmarc(
             tags, found = _dmarc_record(organisational, resolver)
             at_org = True
     except DnsTempError:
+        return "temperror", None, relaxed
+    except Exception:  # a resolver bug: retrying later is the safe answer
+        log.exception("dmarc_lookup_failed")
         return "temperror", None, relaxed
     if tags is None:
         return "none", None, relaxed

@@ -48,6 +48,10 @@ _WROTE_END = re.compile(
     rf"(?:(?<![\w-])(?:{_WROTE_VERBS})|写道|寫道|のメッセージ)\s*[:：]?\s*[-=*]*\s*$",
     re.IGNORECASE,
 )
+# German, Dutch and Scandinavian clients put the name after the verb: "Am 13.05.2026 schrieb Jan Jansen:".
+_WROTE_BEFORE_NAME = re.compile(
+    r"(?<![\w-])(?:schrieb|skrev|schreef|kirjoitti)\s+[^:.!?]{1,120}[:：]\s*$", re.IGNORECASE
+)
 _EMAIL = re.compile(r"[\w.+'-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
 _TIME_OR_YEAR = re.compile(r"\d{1,2}[:.h]\d{2}|(?<!\d)(?:19|20)\d{2}(?!\d)|\d{4}年")
 # The first line of an attribution starts with a connective ("On", "Le", "Am", ...) or a date.
@@ -86,6 +90,12 @@ _FIELD = re.compile(
     re.IGNORECASE,
 )
 
+_INLINE_FIELD = re.compile(
+    r"\s(?:from|date|sent|to|subject|cc|von|gesendet|betreff|datum|envoyé|objet|sujet|van|verzonden|"
+    r"onderwerp|inviato|oggetto|enviado|asunto|para|fra|sendt|emne|från|skickat|ämne|temat|от|тема|кому)"
+    r"[ \t]*[:：]",
+    re.IGNORECASE,
+)
 _ORIGINAL_NAMES: Final = (
     r"original\s+message|reply\s+message|original\s+e-?mail|ursprüngliche\s+nachricht|"
     r"antwort\s+nachricht|originalnachricht|oprindelig\s+meddelelse|oprindelig\s+besked|"
@@ -200,6 +210,7 @@ _CONTACT_LABEL = re.compile(
     r"téléphone|portable|mobil|handy|telefon)\b",
     re.IGNORECASE,
 )
+_ABBREVIATION = re.compile(r"(?:\w+\.){2,}|[A-Z][a-z]{0,2}\.")
 _POSTSCRIPT = re.compile(r"^\s*p\.?\s?s\.?\b", re.IGNORECASE)
 
 
@@ -228,14 +239,24 @@ def _is_rule(line: str) -> bool:
 def _split_glued_headers(lines: list[str]) -> list[str]:
     """Put an attribution that a client glued to the author's last line on a line of its own."""
     out: list[str] = []
-    for line in lines:
-        if len(line) <= _MAX_HEADER_CHARS and not _is_quote(line) and _WROTE_END.search(line):
+    for i, line in enumerate(lines):
+        if len(line) <= _MAX_HEADER_CHARS and not _is_quote(line) and _ends_attribution(lines, i):
             glued = _GLUED_ON.match(line)
             if glued and re.search(r"\w", glued["before"]) and _TIME_OR_YEAR.search(glued["header"]):
                 out.extend((glued["before"], glued["header"]))
                 continue
         out.append(line)
     return out
+
+
+def _ends_attribution(lines: Sequence[str], i: int) -> bool:
+    # The "wrote:" may come a few wrapped lines later ("…, at 12:47 PM,\n Example <\naddr>wrote:").
+    for j in range(i, min(i + _MAX_HEADER_LINES + 1, len(lines))):
+        if (j > i and not _clean(lines[j])) or len(lines[j]) > _MAX_HEADER_CHARS:
+            return False
+        if _WROTE_END.search(lines[j]):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -260,6 +281,8 @@ def _is_attribution(joined: str) -> bool | None:
         words = _WROTE_END.sub("", joined).strip(" -=*>")
         if not words:
             return None
+        return has_address or has_date
+    if _WROTE_BEFORE_NAME.search(joined) and _HEADER_OPENER.match(joined):
         return has_address or has_date
     # "2014-10-17 11:28 GMT+03:00 Postmaster <postmaster@x>:" — date + address + colon, no verb.
     if has_address and _TIME_OR_YEAR.search(joined) and re.search(r"\d", joined[:30]):
@@ -314,10 +337,12 @@ def _followed_by_quote(lines: Sequence[str], end: int) -> bool:
 
 def _field_block_end(lines: Sequence[str], i: int) -> int | None:
     """End of an Outlook header block starting at line i, or None."""
-    first = _FIELD.match(_clean(lines[i]))
+    first_line = _clean(lines[i])
+    first = _FIELD.match(first_line)
     if first is None:
         return None
-    fields = 1
+    # HTML flattened "<b>From: bob@x</b> <b>Date: …</b>" onto one line.
+    fields = 1 + len(_INLINE_FIELD.findall(first_line, first.end()))
     has_start = first["start"] is not None
     continuation = 0
     j = i + 1
@@ -493,7 +518,9 @@ def _segments(kinds: Sequence[str]) -> list[_Segment]:
             segments[-1].lines.append(i)
             continue
         seg_kind = "Q" if kind in ("Q", "H") else "T"
-        if not segments or segments[-1].kind != seg_kind:
+        # An attribution opens a new quote: what was quoted above it is not that history.
+        opens_history = kind == "H" and (i == 0 or kinds[i - 1] != "H")
+        if not segments or segments[-1].kind != seg_kind or opens_history:
             segments.append(_Segment(seg_kind))
         segments[-1].lines.append(i)
     return segments
@@ -509,7 +536,9 @@ def _is_signoff(content: Sequence[str]) -> bool:
 
 def _is_name_block(content: Sequence[str]) -> bool:
     # "Stefano Costa @stekosteko / Editor, Journal of Open Archaeology Data" under a quote: a signature.
-    return len(content) <= 4 and all(_looks_like_name(re.sub(r"\s@\S+", "", line)) for line in content)
+    if not content or len(content) > 4 or _is_signoff(content):
+        return False
+    return all(_looks_like_name(re.sub(r"\s@\S+", "", line)) for line in content)
 
 
 def _is_answer(lines: Sequence[str], segment: _Segment) -> bool:
@@ -549,7 +578,23 @@ def _select_visible(lines: Sequence[str], scan: _Scan) -> list[int]:
             visible.extend(seg.lines)
         elif n in answered and (interleaved or _is_greeting(lines, segments[:n])):
             visible.extend(_without_attribution(seg.lines, kinds))
+        elif _is_citation(segments, n, kinds) and _has_text(lines, segments[:n]):
+            visible.extend(seg.lines)
     return visible
+
+
+def _has_text(lines: Sequence[str], segments: Sequence[_Segment]) -> bool:
+    return any(seg.kind == "T" and _content(lines, seg) for seg in segments)
+
+
+def _is_citation(segments: Sequence[_Segment], n: int, kinds: Sequence[str]) -> bool:
+    # "Reply\n> a line I quote\n\nOn <date>, Bob wrote:\n> history": the history starts at the
+    # attribution; a quote the author placed above it is part of the reply.
+    seg = segments[n]
+    if seg.kind != "Q" or kinds[seg.lines[0]] == "H" or n + 1 >= len(segments):
+        return False
+    following = segments[n + 1]
+    return following.kind == "Q" and kinds[following.lines[0]] == "H"
 
 
 def _without_attribution(indices: Iterable[int], kinds: Sequence[str]) -> list[int]:
@@ -575,6 +620,9 @@ def _looks_like_name(line: str) -> bool:
     """A name or title line: short, and its longer words capitalised ("Jane Doe", "Head of Sales")."""
     words = line.split()
     if not 1 <= len(words) <= 6 or len(line) > 60 or line.endswith((":", ",", "?", "!")):
+        return False
+    # "Sure." / "Yes, at 10." are answers; "Ph.D." / "Jr." / "Inc." end names and titles.
+    if line.endswith(".") and (len(words) == 1 or not _ABBREVIATION.fullmatch(words[-1])):
         return False
     letters = [w for w in (re.sub(r"^\W+", "", w) for w in words) if w[:1].isalpha()]
     if not letters or not letters[0][0].isupper():
@@ -943,7 +991,7 @@ def _is_quote_container(node: _Node) -> bool:
         return True
     if node.attrs.get("name") == "messageReplySection" or node.attrs.get("data-marker") == "__QUOTED_TEXT__":
         return True
-    if any(_CLASS_CONTAINER.search(c) for c in node.classes()):
+    if node.tag != "blockquote" and any(_CLASS_CONTAINER.search(c) for c in node.classes()):
         # Gmail wraps forwarded messages in the same container: a forward is the content.
         return not _FORWARD_START.match(node.text_content(120))
     if node.tag == "div":

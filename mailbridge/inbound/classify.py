@@ -134,7 +134,6 @@ _OOO_PHRASES: Final = (
     r"(?:ausente|fora) do escrit[óo]rio",
 )
 _OOO_WORDS: Final = (
-    r"auto",  # Lotus Notes: "AUTO: Jane Doe is out of the office"
     r"vacation",
     r"on (?:vacation|leave|holiday)",
     r"absence",
@@ -151,26 +150,32 @@ _OOO_WORDS: Final = (
 )
 _PHRASES: Final = "|".join(_OOO_PHRASES)
 _WORDS: Final = "|".join(_OOO_WORDS)
+_REPLY_TAG: Final = r"(?:re|aw|sv|vs|antw|fwd?|tr|wg|rv|r)\s*:"
 _OOO_SUBJECT: Final = re.compile(
+    # "[Out of Office] …", "(Absence) …"
     rf"^\s*(?:[\[(]\s*(?:{_PHRASES}|{_WORDS})\s*[\])]"
+    # "Automatic reply: …", "Abwesenheitsnotiz - …", "Out of office"
     rf"|(?:{_PHRASES})\s*(?:[:：]|\s-\s|$)"
-    rf"|(?:{_WORDS})\s*[:：])",
+    # "Absence : Re: …", "Urlaub: AW: …", "Absent:": a plain word only in front of the original subject
+    rf"|(?:{_WORDS})\s*[:：]\s*(?:{_REPLY_TAG}|$))",
     re.IGNORECASE,
 )
-# Sentences auto-responders put anywhere in the subject; only checked when the subject is not a
-# reply or forward ("Re: is Dr Smith out of the office?" stays human).
+# The whole subject is a sentence about an absent person, as Lotus Notes and others write it:
+# "AUTO: Jane Doe is out of the office (returning 02/01/2024)", "Jean Dupont est absent(e)." A person
+# asking "Dr Smith is out of the office, who do I contact?" writes more than that.
 _OOO_SENTENCE: Final = re.compile(
-    r"\b(?:is|am|are) (?:currently )?(?:out of (?:the )?office|away|on (?:vacation|leave|holiday))\b"
-    r"|\best absente?\b|\bist (?:nicht im b[üu]ro|au(?:ß|ss)er haus|abwesend)\b"
-    r"|\best[áa] (?:fuera de la oficina|ausente)\b|\b[èe] (?:fuori sede|assente)\b",
+    r"^\s*(?:auto\s*:\s*)?[^\s:,;?!][^:,;?!]{0,80}?\s"
+    r"(?:(?:is|am) (?:currently )?out of (?:the )?office|est absente?|est en cong[ée]s?"
+    r"|ist (?:nicht im b[üu]ro|au(?:ß|ss)er haus|abwesend)|est[áa] (?:fuera de la oficina|ausente)"
+    r"|[èe] (?:fuori sede|assente)|is (?:afwezig|niet aanwezig))"
+    r"\.?\s*(?:\([^()]{0,60}\))?\s*\.?\s*$",
     re.IGNORECASE,
 )
-_REPLY_PREFIX: Final = re.compile(r"^\s*(?:re|aw|sv|vs|antw|fwd?|tr|wg|rv|r)\s*:", re.IGNORECASE)
 
 # Bounce smell: enough to be worth running flufl.bounce's detectors (≈ 2–5 ms), which on ordinary
 # mail cost the same and can misfire (a quoted bounce in a human reply).
 _DAEMON_LOCALPART: Final = re.compile(
-    r"^(?:mailer[-_.]?daemon|mail[-_.]?daemon|postmaster|mdaemon|mail\.?delivery\.?(?:sub)?system)$",
+    r"^(?:mailer[-_.]?daemon|mail[-_.]?daemon|postmaster|mdaemon|mail\.?delivery\.?(?:sub)?system|ndr)$",
     re.IGNORECASE,
 )
 _DAEMON_NAME: Final = re.compile(
@@ -188,6 +193,14 @@ _BOUNCE_SUBJECT: Final = re.compile(
     r"|unzustellbar|nicht zustellbar|non remis|impossible de remettre|no se pudo entregar"
     r"|non recapitabile|onbestelbaar"
     r")",
+    re.IGNORECASE,
+)
+
+# MTA boilerplate nobody types: enough on its own, markers or not.
+_BOUNCE_SUBJECT_CERTAIN: Final = re.compile(
+    r"returning message to sender|undelivered mail returned to sender"
+    r"|^\s*delivery status notification \((?:failure|delay)\)|^\s*failure notice\s*$"
+    r"|^\s*returned mail: see transcript",
     re.IGNORECASE,
 )
 
@@ -222,9 +235,10 @@ def classify(
     Order matters (first match wins): an RFC 3464 DSN is a bounce even if it also says
     Auto-Submitted; then anything flufl.bounce recognises in bounce-looking mail; then our own loop
     header or our own address in From or the envelope (an entry ``@domain`` covers the domain); then
-    mail from a mailer daemon or titled like a bounce; then RFC 3834 and vendor auto-reply headers,
-    list headers, reports (MDN, ARF) and out-of-office subjects; then a null reverse-path (bounce
-    processing, HOSTILE A9); else human.
+    mail from a mailer daemon, or titled like a bounce and machine-sent; then RFC 3834 and vendor
+    auto-reply headers, list headers, reports (MDN, ARF) and out-of-office subjects; then a null
+    reverse-path (bounce processing, HOSTILE A9); else human. Subject rules are deliberately narrow:
+    a false "auto_reply" silently drops a person's message.
     """
     try:
         return _classify(msg, envelope_from, own_addresses, loop_header, loop_value)
@@ -280,21 +294,29 @@ def _classify(
     if _is_own(from_addresses, envelope_from, own_addresses):
         return Classification("loop", "own_address")
 
-    # 4. Sent by a mailer daemon, or titled like a bounce, yet unparsable: still bounce processing,
-    #    never a post, even when it also carries Precedence or Auto-Submitted (bounces often do).
+    marker = next(
+        (
+            reason
+            for name, predicate, reason in _HEADER_RULES
+            if any(predicate(v) for v in headers.get(name, ()))
+        ),
+        None,
+    )
+
+    # 4. Sent by a mailer daemon, or titled like a bounce *and* machine-sent (markers or null sender),
+    #    yet unparsable: still bounce processing, never a post (bounces often carry Precedence or
+    #    Auto-Submitted too). A person's "Delivery failure of my prescription" stays human.
     if from_daemon:
         return Classification("bounce", "mailer_daemon")
-    if bounce_subject:
+    if bounce_subject and (marker is not None or null_sender or _BOUNCE_SUBJECT_CERTAIN.search(subject)):
         return Classification("bounce", "bounce_subject")
 
     # 5. Auto-replies and other machine-generated mail.
-    for name, predicate, reason in _HEADER_RULES:
-        values = headers.get(name)
-        if values and any(predicate(v) for v in values):
-            return Classification("auto_reply", reason)
+    if marker is not None:
+        return Classification("auto_reply", marker)
     if content_type == "multipart/report" or part_types & _MDN_TYPES:
         return Classification("auto_reply", "report")  # RFC 8098 MDN, RFC 5965 feedback report, …
-    if _OOO_SUBJECT.match(subject) or (not _REPLY_PREFIX.match(subject) and _OOO_SENTENCE.search(subject)):
+    if _OOO_SUBJECT.match(subject) or _OOO_SENTENCE.match(subject):
         return Classification("auto_reply", "ooo_subject")
 
     # 6. A null reverse-path is a bounce by definition (RFC 5321 §4.5.5; HOSTILE A9), unless an

@@ -130,8 +130,10 @@ class NameserverResolver:
     """dnspython behind :class:`Resolver`.
 
     With ``nameservers`` (the ``dns_nameservers`` setting, e.g. ``["127.0.0.1:5353"]``) it asks only
-    those servers and never reads ``/etc/resolv.conf``; with none it uses the system configuration.
-    ``timeout`` bounds each whole lookup (dnspython's *lifetime*), retries included.
+    those servers and never reads ``/etc/resolv.conf``; with none it uses the system configuration
+    (and raises ``dns.resolver.NoResolverConfiguration`` at construction if there is none).
+    ``timeout`` bounds each whole lookup (dnspython's *lifetime*), retries included. No cache: the
+    local recursive resolver (unbound, systemd-resolved) is where caching belongs.
     """
 
     def __init__(self, nameservers: Sequence[str] = (), *, timeout: float = 5.0) -> None:
@@ -142,6 +144,8 @@ class NameserverResolver:
             resolver = dns.resolver.Resolver(configure=True)
         resolver.lifetime = timeout
         resolver.timeout = min(timeout, 2.0)
+        # EDNS0 with the DNS-flag-day payload: a 2048-bit DKIM key no longer forces a TCP retry.
+        resolver.use_edns(0, 0, 1232)
         self._resolver = resolver
 
     def _resolve(self, name: str, rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer | None:

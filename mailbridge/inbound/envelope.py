@@ -68,13 +68,19 @@ def split_address(address: str) -> tuple[str, str] | None:
     return local, domain
 
 
-def decide_recipient(session: Session, issuer: TokenIssuer, verp_secret: bytes, address: str) -> RecipientDecision:
+def decide_recipient(
+    session: Session, issuer: TokenIssuer, verp_secret: bytes, address: str
+) -> RecipientDecision:
     """Decide early, per recipient (RFC 5321 §3.3): relay, unknown token, route, postmaster, bounce."""
     decision = _decide(session, issuer, verp_secret, address)
     if decision.target is None:
         return decision
     practice = session.get(Practice, decision.target.practice_id)
-    limit = PracticeSettings.model_validate(practice.settings or {}).effective_message_max_bytes if practice else None
+    limit = (
+        PracticeSettings.model_validate(practice.settings or {}).effective_message_max_bytes
+        if practice
+        else None
+    )
     return RecipientDecision(decision.reply, decision.target, decision.reason, limit)
 
 
@@ -87,11 +93,15 @@ def _decide(session: Session, issuer: TokenIssuer, verp_secret: bytes, address: 
 
     route = session.scalar(select(Route).where(Route.address == full))
     if route is not None:
-        return RecipientDecision(OK_RECIPIENT, Target("route", route.practice_id, full, route_id=route.id), "route")
+        return RecipientDecision(
+            OK_RECIPIENT, Target("route", route.practice_id, full, route_id=route.id), "route"
+        )
 
     practice = session.scalar(select(Practice).where(Practice.reply_domain == domain))
     if practice is None:
-        route_domain = session.scalar(select(Route.practice_id).where(Route.address.like(f"%@{domain}")).limit(1))
+        route_domain = session.scalar(
+            select(Route.practice_id).where(Route.address.like(f"%@{domain}")).limit(1)
+        )
         if route_domain is not None and local in OPERATOR_LOCALS:
             return RecipientDecision(OK_RECIPIENT, Target("operator", route_domain, full), "operator")
         if route_domain is not None:
@@ -105,7 +115,9 @@ def _decide(session: Session, issuer: TokenIssuer, verp_secret: bytes, address: 
         rest = local[len(VERP_PREFIX) + 1 :]
         outbox_id, _, mac = rest.rpartition("-")
         if outbox_id and hmac.compare_digest(mac, verp_mac(verp_secret, outbox_id)):
-            return RecipientDecision(OK_RECIPIENT, Target("bounce", practice.id, full, outbox_id=outbox_id), "bounce")
+            return RecipientDecision(
+                OK_RECIPIENT, Target("bounce", practice.id, full, outbox_id=outbox_id), "bounce"
+            )
         return RecipientDecision(UNKNOWN_RECIPIENT, None, "verp_invalid")
 
     settings = PracticeSettings.model_validate(practice.settings or {})

@@ -52,10 +52,10 @@ def single_from(msg: EmailMessage) -> Address | None:
         if len(headers) != 1:
             return None
         header = headers[0]
-        addresses = getattr(header, "addresses", ())
-        if len(addresses) != 1 or getattr(header, "defects", ()):
+        addresses: tuple[Address, ...] = tuple(getattr(header, "addresses", None) or ())
+        if len(addresses) != 1 or getattr(header, "defects", None):
             return None
-        address: Address = addresses[0]
+        address = addresses[0]
         if not address.username or not address.domain or "@" in address.username:
             return None
         return address

@@ -10,6 +10,7 @@ quarantine), ``Rejected`` (5xx) or ``Deferred`` (4xx). Only after the final comm
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -63,8 +64,16 @@ log = logging.getLogger(__name__)
 
 # Reasons a known participant can fix: they get one polite notice per reason per day (never a stranger).
 FIXABLE = frozenset(
-    {"group_conversation", "inactive_client", "direct_channel_closed", "body_too_short", "attachment_withheld",
-     "empty_message", "message_too_big", "too_many_attachments"}
+    {
+        "group_conversation",
+        "inactive_client",
+        "direct_channel_closed",
+        "body_too_short",
+        "attachment_withheld",
+        "empty_message",
+        "message_too_big",
+        "too_many_attachments",
+    }
 )
 
 
@@ -244,8 +253,13 @@ def _forward_to_operator(ctx: Context) -> None:
         practice = session.get_one(Practice, ctx.practice_id)
         operator = ctx.settings.operator_address
         if operator:
-            enqueue_email(session, practice, kind=OutboxKind.forward, to_address=operator,
-                          payload={"inbound_id": ctx.inbound_id, "rcpt": ctx.envelope.target.address})
+            enqueue_email(
+                session,
+                practice,
+                kind=OutboxKind.forward,
+                to_address=operator,
+                payload={"inbound_id": ctx.inbound_id, "rcpt": ctx.envelope.target.address},
+            )
 
 
 def resolve_sender(ctx: Context) -> None:
@@ -267,11 +281,17 @@ def resolve_sender(ctx: Context) -> None:
                 raise Rejected(replies.SENDER_MISMATCH, "reply_user_mismatch")
             ctx.sender = owner
         elif target.kind == "route":
-            users = session.scalars(
-                select(User)
-                .join(UserAddress, UserAddress.user_id == User.id)
-                .where(UserAddress.practice_id == ctx.practice_id, UserAddress.address == ctx.from_address)
-            ).unique().all()
+            users = (
+                session.scalars(
+                    select(User)
+                    .join(UserAddress, UserAddress.user_id == User.id)
+                    .where(
+                        UserAddress.practice_id == ctx.practice_id, UserAddress.address == ctx.from_address
+                    )
+                )
+                .unique()
+                .all()
+            )
             ctx.sender = users[0] if len(users) == 1 else None
             if ctx.sender is not None and ctx.sender.kind == UserKind.staff:
                 raise Rejected(replies.STAFF_USE_APP, "staff_to_route")
@@ -282,8 +302,14 @@ def authenticate_sender(ctx: Context) -> None:
     domain = ctx.from_address.rpartition("@")[2]
     try:
         ctx.auth = authenticate(
-            ctx.raw, ctx.msg, from_domain=domain, peer_ip=_ip(ctx.envelope.peer), mail_from=ctx.envelope.mail_from,
-            helo=ctx.envelope.helo, resolver=ctx.deps.resolver, trusted_authserv_ids=ctx.deps.trusted_authserv_ids,
+            ctx.raw,
+            ctx.msg,
+            from_domain=domain,
+            peer_ip=_ip(ctx.envelope.peer),
+            mail_from=ctx.envelope.mail_from,
+            helo=ctx.envelope.helo,
+            resolver=ctx.deps.resolver,
+            trusted_authserv_ids=ctx.deps.trusted_authserv_ids,
         )
     except Exception as exc:
         log.warning("authentication_error", extra={"error": type(exc).__name__})
@@ -340,7 +366,11 @@ def sender_policy(ctx: Context) -> None:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
         sender = session.get_one(User, ctx.sender.id)
         verdict = convs.check_post(
-            session, sender, conversation, body=ctx.body, internal=ctx.internal,
+            session,
+            sender,
+            conversation,
+            body=ctx.body,
+            internal=ctx.internal,
             has_files=bool(ctx.parsed and ctx.parsed.attachments),
         )
         ctx.rule = verdict.rule
@@ -348,7 +378,8 @@ def sender_policy(ctx: Context) -> None:
             ctx.notice_reason = verdict.reason
             raise Rejected(replies.POLICY_DENIED, verdict.reason)
         strict = ctx.settings.sender_auth == "aligned_required" or conversation.kind in (
-            ConversationKind.confidential, ConversationKind.private,
+            ConversationKind.confidential,
+            ConversationKind.private,
         )
         if strict and ctx.auth is not None and not ctx.auth.aligned:
             _quarantine(ctx, "auth_not_aligned")
@@ -378,9 +409,12 @@ def _quarantine(ctx: Context, reason: str) -> None:
     with transaction(ctx.deps.sessions) as session:
         session.add(
             QuarantineItem(
-                practice_id=ctx.practice_id, inbound_id=ctx.inbound_id,
+                practice_id=ctx.practice_id,
+                inbound_id=ctx.inbound_id,
                 route_address=ctx.envelope.target.address if ctx.envelope.target.kind == "route" else None,
-                conversation_id=ctx.conversation_id, reason=reason, from_address=ctx.from_address,
+                conversation_id=ctx.conversation_id,
+                reason=reason,
+                from_address=ctx.from_address,
                 subject=header_text(ctx.msg, "Subject")[:998],
             )
         )
@@ -423,8 +457,16 @@ def store(ctx: Context) -> None:
             else:
                 conversation = session.get_one(Conversation, ctx.conversation_id)
                 message = convs.post_message(
-                    session, practice, conversation, sender, body=ctx.body, body_html=ctx.body_html,
-                    hidden_text=ctx.hidden, internal=ctx.internal, source=source, attachments=accepted,
+                    session,
+                    practice,
+                    conversation,
+                    sender,
+                    body=ctx.body,
+                    body_html=ctx.body_html,
+                    hidden_text=ctx.hidden,
+                    internal=ctx.internal,
+                    source=source,
+                    attachments=accepted,
                     idempotency_key=key,
                 )
                 token = session.get(ReplyToken, ctx.envelope.target.token_id)
@@ -468,9 +510,18 @@ def _open_conversation(
         if len(followed) == 1:
             kind, company = route.kind, get_company_by_id(session, next(iter(followed)))
     _, message = convs.create_conversation(
-        session, practice, kind=kind, company=company, subject=subject, author=sender,
-        participants=group_members(session, route), body=ctx.body, body_html=ctx.body_html, source=source,
-        attachments=ctx.intake.accepted if ctx.intake else [], idempotency_key=key,
+        session,
+        practice,
+        kind=kind,
+        company=company,
+        subject=subject,
+        author=sender,
+        participants=group_members(session, route),
+        body=ctx.body,
+        body_html=ctx.body_html,
+        source=source,
+        attachments=ctx.intake.accepted if ctx.intake else [],
+        idempotency_key=key,
     )
     return message
 
@@ -526,17 +577,32 @@ def _notice(session: Session, practice: Practice, ctx: Context, reason: str) -> 
     today = date.today().isoformat()
     exists = session.scalar(
         select(NoticeSent.id).where(
-            NoticeSent.practice_id == practice.id, NoticeSent.address == ctx.from_address,
-            NoticeSent.reason == reason, NoticeSent.day == today,
+            NoticeSent.practice_id == practice.id,
+            NoticeSent.address == ctx.from_address,
+            NoticeSent.reason == reason,
+            NoticeSent.day == today,
         )
     )
     if exists:
         return
     session.add(NoticeSent(practice_id=practice.id, address=ctx.from_address, reason=reason, day=today))
-    withheld = [v.filename + " (" + (v.explanation or v.reason or "") + ")" for v in ctx.intake.withheld] if ctx.intake else []
+    withheld = (
+        [v.filename + " (" + (v.explanation or v.reason or "") + ")" for v in ctx.intake.withheld]
+        if ctx.intake
+        else []
+    )
     enqueue_email(
-        session, practice, kind=OutboxKind.notice, to_address=ctx.from_address, recipient_id=ctx.sender.id,
-        payload={"reason": reason, "locale": ctx.sender.locale, "files": withheld, "in_reply_to": ctx.details.get("message_id", "")},
+        session,
+        practice,
+        kind=OutboxKind.notice,
+        to_address=ctx.from_address,
+        recipient_id=ctx.sender.id,
+        payload={
+            "reason": reason,
+            "locale": ctx.sender.locale,
+            "files": withheld,
+            "in_reply_to": ctx.details.get("message_id", ""),
+        },
     )
 
 
@@ -563,10 +629,8 @@ def _record(ctx: Context, state: InboundState, reason: str, reply: SmtpReply) ->
 def _cleanup_raw(ctx: Context, state: InboundState) -> None:
     """A posted message lives in the database; its raw copy must not outlive a deletion (seed 003)."""
     if state in (InboundState.posted, InboundState.duplicate, InboundState.dropped_auto_reply):
-        try:
+        with contextlib.suppress(OSError):
             ctx.raw_path.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
@@ -599,10 +663,10 @@ def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
         _record(ctx, state, reason, reply)
     finally:
         if not ctx.inbound_id:
-            try:
+            with contextlib.suppress(OSError):
                 Path(raw_path).unlink(missing_ok=True)
-            except OSError:
-                pass
     _cleanup_raw(ctx, state)
     INBOUND.labels(state.value, reason).inc()
-    return Outcome(reply, state, reason, ctx.inbound_id or None, ctx.details.get("posted"), ctx.conversation_id)
+    return Outcome(
+        reply, state, reason, ctx.inbound_id or None, ctx.details.get("posted"), ctx.conversation_id
+    )

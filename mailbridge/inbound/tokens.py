@@ -100,8 +100,11 @@ class TokenIssuer:
             with session.begin_nested():
                 session.add(
                     ReplyToken(
-                        practice_id=practice_id, user_id=user_id, conversation_id=conversation_id,
-                        nonce=nonce, lookup=token_hash(token),
+                        practice_id=practice_id,
+                        user_id=user_id,
+                        conversation_id=conversation_id,
+                        nonce=nonce,
+                        lookup=token_hash(token),
                     )
                 )
         except IntegrityError:
@@ -114,7 +117,9 @@ class TokenIssuer:
     @staticmethod
     def _row(session: Session, user_id: int, conversation_id: str) -> ReplyToken | None:
         return session.scalar(
-            select(ReplyToken).where(ReplyToken.user_id == user_id, ReplyToken.conversation_id == conversation_id)
+            select(ReplyToken).where(
+                ReplyToken.user_id == user_id, ReplyToken.conversation_id == conversation_id
+            )
         )
 
     def resolve(self, session: Session, token: str) -> ReplyToken | None:

@@ -60,7 +60,8 @@ class _SpoolingMixin:
     large_transfers: asyncio.Semaphore
 
     async def _handle_client(self) -> None:
-        peer = getattr(self, "session").peer
+        me: Any = self
+        peer = me.session.peer
         ip = peer[0] if isinstance(peer, tuple) else str(peer)
         if not self.limits.acquire(ip):
             await self.push(replies.TOO_MANY_CONNECTIONS.wire())  # type: ignore[attr-defined]
@@ -193,7 +194,9 @@ class IngressHandler:
             return self._count(decision.reply)
         declared = _declared_size(envelope.mail_options)
         if decision.size_limit and declared and declared > decision.size_limit:
-            return self._count(replies.message_too_big(decision.size_limit))  # P5: refuse before the bytes come
+            return self._count(
+                replies.message_too_big(decision.size_limit)
+            )  # P5: refuse before the bytes come
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.target = decision.target  # type: ignore[attr-defined]
@@ -203,12 +206,14 @@ class IngressHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         target: Target = envelope.target  # type: ignore[attr-defined]
         env = pipeline.Envelope(
-            door=self.door, peer=_peer_ip(session), helo=session.host_name,
-            mail_from=str(envelope.mail_from or ""), target=target,
+            door=self.door,
+            peer=_peer_ip(session),
+            helo=session.host_name,
+            mail_from=str(envelope.mail_from or ""),
+            target=target,
         )
-        outcome = await asyncio.to_thread(
-            pipeline.run, self.deps, env, envelope.spool_path, envelope.spool_size  # type: ignore[attr-defined]
-        )
+        spooled: Any = envelope  # carries spool_path/spool_size set by the DATA reader
+        outcome = await asyncio.to_thread(pipeline.run, self.deps, env, spooled.spool_path, spooled.spool_size)
         return self._count(outcome.reply)
 
     async def handle_exception(self, error: Exception) -> str:
@@ -228,7 +233,9 @@ class IngressHandler:
         if isinstance(reply, SmtpReply):
             self._count(reply)
 
-    def _log_rcpt_refusal(self, session: Session, envelope: Envelope, address: str, decision: RecipientDecision) -> None:
+    def _log_rcpt_refusal(
+        self, session: Session, envelope: Envelope, address: str, decision: RecipientDecision
+    ) -> None:
         from mailbridge.inbound.envelope import split_address
 
         parts = split_address(address)
@@ -236,16 +243,27 @@ class IngressHandler:
         self._write_row(session, envelope, None, decision.reason, decision.reply.wire(), rcpt=shown)
 
     def _write_row(
-        self, session: Session, envelope: Envelope, target: Target | None, reason: str, wire: str, rcpt: str = ""
+        self,
+        session: Session,
+        envelope: Envelope,
+        target: Target | None,
+        reason: str,
+        wire: str,
+        rcpt: str = "",
     ) -> None:
         try:
             with transaction(self.deps.sessions) as db:
                 db.add(
                     InboundLog(
-                        practice_id=target.practice_id if target else None, door=self.door, peer=_peer_ip(session),
-                        helo=(session.host_name or "")[:255] or None, mail_from=str(envelope.mail_from or "")[:320],
-                        rcpt=(target.redacted if target else rcpt)[:320], state=InboundState.rejected,
-                        reason=reason, smtp_reply=wire[:255],
+                        practice_id=target.practice_id if target else None,
+                        door=self.door,
+                        peer=_peer_ip(session),
+                        helo=(session.host_name or "")[:255] or None,
+                        mail_from=str(envelope.mail_from or "")[:320],
+                        rcpt=(target.redacted if target else rcpt)[:320],
+                        state=InboundState.rejected,
+                        reason=reason,
+                        smtp_reply=wire[:255],
                     )
                 )
             INBOUND.labels("rejected", reason).inc()
@@ -284,8 +302,15 @@ async def start_smtp(
 
     def factory() -> SMTP:
         server = cls(
-            handler, hostname=hostname, data_size_limit=data_size_limit, enable_SMTPUTF8=True, decode_data=False,
-            tls_context=tls, require_starttls=False, timeout=timeout, ident="mailbridge ESMTP",
+            handler,
+            hostname=hostname,
+            data_size_limit=data_size_limit,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=tls,
+            require_starttls=False,
+            timeout=timeout,
+            ident="mailbridge ESMTP",
         )
         server.limits = limits
         server.spool_dir = spool_dir

@@ -22,7 +22,9 @@ def _suppression(session: Session, practice_id: int, address: str) -> Suppressio
         select(Suppression).where(Suppression.practice_id == practice_id, Suppression.address == address)
     )
     if row is None:
-        row = Suppression(practice_id=practice_id, address=address, reason="", soft_bounces=0, suppressed=False)
+        row = Suppression(
+            practice_id=practice_id, address=address, reason="", soft_bounces=0, suppressed=False
+        )
         session.add(row)
     return row
 
@@ -30,8 +32,12 @@ def _suppression(session: Session, practice_id: int, address: str) -> Suppressio
 def _mark_users(session: Session, practice_id: int, address: str) -> None:
     """The app learns through the API (``email_bouncing``) that it should ask the user to fix the address."""
     for user in session.scalars(
-        select(User).join(UserAddress, UserAddress.user_id == User.id).where(
-            UserAddress.practice_id == practice_id, UserAddress.address == address, UserAddress.primary.is_(True)
+        select(User)
+        .join(UserAddress, UserAddress.user_id == User.id)
+        .where(
+            UserAddress.practice_id == practice_id,
+            UserAddress.address == address,
+            UserAddress.primary.is_(True),
         )
     ):
         user.email_bouncing = True
@@ -64,7 +70,11 @@ def record_bounce(session: Session, target: Target, msg: EmailMessage, result: C
     bounced = result.bounced
     if row is not None:
         permanent = any(b.permanent for b in bounced) if bounced else True
-        row.last_answer = ("bounced: " + "; ".join(f"{b.status or ''} {b.diagnostic or ''}".strip() for b in bounced))[:512] if bounced else "bounced"
+        row.last_answer = (
+            ("bounced: " + "; ".join(f"{b.status or ''} {b.diagnostic or ''}".strip() for b in bounced))[:512]
+            if bounced
+            else "bounced"
+        )
         note_bounce(session, row.practice_id, row.to_address, permanent, row.last_answer or "bounce")
         return
     for item in bounced:

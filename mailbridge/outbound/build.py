@@ -64,7 +64,9 @@ class Builder:
         signer = self.keys.signer_for(practice, settings)
         if signer is not None:
             data = signer.sign(data)
-        return Built(data, verp_address(self.verp_secret, row.id, practice.reply_domain), row.to_address, message_id)
+        return Built(
+            data, verp_address(self.verp_secret, row.id, practice.reply_domain), row.to_address, message_id
+        )
 
     def _domain(self, practice: Practice) -> str:
         return practice.notify_from.rpartition("@")[2].lower()
@@ -89,11 +91,15 @@ class Builder:
         message_id = f"<n.{message.id}.{recipient.id}@{domain}>"
         is_first = first is None or first.id == message.id
         reply_to = None
-        if settings.reply_by_email and can_post(convs.situation(session, recipient, conversation, body="x" * 10_000)).allowed:
+        if (
+            settings.reply_by_email
+            and can_post(convs.situation(session, recipient, conversation, body="x" * 10_000)).allowed
+        ):
             token = self.tokens.issue(session, practice.id, recipient.id, conversation.id)
             local = AddressTemplate(settings.reply_local_template).local_part(token)
             reply_to = named(None, f"{local}@{practice.reply_domain}")
         link = f"{self.app_url.rstrip('/')}/conversations/{conversation.id}"
+        preferences = f"{self.app_url.rstrip('/')}/settings/notifications"
         minimal = mode == "minimal"
         subject_for_thread = "" if minimal else conversation.subject
         context = {
@@ -104,18 +110,26 @@ class Builder:
             "attachments": [a.filename for a in message.attachments],
             "link": link,
             "signin_link": self.app_url.rstrip("/") + "/",
-            "preferences_link": f"{self.app_url.rstrip('/')}/settings/notifications",
+            "preferences_link": preferences,
             "reply_allowed": reply_to is not None,
             "is_first": is_first,
             "coalesced": int((row.payload or {}).get("coalesced", 1)),
-            "brand_color": str(settings.model_extra.get("brand_color", "#3b6ea5")) if settings.model_extra else "#3b6ea5",
+            "brand_color": str(settings.model_extra.get("brand_color", "#3b6ea5"))
+            if settings.model_extra
+            else "#3b6ea5",
         }
         if minimal:
             context = {"signin_link": self.app_url.rstrip("/") + "/"}
-        rendered = self.renderer.render("notification_minimal" if minimal else "notification_full", recipient.locale, context)
+        rendered = self.renderer.render(
+            "notification_minimal" if minimal else "notification_full", recipient.locale, context
+        )
         # Minimal mode names nobody: not the author, not the practice (its name may reveal a specialty).
         from_name = None if minimal else f"{message.author.name} via {practice.name}"
-        root_time = conversation.created_at if conversation.created_at.tzinfo else conversation.created_at.replace(tzinfo=UTC)
+        root_time = (
+            conversation.created_at
+            if conversation.created_at.tzinfo
+            else conversation.created_at.replace(tzinfo=UTC)
+        )
         env = Envelope(
             from_address=named(from_name, practice.notify_from),
             to_address=named(None if minimal else recipient.name, recipient.email),
@@ -126,8 +140,10 @@ class Builder:
             in_reply_to=None if is_first else root_id,
             references=() if is_first else (root_id,),
             thread_topic=subject_for_thread or rendered.subject,
-            thread_index=thread_index(conversation.id, root_time, _aware(message.created_at), 0 if is_first else 1),
-            list_unsubscribe=None if minimal else context["preferences_link"],
+            thread_index=thread_index(
+                conversation.id, root_time, _aware(message.created_at), 0 if is_first else 1
+            ),
+            list_unsubscribe=None if minimal else preferences,
             loop_value=self.loop_value,
         )
         return compose(env, rendered), message_id
@@ -137,19 +153,25 @@ class Builder:
         domain = self._domain(practice)
         message_id = f"<x.{row.id}@{domain}>"
         rendered = self.renderer.notice(
-            str(payload.get("reason", "")), str(payload.get("locale", practice.locale)),
+            str(payload.get("reason", "")),
+            str(payload.get("locale", practice.locale)),
             {"files": list(payload.get("files", [])), "signin_link": self.app_url.rstrip("/") + "/"},
         )
         in_reply_to = str(payload.get("in_reply_to") or "") or None
         env = Envelope(
-            from_address=named(None, practice.notify_from), to_address=named(None, row.to_address),
-            subject=rendered.subject, message_id=message_id, date=utcnow(),
+            from_address=named(None, practice.notify_from),
+            to_address=named(None, row.to_address),
+            subject=rendered.subject,
+            message_id=message_id,
+            date=utcnow(),
             in_reply_to=in_reply_to if in_reply_to and _msgid_ok(in_reply_to) else None,
             loop_value=self.loop_value,
         )
         return compose(env, rendered), message_id
 
-    def _forward(self, session: Session, practice: Practice, row: Outbox) -> tuple[email.message.EmailMessage, str]:
+    def _forward(
+        self, session: Session, practice: Practice, row: Outbox
+    ) -> tuple[email.message.EmailMessage, str]:
         payload = row.payload or {}
         inbound = session.get(InboundLog, str(payload.get("inbound_id", "")))
         if inbound is None or not inbound.raw_path or not Path(inbound.raw_path).exists():
@@ -160,8 +182,12 @@ class Builder:
         )
         message_id = f"<f.{row.id}@{self._domain(practice)}>"
         env = Envelope(
-            from_address=named("mailbridge", practice.notify_from), to_address=named(None, row.to_address),
-            subject=rendered.subject, message_id=message_id, date=utcnow(), loop_value=self.loop_value,
+            from_address=named("mailbridge", practice.notify_from),
+            to_address=named(None, row.to_address),
+            subject=rendered.subject,
+            message_id=message_id,
+            date=utcnow(),
+            loop_value=self.loop_value,
         )
         msg = compose(env, rendered)
         inner = email.message_from_bytes(raw, policy=email.policy.default)
@@ -172,7 +198,7 @@ class Builder:
 
 def _rfc822_part(inner: email.message.Message) -> email.message.EmailMessage:
     part = email.message.EmailMessage(policy=email.policy.SMTP)
-    part.set_content(inner)  # type: ignore[arg-type]
+    part.set_content(inner)
     part.add_header("Content-Disposition", "attachment", filename="original.eml")
     return part
 
@@ -182,4 +208,9 @@ def _aware(value: datetime) -> datetime:
 
 
 def _msgid_ok(value: str) -> bool:
-    return value.startswith("<") and value.endswith(">") and len(value) < 250 and not any(c in value for c in "\r\n ")
+    return (
+        value.startswith("<")
+        and value.endswith(">")
+        and len(value) < 250
+        and not any(c in value for c in "\r\n ")
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import tempfile
@@ -78,8 +79,12 @@ class SmtpTransport:
         if self._client is not None and self._client.is_connected:
             return self._client
         client = aiosmtplib.SMTP(
-            hostname=self.host, port=self.port, timeout=self.timeout, start_tls=False,
-            local_hostname=self.local_hostname, tls_context=self.tls_context,
+            hostname=self.host,
+            port=self.port,
+            timeout=self.timeout,
+            start_tls=False,
+            local_hostname=self.local_hostname,
+            tls_context=self.tls_context,
         )
         await client.connect()
         await client.ehlo()  # the server's extensions are known only after EHLO
@@ -97,7 +102,7 @@ class SmtpTransport:
     async def send(self, mail_from: str, rcpt: str, data: bytes) -> Delivery:
         try:
             client = await self._connect()
-            errors, answer = await client.sendmail(mail_from, [rcpt], data)
+            _, answer = await client.sendmail(mail_from, [rcpt], data)
             return Delivery("sent", answer[:500] or "250")
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0] if exc.recipients else None
@@ -107,8 +112,10 @@ class SmtpTransport:
             return Delivery("permanent" if code >= 500 else "temporary", text[:500])
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset()
-            return Delivery("permanent" if exc.code >= 500 else "temporary", f"{exc.code} {exc.message}"[:500])
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            return Delivery(
+                "permanent" if exc.code >= 500 else "temporary", f"{exc.code} {exc.message}"[:500]
+            )
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             await self._drop()
             return Delivery("temporary", f"connection: {type(exc).__name__}: {exc}"[:500])
 
@@ -122,10 +129,8 @@ class SmtpTransport:
     async def _drop(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):
                 client.close()
-            except Exception:
-                pass
 
     async def close(self) -> None:
         client, self._client = self._client, None

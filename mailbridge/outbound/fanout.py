@@ -38,7 +38,9 @@ def suppressed(session: Session, practice_id: int, address: str) -> bool:
     )
 
 
-def enqueue_notifications(session: Session, practice: Practice, conversation: Conversation, message: Message) -> int:
+def enqueue_notifications(
+    session: Session, practice: Practice, conversation: Conversation, message: Message
+) -> int:
     """Every participant but the author who may read the conversation now; internal notes to staff only."""
     from mailbridge.domain.conversations import practice_settings, situation
 
@@ -54,7 +56,9 @@ def enqueue_notifications(session: Session, practice: Practice, conversation: Co
         if not can_read(situation(session, user, conversation)).allowed:
             continue
         if suppressed(session, practice.id, user.email):
-            log.info("notification_suppressed", extra={"practice": practice.slug, "reason": "address_suppressed"})
+            log.info(
+                "notification_suppressed", extra={"practice": practice.slug, "reason": "address_suppressed"}
+            )
             continue
         if delay and _coalesce(session, conversation.id, user.id, message.id):
             continue

@@ -11,7 +11,13 @@ from typing import Any
 
 from mailbridge.domain.models import Practice
 from mailbridge.domain.practice_settings import PracticeSettings
-from mailbridge.outbound.sign import DkimKey, DkimSigner, dns_txt_record, generate_ed25519_key, generate_rsa_key
+from mailbridge.outbound.sign import (
+    DkimKey,
+    DkimSigner,
+    dns_txt_record,
+    generate_ed25519_key,
+    generate_rsa_key,
+)
 
 
 class KeyStore:
@@ -38,8 +44,14 @@ class KeyStore:
                 if rsa.exists():
                     keys.append(DkimKey(domain=domain, selector=selector, private_pem=rsa.read_bytes()))
                 if ed.exists():
-                    keys.append(DkimKey(domain=domain, selector=selector + "e", private_pem=ed.read_bytes(),
-                                        algorithm="ed25519-sha256"))
+                    keys.append(
+                        DkimKey(
+                            domain=domain,
+                            selector=selector + "e",
+                            private_pem=ed.read_bytes(),
+                            algorithm="ed25519-sha256",
+                        )
+                    )
                 self._signers[key] = DkimSigner(keys) if keys else None
             return self._signers[key]
 

@@ -30,14 +30,26 @@ NOTICE_TEXTS: dict[str, dict[str, tuple[str, str]]] = {
             "your account is inactive, so messages to your provider cannot be delivered.",
             "You can still write to the front desk or billing. Please contact the practice to reactivate your account.",
         ),
-        "direct_channel_closed": ("this direct channel has been closed.", "Please use the application to get in touch."),
-        "body_too_short": ("your message was too short to be posted.", "Please write a few more words and send it again."),
-        "empty_message": ("your message had no text and no attachment.", "Please write your message and send it again."),
+        "direct_channel_closed": (
+            "this direct channel has been closed.",
+            "Please use the application to get in touch.",
+        ),
+        "body_too_short": (
+            "your message was too short to be posted.",
+            "Please write a few more words and send it again.",
+        ),
+        "empty_message": (
+            "your message had no text and no attachment.",
+            "Please write your message and send it again.",
+        ),
         "attachment_withheld": (
             "some attachments could not be accepted; your message was posted without them.",
             "Please send these files in an allowed format (PDF, image, office document) within the size limit.",
         ),
-        "too_many_attachments": ("your email carried too many attachments.", "Please send the files in several emails."),
+        "too_many_attachments": (
+            "your email carried too many attachments.",
+            "Please send the files in several emails.",
+        ),
         "message_too_big": ("your email was too large.", "Please send smaller files, or several emails."),
     },
     "fr": {
@@ -50,14 +62,26 @@ NOTICE_TEXTS: dict[str, dict[str, tuple[str, str]]] = {
             "Vous pouvez toujours écrire à l'accueil ou à la facturation. Contactez le cabinet pour réactiver votre compte.",
         ),
         "direct_channel_closed": ("ce canal direct a été fermé.", "Merci de passer par l'application."),
-        "body_too_short": ("votre message était trop court pour être publié.", "Merci d'écrire quelques mots de plus et de le renvoyer."),
-        "empty_message": ("votre message ne contenait ni texte ni pièce jointe.", "Merci d'écrire votre message et de le renvoyer."),
+        "body_too_short": (
+            "votre message était trop court pour être publié.",
+            "Merci d'écrire quelques mots de plus et de le renvoyer.",
+        ),
+        "empty_message": (
+            "votre message ne contenait ni texte ni pièce jointe.",
+            "Merci d'écrire votre message et de le renvoyer.",
+        ),
         "attachment_withheld": (
             "certaines pièces jointes n'ont pas pu être acceptées ; votre message a été publié sans elles.",
             "Merci d'envoyer ces fichiers dans un format autorisé (PDF, image, document bureautique) et sous la taille limite.",
         ),
-        "too_many_attachments": ("votre e-mail contenait trop de pièces jointes.", "Merci d'envoyer les fichiers en plusieurs e-mails."),
-        "message_too_big": ("votre e-mail était trop volumineux.", "Merci d'envoyer des fichiers plus petits, ou plusieurs e-mails."),
+        "too_many_attachments": (
+            "votre e-mail contenait trop de pièces jointes.",
+            "Merci d'envoyer les fichiers en plusieurs e-mails.",
+        ),
+        "message_too_big": (
+            "votre e-mail était trop volumineux.",
+            "Merci d'envoyer des fichiers plus petits, ou plusieurs e-mails.",
+        ),
     },
 }
 
@@ -70,7 +94,9 @@ class Renderer:
     def __init__(self, templates_dir: Path = DEFAULT_TEMPLATES) -> None:
         self.env = Environment(
             loader=FileSystemLoader(str(templates_dir)),
-            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False, default=False),
+            autoescape=select_autoescape(
+                enabled_extensions=("html",), default_for_string=False, default=False
+            ),
             undefined=StrictUndefined,
             keep_trailing_newline=True,
             trim_blocks=False,

@@ -8,6 +8,7 @@ claimed again once the lease expires, so a message may be sent twice (same Messa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -55,21 +56,32 @@ class Worker:
         if settings.smarthost:
             host, port = split_listen(settings.smarthost)
             transport = SmtpTransport(
-                host, port, starttls=settings.smarthost_starttls, username=settings.smarthost_username,
-                password=settings.smarthost_password, ca_file=settings.smarthost_ca_file,
+                host,
+                port,
+                starttls=settings.smarthost_starttls,
+                username=settings.smarthost_username,
+                password=settings.smarthost_password,
+                ca_file=settings.smarthost_ca_file,
                 local_hostname=settings.smtp_hostname,
             )
         else:
             transport = FileTransport(settings.data_dir / "outbox")
         builder = Builder(
             renderer=Renderer(settings.templates_dir) if settings.templates_dir else Renderer(),
-            tokens=services.tokens, keys=KeyStore(settings.data_dir / "dkim"), verp_secret=services.verp_secret,
-            app_url=settings.app_url, loop_value=settings.smtp_hostname,
+            tokens=services.tokens,
+            keys=KeyStore(settings.data_dir / "dkim"),
+            verp_secret=services.verp_secret,
+            app_url=settings.app_url,
+            loop_value=settings.smtp_hostname,
         )
         return cls(
-            sessions=services.sessions, builder=builder, transport=transport, schedule=settings.outbox_retry_schedule,
+            sessions=services.sessions,
+            builder=builder,
+            transport=transport,
+            schedule=settings.outbox_retry_schedule,
             lifetime=timedelta(seconds=settings.outbox_lifetime_seconds),
-            lease=timedelta(seconds=settings.outbox_lease_seconds), batch=settings.outbox_batch,
+            lease=timedelta(seconds=settings.outbox_lease_seconds),
+            batch=settings.outbox_batch,
             poll=settings.outbox_poll_seconds,
         )
 
@@ -173,9 +185,7 @@ class Worker:
                     worked = 0
                 if worked == 0:
                     await self.transport.close()  # do not hold an idle smarthost connection
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=self.poll)
-                    except TimeoutError:
-                        pass
         finally:
             await self.transport.close()

@@ -45,11 +45,19 @@ class Intake:
         return f"{body.rstrip()}\n\n{line}" if body.strip() else line
 
     def withheld_dicts(self) -> list[dict[str, str]]:
-        return [{"filename": v.filename, "reason": v.reason or "", "explanation": v.explanation or ""} for v in self.withheld]
+        return [
+            {"filename": v.filename, "reason": v.reason or "", "explanation": v.explanation or ""}
+            for v in self.withheld
+        ]
 
     def log_details(self) -> list[dict[str, object]]:
         return [
-            {"filename": v.filename, "accepted": v.accepted, "sniffed_type": v.sniffed_type, "reason": v.reason}
+            {
+                "filename": v.filename,
+                "accepted": v.accepted,
+                "sniffed_type": v.sniffed_type,
+                "reason": v.reason,
+            }
             for v in self.verdicts
         ]
 
@@ -76,7 +84,9 @@ class TooManyAttachments(Invalid):
         super().__init__("too_many_attachments", f"at most {limit} attachments per message", "attachments")
 
 
-def intake_uploads(blobs: BlobStore, settings: PracticeSettings, uploads: Sequence[Upload], locale: str) -> Intake:
+def intake_uploads(
+    blobs: BlobStore, settings: PracticeSettings, uploads: Sequence[Upload], locale: str
+) -> Intake:
     """Judge every file by its bytes, store the accepted ones (content-addressed), report the rest."""
     rules = rules_for(settings)
     if len(uploads) > rules.max_count:

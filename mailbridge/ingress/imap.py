@@ -1,0 +1,1103 @@
+"""The IMAP door: poll a practice's existing mailbox and feed each new message to the one inbound pipeline.
+
+One poller per ``Mailbox`` row. A round is ``UID SEARCH UID <last_uid+1>:*`` (RFC 3501 §6.4.4; ``*``
+always matches the last message, so the answer is filtered), then per message a header fetch to
+find the envelope recipient, ``UID FETCH (BODY.PEEK[])`` (PEEK: unprocessed mail never becomes
+``\\Seen``), the pipeline, and only once the pipeline has committed, ``UID MOVE`` (RFC 6851) to
+``Processed`` or ``Rejected``, or a ``$MailbridgeDone`` keyword. The last UID and UIDVALIDITY are
+written by the pipeline's own final transaction (its ``finalize`` hook), so a crash between fetch and
+commit re-reads the message and the idempotency key posts it once. Between rounds the poller IDLEs
+(RFC 2177, re-issued well before the 29-minute limit) or polls when the server has no IDLE.
+
+The envelope recipient is the topmost ``Delivered-To``/``X-Original-To`` (added by the provider,
+above anything the sender wrote) or the mailbox's ``routing_address``; never ``To``/``Cc``, which
+the sender controls (HOSTILE T6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import re
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses, parseaddr
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aioimaplib
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailbridge import replies
+from mailbridge.domain.db import transaction
+from mailbridge.domain.models import InboundLog, InboundState, Mailbox, Practice
+from mailbridge.inbound import pipeline
+from mailbridge.inbound.envelope import RecipientDecision, Target, decide_recipient, split_address
+from mailbridge.observability import INBOUND
+from mailbridge.replies import SmtpReply
+from mailbridge.wiring import Services, pipeline_deps
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PROCESSED = "Processed"
+REJECTED = "Rejected"
+DONE_KEYWORD = "$MailbridgeDone"
+REJECTED_KEYWORD = "$MailbridgeRejected"
+# Outcomes that leave the folder for Processed; ``rejected`` goes to Rejected, ``deferred`` stays put.
+TO_REJECTED = frozenset({InboundState.rejected})
+IMAP_IDLE_LIMIT = 29 * 60  # RFC 2177 §3: servers may log out a client idle for 30 minutes
+
+Runner = Callable[[Any, pipeline.Envelope, Path, int], pipeline.Outcome]
+
+
+# ---- settings -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PollerConfig:
+    """Timings and policy of the pollers; the defaults suit production, tests shrink them to seconds."""
+
+    idle_seconds: float = 25 * 60  # an IDLE is ended and re-issued after this (must stay < 29 min)
+    poll_seconds: float = 60.0  # between rounds when the server has no IDLE
+    use_idle: bool = True
+    reload_seconds: float = 60.0  # how often the mailbox table is re-read
+    timeout_seconds: float = 30.0  # one IMAP command, the connection and the greeting
+    backoff_initial: float = 2.0
+    backoff_max: float = 300.0
+    auth_retry_seconds: float = 900.0  # bad credentials: retried slowly, never hammered
+    retry_seconds: float = 60.0  # a message the pipeline deferred (4xx) is tried again after this
+    stop_grace_seconds: float = 10.0
+    allow_plaintext: bool = False  # security "none" towards a non-loopback host
+    ssl_context: ssl.SSLContext | None = None  # default: the system's CAs, hostname checked
+
+    def __post_init__(self) -> None:
+        if not 0 < self.idle_seconds < IMAP_IDLE_LIMIT:
+            raise ValueError("idle_seconds must be below 29 minutes (RFC 2177)")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PollerConfig:
+        """Optional ``imap_*`` settings, when the operator's settings object has them."""
+        names = {
+            "imap_idle_seconds": "idle_seconds",
+            "imap_poll_seconds": "poll_seconds",
+            "imap_reload_seconds": "reload_seconds",
+            "imap_timeout_seconds": "timeout_seconds",
+            "imap_allow_plaintext": "allow_plaintext",
+        }
+        values: dict[str, Any] = {}
+        for setting, attr in names.items():
+            value = getattr(settings, setting, None)
+            if value is not None:
+                values[attr] = value
+        return cls(**values)
+
+    def tls_context(self) -> ssl.SSLContext:
+        if self.ssl_context is not None:
+            return self.ssl_context
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
+@dataclass(frozen=True)
+class MailboxConfig:
+    """A snapshot of one Mailbox row; a poller restarts when anything but its progress changes."""
+
+    id: int
+    practice_id: int
+    name: str
+    host: str
+    port: int
+    security: str
+    username: str
+    password_env: str | None
+    password: str | None
+    folder: str
+    routing_address: str | None
+    on_done: str
+    uidvalidity: int | None = field(default=None, compare=False)
+    last_uid: int = field(default=0, compare=False)
+
+    @classmethod
+    def from_row(cls, row: Mailbox) -> MailboxConfig:
+        return cls(
+            id=row.id,
+            practice_id=row.practice_id,
+            name=row.name,
+            host=row.host,
+            port=row.port,
+            security=row.security,
+            username=row.username,
+            password_env=row.password_env,
+            password=row.password,
+            folder=row.folder or "INBOX",
+            routing_address=row.routing_address,
+            on_done=row.on_done or "move",
+            uidvalidity=row.uidvalidity,
+            last_uid=row.last_uid or 0,
+        )
+
+    def __repr__(self) -> str:  # never the password, even in a traceback
+        return f"MailboxConfig(id={self.id}, name={self.name!r}, host={self.host!r}, port={self.port})"
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_allowed(host: str, allow_plaintext: bool) -> bool:
+    """An unencrypted IMAP session sends the password in clear: loopback only, unless the operator says so."""
+    return allow_plaintext or is_loopback(host)
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+
+class ImapError(Exception):
+    """The server refused something or answered what we cannot use; the poller reconnects later."""
+
+
+class AuthFailed(ImapError):
+    """LOGIN was refused: wrong credentials (retried slowly, status ``auth_failed``)."""
+
+
+class ConfigError(ImapError):
+    """The mailbox cannot be used as configured (no password, plaintext refused, no STARTTLS)."""
+
+
+class ConnectionLost(ImapError):
+    """The server closed the connection."""
+
+
+class Stopped(Exception):
+    """``stop`` was set while waiting: the poller winds down."""
+
+
+def short_error(exc: BaseException, secret: str | None = None) -> str:
+    """A one-line, bounded error for ``Mailbox.last_error``: the class and the message, never a secret."""
+    text = str(exc).replace("\r", " ").replace("\n", " ").strip()
+    if secret:
+        text = text.replace(secret, "***")
+    name = type(exc).__name__
+    if isinstance(exc, ImapError):
+        return text[:200] or name
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return f"{name}: {text}"[:200] if text else name
+
+
+# ---- protocol helpers (pure) ---------------------------------------------------------------------
+
+
+def encode_mailbox_name(name: str) -> str:
+    """Modified UTF-7 for mailbox names (RFC 3501 §5.1.3): ``Boîte`` → ``Bo&AO4-te``."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            data = "".join(pending).encode("utf-16-be")
+            out.append("&" + base64.b64encode(data).decode("ascii").rstrip("=").replace("/", ",") + "-")
+            pending.clear()
+
+    for char in name:
+        if 0x20 <= ord(char) <= 0x7E:
+            flush()
+            out.append("&-" if char == "&" else char)
+        else:
+            pending.append(char)
+    flush()
+    return "".join(out)
+
+
+def quote_mailbox(name: str) -> str:
+    """A mailbox name as an IMAP quoted string (aioimaplib sends arguments verbatim)."""
+    encoded = encode_mailbox_name(name)
+    return '"' + encoded.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True)
+class SelectInfo:
+    exists: int
+    uidvalidity: int
+    uidnext: int | None
+    keywords_allowed: bool
+
+
+_EXISTS = re.compile(rb"^(\d+) EXISTS")
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
+_PERMANENTFLAGS = re.compile(rb"\[PERMANENTFLAGS \(([^)]*)\)\]")
+_FETCH_START = re.compile(rb"^\d+ FETCH \(")
+_FETCH_UID = re.compile(rb"\bUID (\d+)")
+_FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_NAMESPACE_PREFIX = re.compile(rb'^\(\("([^"]*)"')
+
+
+def _byte_lines(lines: Iterable[Any]) -> list[bytes]:
+    return [bytes(line) for line in lines if isinstance(line, bytes)]
+
+
+def parse_select(lines: Sequence[Any]) -> SelectInfo:
+    exists = 0
+    uidvalidity: int | None = None
+    uidnext: int | None = None
+    keywords = False
+    for line in _byte_lines(lines):
+        if match := _EXISTS.match(line):
+            exists = int(match.group(1))
+        if match := _UIDVALIDITY.search(line):
+            uidvalidity = int(match.group(1))
+        if match := _UIDNEXT.search(line):
+            uidnext = int(match.group(1))
+        if match := _PERMANENTFLAGS.search(line):
+            flags = match.group(1).split()
+            keywords = b"\\*" in flags or DONE_KEYWORD.encode() in flags
+    if uidvalidity is None:
+        raise ImapError("SELECT answered without UIDVALIDITY")
+    return SelectInfo(exists, uidvalidity, uidnext, keywords)
+
+
+def parse_search(lines: Sequence[Any], after: int = 0) -> list[int]:
+    """UIDs from a UID SEARCH answer, only those above ``after`` (``N:*`` always matches the last one)."""
+    found: set[int] = set()
+    for line in _byte_lines(lines[:-1]):  # the last line is the tagged completion text
+        words = line.split()
+        if words and words[0].upper() == b"SEARCH":
+            words = words[1:]
+        if all(word.isdigit() for word in words):
+            found.update(int(word) for word in words)
+    return sorted(uid for uid in found if uid > after)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    uid: int
+    size: int | None
+    data: bytes
+
+
+def parse_fetch(lines: Sequence[Any], uid: int) -> Fetched | None:
+    """The literal of the FETCH item for ``uid``; unsolicited FETCH items (flag updates) are ignored."""
+    items: list[list[Any]] = []  # [meta bytes, literal or None]
+    current: list[Any] | None = None
+    for line in lines[:-1]:
+        if isinstance(line, bytearray):
+            if current is not None and current[1] is None:
+                current[1] = bytes(line)
+            continue
+        if not isinstance(line, bytes):
+            continue
+        if _FETCH_START.match(line):
+            current = [line, None]
+            items.append(current)
+        elif current is not None:
+            current[0] += b" " + line
+    for meta, literal in items:
+        match = _FETCH_UID.search(meta)
+        if match is None or int(match.group(1)) != uid or literal is None:
+            continue
+        size = _FETCH_SIZE.search(meta)
+        return Fetched(uid, int(size.group(1)) if size else None, literal)
+    return None
+
+
+def _header_fields(header: bytes) -> list[tuple[str, str]]:
+    message = BytesHeaderParser(policy=compat32).parsebytes(header)
+    return [(name.lower(), str(value)) for name, value in message.items()]
+
+
+def _single_address(value: str) -> str | None:
+    addresses = [addr for _, addr in getaddresses([value]) if addr]
+    if len(addresses) != 1 or split_address(addresses[0]) is None:
+        return None
+    return addresses[0].strip().lower()
+
+
+def envelope_recipient(header: bytes) -> str | None:
+    """The topmost ``Delivered-To`` or ``X-Original-To``: the provider prepends its own above the sender's.
+
+    Never ``To``/``Cc``: a forwarded notification still names a reply address there (HOSTILE T6).
+    """
+    for name, value in _header_fields(header):
+        if name in ("delivered-to", "x-original-to"):
+            return _single_address(value)
+    return None
+
+
+def return_path(header: bytes) -> str:
+    """The envelope sender the provider recorded (topmost ``Return-Path``); ``""`` for a bounce (``<>``)."""
+    for name, value in _header_fields(header):
+        if name == "return-path":
+            return parseaddr(value)[1].strip()
+    return ""
+
+
+def _header_summary(header: bytes) -> tuple[str | None, str | None]:
+    fields = _header_fields(header)
+    sender = next((parseaddr(v)[1].lower() for n, v in fields if n == "from"), None)
+    message_id = next((v.strip() for n, v in fields if n == "message-id"), None)
+    return (sender or None), (message_id or None)
+
+
+# ---- one IMAP connection -------------------------------------------------------------------------
+
+
+class Connection:
+    """An aioimaplib client with every wait bounded: by a timeout, a lost connection, and ``stop``."""
+
+    def __init__(self, mailbox: MailboxConfig, config: PollerConfig, stop: asyncio.Event) -> None:
+        self.mailbox = mailbox
+        self.config = config
+        self.stop = stop
+        self.lost = asyncio.Event()
+        self.client: Any = None
+        self.greeted = False
+        self.password: str | None = None
+        self.capabilities: frozenset[str] = frozenset()
+        self.selected: SelectInfo | None = None
+
+    # -- plumbing
+
+    def _on_lost(self, _exc: Exception | None) -> None:
+        self.lost.set()
+
+    async def call(
+        self, awaitable: Awaitable[T], timeout: float | None = None, *, stoppable: bool = True
+    ) -> T:
+        """Await one IMAP step; ConnectionLost, TimeoutError or Stopped rather than hang on a dead socket."""
+        task = asyncio.ensure_future(awaitable)
+        watchers = [asyncio.ensure_future(self.lost.wait())]
+        if stoppable:
+            watchers.append(asyncio.ensure_future(self.stop.wait()))
+        try:
+            done, _ = await asyncio.wait(
+                [task, *watchers],
+                timeout=timeout or self.config.timeout_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if task in done:
+                return task.result()
+            if self.lost.is_set():
+                raise ConnectionLost("connection closed by the server")
+            if stoppable and self.stop.is_set():
+                raise Stopped
+            raise TimeoutError
+        finally:
+            for pending in (task, *watchers):
+                if not pending.done():
+                    pending.cancel()
+
+    async def command(self, awaitable: Awaitable[Any], what: str, *, stoppable: bool = True) -> Any:
+        response = await self.call(awaitable, stoppable=stoppable)
+        if response.result != "OK":
+            text = b" ".join(_byte_lines(response.lines[-1:])).decode("utf-8", "replace")[:120]
+            raise ImapError(f"{what}: {response.result} {text}".strip())
+        return response
+
+    # -- session set-up
+
+    def _resolve_password(self) -> str:
+        box = self.mailbox
+        if box.password_env:
+            value = os.environ.get(box.password_env)
+            if value:
+                return value
+            if not box.password:
+                raise ConfigError(f"environment variable {box.password_env} is not set")
+        if box.password:
+            return box.password
+        raise ConfigError("no password configured")
+
+    async def open(self) -> None:
+        box = self.mailbox
+        self.password = self._resolve_password()
+        timeout = self.config.timeout_seconds
+        if box.security == "tls":
+            self.client = aioimaplib.IMAP4_SSL(
+                host=box.host, port=box.port, timeout=timeout, ssl_context=self.config.tls_context()
+            )
+        elif box.security in ("starttls", "none"):
+            if box.security == "none" and not plaintext_allowed(box.host, self.config.allow_plaintext):
+                raise ConfigError("plaintext IMAP is only allowed towards loopback hosts")
+            self.client = aioimaplib.IMAP4(host=box.host, port=box.port, timeout=timeout)
+        else:
+            raise ConfigError(f"unknown security {box.security!r}")
+        self.client.protocol.conn_lost_cb = self._on_lost
+        await self.call(self.client.wait_hello_from_server())
+        self.greeted = True
+        if box.security == "starttls":
+            await self._starttls()
+        response = await self.call(self.client.login(box.username, self.password))
+        if response.result != "OK":
+            text = b" ".join(_byte_lines(response.lines)).decode("utf-8", "replace")
+            if response.result == "NO" and "[UNAVAILABLE]" not in text:
+                raise AuthFailed("authentication failed")
+            raise ImapError(f"LOGIN: {response.result} {text[:120]}")
+        # Capabilities may differ after LOGIN (RFC 3501 §6.2.3): ask again rather than trust the greeting.
+        await self.call(self.client.protocol.capability())
+        self.capabilities = frozenset(c.upper() for c in self.client.protocol.capabilities)
+
+    async def _starttls(self) -> None:
+        """STARTTLS (RFC 3501 §6.2.1), absent from aioimaplib; no downgrade when the server lacks it."""
+        protocol = self.client.protocol
+        if "STARTTLS" not in {c.upper() for c in protocol.capabilities}:
+            raise ConfigError("server does not offer STARTTLS")
+        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+        response = await self.call(protocol.execute(command))
+        if response.result != "OK":
+            raise ImapError("STARTTLS refused")
+        loop = asyncio.get_running_loop()
+        transport = await self.call(
+            loop.start_tls(
+                protocol.transport, protocol, self.config.tls_context(), server_hostname=self.mailbox.host
+            )
+        )
+        protocol.transport = transport
+        protocol.incomplete_line = (
+            b""  # nothing read before the handshake may be trusted (response injection)
+        )
+        # the pre-TLS capability list is discarded (RFC 3501 §6.2.1)
+        await self.call(protocol.capability())
+
+    async def select(self, folder: str) -> SelectInfo:
+        response = await self.command(self.client.select(quote_mailbox(folder)), "SELECT")
+        self.selected = parse_select(response.lines)
+        return self.selected
+
+    # -- reading
+
+    async def search(self, criteria: str, after: int) -> list[int]:
+        response = await self.command(self.client.uid_search(criteria, charset=None), "UID SEARCH")
+        return parse_search(response.lines, after)
+
+    async def fetch(self, uid: int, items: str) -> Fetched | None:
+        response = await self.command(self.client.uid("fetch", str(uid), items), "UID FETCH")
+        return parse_fetch(response.lines, uid)
+
+    # -- marking
+
+    async def ensure_folder(self, name: str) -> str:
+        """The folder's name on the server, created if missing (under the personal namespace if need be)."""
+        candidates = [name]
+        if "NAMESPACE" in self.capabilities:
+            with contextlib.suppress(ImapError, TimeoutError):
+                response = await self.command(self.client.namespace(), "NAMESPACE")
+                for line in _byte_lines(response.lines[:1]):
+                    match = _NAMESPACE_PREFIX.match(line)
+                    if match and match.group(1):
+                        candidates.append(match.group(1).decode("utf-8", "replace") + name)
+        for candidate in candidates:
+            listed = await self.command(self.client.list('""', quote_mailbox(candidate)), "LIST")
+            if any(line.strip() for line in _byte_lines(listed.lines[:-1])):
+                return candidate
+        last: ImapError | None = None
+        for candidate in candidates:
+            try:
+                await self.command(self.client.create(quote_mailbox(candidate)), "CREATE")
+                return candidate
+            except ImapError as exc:
+                if "ALREADYEXISTS" in str(exc).upper():
+                    return candidate
+                last = exc
+        raise last or ImapError(f"cannot create folder {name}")
+
+    async def move(self, uid: int, folder: str) -> None:
+        target = quote_mailbox(folder)
+        if "MOVE" in self.capabilities:
+            await self.command(self.client.uid("move", str(uid), target), "UID MOVE", stoppable=False)
+            return
+        # RFC 6851 §3.3: without MOVE, COPY + \Deleted + EXPUNGE (UID EXPUNGE with UIDPLUS, RFC 4315)
+        await self.command(self.client.uid("copy", str(uid), target), "UID COPY", stoppable=False)
+        deleted = self.client.uid("store", str(uid), "+FLAGS.SILENT", "(\\Deleted)")
+        await self.command(deleted, "UID STORE", stoppable=False)
+        if "UIDPLUS" in self.capabilities:
+            await self.command(self.client.uid("expunge", str(uid)), "UID EXPUNGE", stoppable=False)
+        else:
+            await self.command(self.client.expunge(), "EXPUNGE", stoppable=False)
+
+    async def add_flags(self, uid: int, flags: Sequence[str]) -> None:
+        store = self.client.uid("store", str(uid), "+FLAGS.SILENT", "(" + " ".join(flags) + ")")
+        await self.command(store, "UID STORE", stoppable=False)
+
+    # -- waiting
+
+    async def idle(self, seconds: float) -> bool:
+        """IDLE until new mail (``EXISTS``), ``seconds``, or stop; True when mail arrived."""
+        client = self.client
+        queue: asyncio.Queue[Any] = client.protocol.idle_queue
+        while not queue.empty():  # pushes left over from a previous IDLE
+            queue.get_nowait()
+        idle_task = await self.call(client.idle_start(timeout=seconds + 5))
+        woke = False
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + seconds
+            while not self.stop.is_set():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    push = await self.call(queue.get(), remaining)
+                except (TimeoutError, Stopped):
+                    break
+                if push == aioimaplib.STOP_WAIT_SERVER_PUSH:
+                    break
+                if any(_EXISTS.match(bytes(line)) for line in push if isinstance(line, bytes | bytearray)):
+                    woke = True
+                    break
+        finally:
+            if not self.lost.is_set() and client.has_pending_idle():
+                client.idle_done()
+                with contextlib.suppress(Exception):
+                    await self.call(asyncio.shield(idle_task), stoppable=False)
+        return woke
+
+    async def sleep(self, seconds: float) -> None:
+        """Poll-mode pause; a connection closed meanwhile is noticed at once."""
+        with contextlib.suppress(TimeoutError, Stopped):
+            await self.call(asyncio.sleep(seconds + 1), seconds)
+        if self.lost.is_set():
+            raise ConnectionLost("connection closed by the server")
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is None:
+            return
+        if not self.lost.is_set() and client.protocol.state in ("AUTH", "SELECTED", "NONAUTH"):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.logout(), 2)
+        transport = client.protocol.transport
+        if transport is not None:
+            transport.close()
+        waiter = getattr(client, "_idle_waiter", None)
+        if waiter is not None:
+            waiter.cancel()
+        for task in list(client.tasks) + list(client.protocol.tasks):
+            task.cancel()
+        task = getattr(client, "_client_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+
+
+# ---- the poller --------------------------------------------------------------------------------
+
+
+class MailboxPoller:
+    """One mailbox: connect, catch up, IDLE or poll, reconnect with capped backoff; never raises out."""
+
+    def __init__(
+        self, services: Services, mailbox: MailboxConfig, config: PollerConfig, runner: Runner | None = None
+    ) -> None:
+        self.services = services
+        self.mailbox = mailbox
+        self.config = config
+        self.runner: Runner = runner or pipeline.run
+        self.deps = pipeline_deps(services)
+        self.stop = asyncio.Event()
+        self.phase = "new"  # connecting | syncing | idle | polling | backoff | stopped: for tests and logs
+        self.last_uid = mailbox.last_uid
+        self.uidvalidity = mailbox.uidvalidity
+        self.retry: dict[int, float] = {}  # deferred UIDs → when to try again
+        self._status: tuple[str, str | None] | None = None
+        self._folders: dict[bool, str] = {}  # rejected? → folder name on the server
+        self._extra = {"mailbox": mailbox.name, "practice_id": mailbox.practice_id}
+
+    # -- life cycle
+
+    async def run(self) -> None:
+        backoff = self.config.backoff_initial
+        while not self.stop.is_set():
+            connection = Connection(self.mailbox, self.config, self.stop)
+            reached = False
+            delay = backoff
+            try:
+                self.phase = "connecting"
+                await connection.open()
+                reached = await self._session(connection)
+            except Stopped:
+                break
+            except AuthFailed as exc:
+                log.warning("imap_auth_failed", extra=self._extra)
+                await self._set_status("auth_failed", short_error(exc))
+                delay = self.config.auth_retry_seconds
+            except ConfigError as exc:
+                log.warning("imap_config_error", extra={**self._extra, "error": short_error(exc)})
+                await self._set_status("error", short_error(exc))
+                delay = self.config.auth_retry_seconds
+            except (ImapError, OSError, TimeoutError, aioimaplib.AioImapException) as exc:
+                error = short_error(exc, connection.password)
+                log.warning("imap_error", extra={**self._extra, "error": error})
+                await self._set_status("error", error)
+                reached = reached or connection.selected is not None
+            except Exception as exc:
+                log.exception("imap_unexpected_error", extra=self._extra)
+                await self._set_status("error", short_error(exc, connection.password))
+                reached = reached or connection.selected is not None
+            finally:
+                await connection.close()
+            if self.stop.is_set():
+                break
+            if reached:  # the session worked for a while: reconnect quickly, restart the backoff
+                backoff = delay = self.config.backoff_initial
+            else:
+                backoff = min(backoff * 2, self.config.backoff_max)
+            self.phase = "backoff"
+            await self._sleep(delay * random.uniform(0.9, 1.1))
+        self.phase = "stopped"
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
+    async def _session(self, connection: Connection) -> bool:
+        await asyncio.to_thread(self._reload_progress)
+        self.phase = "syncing"
+        info = await connection.select(self.mailbox.folder)
+        if self.uidvalidity is not None and self.uidvalidity != info.uidvalidity:
+            # RFC 3501 §2.3.1.1: the old UIDs mean nothing now. Re-reading is safe: the pipeline's
+            # idempotency key turns an already posted message into a duplicate.
+            log.warning(
+                "imap_uidvalidity_changed",
+                extra={**self._extra, "old": self.uidvalidity, "new": info.uidvalidity},
+            )
+            self.last_uid = 0
+            self.retry.clear()
+        self.uidvalidity = info.uidvalidity
+        await asyncio.to_thread(self._save_progress, info.uidvalidity, self.last_uid)
+        folders: dict[bool, str] = {}
+        if self.mailbox.on_done == "move":
+            folders[False] = await connection.ensure_folder(PROCESSED)
+            folders[True] = await connection.ensure_folder(REJECTED)
+        self._folders = folders
+        await self._set_status("ok", None)
+        log.info("imap_connected", extra={**self._extra, "idle": "IDLE" in connection.capabilities})
+        await self._sweep(connection)
+        while not self.stop.is_set():
+            self.phase = "syncing"
+            while await self._round(connection) and not self.stop.is_set():
+                pass  # mail may have arrived while we worked: search again before waiting
+            if self.stop.is_set():
+                break
+            wait = self.config.idle_seconds if self._idle_ok(connection) else self.config.poll_seconds
+            if self.retry:
+                wait = min(wait, max(0.01, min(self.retry.values()) - _now()))
+            if self._idle_ok(connection):
+                self.phase = "idle"
+                await connection.idle(wait)
+            else:
+                self.phase = "polling"
+                await connection.sleep(wait)
+        return True
+
+    def _idle_ok(self, connection: Connection) -> bool:
+        return self.config.use_idle and "IDLE" in connection.capabilities
+
+    # -- rounds
+
+    def _criteria(self, low: int, high: str, connection: Connection) -> str:
+        criteria = f"UID {low}:{high}"
+        if self.mailbox.on_done == "flag" and self._keywords(connection):
+            criteria += f" NOT KEYWORD {DONE_KEYWORD}"
+        return criteria
+
+    @staticmethod
+    def _keywords(connection: Connection) -> bool:
+        return connection.selected is not None and connection.selected.keywords_allowed
+
+    async def _sweep(self, connection: Connection) -> None:
+        """Mail at or below last_uid still waiting (crash after commit, failed MOVE, deferred): try it again.
+
+        In move mode everything left in the folder is unfinished; in flag mode, what lacks the keyword.
+        The pipeline answers ``duplicate`` for what was already posted, and the mail is then marked.
+        """
+        if self.last_uid <= 0:
+            return
+        if self.mailbox.on_done == "flag" and not self._keywords(connection):
+            return  # \Seen stands in for the keyword: a human may have toggled it, nothing to go by
+        leftovers = await connection.search(self._criteria(1, str(self.last_uid), connection), 0)
+        now = _now()
+        for uid in leftovers:
+            if uid <= self.last_uid:
+                self.retry.setdefault(uid, now)
+
+    async def _round(self, connection: Connection) -> bool:
+        """One catch-up; True when new mail was handled (so the caller searches once more)."""
+        found = await connection.search(self._criteria(self.last_uid + 1, "*", connection), self.last_uid)
+        new = [uid for uid in found if uid not in self.retry]  # a deferred one waits for its turn
+        now = _now()
+        due = [uid for uid, when in self.retry.items() if when <= now]
+        for uid in sorted(set(new) | set(due)):
+            if self.stop.is_set():
+                break
+            await self._process(connection, uid)
+        return bool(new)
+
+    async def _process(self, connection: Connection, uid: int) -> None:
+        head = await connection.fetch(uid, "(UID RFC822.SIZE BODY.PEEK[HEADER])")
+        if head is None:  # expunged by someone else meanwhile
+            self._done(uid)
+            return
+        header = head
+        decision, tried = await asyncio.to_thread(self._decide, header.data)
+        if decision is None or decision.target is None:
+            await asyncio.to_thread(
+                self._refuse,
+                header,
+                "no_envelope_recipient",
+                replies.UNKNOWN_RECIPIENT,
+                {"candidates": tried},
+                None,
+            )
+            await self._mark(connection, uid, rejected=True)
+            return
+        if decision.size_limit and header.size and header.size > decision.size_limit:
+            # refused before download: the practice would refuse it anyway (and it stays with the provider)
+            await asyncio.to_thread(
+                self._refuse,
+                header,
+                "message_too_big",
+                replies.message_too_big(decision.size_limit),
+                {},
+                decision.target,
+            )
+            await self._mark(connection, uid, rejected=True)
+            return
+        body = await connection.fetch(uid, "(UID BODY.PEEK[])")
+        if body is None:
+            self._done(uid)
+            return
+        outcome = await self._feed(uid, header, body.data, decision.target)
+        if outcome.state == InboundState.deferred or outcome.reply.transient:
+            # 4xx: left where it is, tried again later (last_uid was not advanced by the pipeline)
+            self.retry[uid] = _now() + self.config.retry_seconds
+            log.info("imap_deferred", extra={**self._extra, "uid": uid, "reason": outcome.reason})
+            return
+        await self._mark(connection, uid, rejected=outcome.state in TO_REJECTED)
+
+    async def _feed(self, uid: int, header: Fetched, raw: bytes, target: Target) -> pipeline.Outcome:
+        path = await asyncio.to_thread(self._spool, raw)
+        envelope = pipeline.Envelope(
+            door="imap",
+            peer=None,
+            helo=None,
+            mail_from=return_path(header.data),
+            target=target,
+            finalize=self._finalizer(uid),
+        )
+        try:
+            return await asyncio.to_thread(self.runner, self.deps, envelope, path, len(raw))
+        finally:
+            if path.exists():  # the pipeline moves it into its store; anything left is ours to remove
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    async def _mark(self, connection: Connection, uid: int, *, rejected: bool) -> None:
+        """Only after the pipeline committed: the mail leaves the folder, or is flagged done."""
+        if self.mailbox.on_done == "move":
+            await connection.move(uid, self._folders[rejected])
+        elif self._keywords(connection):
+            await connection.add_flags(uid, [DONE_KEYWORD, REJECTED_KEYWORD] if rejected else [DONE_KEYWORD])
+        else:
+            await connection.add_flags(uid, ["\\Seen"])
+        self._done(uid)
+
+    def _done(self, uid: int) -> None:
+        self.retry.pop(uid, None)
+        self.last_uid = max(self.last_uid, uid)
+
+    # -- database (worker threads)
+
+    def _spool(self, raw: bytes) -> Path:
+        spool = self.services.settings.data_dir / "spool"
+        spool.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=spool, prefix="imap-", suffix=".eml")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+        return Path(name)
+
+    def _finalizer(self, uid: int) -> Callable[[Session], None]:
+        mailbox_id = self.mailbox.id
+        uidvalidity = self.uidvalidity
+
+        def finalize(session: Session) -> None:
+            # Inside the pipeline's final transaction: the progress commits with the post, or not at all.
+            row = session.get(Mailbox, mailbox_id)
+            if row is not None and row.uidvalidity == uidvalidity:
+                row.last_uid = max(row.last_uid or 0, uid)
+
+        return finalize
+
+    def _decide(self, header: bytes) -> tuple[RecipientDecision | None, list[dict[str, str]]]:
+        """Delivered-To/X-Original-To first, then routing_address; only targets of this mailbox's practice."""
+        candidates = [
+            ("delivered_to", envelope_recipient(header)),
+            ("routing_address", self.mailbox.routing_address),
+        ]
+        tried: list[dict[str, str]] = []
+        with self.services.sessions() as session:
+            for source, address in candidates:
+                if not address:
+                    continue
+                decision = decide_recipient(session, self.services.tokens, self.services.verp_secret, address)
+                if decision.target is not None and decision.target.practice_id == self.mailbox.practice_id:
+                    return decision, tried
+                tried.append(
+                    {
+                        "source": source,
+                        "reason": decision.reason if decision.target is None else "other_practice",
+                    }
+                )
+        return None, tried
+
+    def _refuse(
+        self, header: Fetched, reason: str, reply: SmtpReply, details: dict[str, Any], target: Target | None
+    ) -> None:
+        """Refused before the pipeline: an inbound row all the same (staff can see why), with the progress."""
+        sender, message_id = _header_summary(header.data)
+        with transaction(self.services.sessions) as session:
+            session.add(
+                InboundLog(
+                    practice_id=self.mailbox.practice_id,
+                    door="imap",
+                    mail_from=return_path(header.data)[:320],
+                    rcpt=(target.redacted if target else "")[:320],
+                    from_header=(sender or "")[:320] or None,
+                    message_id_header=(message_id or "")[:998] or None,
+                    state=InboundState.rejected,
+                    reason=reason,
+                    smtp_reply=reply.wire()[:255],
+                    size=header.size or 0,
+                    details={"mailbox": self.mailbox.name, **details},
+                )
+            )
+            self._finalizer(header.uid)(session)
+        INBOUND.labels(InboundState.rejected.value, reason).inc()
+        log.info("imap_refused", extra={**self._extra, "uid": header.uid, "reason": reason})
+
+    def _reload_progress(self) -> None:
+        with self.services.sessions() as session:
+            row = session.get(Mailbox, self.mailbox.id)
+            if row is not None:  # the database is the truth; memory may be ahead after a failed commit
+                self.uidvalidity = row.uidvalidity
+                self.last_uid = row.last_uid or 0
+
+    def _save_progress(self, uidvalidity: int, last_uid: int) -> None:
+        with transaction(self.services.sessions) as session:
+            row = session.get(Mailbox, self.mailbox.id)
+            if row is not None and (row.uidvalidity != uidvalidity or row.last_uid != last_uid):
+                row.uidvalidity = uidvalidity
+                row.last_uid = last_uid
+
+    async def _set_status(self, status: str, error: str | None) -> None:
+        if self._status == (status, error):
+            return
+        try:
+            await asyncio.to_thread(self._write_status, status, error)
+            self._status = (status, error)
+        except Exception:
+            log.warning("imap_status_write_failed", extra=self._extra, exc_info=True)
+
+    def _write_status(self, status: str, error: str | None) -> None:
+        with transaction(self.services.sessions) as session:
+            row = session.get(Mailbox, self.mailbox.id)
+            if row is not None:
+                row.status = status
+                row.last_error = error[:512] if error else None
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+# ---- all pollers -------------------------------------------------------------------------------
+
+
+def load_mailboxes(services: Services) -> list[MailboxConfig]:
+    with services.sessions() as session:
+        return [MailboxConfig.from_row(row) for row in session.scalars(select(Mailbox).order_by(Mailbox.id))]
+
+
+@dataclass
+class _Running:
+    config: MailboxConfig
+    poller: MailboxPoller
+    task: asyncio.Task[None]
+
+
+class Pollers:
+    """Keeps one poller task per Mailbox row, re-reading the table so API changes apply without a restart."""
+
+    def __init__(
+        self, services: Services, config: PollerConfig | None = None, runner: Runner | None = None
+    ) -> None:
+        self.services = services
+        self.config = config or PollerConfig.from_settings(services.settings)
+        self.runner = runner
+        self.running: dict[int, _Running] = {}
+
+    def poller(self, mailbox_id: int) -> MailboxPoller | None:
+        entry = self.running.get(mailbox_id)
+        return entry.poller if entry else None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        logging.getLogger("aioimaplib").setLevel(logging.WARNING)  # its DEBUG log prints whole messages
+        try:
+            while not stop.is_set():
+                try:
+                    configs = await asyncio.to_thread(load_mailboxes, self.services)
+                except Exception:
+                    log.warning("imap_mailboxes_unreadable", exc_info=True)
+                else:
+                    await self.reconcile(configs)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.reload_seconds)
+        finally:
+            await asyncio.gather(*(self._stop(entry) for entry in list(self.running.values())))
+            self.running.clear()
+
+    async def reconcile(self, configs: Sequence[MailboxConfig]) -> None:
+        wanted = {c.id: c for c in configs}
+        for mailbox_id, entry in list(self.running.items()):
+            config = wanted.get(mailbox_id)
+            if config is None or config != entry.config or entry.task.done():
+                if entry.task.done() and not entry.task.cancelled() and entry.task.exception() is not None:
+                    log.error("imap_poller_crashed", exc_info=entry.task.exception())
+                await self._stop(entry)
+                del self.running[mailbox_id]
+        for mailbox_id, config in wanted.items():
+            if mailbox_id not in self.running:
+                poller = MailboxPoller(self.services, config, self.config, self.runner)
+                task = asyncio.create_task(poller.run(), name=f"imap:{config.name}")
+                self.running[mailbox_id] = _Running(config, poller, task)
+
+    async def _stop(self, entry: _Running) -> None:
+        entry.poller.stop.set()
+        if entry.task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(entry.task), self.config.stop_grace_seconds)
+        except TimeoutError:
+            entry.task.cancel()
+            with contextlib.suppress(BaseException):
+                await entry.task
+        except Exception:
+            log.warning("imap_poller_stop_failed", exc_info=True)
+
+
+async def run_pollers(
+    services: Services, stop: asyncio.Event, config: PollerConfig | None = None, runner: Runner | None = None
+) -> None:
+    """Started by ``mailbridge serve``: one poller per mailbox until ``stop`` (quiet when there are none)."""
+    await Pollers(services, config, runner).run(stop)
+
+
+# ---- mailbridge imap check ---------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    name: str
+    connected: bool = False
+    logged_in: bool = False
+    idle: bool = False
+    move: bool = False
+    messages: int | None = None
+    uidvalidity: int | None = None
+    new: int | None = None
+    note: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.messages is not None
+
+
+async def check_mailbox(mailbox: MailboxConfig, config: PollerConfig) -> CheckResult:
+    """Connect, log in, SELECT, count what the poller would read next; changes nothing on the server."""
+    result = CheckResult(mailbox.name)
+    connection = Connection(mailbox, config, asyncio.Event())
+    try:
+        await connection.open()
+        result.connected = result.logged_in = True
+        result.idle = "IDLE" in connection.capabilities
+        result.move = "MOVE" in connection.capabilities
+        info = await connection.select(mailbox.folder)
+        result.messages = info.exists
+        result.uidvalidity = info.uidvalidity
+        after = mailbox.last_uid
+        if mailbox.uidvalidity is not None and mailbox.uidvalidity != info.uidvalidity:
+            result.note = "UIDVALIDITY changed: every message will be read again"
+            after = 0
+        criteria = f"UID {after + 1}:*"
+        if mailbox.on_done == "flag" and info.keywords_allowed:
+            criteria += f" NOT KEYWORD {DONE_KEYWORD}"
+        result.new = len(await connection.search(criteria, after))
+    except AuthFailed as exc:
+        result.connected = True
+        result.error = short_error(exc)
+    except Exception as exc:
+        result.connected = connection.greeted
+        result.error = short_error(exc, connection.password)
+    finally:
+        await connection.close()
+    return result
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def check_command(services: Services, practice_slug: str, config: PollerConfig | None = None) -> int:
+    """``mailbridge imap check --practice P``: 0 all mailboxes usable, 1 otherwise, 2 unknown practice."""
+    config = config or PollerConfig.from_settings(services.settings)
+    with services.sessions() as session:
+        practice = session.scalar(select(Practice).where(Practice.slug == practice_slug))
+        if practice is None:
+            print(f"mailbridge: practice {practice_slug!r} not found")
+            return 2
+        rows = session.scalars(
+            select(Mailbox).where(Mailbox.practice_id == practice.id).order_by(Mailbox.name)
+        )
+        mailboxes = [MailboxConfig.from_row(row) for row in rows]
+    if not mailboxes:
+        print(f"practice {practice_slug}: no IMAP mailboxes configured")
+        return 1
+
+    async def check_all() -> list[CheckResult]:
+        logging.getLogger("aioimaplib").setLevel(logging.WARNING)
+        return list(await asyncio.gather(*(check_mailbox(m, config) for m in mailboxes)))
+
+    results = asyncio.run(check_all())
+    for mailbox, result in zip(mailboxes, results, strict=True):
+        print(
+            f"mailbox {mailbox.name}: {mailbox.username} at {mailbox.host}:{mailbox.port} "
+            f"({mailbox.security}), folder {mailbox.folder}, on done: {mailbox.on_done}"
+        )
+        print(f"  connected: {_yes(result.connected)}   login: {_yes(result.logged_in)}")
+        if result.logged_in:
+            print(f"  capabilities: IDLE {_yes(result.idle)}, MOVE {_yes(result.move)}")
+        if result.messages is not None:
+            print(f"  folder: {result.messages} messages, UIDVALIDITY {result.uidvalidity}")
+            print(f"  new since last UID {mailbox.last_uid}: {result.new}")
+        if result.note:
+            print(f"  note: {result.note}")
+        print(f"  result: {'OK' if result.ok else 'FAILED: ' + (result.error or 'unknown error')}")
+    return 0 if all(r.ok for r in results) else 1
