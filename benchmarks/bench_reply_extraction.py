@@ -138,7 +138,9 @@ def score(corpus: Corpus, extractor: Extractor) -> Score:
             ok = check.passes(visible, hidden)
             result.checks_passed += ok
             if not ok:
-                result.failures.append(f"{case.case_id}: check {check.source} {check.kind} {check.value!r} failed")
+                result.failures.append(
+                    f"{case.case_id}: check {check.source} {check.kind} {check.value!r} failed"
+                )
         if case.max_seconds is not None:
             result.checks += 1
             result.checks_passed += elapsed <= case.max_seconds
@@ -146,14 +148,18 @@ def score(corpus: Corpus, extractor: Extractor) -> Score:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--failures", action="store_true", help="list mailbridge's failing cases")
     parser.add_argument("--corpus", action="append", help="only this corpus (repeatable)")
     args = parser.parse_args(argv)
 
     root = corpora_root()
     if root is None:
-        print("corpora not found (../shared/corpora or $MAILBRIDGE_CORPORA): nothing to score", file=sys.stderr)
+        print(
+            "corpora not found (../shared/corpora or $MAILBRIDGE_CORPORA): nothing to score", file=sys.stderr
+        )
         return 2
     extractors: dict[str, Extractor] = {"mailbridge": mailbridge_extract}
     for name, factory in (

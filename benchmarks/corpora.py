@@ -186,12 +186,17 @@ def load_talon(root: Path) -> Corpus:
         elif task == "reply_extraction":
             # Upstream passes the whole file, headers included, as text.
             checks = [Check("visible", "nonempty", "", "reply_nonempty")]
-            checks += [Check("visible", "not_contains", v, "reply_not_contains") for v in expected["reply_not_contains"]]
+            checks += [
+                Check("visible", "not_contains", v, "reply_not_contains")
+                for v in expected["reply_not_contains"]
+            ]
             corpus.cases.append(ReplyCase("talon", entry["id"], text=_read_text(path), checks=tuple(checks)))
         elif task == "reply_extraction_html":
             reply = expected.get("reply") or _html_text(expected["reply_html"])
             corpus.cases.append(
-                ReplyCase("talon", entry["id"], html=_read_text(path), expected=reply, compare="no_whitespace")
+                ReplyCase(
+                    "talon", entry["id"], html=_read_text(path), expected=reply, compare="no_whitespace"
+                )
             )
     inline = json.loads((base / "inline_cases.json").read_text(encoding="utf-8"))
     for entry in inline["cases"]:
@@ -216,7 +221,11 @@ def load_talon_signatures(root: Path) -> Corpus:
         body = _read_text(sig_path.with_name(sig_path.name.replace("_signature", "_body"))).strip()
         signature_raw = _read_text(sig_path)
         text = body[: len(body) - len(signature_raw)].strip() if signature_raw else body
-        checks = (Check("hidden", "contains", signature_raw.strip(), "signature"),) if signature_raw.strip() else ()
+        checks = (
+            (Check("hidden", "contains", signature_raw.strip(), "signature"),)
+            if signature_raw.strip()
+            else ()
+        )
         corpus.cases.append(ReplyCase(corpus.name, entry["id"], text=body, expected=text, checks=checks))
     return corpus
 

@@ -72,17 +72,21 @@ class Dovecot:
         root = self.root
         for sub in ("run", "state", "home"):
             (root / sub).mkdir(exist_ok=True)
+        # Dovecot delays logins from an IP after failed ones (anvil's auth penalty, up to 15 s): the
+        # bad-credential tests would slow every later login from 127.0.0.1. An unreachable penalty
+        # socket turns it off; the auth process must not be root for the mode to matter.
+        no_penalty = "service anvil {\n  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n}\n"
         if os.geteuid() == 0:
             mail_user = "dovecot"
-            extra = ""
+            extra = no_penalty + "service auth {\n  user = $default_internal_user\n}\n"
             with contextlib.suppress(KeyError):
                 pw = pwd.getpwnam(mail_user)
                 os.chown(root / "home", pw.pw_uid, pw.pw_gid)
         else:  # an ordinary developer account: everything runs as that user, no chroot
             mail_user = pwd.getpwuid(os.geteuid()).pw_name
-            extra = (
+            extra = no_penalty.replace("anvil {", "anvil {\n  chroot =") + (
                 f"default_login_user = {mail_user}\ndefault_internal_user = {mail_user}\n"
-                "service imap-login {\n  chroot =\n}\nservice anvil {\n  chroot =\n}\n"
+                "service imap-login {\n  chroot =\n}\n"
             )
         if self.tls:
             cert, key = self.tls
@@ -103,7 +107,7 @@ first_valid_uid = 1
 mail_location = maildir:~/Maildir
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {root}/passwd
+  args = scheme=PLAIN username_format=%u {root}/passwd.d/%u
 }}
 userdb {{
   driver = static
@@ -124,11 +128,15 @@ service imap-login {{
         self._write_passwd()
 
     def _write_passwd(self) -> None:
-        path = self.root / "passwd"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{user}:{{PLAIN}}{password}\n" for user, password in self.users.items()))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # passwd-file is re-read when its mtime changes
+        # One passwd file per user (``passwd.d/%u``): Dovecot stats a passwd-file at most once a second,
+        # so a user appended to a shared file could stay unknown for a second; a new file is read at once.
+        folder = self.root / "passwd.d"
+        folder.mkdir(exist_ok=True)
+        for user, password in self.users.items():
+            path = folder / user
+            if not path.exists():
+                path.write_text(f"{user}:{{PLAIN}}{password}\n")
+                os.chmod(path, 0o644)
 
     def add_user(self, user: str, password: str = PASSWORD) -> str:
         self.users[user] = password

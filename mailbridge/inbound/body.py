@@ -15,6 +15,8 @@ __all__ = ["ExtractedReply", "extract_reply", "extract_reply_from_html", "html_t
 
 @dataclass(frozen=True)
 class ExtractedReply:
+    """The author's new text, and what was trimmed from it (kept so a reader can expand it)."""
+
     visible: str  # the new text the author wrote, trimmed
     hidden: str  # what was trimmed (quoted history, signature), kept but hidden
 
@@ -27,31 +29,45 @@ class ExtractedReply:
 _MAX_HEADER_CHARS: Final = 400  # a reply header longer than this is prose, not a header
 _MAX_HEADER_LINES: Final = 3  # clients wrap "On <date>, <name> <addr> wrote:" over at most 3 lines
 _MAX_DATED_HEADER_LINES: Final = 6
+_VERB_TAIL: Final = 80  # "…het volgende geschreven: ----" fits; a verb is never further from the end
 _MAX_SIGNATURE_LINES: Final = 10
 _MAX_SIGNATURE_LINE_CHARS: Final = 100
 
-_ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
+_DROP_ZERO_WIDTH: Final = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 _QUOTE_LINE = re.compile(r"^[ \t]*>")
-# A horizontal rule drawn with punctuation; absorbed into the cut when it sits right above a quote marker.
-_BANNER = re.compile(r"<{2,}\s*$")  # ">> click here <<": mirrored arrows
+_BANNER = re.compile(r"<{2,}\s*$")  # ">> click here <<": '>' used as an arrow, not a quote
+# A horizontal rule drawn with punctuation; absorbed into the cut when it sits right above a marker.
 _RULE_LINE = re.compile(r"^[-_=*~—–#+.]{2,}$")
+_UNDERSCORES = re.compile(r"_{2,}")
+_WORD_CHAR = re.compile(r"\w")
+_HANDLE = re.compile(r"\s@\S+")  # "@stekosteko" after a name
+_LEADING_PUNCTUATION = re.compile(r"^\W+")
 _SIG_DELIMITER = re.compile(r"^--[ \t]?$")  # RFC 3676 "-- " (many clients drop the trailing space)
 
 # Verbs that end an attribution line: "..., Bob <bob@x> wrote:" in the languages seen in real mail.
 _WROTE_VERBS: Final = (
-    r"wrote|writes|sent|a\s+écrit|a\s+ecrit|écrit|escribió|escribio|escreveu|schrieb|hat\s+geschrieben"
-    r"|geschrieben|schreef|het\s+volgende\s+geschreven|napisał\(a\)|napisała|napisał|napisal|pisze"
-    r"|skrev|skriver|ha\s+scritto|scrisse|kirjoitti|написал\(а\)|написала|написал|написав|пишет"
-    r"|đã\s+viết|yazdı|napsal|napísal|írta|a\s+scris|έγραψε|kirjutas|rakstīja|rašė|napisao"
-)
+    "wrote", "writes", "sent", "a écrit", "a ecrit", "écrit", "escribió", "escribio", "escreveu", "schrieb",
+    "hat geschrieben", "geschrieben", "schreef", "het volgende geschreven", "napisał(a)", "napisała",
+    "napisał", "napisal", "pisze", "skrev", "skriver", "ha scritto", "scrisse", "kirjoitti", "написал(а)",
+    "написала", "написал", "написав", "пишет", "đã viết", "yazdı", "napsal", "napísal", "írta", "a scris",
+    "έγραψε", "kirjutas", "rakstīja", "rašė", "napisao",
+)  # fmt: skip
+_CJK_VERBS: Final = ("写道", "寫道", "のメッセージ")
+# Cheap test before the regex: the last word of the line must be the last word of a verb.
+_VERB_ENDINGS: Final = tuple({v.split()[-1] for v in _WROTE_VERBS} | set(_CJK_VERBS))
 _WROTE_END = re.compile(
-    rf"(?:(?<![\w-])(?:{_WROTE_VERBS})|写道|寫道|のメッセージ)\s*[:：]?\s*[-=*]*\s*$",
+    r"(?:(?<![\w-])(?:"
+    + "|".join(re.escape(v).replace(r"\ ", r"\s+") for v in _WROTE_VERBS)
+    + ")|"
+    + "|".join(_CJK_VERBS)
+    + r")\s*[:：]?\s*[-=*]*\s*$",
     re.IGNORECASE,
 )
 # German, Dutch and Scandinavian clients put the name after the verb: "Am 13.05.2026 schrieb Jan Jansen:".
 _WROTE_BEFORE_NAME = re.compile(
     r"(?<![\w-])(?:schrieb|skrev|schreef|kirjoitti)\s+[^:.!?]{1,120}[:：]\s*$", re.IGNORECASE
 )
+_DIGIT = re.compile(r"\d")
 _EMAIL = re.compile(r"[\w.+'-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
 _TIME_OR_YEAR = re.compile(r"\d{1,2}[:.h]\d{2}|(?<!\d)(?:19|20)\d{2}(?!\d)|\d{4}年")
 # The first line of an attribution starts with a connective ("On", "Le", "Am", ...) or a date.
@@ -225,7 +241,7 @@ def _normalise(text: str) -> str:
 
 
 def _clean(line: str) -> str:
-    return _ZERO_WIDTH.sub("", line).strip()
+    return line.translate(_DROP_ZERO_WIDTH).strip()
 
 
 def _is_quote(line: str) -> bool:
@@ -233,16 +249,16 @@ def _is_quote(line: str) -> bool:
 
 
 def _is_rule(line: str) -> bool:
-    return _RULE_LINE.match(_clean(line)) is not None
+    return _RULE_LINE.match(line) is not None
 
 
 def _split_glued_headers(lines: list[str]) -> list[str]:
     """Put an attribution that a client glued to the author's last line on a line of its own."""
     out: list[str] = []
     for i, line in enumerate(lines):
-        if len(line) <= _MAX_HEADER_CHARS and not _is_quote(line) and _ends_attribution(lines, i):
-            glued = _GLUED_ON.match(line)
-            if glued and re.search(r"\w", glued["before"]) and _TIME_OR_YEAR.search(glued["header"]):
+        if "on" in line.lower() and len(line) <= _MAX_HEADER_CHARS and _ends_attribution(lines, i):
+            glued = _GLUED_ON.match(line) if not _is_quote(line) else None
+            if glued and _WORD_CHAR.search(glued["before"]) and _TIME_OR_YEAR.search(glued["header"]):
                 out.extend((glued["before"], glued["header"]))
                 continue
         out.append(line)
@@ -252,9 +268,9 @@ def _split_glued_headers(lines: list[str]) -> list[str]:
 def _ends_attribution(lines: Sequence[str], i: int) -> bool:
     # The "wrote:" may come a few wrapped lines later ("…, at 12:47 PM,\n Example <\naddr>wrote:").
     for j in range(i, min(i + _MAX_HEADER_LINES + 1, len(lines))):
-        if (j > i and not _clean(lines[j])) or len(lines[j]) > _MAX_HEADER_CHARS:
+        if (j > i and not lines[j].strip()) or len(lines[j]) > _MAX_HEADER_CHARS:
             return False
-        if _WROTE_END.search(lines[j]):
+        if _ends_with_verb(lines[j]):
             return True
     return False
 
@@ -267,28 +283,36 @@ class _Header:
 
 def _header_continuation(line: str) -> bool:
     # "> wrote:" / ">:" — a wrapped attribution whose tail a client prefixed with '>'.
-    stripped = _clean(line)
-    return bool(stripped) and (not _is_quote(line) or (len(stripped) <= 12 and stripped.endswith(":")))
+    return bool(line) and (not _is_quote(line) or (len(line) <= 12 and line.endswith(":")))
+
+
+def _ends_with_verb(text: str) -> bool:
+    # The verb closes the line: searching only the tail keeps this linear on long lines.
+    tail = text[-_VERB_TAIL:]
+    if not tail.rstrip(" \t:：-=*").lower().endswith(_VERB_ENDINGS):
+        return False
+    return _WROTE_END.search(tail) is not None
 
 
 def _is_attribution(joined: str) -> bool | None:
     """None when not an attribution; else whether it is strong (has a date/time or an address)."""
     if len(joined) > _MAX_HEADER_CHARS:
         return None
-    has_address = _EMAIL.search(joined) is not None
-    has_date = _TIME_OR_YEAR.search(joined) is not None or re.search(r"\d", joined) is not None
-    if _WROTE_END.search(joined):
-        words = _WROTE_END.sub("", joined).strip(" -=*>")
-        if not words:
-            return None
-        return has_address or has_date
-    if _WROTE_BEFORE_NAME.search(joined) and _HEADER_OPENER.match(joined):
-        return has_address or has_date
-    # "2014-10-17 11:28 GMT+03:00 Postmaster <postmaster@x>:" — date + address + colon, no verb.
-    if has_address and _TIME_OR_YEAR.search(joined) and re.search(r"\d", joined[:30]):
-        if re.search(r"[:：]\s*$", joined):
-            return True
-    return None
+    ends_with_colon = joined.endswith((":", "："))
+    if _ends_with_verb(joined):
+        if not _WROTE_END.sub("", joined[-_VERB_TAIL:]).strip(" -=*>") and len(joined) <= _VERB_TAIL:
+            return None  # a bare "wrote:" with no one who wrote
+    elif not ends_with_colon:
+        return None
+    elif not (_WROTE_BEFORE_NAME.search(joined) and _HEADER_OPENER.match(joined)):
+        # "2014-10-17 11:28 GMT+03:00 Postmaster <postmaster@x>:" — date + address + colon, no verb.
+        dated = _TIME_OR_YEAR.search(joined) is not None and _DIGIT.search(joined[:30]) is not None
+        return True if dated and _has_address(joined) else None
+    return _has_address(joined) or _DIGIT.search(joined) is not None
+
+
+def _has_address(text: str) -> bool:
+    return "@" in text and _EMAIL.search(text) is not None
 
 
 def _match_attribution(lines: Sequence[str], i: int) -> _Header | None:
@@ -303,12 +327,12 @@ def _match_attribution(lines: Sequence[str], i: int) -> _Header | None:
     j = i
     while j < len(lines) and j - i < limit:
         if j > i:
-            if dated and not _clean(lines[j]):
+            if dated and not lines[j]:
                 j += 1
                 continue
             if not _header_continuation(lines[j]) or not _HEADER_OPENER.match(first):
                 break  # only a line that opens like an attribution may be joined with the next ones
-        parts.append(_clean(lines[j]).lstrip(">").strip() if j > i else _clean(lines[j]))
+        parts.append(lines[j].lstrip(">").strip() if j > i else lines[j])
         strong = _is_attribution(" ".join(parts))
         if strong is not None:
             return _Header(j + 1, strong)
@@ -318,14 +342,14 @@ def _match_attribution(lines: Sequence[str], i: int) -> _Header | None:
 
 def _match_date_email_line(lines: Sequence[str], i: int) -> _Header | None:
     # "2011/4/7 Nathan <support@example.com>" with no colon: only trusted when a quote follows it.
-    line = _clean(lines[i])
-    if len(line) <= _MAX_HEADER_CHARS and re.match(r"\d", line) and _EMAIL.search(line):
+    line = lines[i]
+    if len(line) <= _MAX_HEADER_CHARS and _DIGIT.match(line) and _has_address(line):
         return _Header(i + 1, False)
     return None
 
 
 def _next_content(lines: Sequence[str], i: int) -> int:
-    while i < len(lines) and not _clean(lines[i]):
+    while i < len(lines) and not lines[i]:
         i += 1
     return i
 
@@ -337,7 +361,7 @@ def _followed_by_quote(lines: Sequence[str], end: int) -> bool:
 
 def _field_block_end(lines: Sequence[str], i: int) -> int | None:
     """End of an Outlook header block starting at line i, or None."""
-    first_line = _clean(lines[i])
+    first_line = lines[i]
     first = _FIELD.match(first_line)
     if first is None:
         return None
@@ -347,7 +371,7 @@ def _field_block_end(lines: Sequence[str], i: int) -> int | None:
     continuation = 0
     j = i + 1
     while j < len(lines) and j - i <= 12:
-        line = _clean(lines[j])
+        line = lines[j]
         if not line:
             break
         match = _FIELD.match(line)
@@ -366,28 +390,28 @@ def _field_block_end(lines: Sequence[str], i: int) -> int | None:
 
 
 def _is_history_heading(lines: Sequence[str], i: int) -> bool:
-    heading = _HISTORY_HEADING.match(_clean(lines[i]))
+    heading = _HISTORY_HEADING.match(lines[i])
     if heading is None:
         return False
     if heading["open"].strip():  # emphasised ("*Previous Replies*", "## Earlier messages")
         return True
     k = i - 1
-    while k >= 0 and not _clean(lines[k]):
+    while k >= 0 and not lines[k]:
         k -= 1
     return k >= 0 and _is_rule(lines[k])
 
 
 def _is_mailing_list_footer(lines: Sequence[str], i: int) -> bool:
     # Mailman: a row of underscores, then "<list> mailing list", address, listinfo URL.
-    if not re.fullmatch(r"_{2,}", _clean(lines[i])):
+    if not _UNDERSCORES.fullmatch(lines[i]):
         return False
     nxt = _next_content(lines, i + 1)
-    return nxt < len(lines) and nxt - i <= 2 and _MAILING_LIST_FOOTER.search(_clean(lines[nxt])) is not None
+    return nxt < len(lines) and nxt - i <= 2 and _MAILING_LIST_FOOTER.search(lines[nxt]) is not None
 
 
 def _cut_marker_end(lines: Sequence[str], i: int) -> int | None:
     """If a marker after which everything is history starts at line i, the end of the marker."""
-    line = _clean(lines[i])
+    line = lines[i]
     short = len(line) <= 200
     if short and (_ORIGINAL_MARKER.match(line) or _SIG_DELIMITER.match(line)):
         return i + 1
@@ -398,9 +422,17 @@ def _cut_marker_end(lines: Sequence[str], i: int) -> int | None:
     return _field_block_end(lines, i)
 
 
+def _footer_start(lines: Sequence[str], i: int) -> int:
+    # "Jane Doe\nSent from my iPhone" set apart by a blank line is one mobile signature block.
+    is_footer = _MOBILE_FOOTER.match(lines[i]) or _DEVICE_FOOTER.match(lines[i])
+    if is_footer and i >= 3 and not lines[i - 2] and _looks_like_name(lines[i - 1]) and any(lines[: i - 2]):
+        return i - 1
+    return i
+
+
 def _extend_cut_upwards(lines: Sequence[str], cut: int) -> int:
     # Blank lines and rules ("-----", "_____") right above a marker belong to the quoted part.
-    while cut > 0 and (not _clean(lines[cut - 1]) or _is_rule(lines[cut - 1])) and not _is_quote(lines[cut - 1]):
+    while cut > 0 and (not lines[cut - 1] or _is_rule(lines[cut - 1])) and not _is_quote(lines[cut - 1]):
         cut -= 1
     return cut
 
@@ -423,10 +455,10 @@ def _scan(lines: Sequence[str]) -> _Scan:
     i = 0
     while i < len(lines):
         line = lines[i]
-        if not _clean(line) or _is_quote(line):
+        if not line or _is_quote(line):
             i += 1
             continue
-        if _FORWARD_MARKER.match(_clean(line)):
+        if _FORWARD_MARKER.match(line):
             # A forwarded message is what the author is sending: keep it, as talon does.
             return _Scan(i, i, headers)
         header = _match_attribution(lines, i)
@@ -445,7 +477,7 @@ def _scan(lines: Sequence[str]) -> _Scan:
         marker_end = _cut_marker_end(lines, i)
         if marker_end is not None:
             if has_content:
-                return _Scan(_extend_cut_upwards(lines, i), None, headers)
+                return _Scan(_extend_cut_upwards(lines, _footer_start(lines, i)), None, headers)
             i = marker_end
             continue
         has_content = True
@@ -459,7 +491,7 @@ def _classify(lines: Sequence[str], end: int, headers: set[int]) -> list[str]:
     for i in range(end):
         if i in headers:
             kinds.append("H")
-        elif not _clean(lines[i]):
+        elif not lines[i]:
             kinds.append("B")
         else:
             kinds.append("Q" if _is_quote(lines[i]) else "T")
@@ -471,7 +503,7 @@ def _classify(lines: Sequence[str], end: int, headers: set[int]) -> list[str]:
 def _continues_quote(previous: str, line: str) -> bool:
     """Whether ``line`` is the wrapped tail of the quoted ``previous`` line rather than an answer."""
     first = line[:1]
-    if first.isalpha() and first.islower() or not first.isalnum():
+    if (first.isalpha() and first.islower()) or not first.isalnum():
         return True  # "ignissim odio?", "_nonce=3dd518)": a word or URL cut in two
     quoted = previous.lstrip(" \t>")
     return len(quoted) >= 60 and not quoted.endswith((".", "!", "?", ":", ";"))
@@ -487,7 +519,7 @@ def _absorb_lazy_continuations(lines: Sequence[str], kinds: list[str]) -> None:
             j = i
             while j < len(kinds) and kinds[j] == "T" and j - i < 2:
                 j += 1
-            if j < len(kinds) and kinds[j] == "Q" and _continues_quote(lines[i - 1], _clean(lines[i])):
+            if j < len(kinds) and kinds[j] == "Q" and _continues_quote(lines[i - 1], lines[i]):
                 for k in range(i, j):
                     kinds[k] = "Q"
             i = j
@@ -527,18 +559,18 @@ def _segments(kinds: Sequence[str]) -> list[_Segment]:
 
 
 def _content(lines: Sequence[str], segment: _Segment) -> list[str]:
-    return [_clean(lines[i]) for i in segment.lines if _clean(lines[i])]
+    return [lines[i] for i in segment.lines if lines[i]]
 
 
 def _is_signoff(content: Sequence[str]) -> bool:
-    return len(content) <= 2 and _SIGNOFF_START.match(content[0]) is not None
+    return 0 < len(content) <= 2 and _SIGNOFF_START.match(content[0]) is not None
 
 
 def _is_name_block(content: Sequence[str]) -> bool:
     # "Stefano Costa @stekosteko / Editor, Journal of Open Archaeology Data" under a quote: a signature.
     if not content or len(content) > 4 or _is_signoff(content):
         return False
-    return all(_looks_like_name(re.sub(r"\s@\S+", "", line)) for line in content)
+    return all(_looks_like_name(_HANDLE.sub("", line)) for line in content)
 
 
 def _is_answer(lines: Sequence[str], segment: _Segment) -> bool:
@@ -610,7 +642,7 @@ def _without_attribution(indices: Iterable[int], kinds: Sequence[str]) -> list[i
 
 
 def _is_contact(line: str) -> bool:
-    if _EMAIL.search(line) or _URL.search(line) or _CONTACT_LABEL.match(line):
+    if _has_address(line) or _URL.search(line) or _CONTACT_LABEL.match(line):
         return True
     phone = _PHONE.search(line)
     return phone is not None and sum(c.isdigit() for c in phone.group()) >= 7
@@ -624,7 +656,7 @@ def _looks_like_name(line: str) -> bool:
     # "Sure." / "Yes, at 10." are answers; "Ph.D." / "Jr." / "Inc." end names and titles.
     if line.endswith(".") and (len(words) == 1 or not _ABBREVIATION.fullmatch(words[-1])):
         return False
-    letters = [w for w in (re.sub(r"^\W+", "", w) for w in words) if w[:1].isalpha()]
+    letters = [w for w in (_LEADING_PUNCTUATION.sub("", w) for w in words) if w[:1].isalpha()]
     if not letters or not letters[0][0].isupper():
         return False
     return all(w[0].isupper() for w in letters if len(w) >= 4)
@@ -643,7 +675,7 @@ def _signature_start(lines: Sequence[str], visible: Sequence[int]) -> int | None
     (a name or a rule, then lines with at least two of phone / e-mail / URL) — "John Doe, FCLS /
     Mailgun Inc / 555-941-0697" alone has one contact line and stays visible.
     """
-    content_positions = [p for p, i in enumerate(visible) if _clean(lines[i])]
+    content_positions = [p for p, i in enumerate(visible) if lines[i]]
     if len(content_positions) < 2:
         return None
     first_content = content_positions[0]
@@ -651,7 +683,7 @@ def _signature_start(lines: Sequence[str], visible: Sequence[int]) -> int | None
     tail_lines = contacts = 0
     prose = False
     for p in range(len(visible) - 1, first_content, -1):
-        line = _clean(lines[visible[p]])
+        line = lines[visible[p]]
         if not line:
             continue
         if len(line) > _MAX_SIGNATURE_LINE_CHARS or _is_quote(lines[visible[p]]) or _POSTSCRIPT.match(line):
@@ -666,16 +698,16 @@ def _signature_start(lines: Sequence[str], visible: Sequence[int]) -> int | None
             if tail_lines >= 3:
                 best = p
             continue
-        opens_block = not _clean(lines[visible[p - 1]]) or _is_rule(lines[visible[p - 1]])
+        opens_block = not lines[visible[p - 1]] or _is_rule(lines[visible[p - 1]])
         if not prose and contacts >= 2 and opens_block and (_looks_like_name(line) or _is_rule(line)):
             best = p
     return best
 
 
 def _strip_trailing_noise(lines: Sequence[str], visible: list[int]) -> list[int]:
-    # Trailing blank lines, rules and lone '>' left by a cut carry nothing.
+    # Trailing blank lines and rules left by a cut carry nothing.
     end = len(visible)
-    while end > 0 and (not _clean(lines[visible[end - 1]]) or _is_rule(lines[visible[end - 1]])):
+    while end > 0 and (not lines[visible[end - 1]] or _is_rule(lines[visible[end - 1]])):
         end -= 1
     return visible[:end]
 
@@ -691,51 +723,55 @@ def _trim(text: str) -> str:
 
 def extract_reply(text: str) -> ExtractedReply:
     """Split a plain-text body into what the author wrote and the quoted history/signature."""
-    lines = _split_glued_headers(_normalise(text).split("\n"))
+    raw = _split_glued_headers(_normalise(text).split("\n"))
+    lines = [_clean(line) for line in raw]  # analysis reads cleaned lines; the output keeps raw ones
     scan = _scan(lines)
     visible = _select_visible(lines, scan)
     if scan.keep_from is not None:
         visible = [*visible, *range(scan.keep_from, len(lines))]
     else:
         visible = _strip_trailing_noise(lines, visible)
-    if not any(_clean(lines[i]) for i in visible):
+    if not any(lines[i] for i in visible):
         # Everything looks quoted: better to show the whole message than to lose it.
-        return ExtractedReply(_join(lines, range(len(lines))), "")
+        return ExtractedReply(_join(raw, range(len(raw))), "")
     if scan.keep_from is None:
         start = _signature_start(lines, visible)
         if start is not None:
             visible = _strip_trailing_noise(lines, visible[:start])
     kept = set(visible)
-    return ExtractedReply(_join(lines, visible), _join(lines, (i for i in range(len(lines)) if i not in kept)))
+    return ExtractedReply(_join(raw, visible), _join(raw, (i for i in range(len(raw)) if i not in kept)))
 
 
 # --------------------------------------------------------------------------------------------------
 # HTML
 # --------------------------------------------------------------------------------------------------
 
-_VOID_TAGS: Final = frozenset(
-    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"}
-)
+
+def _tags(names: str) -> frozenset[str]:
+    return frozenset(names.split())
+
+
+_VOID_TAGS: Final = _tags("area base br col embed hr img input link meta param source track wbr")
 # Rendered as nothing at all (head, scripts, styles, embedded objects).
 _SKIPPED_TAGS: Final = frozenset(
     {"head", "style", "script", "title", "template", "noscript", "iframe", "object", "svg", "canvas", "xml"}
 )
-_BLOCK_TAGS: Final = frozenset(
-    {
-        "div", "section", "article", "header", "footer", "main", "nav", "aside", "center", "address", "form",
-        "fieldset", "figure", "figcaption", "dl", "dt", "dd", "table", "tbody", "thead", "tfoot", "caption",
-        "tr", "ul", "ol", "li", "body", "html",
-    }
-)  # fmt: skip
+_BLOCK_TAGS: Final = _tags(
+    "div section article header footer main nav aside center address form fieldset figure "
+    "figcaption dl dt dd table tbody thead tfoot caption tr ul ol li body html"
+)
 _PARAGRAPH_TAGS: Final = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre"})
 # A block tag opening while a <p> is open closes it (HTML's implied end tags, the useful subset).
 _CLOSES_P: Final = _BLOCK_TAGS | _PARAGRAPH_TAGS | {"blockquote", "hr"}
 _HTML_SPACE = re.compile(r"[ \t\n\r\f]+")
+_MAX_DEPTH: Final = 120
 # Private-use characters marking, in the rendered text, where the quoted part and signatures start.
 _CUT: Final = "\ue000"
 _SIG_OPEN: Final = "\ue001"
 _SIG_CLOSE: Final = "\ue002"
 _SENTINELS = re.compile("[\ue000-\ue002]")
+_SIGNATURE_SENTINELS = re.compile("[\ue001\ue002]")
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 class _Node:
@@ -778,7 +814,8 @@ class _TreeBuilder(HTMLParser):
         self._implied_end(tag)
         node = _Node(tag, {k.lower(): v or "" for k, v in attrs}, self.stack[-1])
         self.stack[-1].children.append(node)
-        if tag not in _VOID_TAGS:
+        # Past _MAX_DEPTH, elements are kept flat so rendering can never exhaust the recursion limit.
+        if tag not in _VOID_TAGS and len(self.stack) < _MAX_DEPTH:
             self.stack.append(node)
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -873,9 +910,7 @@ class _Renderer:
         if tag == "#text":
             out.text(node.text, pre=_inside(node, "pre"))
             return
-        if tag in _SKIPPED_TAGS or tag.startswith("o:"):
-            if tag.startswith("o:"):
-                self.render(node, out)
+        if tag in _SKIPPED_TAGS:
             return
         if self.find_quotes and not self.cut_done and _is_quote_container(node):
             self.cut_done = True
@@ -1014,7 +1049,7 @@ def _is_signature_container(node: _Node) -> bool:
 
 def _tidy(text: str) -> str:
     lines = [line.rstrip() for line in text.replace("\xa0", " ").split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n").strip()
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
 def _render(html: str, *, find_quotes: bool) -> str:
@@ -1031,7 +1066,7 @@ def html_to_text(html: str) -> str:
 def _split_signatures(text: str) -> tuple[str, str]:
     kept: list[str] = []
     signatures: list[str] = []
-    for n, chunk in enumerate(re.split(f"[{_SIG_OPEN}{_SIG_CLOSE}]", text)):
+    for n, chunk in enumerate(_SIGNATURE_SENTINELS.split(text)):
         (signatures if n % 2 else kept).append(chunk)
     return "".join(kept), "\n".join(s.strip() for s in signatures if s.strip())
 
@@ -1053,14 +1088,11 @@ def extract_reply_from_html(html: str) -> ExtractedReply:
 # Sanitising
 # --------------------------------------------------------------------------------------------------
 
-_SAFE_TAGS: Final = frozenset(
-    {
-        "a", "abbr", "b", "blockquote", "br", "caption", "center", "cite", "code", "col", "colgroup", "dd",
-        "del", "div", "dl", "dt", "em", "font", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "ins", "kbd",
-        "li", "ol", "p", "pre", "q", "s", "samp", "small", "span", "strike", "strong", "sub", "sup",
-        "table", "tbody", "td", "tfoot", "th", "thead", "tr", "tt", "u", "ul",
-    }
-)  # fmt: skip
+_SAFE_TAGS: Final = _tags(
+    "a abbr b blockquote br caption center cite code col colgroup dd del div dl dt em font h1 h2 "
+    "h3 h4 h5 h6 hr i ins kbd li ol p pre q s samp small span strike strong sub "
+    "sup table tbody td tfoot th thead tr tt u ul"
+)
 # No style/class/id (CSS can exfiltrate or overlay the UI); no img at all (remote images track the reader).
 _SAFE_ATTRIBUTES: Final = {
     "a": {"href", "title"},

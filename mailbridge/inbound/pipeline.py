@@ -54,6 +54,7 @@ from mailbridge.inbound.body import extract_reply, extract_reply_from_html, sani
 from mailbridge.inbound.classify import Classification, classify
 from mailbridge.inbound.dns import Resolver
 from mailbridge.inbound.envelope import Target
+from mailbridge.inbound.mimestream import STREAM_THRESHOLD, parse_file
 from mailbridge.inbound.parse import ParsedMail, header_text, parse_mail, single_from
 from mailbridge.observability import INBOUND, STEP_SECONDS
 from mailbridge.replies import Deferred, Rejected, SmtpReply
@@ -145,6 +146,8 @@ class Context:
     hidden: str | None = None
     internal: bool = False
     intake: Intake | None = None
+    large: bool = False  # streamed from disk: never the whole message in memory
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
     rule: str | None = None
     notice_reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -196,11 +199,16 @@ def store_raw(ctx: Context) -> None:
     if ctx.size > ctx.settings.effective_message_max_bytes:
         ctx.notice_reason = None  # who sent it is not known yet; the SMTP answer names the limit
         raise Rejected(replies.message_too_big(ctx.settings.effective_message_max_bytes), "message_too_big")
-    ctx.raw = ctx.raw_path.read_bytes()
+    ctx.large = ctx.size > STREAM_THRESHOLD
+    if not ctx.large:
+        ctx.raw = ctx.raw_path.read_bytes()
 
 
 def prescan(ctx: Context) -> None:
-    result = prescan_mod.prescan(ctx.raw, ctx.deps.prescan_limits)
+    # A large message is read once for this linear pass and released before anything else holds it.
+    raw = ctx.raw_path.read_bytes() if ctx.large else ctx.raw
+    result = prescan_mod.prescan(raw, ctx.deps.prescan_limits)
+    del raw
     if result.ok:
         return
     if result.reason == "loop_received":
@@ -212,7 +220,15 @@ def prescan(ctx: Context) -> None:
 
 def parse(ctx: Context) -> None:
     try:
-        ctx.parsed = parse_mail(ctx.raw)
+        if ctx.large:
+            streamed = parse_file(ctx.raw_path, ctx.deps.raw_dir.parent / "spool")
+            ctx.cleanups.append(streamed.cleanup)
+            ctx.parsed = ParsedMail(
+                message=streamed.message, text=streamed.text, html=streamed.html,
+                attachments=streamed.attachments, defects=streamed.defects,
+            )
+        else:
+            ctx.parsed = parse_mail(ctx.raw)
     except Exception as exc:  # the stdlib parser is lenient; anything left is a malformed message
         log.info("parse_failed", extra={"error": type(exc).__name__})
         raise Rejected(replies.MALFORMED, "parse_failed") from exc
@@ -300,9 +316,12 @@ def resolve_sender(ctx: Context) -> None:
 def authenticate_sender(ctx: Context) -> None:
     """DKIM/SPF/DMARC through the injected resolver; a DMARC failure is refused, DNS trouble deferred."""
     domain = ctx.from_address.rpartition("@")[2]
+    raw = ctx.raw
+    if ctx.large:
+        raw = _header_block(ctx.raw_path) if "DKIM-Signature" not in ctx.msg else ctx.raw_path.read_bytes()
     try:
         ctx.auth = authenticate(
-            ctx.raw,
+            raw,
             ctx.msg,
             from_domain=domain,
             peer_ip=_ip(ctx.envelope.peer),
@@ -320,6 +339,17 @@ def authenticate_sender(ctx: Context) -> None:
         raise Deferred(replies.AUTH_TEMPERROR, "auth_temperror")
     if auth.dmarc == "fail":
         raise Rejected(replies.AUTH_FAILED, "dmarc_fail")
+
+
+def _header_block(path: Path) -> bytes:
+    """SPF and DMARC need only the headers: a large unsigned message is not read whole."""
+    block = bytearray()
+    with open(path, "rb") as handle:
+        for line in handle:
+            block += line
+            if line in (b"\r\n", b"\n"):
+                break
+    return bytes(block)
 
 
 def _ip(peer: str | None) -> str | None:
@@ -526,12 +556,21 @@ def _open_conversation(
     return message
 
 
+def _body_hash(ctx: Context) -> str:
+    """SHA-256 of everything after the header block: relays add headers on a retry, the body stays."""
+    digest = hashlib.sha256()
+    with open(ctx.raw_path, "rb") as handle:
+        for line in handle:
+            if line in (b"\r\n", b"\n"):
+                break
+        while block := handle.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def idempotency_key(ctx: Context) -> str:
     """Token (or route) + Message-ID + body hash: Message-ID alone is chosen by the sender (M10)."""
-    raw = ctx.raw
-    split = raw.find(b"\r\n\r\n")
-    split = raw.find(b"\n\n") if split < 0 else split
-    body_hash = hashlib.sha256(raw[split:] if split >= 0 else raw).hexdigest()
+    body_hash = _body_hash(ctx)
     target = ctx.envelope.target
     who = f"t{target.token_id}" if target.kind == "reply" else f"r{target.route_id}:{ctx.from_address}"
     material = f"{who}\x00{ctx.details.get('message_id', '')}\x00{body_hash}"
@@ -662,6 +701,8 @@ def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
         state, reason, reply = InboundState.deferred, "internal_error", replies.TEMPFAIL
         _record(ctx, state, reason, reply)
     finally:
+        for cleanup in ctx.cleanups:
+            cleanup()
         if not ctx.inbound_id:
             with contextlib.suppress(OSError):
                 Path(raw_path).unlink(missing_ok=True)

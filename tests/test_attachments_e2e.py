@@ -1,0 +1,187 @@
+"""Attachments through both doors (real SMTP and the API): size, count, real type, withholding, storage, download."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from mailbridge.domain.db import transaction
+from mailbridge.domain.models import Attachment, InboundLog, Message, Outbox, OutboxKind
+from tests import filemakers as fm
+from tests.mailhelpers import live_server, open_conversation, reply_address, reply_message, send
+
+BASE = "/api/v1/practices/acme"
+
+
+def set_limits(services: Any, **settings: Any) -> None:
+    from mailbridge.domain import directory
+
+    with transaction(services.sessions) as session:
+        p = directory.get_practice(session, "acme")
+        p.settings = {**p.settings, **settings}
+
+
+def with_files(msg: EmailMessage, files: list[tuple[str, str, bytes]]) -> EmailMessage:
+    for name, ctype, data in files:
+        maintype, subtype = ctype.split("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return msg
+
+
+@pytest.fixture
+def door(seeded: Any) -> Any:
+    conv = open_conversation(seeded, kind="company", company="bakery", participants=("alice",))
+    address = reply_address(seeded, conv, "alice")
+    with live_server(seeded) as server:
+        yield server, conv, address
+
+
+def last_message(services: Any, conv: str) -> Message:
+    with services.sessions() as session:
+        return session.scalars(select(Message).where(Message.conversation_id == conv).order_by(Message.created_at.desc())).first()  # type: ignore[return-value]
+
+
+def test_real_files_stored_by_hash_and_downloadable(seeded: Any, api: Any, door: Any) -> None:
+    server, conv, address = door
+    pdf, png = fm.pdf(), fm.png()
+    msg = with_files(reply_message("alice@client.test", address, "Here are my receipts."),
+                     [("receipt.pdf", "application/pdf", pdf), ("photo.png", "image/png", png),
+                      ("copy-of-receipt.pdf", "application/pdf", pdf)])
+    assert send(server, msg, "alice@client.test", address)[0] == 250
+    posted = last_message(seeded, conv)
+    names = [(a.filename, a.content_type, a.sha256) for a in posted.attachments]
+    assert names == [("receipt.pdf", "application/pdf", hashlib.sha256(pdf).hexdigest()),
+                     ("photo.png", "image/png", hashlib.sha256(png).hexdigest()),
+                     ("copy-of-receipt.pdf", "application/pdf", hashlib.sha256(pdf).hexdigest())]
+    blobs = [p for p in (seeded.settings.data_dir / "attachments").rglob("*") if p.is_file() and ".tmp" not in p.parts]
+    assert sorted(p.name for p in blobs) == sorted({hashlib.sha256(pdf).hexdigest(), hashlib.sha256(png).hexdigest()})
+    download = api.get(f"{BASE}/attachments/{posted.attachments[0].id}?as=dr-smith")
+    assert download.status_code == 200 and download.content == pdf
+    assert download.headers["content-disposition"].startswith("attachment;")
+    assert download.headers["x-content-type-options"] == "nosniff"
+    assert api.get(f"{BASE}/attachments/{posted.attachments[0].id}?as=dave").status_code == 403
+
+
+def test_refused_files_withheld_with_a_visible_line_and_a_notice(seeded: Any, door: Any) -> None:
+    server, conv, address = door
+    msg = with_files(reply_message("alice@client.test", address, "Invoice and tool attached."),
+                     [("invoice.pdf", "application/pdf", fm.pe()), ("notes.html", "text/html", b"<html><script>x()</script></html>"),
+                      ("empty.pdf", "application/pdf", b""), ("ok.pdf", "application/pdf", fm.pdf())])
+    assert send(server, msg, "alice@client.test", address)[0] == 250
+    posted = last_message(seeded, conv)
+    assert [a.filename for a in posted.attachments] == ["ok.pdf"]
+    assert "3 attachments withheld: invoice.pdf" in posted.body
+    with seeded.sessions() as session:
+        row = session.scalars(select(InboundLog).order_by(InboundLog.received_at.desc())).first()
+        notice = session.scalar(select(Outbox).where(Outbox.kind == OutboxKind.notice))
+    verdicts = {d["filename"]: d["reason"] for d in row.details["attachments"]}  # type: ignore[union-attr]
+    assert verdicts == {"invoice.pdf": "executable", "notes.html": "active_content", "empty.pdf": "empty", "ok.pdf": None}
+    assert notice is not None and notice.payload["reason"] == "attachment_withheld"
+    assert any("invoice.pdf" in f for f in notice.payload["files"])
+
+
+def test_hostile_filenames_sanitised(seeded: Any, door: Any) -> None:
+    server, conv, address = door
+    msg = with_files(reply_message("alice@client.test", address, "Files with odd names."),
+                     [("../../etc/passwd", "text/plain", b"just text\n"), ("C:\\x\\y.pdf", "application/pdf", fm.pdf()),
+                      ("invoice\u202egpj.exe", "image/jpeg", fm.jpeg())])
+    assert send(server, msg, "alice@client.test", address)[0] == 250
+    posted = last_message(seeded, conv)
+    assert [a.filename for a in posted.attachments] == ["passwd", "y.pdf"]
+    assert "invoicegpj.exe" in posted.body  # withheld, named without the right-to-left override
+
+
+def test_too_many_attachments_refused(seeded: Any, door: Any) -> None:
+    server, conv, address = door
+    files = [(f"f{i}.txt", "text/plain", b"x") for i in range(25)]
+    msg = with_files(reply_message("alice@client.test", address, "Lots of little files."), files)
+    assert send(server, msg, "alice@client.test", address) == (550, b"5.6.0 Too many attachments")
+
+
+def test_size_limits(seeded: Any, door: Any) -> None:
+    server, conv, address = door
+    set_limits(seeded, attachment_max_bytes=1024 * 1024)
+    one_big = with_files(reply_message("alice@client.test", address, "One file is too big."),
+                         [("scan.pdf", "application/pdf", fm.pdf() + os.urandom(1024 * 1024 + 10)),
+                          ("small.pdf", "application/pdf", fm.pdf())])
+    assert send(server, one_big, "alice@client.test", address)[0] == 250
+    posted = last_message(seeded, conv)
+    assert [a.filename for a in posted.attachments] == ["small.pdf"]
+    assert "scan.pdf (too large)" in posted.body
+    huge = with_files(reply_message("alice@client.test", address, "Far too big."),
+                      [("a.pdf", "application/pdf", fm.pdf() + os.urandom(3 * 1024 * 1024))])
+    code, text = send(server, huge, "alice@client.test", address)
+    assert code == 552 and text.startswith(b"5.3.4") and b"MB" in text
+
+
+def test_large_message_streams_to_disk(seeded: Any, door: Any) -> None:
+    server, conv, address = door
+    set_limits(seeded, attachment_max_bytes=20 * 1024 * 1024)
+    payload = fm.pdf() + os.urandom(6 * 1024 * 1024)
+    msg = with_files(reply_message("alice@client.test", address, "The full scan, 6 MB."),
+                     [("scan.pdf", "application/pdf", payload), ("inline.png", "image/png", fm.png())])
+    assert send(server, msg, "alice@client.test", address)[0] == 250
+    posted = last_message(seeded, conv)
+    assert posted.body == "The full scan, 6 MB."
+    assert [a.sha256 for a in posted.attachments] == [hashlib.sha256(payload).hexdigest(), hashlib.sha256(fm.png()).hexdigest()]
+    assert list((seeded.settings.data_dir / "spool").glob("*")) == []  # temporary files cleaned
+
+
+def test_corrupt_base64_and_inline_cid(seeded: Any, door: Any) -> None:
+    server, conv, address = door
+    raw = (
+        "From: alice@client.test\r\nTo: {a}\r\nSubject: cid\r\nMessage-ID: <cid1@client.test>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/related; boundary=r\r\n\r\n--r\r\nContent-Type: text/html\r\n\r\n"
+        "<p>See <img src=\"cid:img1\"> and the broken file.</p>\r\n--r\r\nContent-Type: image/png\r\nContent-ID: <img1>\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n{png}\r\n--r\r\nContent-Type: application/pdf; name=broken.pdf\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n@@@not*base64!!!\r\n--r--\r\n"
+    ).format(a=address, png=__import__("base64").b64encode(fm.png()).decode())
+    with server.client() as client:
+        client.ehlo("client.test")
+        client.mail("alice@client.test")
+        client.rcpt(address)
+        assert client.data(raw.encode())[0] == 250
+    posted = last_message(seeded, conv)
+    assert [(a.filename, a.content_id) for a in posted.attachments] == [("attachment-1.png", "img1")]
+    assert "broken.pdf" in posted.body  # withheld, not silently dropped
+    assert posted.body_html is not None and "<img" not in posted.body_html.lower() or "cid:" not in (posted.body_html or "")
+
+
+def test_api_multipart_upload_same_rules(seeded: Any, api: Any) -> None:
+    payload = {"kind": "company", "company": "bakery", "subject": "Docs", "author": "dr-smith",
+               "participants": ["alice"], "body": "Two documents for you."}
+    files = [("attachments", ("report.docx", io.BytesIO(fm.docx()), "application/vnd.openxmlformats-officedocument.wordprocessingml.document")),
+             ("attachments", ("macro.docm", io.BytesIO(fm.macro_enable(fm.docx())), "application/vnd.ms-word.document.macroEnabled.12"))]
+    created = api.post(f"{BASE}/conversations", data={"payload": json.dumps(payload)}, files=files)
+    assert created.status_code == 201, created.text
+    message = created.json()["messages"][0]
+    assert [a["filename"] for a in message["attachments"]] == ["report.docx"]
+    assert message["withheld"] == [{"filename": "macro.docm", "reason": "macro_document", "explanation": "document with macros"}]
+    assert "1 attachment withheld: macro.docm" in message["body"]
+    many = [("attachments", (f"f{i}.txt", io.BytesIO(b"x"), "text/plain")) for i in range(25)]
+    refused = api.post(f"{BASE}/conversations/{created.json()['id']}/messages",
+                       data={"payload": json.dumps({"author": "dr-smith", "body": "many"})}, files=many)
+    assert refused.status_code == 422 and refused.json()["code"] == "too_many_attachments"
+
+
+def test_deleting_a_message_removes_unshared_blobs(seeded: Any, api: Any) -> None:
+    pdf, png = fm.pdf(), fm.png()
+    payload = {"kind": "company", "company": "bakery", "subject": "Docs", "author": "dr-smith",
+               "participants": ["alice"], "body": "Files attached."}
+    first = api.post(f"{BASE}/conversations", data={"payload": json.dumps(payload)},
+                     files=[("attachments", ("a.pdf", io.BytesIO(pdf), "application/pdf")),
+                            ("attachments", ("b.png", io.BytesIO(png), "image/png"))]).json()
+    second = api.post(f"{BASE}/conversations/{first['id']}/messages", data={"payload": json.dumps({"author": "dr-smith", "body": "Again, the PDF."})},
+                      files=[("attachments", ("again.pdf", io.BytesIO(pdf), "application/pdf"))]).json()
+    assert api.delete(f"{BASE}/messages/{first['messages'][0]['id']}?as=dr-smith").status_code == 204
+    assert not seeded.blobs.exists(hashlib.sha256(png).hexdigest())  # only the first message had it
+    assert seeded.blobs.exists(hashlib.sha256(pdf).hexdigest())  # still referenced by the second
+    with seeded.sessions() as session:
+        assert session.scalars(select(Attachment.message_id)).all() == [second["id"]]
