@@ -621,3 +621,138 @@ def _pg_version() -> str:
             return str(conn.execute(text("SHOW server_version")).scalar()).split()[0]
     finally:
         engine.dispose()
+
+
+# ---- a seeded practice and realistic replies ---------------------------------------------------------
+
+_WORDS = (
+    "invoice quarter return figures receipts payroll pension account statement deadline bakery "
+    "supplier ledger balance review meeting tuesday morning thanks attached signed copy bank "
+    "transfer expenses mileage summary totals draft final question answer before friday"
+).split()
+CLIENTS = {"alice": ("Alice Martin", "alice@client.test"), "bob": ("Bob Durand", "bob@client.test")}
+
+
+@dataclass
+class Thread:
+    conversation_id: str
+    user: str  # the client who replies
+    reply_to: str  # reply+token@reply.acme.test
+
+
+def seed_practice(b: Backend, conversations: int, participants: tuple[str, ...] = ("alice", "bob")) -> list[Thread]:
+    """The tests' practice (tests.conftest.seed) and *conversations* company conversations in it.
+
+    Company conversations, so a reply from a participant whose From matches passes without
+    quarantine; one reply token per (conversation, client), so the load spreads over many tokens.
+    """
+    from tests.conftest import make_services, seed
+    from tests.mailhelpers import open_conversation, reply_address
+
+    services = make_services(b.root, b.url)
+    try:
+        seed(services)
+        threads = []
+        for i in range(conversations):
+            conv = open_conversation(
+                services,
+                kind="company",
+                company="bakery",
+                participants=participants,
+                subject=f"Quarterly VAT return {i}",
+                body="Your VAT return for the quarter is ready for review. Could you confirm the figures?",
+            )
+            threads.extend(Thread(conv, u, reply_address(services, conv, u)) for u in participants)
+        return threads
+    finally:
+        services.close()
+
+
+def _paragraph(rng: Any, words: int) -> str:
+    text = " ".join(rng.choice(_WORDS) for _ in range(words)).capitalize() + "."
+    return _wrap(text, 72)
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def reply_mail(index: int, thread: Thread, rng: Any, *, marker: str = "", target_size: int = 5000) -> Mail:
+    """A Gmail-like reply (multipart/alternative, quoted history in both parts), about 5 KB."""
+    import html
+
+    name, address = CLIENTS[thread.user]
+    visible = "\n\n".join(_paragraph(rng, rng.randint(12, 30)) for _ in range(rng.randint(1, 3)))
+    if marker:
+        visible += f"\n\nReference {marker}"
+    visible += f"\n\nThanks,\n{name.split()[0]}"
+    history: list[str] = []
+    while sum(len(h) for h in history) < target_size * 0.27:
+        history.append(_paragraph(rng, rng.randint(25, 60)))
+    older = "\n".join("> " + line for line in _paragraph(rng, 40).splitlines())
+    attribution = "On Tue, 3 Mar 2026 at 09:15, Dr Alex Smith via Acme Counselling <notify@acme.test> wrote:"
+    quoted = "\n".join("> " + line if line else ">" for line in "\n\n".join(history).splitlines())
+    text = f"{visible}\n\n{attribution}\n{quoted}\n>\n> {older.replace(chr(10), chr(10) + '> ')}\n"
+    html_body = (
+        '<div dir="ltr">'
+        + "".join(f"<div>{html.escape(p)}</div><br>" for p in visible.split("\n\n"))
+        + '</div><br><div class="gmail_quote"><div dir="ltr" class="gmail_attr">'
+        + html.escape(attribution)
+        + '<br></div><blockquote class="gmail_quote" style="margin:0px 0px 0px 0.8ex;'
+        + 'border-left:1px solid rgb(204,204,204);padding-left:1ex">'
+        + "".join(f"<p>{html.escape(h)}</p>\n" for h in history)
+        + "</blockquote></div>\n"
+    )
+    boundary = f"000000000000{index:08x}{rng.randrange(1 << 32):08x}"
+    msgid = f"<CAbench{index}.{rng.randrange(1 << 48):012x}@mail.client.test>"
+    head = (
+        "MIME-Version: 1.0\n"
+        "Date: Tue, 3 Mar 2026 10:02:17 +0000\n"
+        f"Message-ID: {msgid}\n"
+        f"In-Reply-To: <n.bench.{thread.conversation_id}@acme.test>\n"
+        f"References: <n.bench.{thread.conversation_id}@acme.test>\n"
+        f"Subject: Re: Quarterly VAT return\n"
+        f"From: {name} <{address}>\n"
+        f"To: {thread.reply_to}\n"
+        f'Content-Type: multipart/alternative; boundary="{boundary}"\n\n'
+    )
+    part = 'Content-Type: text/{}; charset="UTF-8"\nContent-Transfer-Encoding: 7bit\n\n'
+    body = (
+        f"--{boundary}\n{part.format('plain')}{text}\n"
+        f"--{boundary}\n{part.format('html')}{_wrap_html(html_body)}\n"
+        f"--{boundary}--\n"
+    )
+    return Mail(address, thread.reply_to, dot_stuff((head + body).encode()))
+
+
+def _wrap_html(markup: str) -> str:
+    # keep every line well under RFC 5322's 998 octets, as real clients do
+    return "\n".join(_wrap(line, 76) if len(line) > 900 else line for line in markup.splitlines())
+
+
+def replies(threads: Sequence[Thread], count: int, *, seed: int, start: int = 0) -> list[Mail]:
+    import random
+
+    rng = random.Random(seed)
+    return [reply_mail(start + i, threads[(start + i) % len(threads)], rng) for i in range(count)]
+
+
+def count_posted(b: Backend) -> tuple[int, int]:
+    """(messages posted by email, inbound rows in state posted) in the backend's database."""
+    from sqlalchemy import func, select
+
+    from mailbridge.domain.db import make_engine
+    from mailbridge.domain.models import InboundLog, InboundState, Message, MessageSource
+
+    engine = make_engine(b.url)
+    try:
+        with engine.connect() as conn:
+            posted = conn.scalar(select(func.count()).select_from(Message).where(Message.source == MessageSource.email))
+            logged = conn.scalar(
+                select(func.count()).select_from(InboundLog).where(InboundLog.state == InboundState.posted)
+            )
+            return int(posted or 0), int(logged or 0)
+    finally:
+        engine.dispose()

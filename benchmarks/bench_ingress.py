@@ -1,0 +1,177 @@
+"""Ingress throughput: valid replies over real SMTP through the full pipeline, against a bare aiosmtpd.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.bench_ingress [--quick] [-n N] [--no-postgres]
+
+N distinct ~5 KB Gmail-like replies (quoted history in text and HTML, a valid reply token, a
+From that matches the token's owner, SPF passing through the tests' static DNS table; company
+conversations so nothing is quarantined; spread over 400 tokens so nothing is a duplicate) are sent
+by 20 concurrent senders, (a) one connection per message and (b) reused connections, to
+
+* a bare aiosmtpd server whose handler only answers 250 (the baseline),
+* mailbridge's ingress (``runtime.start_ingress``, worker off) on SQLite, then on PostgreSQL.
+
+Server and load generator each run in their own process; the generator (an asyncio client over
+raw sockets) is the same for every row. Latency is end-of-DATA → reply, measured by the client
+from writing the final "." to reading the answer. Afterwards every 250 is checked against the
+database (messages posted by email, inbound rows in state posted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+from benchmarks.harness import (
+    LoadResult,
+    Mail,
+    backend,
+    bare_server,
+    count_posted,
+    mailbridge_server,
+    percentile,
+    postgres_available,
+    replies,
+    seed_practice,
+    table,
+)
+
+CONCURRENCY = 20
+CONVERSATIONS = 200  # x 2 clients = 400 reply tokens
+TIME_LIMIT = 150.0  # seconds per load run
+
+
+@dataclass
+class Row:
+    server: str
+    mode: str
+    result: LoadResult
+    posted: int | None = None
+    baseline: float | None = None
+
+
+def _load(port: int, mails: list[Mail], reuse: bool) -> LoadResult:
+    from benchmarks.harness import run_load
+
+    return run_load(port, mails, concurrency=CONCURRENCY, reuse=reuse, time_limit=TIME_LIMIT)
+
+
+def _smtp_source(port: int, count: int, reuse: bool) -> float | None:
+    """Postfix's smtp-source against the same bare server: shows our generator is not the ceiling."""
+    exe = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+    if not shutil.which(exe):
+        return None
+    args = [exe, "-s", str(CONCURRENCY), "-m", str(count), "-l", "5000", "-f", "alice@client.test"]
+    args += ["-t", "bench@reply.acme.test", *(["-d"] if reuse else []), f"127.0.0.1:{port}"]
+    started = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, timeout=TIME_LIMIT, check=False)
+    elapsed = time.perf_counter() - started
+    return count / elapsed if done.returncode == 0 else None
+
+
+def run(quick: bool = False, count: int | None = None, postgres: bool = True) -> str:
+    n = count or (400 if quick else 2000)
+    warm = 40
+    rows: list[Row] = []
+    calibration: list[str] = []
+    mails_seed = 0
+
+    def fresh(threads: list, k: int) -> list[Mail]:
+        nonlocal mails_seed
+        mails_seed += 1
+        return replies(threads, k, seed=mails_seed, start=mails_seed * 100_000)
+
+    # The baseline: same messages, same generator, a server that only says 250.
+    dummy = [_fake_thread(i) for i in range(2 * CONVERSATIONS)]
+    with bare_server() as server:
+        _load(server.port, fresh(dummy, warm), reuse=True)
+        base = {}
+        for reuse in (False, True):
+            result = _load(server.port, fresh(dummy, n), reuse)
+            base[reuse] = result.rate
+            rows.append(Row("bare aiosmtpd (250 only)", _mode(reuse), result))
+        for reuse in (False, True):
+            rate = _smtp_source(server.port, n, reuse)
+            if rate:
+                calibration.append(
+                    f"calibration: the same bare server driven by Postfix smtp-source "
+                    f"({_mode(reuse)}, 5 KB): {rate:,.0f} msg/s"
+                )
+
+    kinds = ["sqlite"]
+    skipped = ""
+    if postgres:
+        reason = postgres_available()
+        if reason is None:
+            kinds.append("postgres")
+        else:
+            skipped = f"PostgreSQL rows skipped: {reason}"
+    for kind in kinds:
+        with backend(kind, "mbingress") as b:
+            threads = seed_practice(b, CONVERSATIONS)
+            with mailbridge_server(b.root, b.url) as server:
+                _load(server.port, fresh(threads, warm), reuse=True)
+                for reuse in (False, True):
+                    before, _ = count_posted(b)
+                    result = _load(server.port, fresh(threads, n), reuse)
+                    after, logged = count_posted(b)
+                    rows.append(Row(f"mailbridge {b.name}", _mode(reuse), result, after - before, base[reuse]))
+
+    out = [
+        f"Ingress: {n:,} replies of ~5.3 KB per row, {CONCURRENCY} concurrent senders, "
+        "asyncio raw-socket load generator in its own process",
+        table(
+            ["server", "connections", "msg/s", "vs baseline", "p50 ms", "p99 ms", "answers", "posted"],
+            [
+                [
+                    r.server,
+                    r.mode,
+                    r.result.rate,
+                    f"{r.result.rate / r.baseline:.2f}" if r.baseline else "1.00",
+                    percentile(r.result.latencies, 50) * 1e3,
+                    percentile(r.result.latencies, 99) * 1e3,
+                    r.result.codes_text(),
+                    "-" if r.posted is None else f"{r.posted:,}",
+                ]
+                for r in rows
+            ],
+        ),
+    ]
+    out.extend(calibration)
+    for r in rows:
+        if r.posted is not None and r.posted != r.result.ok:
+            out.append(f"MISMATCH {r.server} {r.mode}: {r.result.ok} answered 250 but {r.posted} posted")
+        if r.result.errors:
+            out.append(f"{r.server} {r.mode}: {len(r.result.errors)} errors, first: {r.result.errors[0]}")
+        if r.result.unsent:
+            out.append(f"{r.server} {r.mode}: {r.result.unsent} not sent within {TIME_LIMIT:.0f} s")
+    if skipped:
+        out.append(skipped)
+    return "\n".join(out)
+
+
+def _mode(reuse: bool) -> str:
+    return "reused" if reuse else "one per message"
+
+
+def _fake_thread(i: int):  # type: ignore[no-untyped-def]
+    from benchmarks.harness import Thread
+
+    return Thread(f"c{i}", "alice" if i % 2 else "bob", f"reply+bench{i:04d}@reply.acme.test")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="400 messages per row instead of 2,000")
+    parser.add_argument("-n", "--count", type=int, help="messages per row")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    print(run(args.quick, args.count, not args.no_postgres), flush=True)
+
+
+if __name__ == "__main__":
+    main()
