@@ -40,7 +40,7 @@ def mailbridge_extract(case: ReplyCase) -> tuple[str, str]:
 
 def _email_reply_parser() -> Extractor | None:
     try:
-        from email_reply_parser import EmailReplyParser
+        from email_reply_parser import EmailReplyParser  # type: ignore[import-untyped]
     except ImportError:
         return None
 
@@ -54,8 +54,8 @@ def _email_reply_parser() -> Extractor | None:
 
 def _mail_parser_reply() -> Extractor | None:
     try:
-        from mailparser_reply import EmailReplyParser
-        from mailparser_reply.constants import MAIL_LANGUAGES
+        from mailparser_reply import EmailReplyParser  # type: ignore[import-untyped]
+        from mailparser_reply.constants import MAIL_LANGUAGES  # type: ignore[import-untyped]
     except ImportError:
         return None
     parser = EmailReplyParser(languages=list(MAIL_LANGUAGES))
@@ -70,7 +70,7 @@ def _mail_parser_reply() -> Extractor | None:
 
 def _quotequail() -> Extractor | None:
     try:
-        import quotequail
+        import quotequail  # type: ignore[import-untyped]
     except ImportError:
         return None
 

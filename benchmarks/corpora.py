@@ -311,7 +311,7 @@ def load_discourse(root: Path) -> Corpus:
                 continue
             text, html = eml_bodies((base / entry["input"]).read_bytes())
             markdown = entry.get("match", "").endswith("markdown_aware")
-            checks = ()
+            checks: tuple[Check, ...] = ()
             if expected.get("elided"):
                 checks = (Check("hidden", "contains_markdown", expected["elided"], "elided"),)
             corpus.cases.append(

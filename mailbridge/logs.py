@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -36,8 +37,23 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
+_TOKEN = re.compile(rb"([+.-])[A-Za-z2-7]{32}(?=@)".decode())
+
+
+class RedactTokens(logging.Filter):
+    """Defence in depth: any reply token reaching a log line (from any library) is masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _TOKEN.search(message):
+            record.msg = _TOKEN.sub(r"\1<token>", message)
+            record.args = ()
+        return True
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactTokens())
     handler.setFormatter(JsonFormatter() if settings.log_json else KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

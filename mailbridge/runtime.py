@@ -57,13 +57,19 @@ async def start_ingress(services: Services) -> asyncio.AbstractServer:
 async def run_all(services: Services, stop: asyncio.Event | None = None) -> None:
     settings = services.settings
     stop = stop or asyncio.Event()
+    from mailbridge.inbound.authenticate import organizational_domain
+
+    organizational_domain("example.org")  # load the public-suffix list now, not on the first message
     tasks: list[asyncio.Task[None]] = []
     smtp_server = await start_ingress(services) if settings.smtp_enabled else None
     if settings.worker_enabled:
         from mailbridge.outbound.worker import Worker
 
         tasks.append(asyncio.create_task(Worker.from_services(services).run_forever(stop), name="worker"))
+    from mailbridge.housekeeping import run_housekeeping
     from mailbridge.ingress.imap import run_pollers
+
+    tasks.append(asyncio.create_task(run_housekeeping(services, stop), name="housekeeping"))
 
     tasks.append(asyncio.create_task(run_pollers(services, stop), name="imap"))
     host, port = split_listen(settings.http_listen)

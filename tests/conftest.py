@@ -85,7 +85,7 @@ def make_services(tmp_path: Path, database_url: str, **overrides: Any) -> Servic
         database_url=database_url,
         api_key=API_KEY,
         app_url="https://app.example.test",
-        **overrides,
+        **({"smtp_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0"} | overrides),
     )
     services = build_services(settings, resolver=static_resolver())
     upgrade(services.engine)

@@ -45,23 +45,38 @@ def door(seeded: Any) -> Any:
 
 def last_message(services: Any, conv: str) -> Message:
     with services.sessions() as session:
-        return session.scalars(select(Message).where(Message.conversation_id == conv).order_by(Message.created_at.desc())).first()  # type: ignore[return-value]
+        return session.scalars(
+            select(Message).where(Message.conversation_id == conv).order_by(Message.created_at.desc())
+        ).first()  # type: ignore[return-value]
 
 
 def test_real_files_stored_by_hash_and_downloadable(seeded: Any, api: Any, door: Any) -> None:
     server, conv, address = door
     pdf, png = fm.pdf(), fm.png()
-    msg = with_files(reply_message("alice@client.test", address, "Here are my receipts."),
-                     [("receipt.pdf", "application/pdf", pdf), ("photo.png", "image/png", png),
-                      ("copy-of-receipt.pdf", "application/pdf", pdf)])
+    msg = with_files(
+        reply_message("alice@client.test", address, "Here are my receipts."),
+        [
+            ("receipt.pdf", "application/pdf", pdf),
+            ("photo.png", "image/png", png),
+            ("copy-of-receipt.pdf", "application/pdf", pdf),
+        ],
+    )
     assert send(server, msg, "alice@client.test", address)[0] == 250
     posted = last_message(seeded, conv)
     names = [(a.filename, a.content_type, a.sha256) for a in posted.attachments]
-    assert names == [("receipt.pdf", "application/pdf", hashlib.sha256(pdf).hexdigest()),
-                     ("photo.png", "image/png", hashlib.sha256(png).hexdigest()),
-                     ("copy-of-receipt.pdf", "application/pdf", hashlib.sha256(pdf).hexdigest())]
-    blobs = [p for p in (seeded.settings.data_dir / "attachments").rglob("*") if p.is_file() and ".tmp" not in p.parts]
-    assert sorted(p.name for p in blobs) == sorted({hashlib.sha256(pdf).hexdigest(), hashlib.sha256(png).hexdigest()})
+    assert names == [
+        ("receipt.pdf", "application/pdf", hashlib.sha256(pdf).hexdigest()),
+        ("photo.png", "image/png", hashlib.sha256(png).hexdigest()),
+        ("copy-of-receipt.pdf", "application/pdf", hashlib.sha256(pdf).hexdigest()),
+    ]
+    blobs = [
+        p
+        for p in (seeded.settings.data_dir / "attachments").rglob("*")
+        if p.is_file() and ".tmp" not in p.parts
+    ]
+    assert sorted(p.name for p in blobs) == sorted(
+        {hashlib.sha256(pdf).hexdigest(), hashlib.sha256(png).hexdigest()}
+    )
     download = api.get(f"{BASE}/attachments/{posted.attachments[0].id}?as=dr-smith")
     assert download.status_code == 200 and download.content == pdf
     assert download.headers["content-disposition"].startswith("attachment;")
@@ -71,9 +86,15 @@ def test_real_files_stored_by_hash_and_downloadable(seeded: Any, api: Any, door:
 
 def test_refused_files_withheld_with_a_visible_line_and_a_notice(seeded: Any, door: Any) -> None:
     server, conv, address = door
-    msg = with_files(reply_message("alice@client.test", address, "Invoice and tool attached."),
-                     [("invoice.pdf", "application/pdf", fm.pe()), ("notes.html", "text/html", b"<html><script>x()</script></html>"),
-                      ("empty.pdf", "application/pdf", b""), ("ok.pdf", "application/pdf", fm.pdf())])
+    msg = with_files(
+        reply_message("alice@client.test", address, "Invoice and tool attached."),
+        [
+            ("invoice.pdf", "application/pdf", fm.pe()),
+            ("notes.html", "text/html", b"<html><script>x()</script></html>"),
+            ("empty.pdf", "application/pdf", b""),
+            ("ok.pdf", "application/pdf", fm.pdf()),
+        ],
+    )
     assert send(server, msg, "alice@client.test", address)[0] == 250
     posted = last_message(seeded, conv)
     assert [a.filename for a in posted.attachments] == ["ok.pdf"]
@@ -82,16 +103,26 @@ def test_refused_files_withheld_with_a_visible_line_and_a_notice(seeded: Any, do
         row = session.scalars(select(InboundLog).order_by(InboundLog.received_at.desc())).first()
         notice = session.scalar(select(Outbox).where(Outbox.kind == OutboxKind.notice))
     verdicts = {d["filename"]: d["reason"] for d in row.details["attachments"]}  # type: ignore[union-attr]
-    assert verdicts == {"invoice.pdf": "executable", "notes.html": "active_content", "empty.pdf": "empty", "ok.pdf": None}
+    assert verdicts == {
+        "invoice.pdf": "executable",
+        "notes.html": "active_content",
+        "empty.pdf": "empty",
+        "ok.pdf": None,
+    }
     assert notice is not None and notice.payload["reason"] == "attachment_withheld"
     assert any("invoice.pdf" in f for f in notice.payload["files"])
 
 
 def test_hostile_filenames_sanitised(seeded: Any, door: Any) -> None:
     server, conv, address = door
-    msg = with_files(reply_message("alice@client.test", address, "Files with odd names."),
-                     [("../../etc/passwd", "text/plain", b"just text\n"), ("C:\\x\\y.pdf", "application/pdf", fm.pdf()),
-                      ("invoice\u202egpj.exe", "image/jpeg", fm.jpeg())])
+    msg = with_files(
+        reply_message("alice@client.test", address, "Files with odd names."),
+        [
+            ("../../etc/passwd", "text/plain", b"just text\n"),
+            ("C:\\x\\y.pdf", "application/pdf", fm.pdf()),
+            ("invoice\u202egpj.exe", "image/jpeg", fm.jpeg()),
+        ],
+    )
     assert send(server, msg, "alice@client.test", address)[0] == 250
     posted = last_message(seeded, conv)
     assert [a.filename for a in posted.attachments] == ["passwd", "y.pdf"]
@@ -108,15 +139,21 @@ def test_too_many_attachments_refused(seeded: Any, door: Any) -> None:
 def test_size_limits(seeded: Any, door: Any) -> None:
     server, conv, address = door
     set_limits(seeded, attachment_max_bytes=1024 * 1024)
-    one_big = with_files(reply_message("alice@client.test", address, "One file is too big."),
-                         [("scan.pdf", "application/pdf", fm.pdf() + os.urandom(1024 * 1024 + 10)),
-                          ("small.pdf", "application/pdf", fm.pdf())])
+    one_big = with_files(
+        reply_message("alice@client.test", address, "One file is too big."),
+        [
+            ("scan.pdf", "application/pdf", fm.pdf() + os.urandom(1024 * 1024 + 10)),
+            ("small.pdf", "application/pdf", fm.pdf()),
+        ],
+    )
     assert send(server, one_big, "alice@client.test", address)[0] == 250
     posted = last_message(seeded, conv)
     assert [a.filename for a in posted.attachments] == ["small.pdf"]
     assert "scan.pdf (too large)" in posted.body
-    huge = with_files(reply_message("alice@client.test", address, "Far too big."),
-                      [("a.pdf", "application/pdf", fm.pdf() + os.urandom(3 * 1024 * 1024))])
+    huge = with_files(
+        reply_message("alice@client.test", address, "Far too big."),
+        [("a.pdf", "application/pdf", fm.pdf() + os.urandom(3 * 1024 * 1024))],
+    )
     code, text = send(server, huge, "alice@client.test", address)
     assert code == 552 and text.startswith(b"5.3.4") and b"MB" in text
 
@@ -125,12 +162,17 @@ def test_large_message_streams_to_disk(seeded: Any, door: Any) -> None:
     server, conv, address = door
     set_limits(seeded, attachment_max_bytes=20 * 1024 * 1024)
     payload = fm.pdf() + os.urandom(6 * 1024 * 1024)
-    msg = with_files(reply_message("alice@client.test", address, "The full scan, 6 MB."),
-                     [("scan.pdf", "application/pdf", payload), ("inline.png", "image/png", fm.png())])
+    msg = with_files(
+        reply_message("alice@client.test", address, "The full scan, 6 MB."),
+        [("scan.pdf", "application/pdf", payload), ("inline.png", "image/png", fm.png())],
+    )
     assert send(server, msg, "alice@client.test", address)[0] == 250
     posted = last_message(seeded, conv)
     assert posted.body == "The full scan, 6 MB."
-    assert [a.sha256 for a in posted.attachments] == [hashlib.sha256(payload).hexdigest(), hashlib.sha256(fm.png()).hexdigest()]
+    assert [a.sha256 for a in posted.attachments] == [
+        hashlib.sha256(payload).hexdigest(),
+        hashlib.sha256(fm.png()).hexdigest(),
+    ]
     assert list((seeded.settings.data_dir / "spool").glob("*")) == []  # temporary files cleaned
 
 
@@ -139,7 +181,7 @@ def test_corrupt_base64_and_inline_cid(seeded: Any, door: Any) -> None:
     raw = (
         "From: alice@client.test\r\nTo: {a}\r\nSubject: cid\r\nMessage-ID: <cid1@client.test>\r\nMIME-Version: 1.0\r\n"
         "Content-Type: multipart/related; boundary=r\r\n\r\n--r\r\nContent-Type: text/html\r\n\r\n"
-        "<p>See <img src=\"cid:img1\"> and the broken file.</p>\r\n--r\r\nContent-Type: image/png\r\nContent-ID: <img1>\r\n"
+        '<p>See <img src="cid:img1"> and the broken file.</p>\r\n--r\r\nContent-Type: image/png\r\nContent-ID: <img1>\r\n'
         "Content-Transfer-Encoding: base64\r\n\r\n{png}\r\n--r\r\nContent-Type: application/pdf; name=broken.pdf\r\n"
         "Content-Transfer-Encoding: base64\r\n\r\n@@@not*base64!!!\r\n--r--\r\n"
     ).format(a=address, png=__import__("base64").b64encode(fm.png()).decode())
@@ -151,35 +193,80 @@ def test_corrupt_base64_and_inline_cid(seeded: Any, door: Any) -> None:
     posted = last_message(seeded, conv)
     assert [(a.filename, a.content_id) for a in posted.attachments] == [("attachment-1.png", "img1")]
     assert "broken.pdf" in posted.body  # withheld, not silently dropped
-    assert posted.body_html is not None and "<img" not in posted.body_html.lower() or "cid:" not in (posted.body_html or "")
+    assert (
+        posted.body_html is not None
+        and "<img" not in posted.body_html.lower()
+        or "cid:" not in (posted.body_html or "")
+    )
 
 
 def test_api_multipart_upload_same_rules(seeded: Any, api: Any) -> None:
-    payload = {"kind": "company", "company": "bakery", "subject": "Docs", "author": "dr-smith",
-               "participants": ["alice"], "body": "Two documents for you."}
-    files = [("attachments", ("report.docx", io.BytesIO(fm.docx()), "application/vnd.openxmlformats-officedocument.wordprocessingml.document")),
-             ("attachments", ("macro.docm", io.BytesIO(fm.macro_enable(fm.docx())), "application/vnd.ms-word.document.macroEnabled.12"))]
+    payload = {
+        "kind": "company",
+        "company": "bakery",
+        "subject": "Docs",
+        "author": "dr-smith",
+        "participants": ["alice"],
+        "body": "Two documents for you.",
+    }
+    files = [
+        (
+            "attachments",
+            (
+                "report.docx",
+                io.BytesIO(fm.docx()),
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            ),
+        ),
+        (
+            "attachments",
+            (
+                "macro.docm",
+                io.BytesIO(fm.macro_enable(fm.docx())),
+                "application/vnd.ms-word.document.macroEnabled.12",
+            ),
+        ),
+    ]
     created = api.post(f"{BASE}/conversations", data={"payload": json.dumps(payload)}, files=files)
     assert created.status_code == 201, created.text
     message = created.json()["messages"][0]
     assert [a["filename"] for a in message["attachments"]] == ["report.docx"]
-    assert message["withheld"] == [{"filename": "macro.docm", "reason": "macro_document", "explanation": "document with macros"}]
+    assert message["withheld"] == [
+        {"filename": "macro.docm", "reason": "macro_document", "explanation": "document with macros"}
+    ]
     assert "1 attachment withheld: macro.docm" in message["body"]
     many = [("attachments", (f"f{i}.txt", io.BytesIO(b"x"), "text/plain")) for i in range(25)]
-    refused = api.post(f"{BASE}/conversations/{created.json()['id']}/messages",
-                       data={"payload": json.dumps({"author": "dr-smith", "body": "many"})}, files=many)
+    refused = api.post(
+        f"{BASE}/conversations/{created.json()['id']}/messages",
+        data={"payload": json.dumps({"author": "dr-smith", "body": "many"})},
+        files=many,
+    )
     assert refused.status_code == 422 and refused.json()["code"] == "too_many_attachments"
 
 
 def test_deleting_a_message_removes_unshared_blobs(seeded: Any, api: Any) -> None:
     pdf, png = fm.pdf(), fm.png()
-    payload = {"kind": "company", "company": "bakery", "subject": "Docs", "author": "dr-smith",
-               "participants": ["alice"], "body": "Files attached."}
-    first = api.post(f"{BASE}/conversations", data={"payload": json.dumps(payload)},
-                     files=[("attachments", ("a.pdf", io.BytesIO(pdf), "application/pdf")),
-                            ("attachments", ("b.png", io.BytesIO(png), "image/png"))]).json()
-    second = api.post(f"{BASE}/conversations/{first['id']}/messages", data={"payload": json.dumps({"author": "dr-smith", "body": "Again, the PDF."})},
-                      files=[("attachments", ("again.pdf", io.BytesIO(pdf), "application/pdf"))]).json()
+    payload = {
+        "kind": "company",
+        "company": "bakery",
+        "subject": "Docs",
+        "author": "dr-smith",
+        "participants": ["alice"],
+        "body": "Files attached.",
+    }
+    first = api.post(
+        f"{BASE}/conversations",
+        data={"payload": json.dumps(payload)},
+        files=[
+            ("attachments", ("a.pdf", io.BytesIO(pdf), "application/pdf")),
+            ("attachments", ("b.png", io.BytesIO(png), "image/png")),
+        ],
+    ).json()
+    second = api.post(
+        f"{BASE}/conversations/{first['id']}/messages",
+        data={"payload": json.dumps({"author": "dr-smith", "body": "Again, the PDF."})},
+        files=[("attachments", ("again.pdf", io.BytesIO(pdf), "application/pdf"))],
+    ).json()
     assert api.delete(f"{BASE}/messages/{first['messages'][0]['id']}?as=dr-smith").status_code == 204
     assert not seeded.blobs.exists(hashlib.sha256(png).hexdigest())  # only the first message had it
     assert seeded.blobs.exists(hashlib.sha256(pdf).hexdigest())  # still referenced by the second

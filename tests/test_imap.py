@@ -7,6 +7,7 @@ a fresh SQLite database per test. Every wait is a bounded wait on a condition, n
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -74,8 +75,16 @@ def svc(tmp_path: Path) -> Iterator[Services]:
     with transaction(services.sessions) as session:
         practice = directory.get_practice(session, "acme")
         directory.upsert_user(
-            session, practice, "erin", email=CLIENT, alt_emails=[], name="Erin Client", kind=UserKind.client,
-            role=None, active=True, locale="en",
+            session,
+            practice,
+            "erin",
+            email=CLIENT,
+            alt_emails=[],
+            name="Erin Client",
+            kind=UserKind.client,
+            role=None,
+            active=True,
+            locale="en",
         )
     yield services
     services.close()
@@ -100,8 +109,14 @@ def token_address(svc: Services) -> str:
 
 def add_mailbox(svc: Services, dovecot: Dovecot, user: str, name: str = "inbox", **over: Any) -> int:
     values: dict[str, Any] = {
-        "host": "127.0.0.1", "port": dovecot.port, "security": "none", "username": user, "password": PASSWORD,
-        "folder": "INBOX", "routing_address": None, "on_done": "move",
+        "host": "127.0.0.1",
+        "port": dovecot.port,
+        "security": "none",
+        "username": user,
+        "password": PASSWORD,
+        "folder": "INBOX",
+        "routing_address": None,
+        "on_done": "move",
     } | over
     with transaction(svc.sessions) as session:
         practice = directory.get_practice(session, "acme")
@@ -137,8 +152,12 @@ def mail(
 
 def posts(svc: Services) -> int:
     with svc.sessions() as session:
-        return int(session.scalar(select(func.count()).select_from(Message).where(Message.source == MessageSource.imap))
-                   or 0)
+        return int(
+            session.scalar(
+                select(func.count()).select_from(Message).where(Message.source == MessageSource.imap)
+            )
+            or 0
+        )
 
 
 def inbound(svc: Services) -> list[InboundLog]:
@@ -197,7 +216,9 @@ def test_search_filters_the_star_quirk() -> None:
 def test_fetch_picks_the_literal_of_the_uid_asked() -> None:
     lines = [
         b"4 FETCH (FLAGS (\\Seen))",  # an unsolicited flag update from another client
-        b"5 FETCH (UID 12 RFC822.SIZE 10 BODY[] {10}", bytearray(b"0123456789"), b")",
+        b"5 FETCH (UID 12 RFC822.SIZE 10 BODY[] {10}",
+        bytearray(b"0123456789"),
+        b")",
         b"Fetch completed",
     ]
     fetched = parse_fetch(lines, 12)
@@ -206,10 +227,15 @@ def test_fetch_picks_the_literal_of_the_uid_asked() -> None:
 
 
 def test_envelope_recipient_is_the_topmost_provider_header_never_to() -> None:
-    raw = (b"Delivered-To: reply+abc@reply.acme.test\r\nReturn-Path: <a@b.example>\r\n"
-           b"Delivered-To: forged@evil.example\r\nTo: reply+other@reply.acme.test\r\n\r\n")
+    raw = (
+        b"Delivered-To: reply+abc@reply.acme.test\r\nReturn-Path: <a@b.example>\r\n"
+        b"Delivered-To: forged@evil.example\r\nTo: reply+other@reply.acme.test\r\n\r\n"
+    )
     assert envelope_recipient(raw) == "reply+abc@reply.acme.test"
-    assert envelope_recipient(b"X-Original-To: Frontdesk@Acme.test\r\nTo: x@y.test\r\n\r\n") == "frontdesk@acme.test"
+    assert (
+        envelope_recipient(b"X-Original-To: Frontdesk@Acme.test\r\nTo: x@y.test\r\n\r\n")
+        == "frontdesk@acme.test"
+    )
     assert envelope_recipient(b"To: reply+abc@reply.acme.test\r\n\r\n") is None
     assert envelope_recipient(b"Delivered-To: a@x.test, b@x.test\r\n\r\n") is None
     assert return_path(raw) == "a@b.example"
@@ -223,7 +249,9 @@ def test_mailbox_names_are_quoted_in_modified_utf7() -> None:
 
 
 def test_plaintext_only_towards_loopback_and_errors_carry_no_secret() -> None:
-    box = MailboxConfig(1, 1, "m", "imap.example.com", 143, "none", "u", None, "pw-123", "INBOX", None, "move")
+    box = MailboxConfig(
+        1, 1, "m", "imap.example.com", 143, "none", "u", None, "pw-123", "INBOX", None, "move"
+    )
 
     async def scenario() -> None:
         connection = Connection(box, FAST, asyncio.Event())
@@ -278,7 +306,9 @@ def test_new_mail_is_posted_once_and_moved_to_processed(
     assert token_address.partition("@")[0] not in log.rcpt  # the token never lands in the log in full
 
 
-def test_refused_mail_is_moved_to_rejected(svc: Services, dovecot: Dovecot, user: str, token_address: str) -> None:
+def test_refused_mail_is_moved_to_rejected(
+    svc: Services, dovecot: Dovecot, user: str, token_address: str
+) -> None:
     async def scenario() -> None:
         running = Running(svc)
         add_mailbox(svc, dovecot, user)
@@ -293,7 +323,9 @@ def test_refused_mail_is_moved_to_rejected(svc: Services, dovecot: Dovecot, user
     assert (log.door, log.state, log.reason) == ("imap", InboundState.rejected, "reply_user_mismatch")
 
 
-def test_token_only_in_to_does_not_route(svc: Services, dovecot: Dovecot, user: str, token_address: str) -> None:
+def test_token_only_in_to_does_not_route(
+    svc: Services, dovecot: Dovecot, user: str, token_address: str
+) -> None:
     """HOSTILE T6: a forwarded notification names the reply address in To:, not in the envelope."""
 
     async def scenario() -> None:
@@ -341,11 +373,15 @@ def test_idle_wakes_the_poller_without_waiting_for_the_interval(
     assert posts(svc) == 1
 
 
-def test_polling_fallback_without_idle(svc: Services, dovecot: Dovecot, user: str, token_address: str) -> None:
+def test_polling_fallback_without_idle(
+    svc: Services, dovecot: Dovecot, user: str, token_address: str
+) -> None:
     async def scenario() -> None:
         running = Running(svc, PollerConfig(**{**FAST.__dict__, "use_idle": False, "poll_seconds": 0.2}))
         mailbox_id = add_mailbox(svc, dovecot, user)
-        await until(lambda: (p := running.poller(mailbox_id)) is not None and p.phase == "polling", what="polling")
+        await until(
+            lambda: (p := running.poller(mailbox_id)) is not None and p.phase == "polling", what="polling"
+        )
         dovecot.deliver(user, mail(delivered_to=token_address))
         await until(lambda: dovecot.count(user, "Processed") == 1, what="the mail in Processed")
         await running.stop()
@@ -471,7 +507,6 @@ def test_reconnects_after_the_server_goes_away(
         # 2. the whole server restarts
         await asyncio.to_thread(dovecot.stop)
         await until(lambda: mailbox_row(svc, mailbox_id).status == "error", what="the outage noticed")
-        assert "connect" in (mailbox_row(svc, mailbox_id).last_error or "").lower() or True
         await asyncio.to_thread(dovecot.start)
         dovecot.deliver(user, mail(delivered_to=token_address, body="And the second one is paid too."))
         await until(lambda: dovecot.count(user, "Processed") == 2, what="processed after the restart")
@@ -501,7 +536,6 @@ def test_bad_credentials_do_not_stop_the_other_mailbox(
 
     run(scenario)
     assert posts(svc) == 1
-    row = mailbox_row(svc, bad) if False else None  # noqa: F841 - status checked above
     with svc.sessions() as session:
         errors = [m.last_error or "" for m in session.scalars(select(Mailbox))]
     assert not any("wrong-password-42" in e or PASSWORD in e for e in errors)
@@ -568,7 +602,9 @@ def test_api_put_get_delete(api: Any) -> None:
     assert created.status_code == 201, created.text
     assert created.json()["has_password"] is True and "hunter2-secret" not in created.text
     assert created.json()["port"] == 993 and created.json()["security"] == "tls"
-    updated = api.put(f"{BASE}/desk", json={**body, "password": None, "password_env": "DESK_PW", "port": 1993})
+    updated = api.put(
+        f"{BASE}/desk", json={**body, "password": None, "password_env": "DESK_PW", "port": 1993}
+    )
     assert updated.status_code == 200 and updated.json()["password_env"] == "DESK_PW"
     assert updated.json()["has_password"] is False
     items = api.get(BASE).json()["items"]
@@ -594,5 +630,78 @@ def test_api_refuses_what_cannot_work(api: Any) -> None:
     for body, code in cases:
         response = api.put(f"{BASE}/desk", json=body)
         assert response.status_code == 422 and response.json()["code"] == code, (body, response.text)
-    assert api.put(f"{BASE}/local", json={**base, "host": "127.0.0.1", "security": "none", "port": 143}).status_code == 201
+    assert (
+        api.put(
+            f"{BASE}/local", json={**base, "host": "127.0.0.1", "security": "none", "port": 143}
+        ).status_code
+        == 201
+    )
     assert api.get("/api/v1/practices/nope/mailboxes").status_code == 404
+
+
+# ---- TLS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tls_dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dovecot, ssl.SSLContext]]:
+    trustme = pytest.importorskip("trustme", reason="trustme (test extra) makes the test CA")
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    cert.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    with running_dovecot(tls=(cert, key)) as server:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        yield server, context
+
+
+def test_tls_and_starttls(
+    svc: Services,
+    tls_dovecot: tuple[Dovecot, ssl.SSLContext],
+    token_address: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server, context = tls_dovecot
+    implicit_user = server.add_user("implicit@imap.test")
+    starttls_user = server.add_user("starttls@imap.test")
+    config = PollerConfig(**{**FAST.__dict__, "ssl_context": context})
+    implicit = add_mailbox(
+        svc, server, implicit_user, name="implicit", security="tls", port=server.imaps_port, on_done="flag"
+    )
+    starttls = add_mailbox(svc, server, starttls_user, name="starttls", security="starttls")
+    assert check_command(svc, "acme", config) == 0, capsys.readouterr().out
+    assert capsys.readouterr().out.count("result: OK") == 2
+    # without the test CA the certificate is not trusted: no silent fallback to anything weaker
+    assert check_command(svc, "acme", FAST) == 1
+    assert capsys.readouterr().out.count("CERTIFICATE_VERIFY_FAILED") == 2
+
+    async def scenario() -> None:
+        running = Running(svc, config)
+        server.deliver(implicit_user, mail(delivered_to=token_address))
+        server.deliver(starttls_user, mail(delivered_to=token_address, body="Paid by card this morning."))
+        await until(lambda: mailbox_row(svc, implicit).last_uid == 1, what="read over implicit TLS")
+        await until(lambda: server.count(starttls_user, "Processed") == 1, what="moved over STARTTLS")
+        assert "$MailbridgeDone" in server.flags(implicit_user)[0]
+        await running.stop()
+        assert mailbox_row(svc, starttls).status == "ok"
+
+    run(scenario)
+    assert posts(svc) == 2
+
+
+def test_starttls_is_required_when_configured(dovecot: Dovecot) -> None:
+    """The plain test server offers no STARTTLS: the poller refuses rather than log in in clear."""
+    user = dovecot.add_user("nostarttls@imap.test")
+    box = MailboxConfig(
+        1, 1, "m", "127.0.0.1", dovecot.port, "starttls", user, None, PASSWORD, "INBOX", None, "move"
+    )
+
+    async def scenario() -> None:
+        connection = Connection(box, FAST, asyncio.Event())
+        with pytest.raises(ConfigError, match="STARTTLS"):
+            await connection.open()
+        await connection.close()
+
+    asyncio.run(scenario())

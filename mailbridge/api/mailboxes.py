@@ -95,10 +95,21 @@ class MailboxList(BaseModel):
 
 def mailbox_out(row: Mailbox) -> MailboxOut:
     return MailboxOut(
-        name=row.name, host=row.host, port=row.port, security=row.security, username=row.username,
-        password_env=row.password_env, has_password=bool(row.password), folder=row.folder,
-        routing_address=row.routing_address, on_done=row.on_done, status=row.status, last_error=row.last_error,
-        last_uid=row.last_uid or 0, uidvalidity=row.uidvalidity, updated_at=row.updated_at,
+        name=row.name,
+        host=row.host,
+        port=row.port,
+        security=row.security,
+        username=row.username,
+        password_env=row.password_env,
+        has_password=bool(row.password),
+        folder=row.folder,
+        routing_address=row.routing_address,
+        on_done=row.on_done,
+        status=row.status,
+        last_error=row.last_error,
+        last_uid=row.last_uid or 0,
+        uidvalidity=row.uidvalidity,
+        updated_at=row.updated_at,
     )
 
 
@@ -114,7 +125,9 @@ def _validate(svc: Services, session: Session, practice: Practice, body: Mailbox
         body.host, PollerConfig.from_settings(svc.settings).allow_plaintext
     ):
         raise Invalid(
-            "plaintext_not_allowed", "security 'none' sends the password in clear: loopback hosts only", "security"
+            "plaintext_not_allowed",
+            "security 'none' sends the password in clear: loopback hosts only",
+            "security",
         )
     if body.on_done == "move" and body.folder.strip().lower() in (PROCESSED.lower(), REJECTED.lower()):
         raise Invalid("folder_reserved", f"{body.folder} is where processed mail is moved to", "folder")
@@ -122,7 +135,9 @@ def _validate(svc: Services, session: Session, practice: Practice, body: Mailbox
         decision = decide_recipient(session, svc.tokens, svc.verp_secret, body.routing_address)
         if decision.target is None or decision.target.practice_id != practice.id:
             raise Invalid(
-                "routing_address_unknown", "routing_address must be an address of this practice", "routing_address"
+                "routing_address_unknown",
+                "routing_address must be an address of this practice",
+                "routing_address",
             )
 
 
@@ -141,7 +156,9 @@ def put_mailbox(
         created = row is None
         if row is None:
             if body.password is None and body.password_env is None:
-                raise Invalid("password_required", "give password_env (preferred) or password", "password_env")
+                raise Invalid(
+                    "password_required", "give password_env (preferred) or password", "password_env"
+                )
             row = Mailbox(practice_id=p.id, name=name, last_uid=0, status="new")
             session.add(row)
         elif (row.host, row.username, row.folder) != (body.host, body.username, body.folder):

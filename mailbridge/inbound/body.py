@@ -323,6 +323,9 @@ def _match_attribution(lines: Sequence[str], i: int) -> _Header | None:
     # dated attribution over blank lines; only such a dated opener may reach that far.
     dated = _ON_DATE.match(first) is not None
     limit = _MAX_DATED_HEADER_LINES if dated else _MAX_HEADER_LINES
+    # Only a line that opens like an attribution *and* carries its date may be joined with the next
+    # ones: "Am heutigen Tage" above "Am So., 1. Jan. 2023 … schrieb …" is text, then a header.
+    joinable = _HEADER_OPENER.match(first) is not None and _DIGIT.search(first) is not None
     parts: list[str] = []
     j = i
     while j < len(lines) and j - i < limit:
@@ -330,8 +333,8 @@ def _match_attribution(lines: Sequence[str], i: int) -> _Header | None:
             if dated and not lines[j]:
                 j += 1
                 continue
-            if not _header_continuation(lines[j]) or not _HEADER_OPENER.match(first):
-                break  # only a line that opens like an attribution may be joined with the next ones
+            if not joinable or not _header_continuation(lines[j]):
+                break
         parts.append(lines[j].lstrip(">").strip() if j > i else lines[j])
         strong = _is_attribution(" ".join(parts))
         if strong is not None:

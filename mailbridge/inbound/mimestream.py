@@ -171,7 +171,10 @@ def _is_attachment(headers: EmailMessage) -> bool:
     disposition = (headers.get_content_disposition() or "").lower()
     if disposition == "attachment" or _filename(headers):
         return True
-    return headers.get_content_type() not in ("text/plain", "text/html") or headers.get_content_maintype() == "message"
+    return (
+        headers.get_content_type() not in ("text/plain", "text/html")
+        or headers.get_content_maintype() == "message"
+    )
 
 
 def _decode_text(data: bytes, headers: EmailMessage) -> str:
@@ -205,7 +208,9 @@ class _Walker:
             assert isinstance(headers, EmailMessage)
             found = self.part(headers, inner, depth + 1)
         if found is None:
-            self.result.defects.append("StartBoundaryNotFoundDefect" if depth == 0 else "CloseBoundaryNotFoundDefect")
+            self.result.defects.append(
+                "StartBoundaryNotFoundDefect" if depth == 0 else "CloseBoundaryNotFoundDefect"
+            )
             return None
         if found[0] == mine:  # our close delimiter: the epilogue runs to an enclosing delimiter
             return self.skip(boundaries)

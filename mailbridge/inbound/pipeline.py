@@ -147,6 +147,7 @@ class Context:
     internal: bool = False
     intake: Intake | None = None
     large: bool = False  # streamed from disk: never the whole message in memory
+    own_addresses: frozenset[str] = frozenset()  # the practice's notification address and reply domain
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     rule: str | None = None
     notice_reason: str | None = None
@@ -196,6 +197,8 @@ def store_raw(ctx: Context) -> None:
         practice = session.get(Practice, ctx.practice_id)
         if practice is not None:
             ctx.settings = PracticeSettings.model_validate(practice.settings or {})
+            # Mail from our own notification address or reply domain is a loop (A12), never a reply.
+            ctx.own_addresses = frozenset({practice.notify_from.lower(), "@" + practice.reply_domain.lower()})
     if ctx.size > ctx.settings.effective_message_max_bytes:
         ctx.notice_reason = None  # who sent it is not known yet; the SMTP answer names the limit
         raise Rejected(replies.message_too_big(ctx.settings.effective_message_max_bytes), "message_too_big")
@@ -224,8 +227,11 @@ def parse(ctx: Context) -> None:
             streamed = parse_file(ctx.raw_path, ctx.deps.raw_dir.parent / "spool")
             ctx.cleanups.append(streamed.cleanup)
             ctx.parsed = ParsedMail(
-                message=streamed.message, text=streamed.text, html=streamed.html,
-                attachments=streamed.attachments, defects=streamed.defects,
+                message=streamed.message,
+                text=streamed.text,
+                html=streamed.html,
+                attachments=streamed.attachments,
+                defects=streamed.defects,
             )
         else:
             ctx.parsed = parse_mail(ctx.raw)
@@ -242,7 +248,7 @@ def classify_mail(ctx: Context) -> None:
     result = classify(
         ctx.msg,
         envelope_from=ctx.envelope.mail_from,
-        own_addresses=ctx.deps.own_addresses,
+        own_addresses=ctx.deps.own_addresses | ctx.own_addresses,
         loop_value=ctx.deps.loop_value,
     )
     ctx.classification = result
@@ -335,7 +341,8 @@ def authenticate_sender(ctx: Context) -> None:
         raise Deferred(replies.AUTH_TEMPERROR, "auth_temperror") from exc
     auth = ctx.auth
     ctx.details["auth"] = auth.header_value(ctx.deps.authserv_id)
-    if "temperror" in (auth.dkim, auth.spf, auth.dmarc):
+    if not auth.aligned and "temperror" in (auth.dkim, auth.spf, auth.dmarc):
+        # An aligned pass already satisfies DMARC; otherwise a DNS hiccup must not become a refusal.
         raise Deferred(replies.AUTH_TEMPERROR, "auth_temperror")
     if auth.dmarc == "fail":
         raise Rejected(replies.AUTH_FAILED, "dmarc_fail")

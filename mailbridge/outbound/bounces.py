@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailbridge.domain.models import Outbox, Suppression, User, UserAddress, utcnow
-from mailbridge.inbound.classify import Classification
+from mailbridge.inbound.classify import Classification, parse_bounce
 from mailbridge.inbound.envelope import Target
 from mailbridge.observability import BOUNCES
 
@@ -67,7 +67,7 @@ def hard_failure(session: Session, row: Outbox, answer: str) -> None:
 def record_bounce(session: Session, target: Target, msg: EmailMessage, result: Classification) -> None:
     """An asynchronous DSN: to our VERP address it names its row; anything else is recorded per recipient."""
     row = session.get(Outbox, target.outbox_id) if target.outbox_id else None
-    bounced = result.bounced
+    bounced = result.bounced or parse_bounce(msg)
     if row is not None:
         permanent = any(b.permanent for b in bounced) if bounced else True
         row.last_answer = (

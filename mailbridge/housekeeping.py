@@ -1,0 +1,58 @@
+"""Housekeeping: raw copies of refused mail are kept only for the retention period; crash leftovers go."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from mailbridge.domain.db import transaction
+from mailbridge.domain.models import InboundLog, QuarantineItem, utcnow
+from mailbridge.wiring import Services
+
+log = logging.getLogger(__name__)
+
+
+def purge_raw(services: Services) -> int:
+    """Delete raw mail older than ``raw_retention_days``, except what staff still have to review."""
+    cutoff = utcnow() - timedelta(days=services.settings.raw_retention_days)
+    removed = 0
+    with transaction(services.sessions) as session:
+        held = select(QuarantineItem.inbound_id).where(QuarantineItem.state == "held")
+        rows = session.execute(
+            select(InboundLog.id, InboundLog.raw_path).where(
+                InboundLog.raw_path.is_not(None), InboundLog.received_at < cutoff, InboundLog.id.not_in(held)
+            )
+        ).all()
+        for row_id, raw_path in rows:
+            Path(raw_path).unlink(missing_ok=True)
+            removed += 1
+        if rows:
+            session.execute(
+                update(InboundLog).where(InboundLog.id.in_([r[0] for r in rows])).values(raw_path=None)
+            )
+    # spool files of transfers cut by a crash: older than a day, nobody is writing them any more
+    spool = services.settings.data_dir / "spool"
+    if spool.is_dir():
+        for path in spool.iterdir():
+            if path.is_file() and path.stat().st_mtime < time.time() - 86400:
+                path.unlink(missing_ok=True)
+    if removed:
+        log.info("raw_mail_purged", extra={"count": removed})
+    return removed
+
+
+async def run_housekeeping(services: Services, stop: asyncio.Event, every: float = 3600.0) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(purge_raw, services)
+        except Exception:
+            log.warning("housekeeping_failed", exc_info=True)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        except TimeoutError:
+            pass
