@@ -119,7 +119,9 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
                     before, _ = count_posted(b)
                     result = _load(server.port, fresh(threads, n), reuse)
                     after, logged = count_posted(b)
-                    rows.append(Row(f"mailbridge {b.name}", _mode(reuse), result, after - before, base[reuse]))
+                    rows.append(
+                        Row(f"mailbridge {b.name}", _mode(reuse), result, after - before, base[reuse])
+                    )
 
     out = [
         f"Ingress: {n:,} replies of ~5.3 KB per row, {CONCURRENCY} concurrent senders, "

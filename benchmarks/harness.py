@@ -52,7 +52,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = ""
     lines = [title] if title else []
 
     def line(values: Sequence[str]) -> str:
-        parts = [values[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True)]
+        parts = [values[0].ljust(widths[0])] + [
+            v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True)
+        ]
         return "  ".join(parts).rstrip()
 
     lines.append(line(list(headers)))
@@ -640,7 +642,9 @@ class Thread:
     reply_to: str  # reply+token@reply.acme.test
 
 
-def seed_practice(b: Backend, conversations: int, participants: tuple[str, ...] = ("alice", "bob")) -> list[Thread]:
+def seed_practice(
+    b: Backend, conversations: int, participants: tuple[str, ...] = ("alice", "bob")
+) -> list[Thread]:
     """The tests' practice (tests.conftest.seed) and *conversations* company conversations in it.
 
     Company conversations, so a reply from a participant whose From matches passes without
@@ -749,7 +753,9 @@ def count_posted(b: Backend) -> tuple[int, int]:
     engine = make_engine(b.url)
     try:
         with engine.connect() as conn:
-            posted = conn.scalar(select(func.count()).select_from(Message).where(Message.source == MessageSource.email))
+            posted = conn.scalar(
+                select(func.count()).select_from(Message).where(Message.source == MessageSource.email)
+            )
             logged = conn.scalar(
                 select(func.count()).select_from(InboundLog).where(InboundLog.state == InboundState.posted)
             )

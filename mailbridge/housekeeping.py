@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import timedelta
@@ -28,8 +29,8 @@ def purge_raw(services: Services) -> int:
                 InboundLog.raw_path.is_not(None), InboundLog.received_at < cutoff, InboundLog.id.not_in(held)
             )
         ).all()
-        for row_id, raw_path in rows:
-            Path(raw_path).unlink(missing_ok=True)
+        for _, raw_path in rows:
+            Path(str(raw_path)).unlink(missing_ok=True)
             removed += 1
         if rows:
             session.execute(
@@ -52,7 +53,5 @@ async def run_housekeeping(services: Services, stop: asyncio.Event, every: float
             await asyncio.to_thread(purge_raw, services)
         except Exception:
             log.warning("housekeeping_failed", exc_info=True)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=every)
-        except TimeoutError:
-            pass

@@ -130,7 +130,7 @@ def test_hostile_filenames_sanitised(seeded: Any, door: Any) -> None:
 
 
 def test_too_many_attachments_refused(seeded: Any, door: Any) -> None:
-    server, conv, address = door
+    server, _, address = door
     files = [(f"f{i}.txt", "text/plain", b"x") for i in range(25)]
     msg = with_files(reply_message("alice@client.test", address, "Lots of little files."), files)
     assert send(server, msg, "alice@client.test", address) == (550, b"5.6.0 Too many attachments")
@@ -193,10 +193,8 @@ def test_corrupt_base64_and_inline_cid(seeded: Any, door: Any) -> None:
     posted = last_message(seeded, conv)
     assert [(a.filename, a.content_id) for a in posted.attachments] == [("attachment-1.png", "img1")]
     assert "broken.pdf" in posted.body  # withheld, not silently dropped
-    assert (
-        posted.body_html is not None
-        and "<img" not in posted.body_html.lower()
-        or "cid:" not in (posted.body_html or "")
+    assert (posted.body_html is not None and "<img" not in posted.body_html.lower()) or "cid:" not in (
+        posted.body_html or ""
     )
 
 

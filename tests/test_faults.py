@@ -231,7 +231,9 @@ class Burst:
 
     def run(self, numbers: list[int], timeout: float = 90) -> None:
         queue = list(reversed(numbers))
-        workers = [threading.Thread(target=self._client, args=(queue,), daemon=True) for _ in range(self.threads)]
+        workers = [
+            threading.Thread(target=self._client, args=(queue,), daemon=True) for _ in range(self.threads)
+        ]
         for worker in workers:
             worker.start()
         for worker in workers:
@@ -383,9 +385,7 @@ def test_kill_9_mid_burst_keeps_every_acknowledged_reply_and_retries_post_once(t
     assert sorted(after) == list(range(500)), "each reply exactly once"
     assert_nothing_half_written(services, conversation)
     with services.sessions() as session:
-        duplicates = session.scalar(
-            select(func.count()).where(InboundLog.state == InboundState.duplicate)
-        )
+        duplicates = session.scalar(select(func.count()).where(InboundLog.state == InboundState.duplicate))
     assert duplicates == len(committed_unacked)  # committed, 250 lost, re-sent: suppressed
     print(
         f"kill -9 burst: {len(acked)} acknowledged before the kill, {len(unknown)} in flight, "
@@ -468,7 +468,9 @@ def bodies(services: Any, conversation_id: str) -> list[str]:
 
 def leftover_files(services: Any) -> list[Path]:
     data = services.settings.data_dir
-    return [p for d in ("spool", "inbound") if (data / d).exists() for p in (data / d).rglob("*") if p.is_file()]
+    return [
+        p for d in ("spool", "inbound") if (data / d).exists() for p in (data / d).rglob("*") if p.is_file()
+    ]
 
 
 @pytest.mark.postgres
@@ -502,7 +504,9 @@ def test_postgres_stopped_answers_451_stores_nothing_and_retries_post_once(
             # At DATA: recipients accepted, then the database goes away before the data ends.
             opened = [open_transaction(server.port, address) for _ in msgs[:4]]
             proxy.cut()
-            answers = [finish_data(sock, reader, msg) for (sock, reader), msg in zip(opened, msgs, strict=False)]
+            answers = [
+                finish_data(sock, reader, msg) for (sock, reader), msg in zip(opened, msgs, strict=False)
+            ]
             assert answers == [b"451 4.3.0 Temporary failure, please try again later"] * 4
             assert leftover_files(services) == []  # the spooled bytes are not kept either
             proxy.restore()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import smtplib
 import ssl
-from email.policy import SMTP
 import subprocess
 import sys
 from datetime import timedelta
+from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 

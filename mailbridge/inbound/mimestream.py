@@ -11,6 +11,7 @@ semantics; it follows ``email.feedparser``'s boundary rules (an enclosing delimi
 from __future__ import annotations
 
 import binascii
+import contextlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -149,10 +150,8 @@ class _Sink:
         if self.encoding == "base64" and self._b64:
             tail = bytes(self._b64)
             usable = len(tail) - len(tail) % 4
-            try:
+            with contextlib.suppress(binascii.Error):
                 self._decode_b64(tail[:usable] if usable else b"")
-            except binascii.Error:
-                pass
         if self.file is not None:
             self.file.flush()
             self.file.close()

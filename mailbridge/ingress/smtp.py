@@ -213,7 +213,9 @@ class IngressHandler:
             target=target,
         )
         spooled: Any = envelope  # carries spool_path/spool_size set by the DATA reader
-        outcome = await asyncio.to_thread(pipeline.run, self.deps, env, spooled.spool_path, spooled.spool_size)
+        outcome = await asyncio.to_thread(
+            pipeline.run, self.deps, env, spooled.spool_path, spooled.spool_size
+        )
         return self._count(outcome.reply)
 
     async def handle_exception(self, error: Exception) -> str:
