@@ -11,6 +11,7 @@ import urllib.parse
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from email.message import Message
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import authres  # type: ignore[import-untyped, unused-ignore]
@@ -18,6 +19,7 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy
 from publicsuffix2 import PublicSuffixList  # type: ignore[import-untyped, unused-ignore]
 
+from mailbridge.inbound.dkimstream import StreamedBodyDKIM
 from mailbridge.inbound.dns import DnsTempError, Resolver, dkimpy_dnsfunc, normalise_name
 
 __all__ = [
@@ -96,6 +98,7 @@ def authenticate(
     helo: str | None,
     resolver: Resolver,
     trusted_authserv_ids: Collection[str] = (),
+    body_path: Path | None = None,
 ) -> AuthResults:
     """DKIM, SPF and DMARC for one message; all DNS goes through ``resolver``.
 
@@ -115,7 +118,7 @@ def authenticate(
     if upstream is not None and "dkim" in upstream.methods:
         dkim_result, dkim_domains = upstream.dkim()
     else:
-        dkim_result, dkim_domains = _check_dkim(raw, resolver)
+        dkim_result, dkim_domains = _check_dkim(raw, resolver, body_path)
 
     if upstream is not None:
         spf_result, spf_domain = upstream.spf(mail_from, helo)
@@ -198,10 +201,16 @@ _MAX_SIGNATURES: Final = 8  # each costs a DNS lookup and an RSA verification; m
 _DKIM_PRECEDENCE: Final[tuple[DkimResult, ...]] = ("pass", "temperror", "fail", "permerror")
 
 
-def _check_dkim(raw: bytes, resolver: Resolver) -> tuple[DkimResult, tuple[str, ...]]:
-    """Verify every DKIM-Signature (up to a cap) and fold the results: any pass wins, then temperror."""
+def _check_dkim(
+    raw: bytes, resolver: Resolver, body_path: Path | None = None
+) -> tuple[DkimResult, tuple[str, ...]]:
+    """Verify every DKIM-Signature (up to a cap) and fold the results: any pass wins, then temperror.
+
+    With ``body_path``, ``raw`` is the header block only and body hashes are streamed from the file
+    (a 100 MB message is never held whole, see dkimstream).
+    """
     try:
-        verifier = dkim.DKIM(raw)
+        verifier = StreamedBodyDKIM(raw, body_path) if body_path is not None else dkim.DKIM(raw)
     except Exception:  # dkimpy's own header parse refused the message
         return ("permerror", ()) if re.search(rb"(?im)^dkim-signature\s*:", raw) else ("none", ())
     count = sum(1 for name, _v in verifier.headers if name.lower() == b"dkim-signature")

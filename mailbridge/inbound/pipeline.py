@@ -322,9 +322,7 @@ def resolve_sender(ctx: Context) -> None:
 def authenticate_sender(ctx: Context) -> None:
     """DKIM/SPF/DMARC through the injected resolver; a DMARC failure is refused, DNS trouble deferred."""
     domain = ctx.from_address.rpartition("@")[2]
-    raw = ctx.raw
-    if ctx.large:
-        raw = _header_block(ctx.raw_path) if "DKIM-Signature" not in ctx.msg else ctx.raw_path.read_bytes()
+    raw = _header_block(ctx.raw_path) if ctx.large else ctx.raw  # large: DKIM body hashes are streamed
     try:
         ctx.auth = authenticate(
             raw,
@@ -335,6 +333,7 @@ def authenticate_sender(ctx: Context) -> None:
             helo=ctx.envelope.helo,
             resolver=ctx.deps.resolver,
             trusted_authserv_ids=ctx.deps.trusted_authserv_ids,
+            body_path=ctx.raw_path if ctx.large else None,
         )
     except Exception as exc:
         log.warning("authentication_error", extra={"error": type(exc).__name__})

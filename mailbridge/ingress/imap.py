@@ -405,8 +405,10 @@ class Connection:
                 if not pending.done():
                     pending.cancel()
 
-    async def command(self, awaitable: Awaitable[Any], what: str, *, stoppable: bool = True) -> Any:
-        response = await self.call(awaitable, stoppable=stoppable)
+    async def command(
+        self, awaitable: Awaitable[Any], what: str, *, stoppable: bool = True, timeout: float | None = None
+    ) -> Any:
+        response = await self.call(awaitable, timeout, stoppable=stoppable)
         if response.result != "OK":
             text = b" ".join(_byte_lines(response.lines[-1:])).decode("utf-8", "replace")[:120]
             raise ImapError(f"{what}: {response.result} {text}".strip())
@@ -445,7 +447,7 @@ class Connection:
         self.greeted = True
         if box.security == "starttls":
             await self._starttls()
-        response = await self.call(self.client.login(box.username, self.password))
+        response = await self.call(self.client.login(aioimaplib.quoted(box.username), self.password))
         if response.result != "OK":
             text = b" ".join(_byte_lines(response.lines)).decode("utf-8", "replace")
             if response.result == "NO" and "[UNAVAILABLE]" not in text:
@@ -471,9 +473,8 @@ class Connection:
             )
         )
         protocol.transport = transport
-        protocol.incomplete_line = (
-            b""  # nothing read before the handshake may be trusted (response injection)
-        )
+        # nothing read before the handshake may be trusted (response injection, cf. CVE-2021-33515)
+        protocol.incomplete_line = b""
         # the pre-TLS capability list is discarded (RFC 3501 §6.2.1)
         await self.call(protocol.capability())
 
@@ -488,8 +489,10 @@ class Connection:
         response = await self.command(self.client.uid_search(criteria, charset=None), "UID SEARCH")
         return parse_search(response.lines, after)
 
-    async def fetch(self, uid: int, items: str) -> Fetched | None:
-        response = await self.command(self.client.uid("fetch", str(uid), items), "UID FETCH")
+    async def fetch(self, uid: int, items: str, size: int | None = None) -> Fetched | None:
+        # a big message on a slow link: allow for 50 kB/s on top of the command timeout
+        timeout = self.config.timeout_seconds + (size or 0) / 50_000
+        response = await self.command(self.client.uid("fetch", str(uid), items), "UID FETCH", timeout=timeout)
         return parse_fetch(response.lines, uid)
 
     # -- marking
@@ -618,6 +621,7 @@ class MailboxPoller:
         self.retry: dict[int, float] = {}  # deferred UIDs → when to try again
         self._status: tuple[str, str | None] | None = None
         self._folders: dict[bool, str] = {}  # rejected? → folder name on the server
+        self._waited = False
         self._extra = {"mailbox": mailbox.name, "practice_id": mailbox.practice_id}
 
     # -- life cycle
@@ -626,12 +630,12 @@ class MailboxPoller:
         backoff = self.config.backoff_initial
         while not self.stop.is_set():
             connection = Connection(self.mailbox, self.config, self.stop)
-            reached = False
+            self._waited = False
             delay = backoff
             try:
                 self.phase = "connecting"
                 await connection.open()
-                reached = await self._session(connection)
+                await self._session(connection)
             except Stopped:
                 break
             except AuthFailed as exc:
@@ -646,16 +650,16 @@ class MailboxPoller:
                 error = short_error(exc, connection.password)
                 log.warning("imap_error", extra={**self._extra, "error": error})
                 await self._set_status("error", error)
-                reached = reached or connection.selected is not None
             except Exception as exc:
                 log.exception("imap_unexpected_error", extra=self._extra)
                 await self._set_status("error", short_error(exc, connection.password))
-                reached = reached or connection.selected is not None
             finally:
                 await connection.close()
             if self.stop.is_set():
                 break
-            if reached:  # the session worked for a while: reconnect quickly, restart the backoff
+            if self._waited:
+                # the session caught up and waited for mail (a dropped IDLE): reconnect quickly. A
+                # session that fails in its first round (a poison message, a bug) backs off instead.
                 backoff = delay = self.config.backoff_initial
             else:
                 backoff = min(backoff * 2, self.config.backoff_max)
@@ -667,7 +671,7 @@ class MailboxPoller:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
 
-    async def _session(self, connection: Connection) -> bool:
+    async def _session(self, connection: Connection) -> None:
         await asyncio.to_thread(self._reload_progress)
         self.phase = "syncing"
         info = await connection.select(self.mailbox.folder)
@@ -699,13 +703,13 @@ class MailboxPoller:
             wait = self.config.idle_seconds if self._idle_ok(connection) else self.config.poll_seconds
             if self.retry:
                 wait = min(wait, max(0.01, min(self.retry.values()) - _now()))
+            self._waited = True
             if self._idle_ok(connection):
                 self.phase = "idle"
                 await connection.idle(wait)
             else:
                 self.phase = "polling"
                 await connection.sleep(wait)
-        return True
 
     def _idle_ok(self, connection: Connection) -> bool:
         return self.config.use_idle and "IDLE" in connection.capabilities
@@ -780,7 +784,7 @@ class MailboxPoller:
             )
             await self._mark(connection, uid, rejected=True)
             return
-        body = await connection.fetch(uid, "(UID BODY.PEEK[])")
+        body = await connection.fetch(uid, "(UID BODY.PEEK[])", header.size)
         if body is None:
             self._done(uid)
             return
@@ -962,11 +966,9 @@ class Pollers:
         try:
             while not stop.is_set():
                 try:
-                    configs = await asyncio.to_thread(load_mailboxes, self.services)
-                except Exception:
+                    await self.reconcile(await asyncio.to_thread(load_mailboxes, self.services))
+                except Exception:  # e.g. the table is not migrated yet: try again at the next reload
                     log.warning("imap_mailboxes_unreadable", exc_info=True)
-                else:
-                    await self.reconcile(configs)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.config.reload_seconds)
         finally:
