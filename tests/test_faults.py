@@ -87,7 +87,10 @@ class Remote:
     def client(self) -> Any:
         import smtplib
 
-        return smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+        client = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+        # smtplib leaves Nagle on: every DATA then waits ~40 ms for a delayed ACK; an MTA would not.
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client
 
 
 # ---- a loopback DNS server for the subprocess (its resolver cannot be injected otherwise) ---------
@@ -370,12 +373,14 @@ def test_kill_9_mid_burst_keeps_every_acknowledged_reply_and_retries_post_once(t
         assert committed_unacked <= unknown, "posted although never sent"
         assert_nothing_half_written(services, conversation)
 
-        # Restart; the clients re-send everything that was not acknowledged.
+        # Restart; the clients re-send everything that was not acknowledged, and a sample of what
+        # was (a 250 lost on the way back looks the same to the client as one never sent).
+        lost_250 = sorted(acked)[::10]
         serve.smtp_port = free_port()
         try:
             serve.start()
             retry = Burst(Remote(serve.smtp_port), messages, address)
-            retry.run(sorted(set(messages) - acked))
+            retry.run(sorted(set(messages) - acked) + lost_250)
         finally:
             serve.stop()
         assert retry.unknown == set()
@@ -386,7 +391,7 @@ def test_kill_9_mid_burst_keeps_every_acknowledged_reply_and_retries_post_once(t
     assert_nothing_half_written(services, conversation)
     with services.sessions() as session:
         duplicates = session.scalar(select(func.count()).where(InboundLog.state == InboundState.duplicate))
-    assert duplicates == len(committed_unacked)  # committed, 250 lost, re-sent: suppressed
+    assert duplicates == len(committed_unacked) + len(lost_250)  # committed, re-sent: suppressed
     print(
         f"kill -9 burst: {len(acked)} acknowledged before the kill, {len(unknown)} in flight, "
         f"{len(committed_unacked)} committed with the 250 lost; {dns_server.queries} DNS queries"

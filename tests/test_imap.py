@@ -440,8 +440,39 @@ def test_crash_between_fetch_and_commit_posts_exactly_once(
     assert sorted(row.state for row in inbound(svc)) == [InboundState.duplicate, InboundState.posted]
 
 
-def test_uidvalidity_change_reads_again_without_duplicate(
+def test_deferred_mail_stays_and_does_not_block_the_next(
     svc: Services, dovecot: Dovecot, user: str, token_address: str
+) -> None:
+    """A 4xx from the pipeline leaves the mail in place; later mail still flows; a restart retries it."""
+    from mailbridge import replies
+    from mailbridge.inbound import pipeline
+
+    def defers_the_first(deps: Any, envelope: Any, path: Path, size: int) -> Any:
+        if b"first one" in path.read_bytes():
+            return pipeline.Outcome(replies.TEMPFAIL, InboundState.deferred, "tempfail_db")
+        return pipeline.run(deps, envelope, path, size)
+
+    async def scenario() -> None:
+        mailbox_id = add_mailbox(svc, dovecot, user)
+        dovecot.deliver(user, mail(delivered_to=token_address, body="The first one, paid on Monday."))
+        dovecot.deliver(user, mail(delivered_to=token_address, body="The second one, paid on Tuesday."))
+        running = Running(
+            svc, PollerConfig(**{**FAST.__dict__, "retry_seconds": 30}), runner=defers_the_first
+        )
+        await until(lambda: dovecot.count(user, "Processed") == 1, what="the second one processed")
+        assert dovecot.uids(user) == [1] and "\\Seen" not in dovecot.flags(user)[0]
+        assert mailbox_row(svc, mailbox_id).last_uid == 2
+        await running.stop()
+        running = Running(svc)  # the deferred one is below last_uid: the start-up sweep finds it
+        await until(lambda: dovecot.count(user, "Processed") == 2, what="the first one processed")
+        await running.stop()
+
+    run(scenario)
+    assert posts(svc) == 2
+
+
+def test_uidvalidity_change_reads_again_without_duplicate(
+    svc: Services, dovecot: Dovecot, user: str, token_address: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     raw = mail(delivered_to=token_address)
 
@@ -465,7 +496,9 @@ def test_uidvalidity_change_reads_again_without_duplicate(
         after = mailbox_row(svc, mailbox_id)
         assert after.uidvalidity == dovecot.uidvalidity(user, "Practice") and after.last_uid == 1
 
-    run(scenario)
+    with caplog.at_level("WARNING", logger="mailbridge.ingress.imap"):
+        run(scenario)
+    assert [r.getMessage() for r in caplog.records].count("imap_uidvalidity_changed") == 1
     assert posts(svc) == 1
     assert [row.state for row in inbound(svc)] == [InboundState.posted, InboundState.duplicate]
 
@@ -630,12 +663,8 @@ def test_api_refuses_what_cannot_work(api: Any) -> None:
     for body, code in cases:
         response = api.put(f"{BASE}/desk", json=body)
         assert response.status_code == 422 and response.json()["code"] == code, (body, response.text)
-    assert (
-        api.put(
-            f"{BASE}/local", json={**base, "host": "127.0.0.1", "security": "none", "port": 143}
-        ).status_code
-        == 201
-    )
+    local = api.put(f"{BASE}/local", json={**base, "host": "127.0.0.1", "security": "none"})
+    assert local.status_code == 201 and local.json()["port"] == 143
     assert api.get("/api/v1/practices/nope/mailboxes").status_code == 404
 
 

@@ -388,3 +388,69 @@ def test_file_transport_default(sqlite_services: Any) -> None:
 
 
 del reply_address
+
+
+def test_rejection_notice_delivered_localized_and_discreet(seeded: Any, api: Any) -> None:
+    conv = open_conversation(seeded, participants=("alice", "bob"), subject="Group session Zorblax")
+    with live_server(seeded) as ingress:
+        from tests.mailhelpers import reply_address as address_for
+
+        address = address_for(seeded, conv, "bob")
+        refused = reply_message("bob@client.test", address, "Merci pour la séance de groupe.")
+        assert send(ingress, refused, "bob@client.test", address)[0] == 550
+    with Sink() as sink:
+        drain(worker_for(seeded, sink))
+    to_bob = [parse(r.data) for r in sink.received if r.rcpts == ["bob@client.test"]]
+    assert sorted(m["Subject"] for m in to_bob) == [
+        "Votre e-mail n'a pas pu être ajouté à la conversation",  # the notice, once
+        "Vous avez un nouveau message sécurisé",  # the conversation's own (minimal) notification
+    ]
+    msg = next(m for m in to_bob if m["Subject"].startswith("Votre"))
+    text = msg.get_body(("plain",)).get_content()
+    assert "nouvelle conversation" in text
+    assert all(b"Zorblax" not in r.data for r in sink.received if r.rcpts == ["bob@client.test"])
+    assert msg["Auto-Submitted"] == "auto-generated"
+    outbound = api.get(f"{BASE}/outbound?state=sent").json()["items"]
+    assert {o["kind"] for o in outbound} >= {"notice"}
+    inbound = api.get(f"{BASE}/inbound?state=rejected&reason=group_conversation").json()["items"]
+    assert (
+        len(inbound) == 1
+        and inbound[0]["rule"] == "group_privacy"
+        and inbound[0]["smtp_reply"].startswith("550 5.7.1")
+    )
+    assert api.get(f"{BASE}/inbound?state=posted").json()["items"] == []
+
+
+def test_notifications_coalesce_when_the_practice_asks(seeded: Any, api: Any) -> None:
+    api.put(
+        BASE,
+        json={
+            "name": "Acme Counselling",
+            "reply_domain": "reply.acme.test",
+            "notify_from": "notify@acme.test",
+            "settings": {"min_body_chars": 10, "notify_delay_seconds": 300},
+        },
+    )
+    conv = api.post(
+        f"{BASE}/conversations",
+        json={
+            "kind": "company",
+            "company": "bakery",
+            "subject": "Docs",
+            "author": "dr-smith",
+            "participants": ["alice"],
+            "body": "First message of three.",
+        },
+    ).json()
+    for body in ("Second message of three.", "Third message of three."):
+        api.post(f"{BASE}/conversations/{conv['id']}/messages", json={"author": "dr-smith", "body": body})
+    with seeded.sessions() as session:
+        rows = session.scalars(select(Outbox)).all()
+    assert len(rows) == 1 and rows[0].payload["coalesced"] == 3
+    with transaction(seeded.sessions) as session:
+        session.execute(update(Outbox).values(next_attempt_at=utcnow()))
+    with Sink() as sink:
+        drain(worker_for(seeded, sink))
+    (delivered,) = sink.received
+    body = parse(delivered.data).get_body(("plain",)).get_content()
+    assert "Third message of three." in body and "3 new messages" in body

@@ -36,7 +36,7 @@ class MailboxIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = Field(min_length=1, max_length=255)
-    port: int = Field(default=993, ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)  # default: 993 for tls, else 143
     security: Literal["tls", "starttls", "none"] = "tls"
     username: str = Field(min_length=1, max_length=320)
     password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -164,7 +164,8 @@ def put_mailbox(
         elif (row.host, row.username, row.folder) != (body.host, body.username, body.folder):
             # another mailbox or folder: its UIDs mean nothing here (RFC 3501 §2.3.1.1)
             row.last_uid, row.uidvalidity, row.status, row.last_error = 0, None, "new", None
-        row.host, row.port, row.security = body.host, body.port, body.security
+        row.host, row.security = body.host, body.security
+        row.port = body.port or (993 if body.security == "tls" else 143)
         row.username, row.folder = body.username, body.folder
         row.routing_address, row.on_done = body.routing_address, body.on_done
         if body.password_env is not None:

@@ -84,10 +84,15 @@ class _SpoolingMixin:
             await me.push("501 5.5.4 Syntax: DATA")
             return
         limit: int = getattr(envelope, "size_limit", None) or me.data_size_limit
-        await me.push("354 End data with <CR><LF>.<CR><LF>")
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self.spool_dir, suffix=".eml")
+        try:  # the spool file exists before 354: after it, every line is message data, never a command
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=self.spool_dir, suffix=".eml")
+        except OSError:
+            log.warning("tempfail_disk", extra={"stage": "spool"})
+            await me.push(replies.TEMPFAIL.wire())
+            return
         path = Path(name)
+        await me.push("354 End data with <CR><LF>.<CR><LF>")
         size = 0
         too_long = too_much = bare = False
         holding_slot = False
