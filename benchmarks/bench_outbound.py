@@ -119,7 +119,7 @@ def _measure(kind: str, count: int, sink_port: int) -> Outcome:
             elapsed = asyncio.run(drain())
             with services.sessions() as session:
                 states = dict(
-                    session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).tuples().all()
+                    session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all()
                 )
             states = {str(k.value if hasattr(k, "value") else k): int(v) for k, v in states.items()}
             sent = states.get("sent", 0)

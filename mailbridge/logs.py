@@ -58,7 +58,8 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's chatty per-command log
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd echoes commands and DATA lines
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def redact_address(address: str) -> str:

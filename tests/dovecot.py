@@ -9,6 +9,7 @@ Tests that need it skip with a clear reason when ``dovecot`` is not installed.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import pwd
 import shutil
@@ -77,16 +78,18 @@ class Dovecot:
         # socket turns it off; the auth process must not be root for the mode to matter.
         no_penalty = "service anvil {\n  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n}\n"
         if os.geteuid() == 0:
-            mail_user = "dovecot"
+            mail_user = mail_group = "dovecot"
             extra = no_penalty + "service auth {\n  user = $default_internal_user\n}\n"
             with contextlib.suppress(KeyError):
                 pw = pwd.getpwnam(mail_user)
                 os.chown(root / "home", pw.pw_uid, pw.pw_gid)
         else:  # an ordinary developer account: everything runs as that user, no chroot
-            mail_user = pwd.getpwuid(os.geteuid()).pw_name
+            account = pwd.getpwuid(os.geteuid())
+            mail_user = account.pw_name
+            group = mail_group = grp.getgrgid(account.pw_gid).gr_name
             extra = no_penalty.replace("anvil {", "anvil {\n  chroot =") + (
                 f"default_login_user = {mail_user}\ndefault_internal_user = {mail_user}\n"
-                "service imap-login {\n  chroot =\n}\n"
+                f"default_internal_group = {group}\nservice imap-login {{\n  chroot =\n}}\n"
             )
         if self.tls:
             cert, key = self.tls
@@ -111,7 +114,7 @@ passdb {{
 }}
 userdb {{
   driver = static
-  args = uid={mail_user} gid={mail_user} home={root}/home/%u
+  args = uid={mail_user} gid={mail_group} home={root}/home/%u
 }}
 service imap-login {{
   inet_listener imap {{

@@ -593,41 +593,90 @@ def test_sqlite_unwritable_database_or_raw_dir_answers_451_then_retry_posts_once
     services.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="smtp.py answers 354 before creating the spool file; when that fails the rest of the "
-    "message is read as SMTP commands (the lead fixes ingress/smtp.py)",
-)
-def test_unwritable_spool_answers_one_451_and_never_runs_the_body_as_commands(tmp_path: Path) -> None:
-    """The spool directory cannot be written (disk full, read-only): one 451 for the transaction.
+def data_answers(port: int, address: str, body: bytes) -> list[bytes]:
+    """DATA, the body and its final dot, then NOOP: every reply line the server sent, in order."""
+    sock, reader = open_transaction(port, address)
+    with sock, reader:
+        sock.sendall(b"DATA\r\n")
+        answers = [reader.readline()]
+        if answers[0].startswith(b"354"):
+            sock.sendall(body + b".\r\n")
+            answers.append(reader.readline())
+        sock.sendall(b"NOOP\r\n")
+        answers.append(reader.readline())
+    return answers
 
-    Bug: mailbridge/ingress/smtp.py `_SpoolingMixin.smtp_DATA` pushes 354 and only then calls
-    ``tempfile.mkstemp``; its OSError reaches aiosmtpd's ``handle_exception`` (451 4.3.0), the DATA
-    reader is gone, and every following line of the message is parsed as a command: `RSET`,
-    `MAIL FROM`, `RCPT TO` inside a body are executed. The same happens if ``spool.write`` fails
-    mid-DATA (ENOSPC). Expected: create the spool file before 354 (answer 451 4.3.0 instead), and on
-    a write error keep draining to the final dot, then answer 451 4.3.0 once.
-    """
+
+SMUGGLED = b"RSET\r\nMAIL FROM:<x@evil.test>\r\nRCPT TO:<victim@example.org>\r\n"
+TEMPFAIL_LINE = b"451 4.3.0 Temporary failure, please try again later\r\n"
+
+
+def test_unwritable_spool_answers_451_before_any_data(tmp_path: Path) -> None:
+    """The spool directory cannot be written (read-only, out of inodes): DATA is refused with 451 4.3.0
+    before 354, so no line of the message can ever be read as a command."""
     services = make_services(tmp_path, f"sqlite:///{tmp_path / 'mailbridge.db'}")
     seed(services)
     address = reply_address(services, open_conversation(services), "alice")
     spool = services.settings.data_dir / "spool"
     spool.mkdir(parents=True, exist_ok=True)
     with live_server(services) as server, immutable([spool]):
-        sock, reader = open_transaction(server.port, address)
-        with sock, reader:
-            sock.sendall(b"DATA\r\n")
-            first = reader.readline()
-            answers = [first]
-            if first.startswith(b"354"):
-                sock.sendall(
-                    b"From: alice@client.test\r\nSubject: hi\r\n\r\nhello\r\n"
-                    b"RSET\r\nMAIL FROM:<x@evil.test>\r\n.\r\n"
-                )
-                answers = [reader.readline()]
-            sock.sendall(b"NOOP\r\n")
-            answers.append(reader.readline())
-    assert answers == [b"451 4.3.0 Temporary failure, please try again later\r\n", b"250 OK\r\n"]
+        body = b"From: alice@client.test\r\nSubject: hi\r\n\r\nhello\r\n" + SMUGGLED
+        answers = data_answers(server.port, address, body)
+    assert answers in (
+        [TEMPFAIL_LINE, b"250 OK\r\n"],  # refused at DATA
+        [b"354 End data with <CR><LF>.<CR><LF>\r\n", TEMPFAIL_LINE, b"250 OK\r\n"],  # or drained
+    )
+    with services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(InboundLog)) == 0
+    services.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ingress/smtp.py: an OSError from spool.write mid-DATA escapes smtp_DATA; the rest of the "
+    "message is then read as SMTP commands (see the test's docstring)",
+)
+def test_spool_write_failure_mid_data_answers_one_451_and_never_runs_the_body(tmp_path: Path) -> None:
+    """The disk fills up while DATA is being spooled: one 451 4.3.0 for the whole transaction.
+
+    RLIMIT_FSIZE stands in for ENOSPC: a write growing a file past the limit fails with EFBIG (Python
+    ignores SIGXFSZ), exactly like a full disk, and only files past the limit are affected.
+
+    Bug: mailbridge/ingress/smtp.py, ``_SpoolingMixin.smtp_DATA``: ``spool.write(...)`` (and the
+    buffered flush when the ``with os.fdopen(...)`` block closes) is not guarded; the OSError leaves
+    smtp_DATA, aiosmtpd's ``handle_exception`` answers 451 4.3.0 at once, and every remaining line of
+    the message is parsed as a command (``500 Error: command "XXXX…" not recognized`` ×5, then
+    ``502 5.5.1 Too many unrecognized commands``; a body line ``RSET``/``MAIL FROM``/``RCPT TO`` placed
+    there would be executed). Expected: on a write error stop writing, keep draining to the final
+    dot, remove the spool file, then answer 451 4.3.0 once; the connection stays usable.
+    """
+    import resource
+
+    services = make_services(tmp_path, f"sqlite:///{tmp_path / 'mailbridge.db'}")
+    seed(services)
+    address = reply_address(services, open_conversation(services), "alice")
+    limit = 3 * 1024 * 1024
+    biggest = max(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    assert biggest < limit // 2, "the database itself would hit the limit"
+    body = (
+        b"From: alice@client.test\r\nSubject: hi\r\n\r\n"
+        + (b"x" * 76 + b"\r\n") * (2 * limit // 78)
+        + SMUGGLED
+        + b"the end\r\n"
+    )
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    with live_server(services) as server:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        try:
+            answers = data_answers(server.port, address, body)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert [a[:80] for a in answers] == [
+        b"354 End data with <CR><LF>.<CR><LF>\r\n",
+        TEMPFAIL_LINE,
+        b"250 OK\r\n",
+    ]
+    assert list((services.settings.data_dir / "spool").iterdir()) == []
     services.close()
 
 

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select, update
 
 from mailbridge.domain.db import transaction
-from mailbridge.domain.models import InboundLog
+from mailbridge.domain.models import InboundLog, utcnow
 from mailbridge.settings import SettingsError, load_settings
 from tests.conftest import make_services, seed
 from tests.mailhelpers import live_server, open_conversation, reply_address, reply_message, send
@@ -177,7 +177,7 @@ def test_raw_mail_purged_after_retention(seeded: Any) -> None:
     assert Path(raw).exists()
     assert purge_raw(seeded) == 0  # still within the retention period
     with transaction(seeded.sessions) as session:
-        session.execute(update(InboundLog).values(received_at=InboundLog.received_at - timedelta(days=31)))
+        session.execute(update(InboundLog).values(received_at=utcnow() - timedelta(days=31)))
     assert purge_raw(seeded) == 1 and not Path(raw).exists()
 
 

@@ -21,7 +21,26 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps are UTC-aware everywhere: SQLite stores no zone, so it is put back on the way out."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
 
 
 def utcnow() -> datetime:
@@ -92,7 +111,7 @@ class OutboxKind(enum.StrEnum):
 
 pk_int = Annotated[int, mapped_column(Integer, primary_key=True, autoincrement=True)]
 pk_str = Annotated[str, mapped_column(String(32), primary_key=True, default=new_id)]
-created_at = Annotated[datetime, mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)]
+created_at = Annotated[datetime, mapped_column(UTCDateTime(), default=utcnow, nullable=False)]
 external_id = Annotated[str, mapped_column(String(128), nullable=False)]
 
 NAMING = {
@@ -124,7 +143,7 @@ class Practice(Base):
     locale: Mapped[str] = mapped_column(String(8), default="en")
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[created_at]
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class User(Base):
@@ -141,7 +160,7 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     email_bouncing: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[created_at]
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     addresses: Mapped[list[UserAddress]] = relationship(
         back_populates="user", cascade="all, delete-orphan", lazy="selectin"
@@ -200,7 +219,7 @@ class Friendship(Base):
     user_low_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     user_high_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     state: Mapped[FriendshipState] = mapped_column(_enum(FriendshipState))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class Conversation(Base):
@@ -212,8 +231,8 @@ class Conversation(Base):
     subject: Mapped[str] = mapped_column(String(255))
     creator_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[created_at]
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     participants: Mapped[list[Participant]] = relationship(
         back_populates="conversation", cascade="all, delete-orphan", lazy="selectin"
@@ -232,7 +251,7 @@ class Participant(Base):
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     added_at: Mapped[created_at]
-    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     conversation: Mapped[Conversation] = relationship(back_populates="participants")
     user: Mapped[User] = relationship(lazy="joined")
 
@@ -251,7 +270,7 @@ class Message(Base):
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
     created_at: Mapped[created_at]
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     author: Mapped[User] = relationship(lazy="joined")
     attachments: Mapped[list[Attachment]] = relationship(
@@ -301,8 +320,8 @@ class ReplyToken(Base):
     nonce: Mapped[str] = mapped_column(String(32))  # useless without the server secret
     lookup: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of the token
     created_at: Mapped[created_at]
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class InboundLog(Base):
@@ -335,7 +354,7 @@ class InboundLog(Base):
     posted_message_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     conversation_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # per-attachment verdicts etc.
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class Outbox(Base):
@@ -357,12 +376,12 @@ class Outbox(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     state: Mapped[OutboxState] = mapped_column(_enum(OutboxState), default=OutboxState.pending)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_answer: Mapped[str | None] = mapped_column(String(512), nullable=True)
     message_id_header: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[created_at]
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Suppression(Base):
@@ -375,7 +394,7 @@ class Suppression(Base):
     soft_bounces: Mapped[int] = mapped_column(Integer, default=0)
     suppressed: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[created_at]
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class NoticeSent(Base):
@@ -418,7 +437,7 @@ class QuarantineItem(Base):
     subject: Mapped[str] = mapped_column(String(998), default="")
     state: Mapped[str] = mapped_column(String(16), default="held")  # held | released | discarded
     created_at: Mapped[created_at]
-    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Mailbox(Base):
@@ -442,4 +461,4 @@ class Mailbox(Base):
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     status: Mapped[str] = mapped_column(String(32), default="new")
     last_error: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
