@@ -132,13 +132,20 @@ def _posted_ids(url: str) -> dict[str, str]:
         engine.dispose()
 
 
-def _enable_dkim(b: Any) -> None:
+def _prepare(b: Any) -> None:
+    """A DKIM key as in tests/test_outbound.py, and an empty outbox (seeding notified every client once)."""
+    from sqlalchemy import delete
+
+    from mailbridge.domain.db import transaction
+    from mailbridge.domain.models import Outbox
     from tests.conftest import make_services
     from tests.test_outbound import enable_dkim
 
     services = make_services(b.root, b.url)
     try:
         enable_dkim(services)
+        with transaction(services.sessions) as session:
+            session.execute(delete(Outbox))
     finally:
         services.close()
 
@@ -156,7 +163,7 @@ async def _main(n: int, polls: list[float]) -> list[Run]:
         try:
             with backend("sqlite", "mblatency") as b:
                 threads = await loop.run_in_executor(None, seed_practice, b, 100, ("alice",))
-                await loop.run_in_executor(None, _enable_dkim, b)
+                await loop.run_in_executor(None, _prepare, b)
                 mails = replies(threads, n, seed=20 + number, start=(number + 1) * 100_000)
                 runs.append(await _one_config(b, mails, poll, recorder, sink.sockets[0].getsockname()[1]))
         finally:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from mailbridge.api.schemas import CompanyIn, PracticeIn, UserIn
 from mailbridge.domain import directory
-from mailbridge.domain.models import FriendshipState, StaffRole, UserKind
+from mailbridge.domain.models import FriendshipState
 
 
 class PracticeImport(PracticeIn):
@@ -43,18 +43,7 @@ def load_directory(session: Session, data: dict[str, Any]) -> dict[str, int]:
         counts["practices"] += 1
         users = {}
         for ext, u in item.users.items():
-            users[ext], _ = directory.upsert_user(
-                session,
-                practice,
-                ext,
-                email=str(u.email),
-                alt_emails=[str(a) for a in u.alt_emails],
-                name=u.name,
-                kind=UserKind(u.kind),
-                role=StaffRole(u.role) if u.role else None,
-                active=u.active,
-                locale=u.locale,
-            )
+            users[ext], _ = directory.upsert_user(session, practice, ext, **u.fields())
             counts["users"] += 1
         for ext, c in item.companies.items():
             directory.upsert_company(session, practice, ext, name=c.name)

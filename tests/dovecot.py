@@ -86,10 +86,10 @@ class Dovecot:
         else:  # an ordinary developer account: everything runs as that user, no chroot
             account = pwd.getpwuid(os.geteuid())
             mail_user = account.pw_name
-            group = mail_group = grp.getgrgid(account.pw_gid).gr_name
+            mail_group = grp.getgrgid(account.pw_gid).gr_name
             extra = no_penalty.replace("anvil {", "anvil {\n  chroot =") + (
                 f"default_login_user = {mail_user}\ndefault_internal_user = {mail_user}\n"
-                f"default_internal_group = {group}\nservice imap-login {{\n  chroot =\n}}\n"
+                f"default_internal_group = {mail_group}\nservice imap-login {{\n  chroot =\n}}\n"
             )
         if self.tls:
             cert, key = self.tls

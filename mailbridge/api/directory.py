@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
 from mailbridge.domain.errors import Invalid
-from mailbridge.domain.models import FriendshipState, Practice, StaffRole, User, UserKind
+from mailbridge.domain.models import FriendshipState, Practice, User
 
 from .deps import ServicesDep
 from .schemas import (
@@ -80,22 +80,9 @@ def get_practice(practice: str, svc: ServicesDep) -> PracticeOut:
 
 @router.put("/{practice}/users/{user}", response_model=UserOut)
 def put_user(practice: str, user: str, body: UserIn, svc: ServicesDep, response: Response) -> UserOut:
-    if body.kind == "staff" and body.role is None:
-        raise Invalid("role_required", "staff members need a role", "role")
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        row, created = directory.upsert_user(
-            session,
-            p,
-            user,
-            email=str(body.email),
-            alt_emails=[str(a) for a in body.alt_emails],
-            name=body.name,
-            kind=UserKind(body.kind),
-            role=StaffRole(body.role) if body.role else None,
-            active=body.active,
-            locale=body.locale,
-        )
+        row, created = directory.upsert_user(session, p, user, **body.fields())
         response.status_code = 201 if created else 200
         return user_out(row)
 

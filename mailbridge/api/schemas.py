@@ -57,6 +57,24 @@ class UserIn(Strict):
     active: bool = True
     locale: Locale = "en"
 
+    def fields(self) -> dict[str, Any]:
+        """Keyword arguments for ``directory.upsert_user``: the API and the importer load users alike."""
+        from mailbridge.domain.models import StaffRole, UserKind
+
+        if self.kind == "staff" and self.role is None:
+            from mailbridge.domain.errors import Invalid
+
+            raise Invalid("role_required", "staff members need a role", "role")
+        return {
+            "email": self.email,
+            "alt_emails": list(self.alt_emails),
+            "name": self.name,
+            "kind": UserKind(self.kind),
+            "role": StaffRole(self.role) if self.role else None,
+            "active": self.active,
+            "locale": self.locale,
+        }
+
 
 class UserOut(BaseModel):
     id: str
