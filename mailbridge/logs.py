@@ -60,6 +60,7 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd echoes commands and DATA lines
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("aioimaplib").setLevel(logging.WARNING)  # its DEBUG log prints whole messages
 
 
 def redact_address(address: str) -> str:

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     outbox_batch: int = Field(default=50, ge=1)
     worker_enabled: bool = True
 
+    # IMAP mailboxes (configured per practice through the API)
+    imap_idle_seconds: float = Field(default=25 * 60, gt=0, lt=29 * 60)  # re-IDLE before 29 min (RFC 2177)
+    imap_poll_seconds: float = Field(default=60.0, gt=0)  # servers without IDLE
+    imap_reload_seconds: float = Field(default=60.0, gt=0)  # mailboxes added through the API start by then
+    imap_timeout_seconds: float = Field(default=60.0, gt=0)
+    imap_allow_plaintext: bool = False  # plain IMAP to a non-loopback host
+
     # Authentication of inbound mail
     dns_nameservers: list[str] = []  # e.g. ["127.0.0.1:5353"]; empty uses the system resolver
     dns_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -154,20 +154,23 @@ service imap-login {{
             self.port = free_port()
             self.imaps_port = free_port() if self.tls else 0
         self._write_config()
-        self.process = subprocess.Popen(
-            [self._dovecot, "-F", "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.root / "stderr.log", "ab"),  # noqa: SIM115 - handed to the child
-            start_new_session=True,  # its own process group: stop() reaches every child at once
-        )
+        with open(self.root / "stderr.log", "ab") as stderr:  # the child keeps its own copy
+            process = subprocess.Popen(
+                [self._dovecot, "-F", "-c", str(self.conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # its own process group: stop() reaches every child at once
+            )
+        self.process = process
         ports = [p for p in (self.port, self.imaps_port) if p]
         if not wait_until(
-            lambda: all(self._listening(p) for p in ports) or self.process.poll() is not None, timeout
+            lambda: all(self._listening(p) for p in ports) or process.poll() is not None, timeout
         ):
             self.stop()
             raise RuntimeError(f"dovecot did not listen within {timeout}s: {self.tail()}")
-        if self.process.poll() is not None:
-            raise RuntimeError(f"dovecot exited with {self.process.returncode}: {self.tail()}")
+        if process.poll() is not None:
+            self.process = None
+            raise RuntimeError(f"dovecot exited with {process.returncode}: {self.tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None

@@ -132,8 +132,6 @@ def mail(
     to: str = "desk@acme.test",
     delivered_to: str | None = None,
     body: str = "Thank you, the invoice is paid now.",
-    msgid: str | None = None,
-    extra: dict[str, str] | None = None,
 ) -> bytes:
     msg = EmailMessage()
     if delivered_to:
@@ -142,10 +140,8 @@ def mail(
     msg["From"] = sender
     msg["To"] = to
     msg["Subject"] = "Re: Your invoice"
-    msg["Message-ID"] = msgid or make_msgid(domain="mail.example")
+    msg["Message-ID"] = make_msgid(domain="mail.example")
     msg["Date"] = "Sat, 21 Nov 2026 10:00:00 +0000"
-    for name, value in (extra or {}).items():
-        msg[name] = value
     msg.set_content(body)
     return msg.as_bytes().replace(b"\n", b"\r\n")
 

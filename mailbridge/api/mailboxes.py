@@ -44,6 +44,7 @@ class MailboxIn(BaseModel):
     folder: str = Field(default="INBOX", min_length=1, max_length=255)
     routing_address: str | None = Field(default=None, max_length=320)
     on_done: Literal["move", "flag"] = "move"
+    trusted_authserv_id: str | None = Field(default=None, max_length=255, pattern=r"^[A-Za-z0-9.-]+$")
 
     @field_validator("host")
     @classmethod
@@ -82,6 +83,7 @@ class MailboxOut(BaseModel):
     folder: str
     routing_address: str | None
     on_done: str
+    trusted_authserv_id: str | None
     status: str
     last_error: str | None
     last_uid: int
@@ -105,6 +107,7 @@ def mailbox_out(row: Mailbox) -> MailboxOut:
         folder=row.folder,
         routing_address=row.routing_address,
         on_done=row.on_done,
+        trusted_authserv_id=row.trusted_authserv_id,
         status=row.status,
         last_error=row.last_error,
         last_uid=row.last_uid or 0,
@@ -168,6 +171,7 @@ def put_mailbox(
         row.port = body.port or (993 if body.security == "tls" else 143)
         row.username, row.folder = body.username, body.folder
         row.routing_address, row.on_done = body.routing_address, body.on_done
+        row.trusted_authserv_id = body.trusted_authserv_id
         if body.password_env is not None:
             row.password_env, row.password = body.password_env, None
         elif body.password is not None:

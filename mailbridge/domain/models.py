@@ -457,6 +457,9 @@ class Mailbox(Base):
     folder: Mapped[str] = mapped_column(String(255), default="INBOX")
     routing_address: Mapped[str | None] = mapped_column(String(320), nullable=True)
     on_done: Mapped[str] = mapped_column(String(16), default="move")  # move | flag
+    # The provider's authserv-id (e.g. "mx.google.com"): its Authentication-Results are believed for
+    # this mailbox only. Over IMAP there is no peer address, so SPF cannot be checked here.
+    trusted_authserv_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     status: Mapped[str] = mapped_column(String(32), default="new")

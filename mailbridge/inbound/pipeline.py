@@ -98,6 +98,8 @@ class Envelope:
     # Runs inside the final transaction, whatever the outcome (IMAP records its last UID there, so a
     # crash before the commit re-fetches the message and the idempotency key posts it once).
     finalize: Callable[[Session], None] | None = None
+    # Extra authserv-ids believed for this message only (an IMAP mailbox's provider).
+    trusted_authserv_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -332,7 +334,7 @@ def authenticate_sender(ctx: Context) -> None:
             mail_from=ctx.envelope.mail_from,
             helo=ctx.envelope.helo,
             resolver=ctx.deps.resolver,
-            trusted_authserv_ids=ctx.deps.trusted_authserv_ids,
+            trusted_authserv_ids=ctx.deps.trusted_authserv_ids + ctx.envelope.trusted_authserv_ids,
             body_path=ctx.raw_path if ctx.large else None,
         )
     except Exception as exc:

@@ -43,7 +43,7 @@ from mailbridge.domain.db import transaction
 from mailbridge.domain.models import InboundLog, InboundState, Mailbox, Practice
 from mailbridge.inbound import pipeline
 from mailbridge.inbound.envelope import RecipientDecision, Target, decide_recipient, split_address
-from mailbridge.observability import INBOUND
+from mailbridge.observability import IMAP_STATUS, INBOUND
 from mailbridge.replies import SmtpReply
 from mailbridge.wiring import Services, pipeline_deps
 
@@ -127,6 +127,7 @@ class MailboxConfig:
     folder: str
     routing_address: str | None
     on_done: str
+    trusted_authserv_id: str | None = None
     uidvalidity: int | None = field(default=None, compare=False)
     last_uid: int = field(default=0, compare=False)
 
@@ -145,6 +146,7 @@ class MailboxConfig:
             folder=row.folder or "INBOX",
             routing_address=row.routing_address,
             on_done=row.on_done or "move",
+            trusted_authserv_id=row.trusted_authserv_id,
             uidvalidity=row.uidvalidity,
             last_uid=row.last_uid or 0,
         )
@@ -590,6 +592,11 @@ class Connection:
         transport = client.protocol.transport
         if transport is not None:
             transport.close()
+            # a TLS close waits for the peer's close_notify: give it a moment, then cut the socket
+            try:
+                await asyncio.wait_for(self.lost.wait(), 1.0)
+            except TimeoutError:
+                transport.abort()
         waiter = getattr(client, "_idle_waiter", None)
         if waiter is not None:
             waiter.cancel()
@@ -755,11 +762,10 @@ class MailboxPoller:
         return bool(new)
 
     async def _process(self, connection: Connection, uid: int) -> None:
-        head = await connection.fetch(uid, "(UID RFC822.SIZE BODY.PEEK[HEADER])")
-        if head is None:  # expunged by someone else meanwhile
+        header = await connection.fetch(uid, "(UID RFC822.SIZE BODY.PEEK[HEADER])")
+        if header is None:  # expunged by someone else meanwhile
             self._done(uid)
             return
-        header = head
         decision, tried = await asyncio.to_thread(self._decide, header.data)
         if decision is None or decision.target is None:
             await asyncio.to_thread(
@@ -805,6 +811,9 @@ class MailboxPoller:
             mail_from=return_path(header.data),
             target=target,
             finalize=self._finalizer(uid),
+            trusted_authserv_ids=(self.mailbox.trusted_authserv_id,)
+            if self.mailbox.trusted_authserv_id
+            else (),
         )
         try:
             return await asyncio.to_thread(self.runner, self.deps, envelope, path, len(raw))
@@ -911,6 +920,7 @@ class MailboxPoller:
                 row.last_uid = last_uid
 
     async def _set_status(self, status: str, error: str | None) -> None:
+        IMAP_STATUS.labels(f"{self.mailbox.practice_id}/{self.mailbox.name}").set(1 if status == "ok" else 0)
         if self._status == (status, error):
             return
         try:

@@ -67,6 +67,7 @@ def upgrade() -> None:
         sa.Column("folder", sa.String(length=255), nullable=False),
         sa.Column("routing_address", sa.String(length=320), nullable=True),
         sa.Column("on_done", sa.String(length=16), nullable=False),
+        sa.Column("trusted_authserv_id", sa.String(length=255), nullable=True),
         sa.Column("uidvalidity", sa.BigInteger(), nullable=True),
         sa.Column("last_uid", sa.BigInteger(), nullable=False),
         sa.Column("status", sa.String(length=32), nullable=False),
