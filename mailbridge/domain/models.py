@@ -162,9 +162,7 @@ class User(Base):
     created_at: Mapped[created_at]
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
-    addresses: Mapped[list[UserAddress]] = relationship(
-        back_populates="user", cascade="all, delete-orphan", lazy="selectin"
-    )
+    addresses: Mapped[list[UserAddress]] = relationship(back_populates="user", cascade="all, delete-orphan")
 
     @property
     def alt_emails(self) -> list[str]:

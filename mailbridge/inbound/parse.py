@@ -88,20 +88,18 @@ def _filename(part: Message) -> str | None:
     return str(name) if name else None
 
 
-def _is_attachment(part: Message) -> bool:
-    disposition = (part.get_content_disposition() or "").lower()
-    if disposition == "attachment":
-        return True
-    if _filename(part):
-        return True
-    return part.get_content_maintype() not in ("text", "multipart")
+def _is_attachment(content_type: str, disposition: str, filename: str | None) -> bool:
+    """Each header is read once per part: policy.default builds a new header object on every access."""
+    return (
+        disposition == "attachment" or bool(filename) or not content_type.startswith(("text/", "multipart/"))
+    )
 
 
 def _leaves(part: Message, depth: int = 0) -> Iterator[Message]:
     """Leaf parts in order; a message/rfc822 part is one opaque leaf, never processed as a reply (M8)."""
     if depth > 50:
         return
-    if part.get_content_type() == "message/rfc822" or not part.is_multipart():
+    if not part.is_multipart() or part.get_content_type() == "message/rfc822":
         yield part
         return
     payload = part.get_payload()
@@ -127,15 +125,17 @@ def parse_mail(raw: bytes) -> ParsedMail:
     for part in _leaves(msg):
         parsed.defects.extend(type(d).__name__ for d in getattr(part, "defects", ()))
         content_type = part.get_content_type()
-        if not _is_attachment(part) and content_type == "text/plain" and parsed.text is None:
+        filename = _filename(part)
+        attachment = _is_attachment(content_type, (part.get_content_disposition() or "").lower(), filename)
+        if not attachment and content_type == "text/plain" and parsed.text is None:
             parsed.text = _decode_text(part)
-        elif not _is_attachment(part) and content_type == "text/html" and parsed.html is None:
+        elif not attachment and content_type == "text/html" and parsed.html is None:
             parsed.html = _decode_text(part)
-        elif _is_attachment(part) or content_type not in ("text/plain", "text/html"):
+        elif attachment or content_type not in ("text/plain", "text/html"):
             content_id = part.get("Content-ID")
             parsed.attachments.append(
                 Upload(
-                    filename=_filename(part),
+                    filename=filename,
                     content_type=content_type,
                     file=io.BytesIO(_attachment_bytes(part)),
                     content_id=str(content_id).strip("<> ") if content_id else None,

@@ -22,7 +22,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -507,19 +507,26 @@ def store(ctx: Context) -> None:
                     attachments=accepted,
                     idempotency_key=key,
                 )
-                token = session.get(ReplyToken, ctx.envelope.target.token_id)
-                if token is not None:
-                    token.last_used_at = utcnow()
-            row = session.get_one(InboundLog, ctx.inbound_id)
-            _finish_row(row, ctx, InboundState.posted, "posted", replies.OK)
-            if ctx.envelope.finalize is not None:
-                ctx.envelope.finalize(session)
-            row.posted_message_id = message.id
-            row.conversation_id = message.conversation_id
-            if ctx.notice_reason == "attachment_withheld":
-                _notice(session, practice, ctx, "attachment_withheld")
+                session.execute(
+                    update(ReplyToken)
+                    .where(ReplyToken.id == ctx.envelope.target.token_id)
+                    .values(last_used_at=utcnow())
+                )
             ctx.details["posted"] = message.id
             ctx.conversation_id = message.conversation_id
+            session.execute(
+                update(InboundLog)
+                .where(InboundLog.id == ctx.inbound_id)
+                .values(
+                    **_final_values(ctx, InboundState.posted, "posted", replies.OK),
+                    posted_message_id=message.id,
+                    conversation_id=message.conversation_id,
+                )
+            )
+            if ctx.envelope.finalize is not None:
+                ctx.envelope.finalize(session)
+            if ctx.notice_reason == "attachment_withheld":
+                _notice(session, practice, ctx, "attachment_withheld")
     except IntegrityError as exc:
         if "idempotency" in str(exc.orig).lower() or "unique" in str(exc.orig).lower():
             raise Done(InboundState.duplicate, "duplicate_suppressed") from exc
@@ -602,15 +609,23 @@ STEPS: tuple[Step, ...] = (
 # ---- running ----------------------------------------------------------------------------------------
 
 
+def _final_values(ctx: Context, state: InboundState, reason: str, reply: SmtpReply) -> dict[str, Any]:
+    return {
+        "state": state,
+        "reason": reason,
+        "rule": ctx.rule,
+        "smtp_reply": reply.wire()[:255],
+        "from_header": ctx.from_address[:320] or None,
+        "message_id_header": str(ctx.details.get("message_id", ""))[:998] or None,
+        "auth_results": ctx.details.get("auth"),
+        "details": {k: v for k, v in ctx.details.items() if k not in ("auth", "message_id", "from")},
+        "updated_at": utcnow(),
+    }
+
+
 def _finish_row(row: InboundLog, ctx: Context, state: InboundState, reason: str, reply: SmtpReply) -> None:
-    row.state = state
-    row.reason = reason
-    row.rule = ctx.rule
-    row.smtp_reply = reply.wire()[:255]
-    row.from_header = ctx.from_address[:320] or None
-    row.message_id_header = str(ctx.details.get("message_id", ""))[:998] or None
-    row.auth_results = ctx.details.get("auth")
-    row.details = {k: v for k, v in ctx.details.items() if k not in ("auth", "message_id", "from")}
+    for name, value in _final_values(ctx, state, reason, reply).items():
+        setattr(row, name, value)
 
 
 def _notice(session: Session, practice: Practice, ctx: Context, reason: str) -> None:

@@ -8,6 +8,7 @@ CR or LF flagged on the way, RFC 5321 §2.3.8), and anything unexpected answers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -94,35 +95,45 @@ class _SpoolingMixin:
         path = Path(name)
         await me.push("354 End data with <CR><LF>.<CR><LF>")
         size = 0
-        too_long = too_much = bare = False
+        too_long = too_much = bare = disk_error = False
         holding_slot = False
         keep = False
+        spool = os.fdopen(fd, "wb", buffering=1024 * 1024)
         try:
-            with os.fdopen(fd, "wb", buffering=1024 * 1024) as spool:
-                while me.transport is not None:
-                    try:
-                        line: bytes = await me._reader.readuntil(b"\r\n")
-                    except asyncio.LimitOverrunError as exc:
-                        too_long = True
-                        await me._reader.read(exc.consumed)
-                        continue
-                    if line == b".\r\n":
-                        break
-                    size += len(line)
-                    if size > limit:
-                        too_much = True
-                    if b"\n" in line[:-2] or b"\r" in line[:-2]:
-                        bare = True  # smuggling needs a bare LF or CR (P1, P2)
-                    if len(line) > me.line_length_limit:
-                        too_long = True
-                    if too_much or too_long or bare:
-                        continue  # drain to the end of DATA, keep nothing (RFC 5321 §4.2.5)
-                    if size > LARGE_TRANSFER and not holding_slot:
-                        await self.large_transfers.acquire()
-                        holding_slot = True
+            while me.transport is not None:
+                try:
+                    line: bytes = await me._reader.readuntil(b"\r\n")
+                except asyncio.LimitOverrunError as exc:
+                    too_long = True
+                    await me._reader.read(exc.consumed)
+                    continue
+                if line == b".\r\n":
+                    break
+                size += len(line)
+                if size > limit:
+                    too_much = True
+                if b"\n" in line[:-2] or b"\r" in line[:-2]:
+                    bare = True  # smuggling needs a bare LF or CR (P1, P2)
+                if len(line) > me.line_length_limit:
+                    too_long = True
+                if too_much or too_long or bare or disk_error:
+                    continue  # drain to the end of DATA, keep nothing (RFC 5321 §4.2.5)
+                if size > LARGE_TRANSFER and not holding_slot:
+                    await self.large_transfers.acquire()
+                    holding_slot = True
+                try:
                     spool.write(line[1:] if line.startswith(b".") else line)
-            if too_long:
-                reply: SmtpReply | str = "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
+                except OSError:
+                    disk_error = True  # a full or failing disk: read to the end, then 451 (never lose sync)
+            try:
+                spool.close()
+            except OSError:
+                disk_error = True
+            if disk_error:
+                log.warning("tempfail_disk", extra={"stage": "spool_write"})
+                reply: SmtpReply | str = replies.TEMPFAIL
+            elif too_long:
+                reply = "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
             elif bare:
                 reply = replies.BARE_LINE_ENDING
                 log.warning("smtp_smuggling_suspect", extra={"peer": _peer_ip(me.session)})
@@ -137,6 +148,9 @@ class _SpoolingMixin:
             if not keep:
                 await me.event_handler.log_refusal(me.session, envelope, reply)
         finally:
+            if not spool.closed:
+                with contextlib.suppress(OSError):
+                    spool.close()
             if holding_slot:
                 self.large_transfers.release()
             if not keep:
@@ -233,7 +247,9 @@ class IngressHandler:
             reason = "line_too_long"
             wire = reply
         else:
-            reason = "bare_line_ending" if reply is replies.BARE_LINE_ENDING else "size_exceeded"
+            reason = {replies.BARE_LINE_ENDING: "bare_line_ending", replies.TEMPFAIL: "tempfail_disk"}.get(
+                reply, "size_exceeded"
+            )
             wire = reply.wire()
         target: Target | None = getattr(envelope, "target", None)
         await asyncio.to_thread(self._write_row, session, envelope, target, reason, wire)

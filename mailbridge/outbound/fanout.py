@@ -38,24 +38,45 @@ def suppressed(session: Session, practice_id: int, address: str) -> bool:
     )
 
 
+def _suppressed_among(session: Session, practice_id: int, addresses: list[str]) -> set[str]:
+    lowered = [a.lower() for a in addresses]
+    return set(
+        session.scalars(
+            select(Suppression.address).where(
+                Suppression.practice_id == practice_id,
+                Suppression.address.in_(lowered),
+                Suppression.suppressed.is_(True),
+            )
+        ).all()
+    )
+
+
 def enqueue_notifications(
     session: Session, practice: Practice, conversation: Conversation, message: Message
 ) -> int:
     """Every participant but the author who may read the conversation now; internal notes to staff only."""
+    from dataclasses import replace
+
     from mailbridge.domain.conversations import practice_settings, situation
 
     delay = practice_settings(practice).notify_delay_seconds
     now = utcnow()
     created = 0
-    for participant in conversation.active_participants():
-        user = participant.user
-        if user.id == message.author_id:
+    recipients = [
+        p.user
+        for p in conversation.active_participants()
+        if p.user_id != message.author_id and (not message.internal or p.user.kind == UserKind.staff)
+    ]
+    if not recipients:
+        return 0
+    # One snapshot of the conversation; each recipient is then judged as its actor (same rules, fewer queries).
+    base = situation(session, message.author, conversation)
+    people = {person.id: person for person in base.participants}
+    blocked = _suppressed_among(session, practice.id, [u.email for u in recipients])
+    for user in recipients:
+        if not can_read(replace(base, actor=people[user.id])).allowed:
             continue
-        if message.internal and user.kind != UserKind.staff:
-            continue
-        if not can_read(situation(session, user, conversation)).allowed:
-            continue
-        if suppressed(session, practice.id, user.email):
+        if user.email.lower() in blocked:
             log.info(
                 "notification_suppressed", extra={"practice": practice.slug, "reason": "address_suppressed"}
             )
