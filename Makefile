@@ -27,7 +27,7 @@ typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
 bench: $(TEST_STAMP) test-system-deps
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

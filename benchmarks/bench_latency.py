@@ -84,9 +84,7 @@ async def _one_config(b: Any, mails: list[Mail], poll: float, sink_recorder: Rec
         smarthost=f"{HOST}:{sink_port}",
         smarthost_starttls="off",
     ) as server:
-        result = await drive(
-            server.port, mails, concurrency=1, reuse=False, time_limit=120, spacing=spacing
-        )
+        result = await drive(server.port, mails, concurrency=1, reuse=False, time_limit=120, spacing=spacing)
         posted = await loop.run_in_executor(None, _posted_ids, b.url)
         wanted = {posted[_reply_id(mails[i])] for i in result.accepted_ids if _reply_id(mails[i]) in posted}
         deadline = time.monotonic() + 30
@@ -157,9 +155,11 @@ async def _main(n: int, polls: list[float]) -> list[Run]:
     for number, poll in enumerate(polls):
         recorder = Recorder()
         loop = asyncio.get_running_loop()
-        sink = await loop.create_server(
-            lambda r=recorder: SMTP(r, hostname="sink.localhost", decode_data=False), host=HOST, port=0
-        )
+
+        def factory(r: Recorder = recorder) -> SMTP:
+            return SMTP(r, hostname="sink.localhost", decode_data=False)
+
+        sink = await loop.create_server(factory, host=HOST, port=0)
         try:
             with backend("sqlite", "mblatency") as b:
                 threads = await loop.run_in_executor(None, seed_practice, b, 100, ("alice",))
@@ -206,11 +206,16 @@ def run(quick: bool = False, count: int | None = None) -> str:
         ),
         "latency = the 250 at the client → the notification's DATA complete at the sink",
     ]
-    out.extend(f"poll {r.poll:g} s: {r.missing} accepted replies without a notification" for r in runs if r.missing)
+    out.extend(
+        f"poll {r.poll:g} s: {r.missing} accepted replies without a notification" for r in runs if r.missing
+    )
     return "\n".join(out)
 
 
 def main() -> None:
+    from benchmarks.harness import exit_cleanly_on_sigterm
+
+    exit_cleanly_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50 replies per row instead of 150")
     parser.add_argument("-n", "--count", type=int, help="replies per row")

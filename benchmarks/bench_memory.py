@@ -29,7 +29,6 @@ from benchmarks.harness import (
     RssSampler,
     backend,
     bare_server,
-    dot_stuff,
     mailbridge_server,
     proc_status_kb,
     replies,
@@ -195,6 +194,9 @@ def _raise_limit(b: Any, limit: int) -> None:
 
 
 def main() -> None:
+    from benchmarks.harness import exit_cleanly_on_sigterm
+
+    exit_cleanly_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 25 MB attachment instead of 100 MB")
     parser.add_argument("--mb", type=int, help="attachment size in MB (10^6 bytes)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +103,7 @@ def _measure(kind: str, count: int, sink_port: int) -> Outcome:
             )
             worker = Worker.from_services(services)
             captured: list[tuple[str, str, bytes]] = []
-            phases: Counter[str] = Counter()
+            phases: defaultdict[str, float] = defaultdict(float)
             _instrument(worker, captured, phases)
 
             async def drain() -> float:
@@ -118,10 +118,8 @@ def _measure(kind: str, count: int, sink_port: int) -> Outcome:
 
             elapsed = asyncio.run(drain())
             with services.sessions() as session:
-                states = dict(
-                    session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all()
-                )
-            states = {str(k.value if hasattr(k, "value") else k): int(v) for k, v in states.items()}
+                counted = session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all()
+            states = {str(state): int(number) for state, number in counted}
             sent = states.get("sent", 0)
             out = Outcome(b.name, rows, elapsed, sent, states, captured, dict(phases))
             out.baseline = asyncio.run(_plain_sends(sink_port, captured))
@@ -130,7 +128,7 @@ def _measure(kind: str, count: int, sink_port: int) -> Outcome:
             services.close()
 
 
-def _instrument(worker: Any, captured: list[tuple[str, str, bytes]], phases: Counter[str]) -> None:
+def _instrument(worker: Any, captured: list[tuple[str, str, bytes]], phases: defaultdict[str, float]) -> None:
     """Time the worker's phases and keep the bytes it hands to the smarthost (for the baseline)."""
     for name in ("claim", "build", "record"):
         original = getattr(worker, name)
@@ -171,7 +169,7 @@ async def _plain_sends(port: int, messages: list[tuple[str, str, bytes]]) -> flo
 
 
 def run(quick: bool = False, count: int | None = None, postgres: bool = True) -> str:
-    n = count or (400 if quick else 2000)
+    n = count or (300 if quick else 1000)
     kinds = ["sqlite"]
     notes = []
     if postgres:
@@ -188,7 +186,9 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
     for r in results:
         rate = r.sent / r.elapsed if r.elapsed else 0.0
         sizes = sorted(len(d) for _, _, d in r.captured) or [0]
-        rows.append(["aiosmtplib, same bytes (baseline)", r.backend, len(r.captured), r.baseline, "1.00", "-"])
+        rows.append(
+            ["aiosmtplib, same bytes (baseline)", r.backend, len(r.captured), r.baseline, "1.00", "-"]
+        )
         rows.append(
             [
                 "Worker: claim+render+DKIM+send+record",
@@ -215,8 +215,11 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
 
 
 def main() -> None:
+    from benchmarks.harness import exit_cleanly_on_sigterm
+
+    exit_cleanly_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="400 notifications instead of 2,000")
+    parser.add_argument("--quick", action="store_true", help="300 notifications instead of 1,000")
     parser.add_argument("-n", "--count", type=int, help="notifications per database")
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()

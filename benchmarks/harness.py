@@ -31,6 +31,15 @@ CHILD_LIFETIME = 900.0  # seconds: a forgotten child exits by itself
 HOST = "127.0.0.1"
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (run_all's time limit) raises SystemExit, so temp dirs, children and schemas are cleaned."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 # ---- numbers and tables -----------------------------------------------------------------------------
 
 
@@ -363,7 +372,8 @@ def _mailbridge_child(conn: Connection, root: str, database_url: str, overrides:
 
             tasks.append(asyncio.create_task(Worker.from_services(services).run_forever(stop)))
         _watch_parent(conn, stop, CHILD_LIFETIME)
-        conn.send(("ready", server.sockets[0].getsockname()[1], os.getpid()))
+        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        conn.send(("ready", port, os.getpid()))
         await stop.wait()
         server.close()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -627,11 +637,42 @@ def _pg_version() -> str:
 
 # ---- a seeded practice and realistic replies ---------------------------------------------------------
 
-_WORDS = (
-    "invoice quarter return figures receipts payroll pension account statement deadline bakery "
-    "supplier ledger balance review meeting tuesday morning thanks attached signed copy bank "
-    "transfer expenses mileage summary totals draft final question answer before friday"
-).split()
+_WORDS = [
+    "invoice",
+    "quarter",
+    "return",
+    "figures",
+    "receipts",
+    "payroll",
+    "pension",
+    "account",
+    "statement",
+    "deadline",
+    "bakery",
+    "supplier",
+    "ledger",
+    "balance",
+    "review",
+    "meeting",
+    "tuesday",
+    "morning",
+    "thanks",
+    "attached",
+    "signed",
+    "copy",
+    "bank",
+    "transfer",
+    "expenses",
+    "mileage",
+    "summary",
+    "totals",
+    "draft",
+    "final",
+    "question",
+    "answer",
+    "before",
+    "friday",
+]
 CLIENTS = {"alice": ("Alice Martin", "alice@client.test"), "bob": ("Bob Durand", "bob@client.test")}
 
 
@@ -656,7 +697,7 @@ def seed_practice(
     services = make_services(b.root, b.url)
     try:
         seed(services)
-        threads = []
+        threads: list[Thread] = []
         for i in range(conversations):
             conv = open_conversation(
                 services,
