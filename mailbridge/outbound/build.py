@@ -27,7 +27,7 @@ from mailbridge.inbound.tokens import AddressTemplate, TokenIssuer
 from mailbridge.outbound.compose import Envelope, compose, named, thread_index
 from mailbridge.outbound.keys import KeyStore
 from mailbridge.outbound.render import Renderer
-from mailbridge.policy.rules import can_post
+from mailbridge.policy.rules import can_post, can_read
 
 
 class NothingToSend(Exception):
@@ -81,8 +81,9 @@ class Builder:
         conversation = session.get_one(Conversation, message.conversation_id)
         if conversation.deleted_at is not None:
             raise NothingToSend("conversation deleted")
-        now_read = convs.readable(session, recipient, conversation)
-        if not now_read.allowed:  # policy re-checked at send time too
+        # One snapshot answers both questions: may they still read it, and may they answer by email?
+        snapshot = convs.situation(session, recipient, conversation, body="x" * 10_000)
+        if not can_read(snapshot).allowed:  # policy re-checked at send time too
             raise NothingToSend("recipient may no longer read")
         mode = getattr(settings.notify_content, conversation.kind.value)
         domain = self._domain(practice)
@@ -91,10 +92,7 @@ class Builder:
         message_id = f"<n.{message.id}.{recipient.id}@{domain}>"
         is_first = first is None or first.id == message.id
         reply_to = None
-        if (
-            settings.reply_by_email
-            and can_post(convs.situation(session, recipient, conversation, body="x" * 10_000)).allowed
-        ):
+        if settings.reply_by_email and can_post(snapshot).allowed:
             token = self.tokens.issue(session, practice.id, recipient.id, conversation.id)
             local = AddressTemplate(settings.reply_local_template).local_part(token)
             reply_to = named(None, f"{local}@{practice.reply_domain}")
