@@ -10,6 +10,7 @@ failures are collected and reported together.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections import Counter
@@ -99,6 +100,18 @@ def corpus_messages() -> list[Path]:
     ]
 
 
+class LastTraceback(logging.Handler):
+    """The last exception mailbridge logged, so a swallowed error shows its traceback in the failure."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.last = f"{record.getMessage()}: {logging.Formatter().formatException(record.exc_info)}"
+
+
 @dataclass
 class PipelineWorld:
     """A seeded practice, a conversation with Alice, her reply token, and a place to spool raw mail."""
@@ -110,6 +123,10 @@ class PipelineWorld:
     deps: Any = None
     durations: list[float] = field(default_factory=list)
     counter: int = 0
+    tracebacks: LastTraceback = field(default_factory=LastTraceback)
+
+    def __post_init__(self) -> None:
+        logging.getLogger("mailbridge").addHandler(self.tracebacks)
 
     @classmethod
     def build(cls, tmp: Path, **settings: Any) -> PipelineWorld:
@@ -130,6 +147,7 @@ class PipelineWorld:
     def run(self, raw: bytes) -> pipeline.Outcome:
         """One pass through ``pipeline.run``, as the SMTP door makes it: spool file first."""
         self.counter += 1
+        self.tracebacks.last = ""
         path = self.spool / f"{self.counter}.eml"
         path.write_bytes(raw)
         started = time.perf_counter()
@@ -146,7 +164,7 @@ class PipelineWorld:
         if reply.permanent and not is_named_reply(reply):
             found.append(f"5xx {reply.wire()!r} is not one of the named replies (HOSTILE Y4)")
         if outcome.reason in CRASH_REASONS:
-            found.append(f"swallowed error: {outcome.reason} ({reply.wire()})")
+            found.append(f"swallowed error: {outcome.reason} ({reply.wire()}) {self.tracebacks.last}")
         if outcome.inbound_id is None:
             found.append("no inbound_log row")
         else:
@@ -159,6 +177,7 @@ class PipelineWorld:
         return found
 
     def close(self) -> None:
+        logging.getLogger("mailbridge").removeHandler(self.tracebacks)
         self.services.close()
 
 
@@ -188,13 +207,9 @@ def test_corpus_through_the_pipeline(folder: str, request: pytest.FixtureRequest
                 failures.append(f"{path.relative_to(CORPORA)} [{variant}]: raised {exc!r}")
                 continue
             outcomes[(variant, outcome.reply.code, outcome.reason)] += 1
-            failures.extend(
-                f"{path.relative_to(CORPORA)} [{variant}]: {p}" for p in world.problems(outcome)
-            )
+            failures.extend(f"{path.relative_to(CORPORA)} [{variant}]: {p}" for p in world.problems(outcome))
     summary = ", ".join(f"{v} {c} {r}: {n}" for (v, c, r), n in sorted(outcomes.items()))
-    print(
-        f"{folder}: {len(inputs)} messages, max {max(world.durations) * 1000:.0f} ms per run; {summary}"
-    )
+    print(f"{folder}: {len(inputs)} messages, max {max(world.durations) * 1000:.0f} ms per run; {summary}")
     assert not failures, "\n".join(failures)
     # The owner's variant must reach the end of the pipeline for real mail, not stop at the door.
     assert any(v == "from-owner" and r == "posted" for v, _, r in outcomes), summary

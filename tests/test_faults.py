@@ -631,24 +631,13 @@ def test_unwritable_spool_answers_451_before_any_data(tmp_path: Path) -> None:
     services.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingress/smtp.py: an OSError from spool.write mid-DATA escapes smtp_DATA; the rest of the "
-    "message is then read as SMTP commands (see the test's docstring)",
-)
 def test_spool_write_failure_mid_data_answers_one_451_and_never_runs_the_body(tmp_path: Path) -> None:
-    """The disk fills up while DATA is being spooled: one 451 4.3.0 for the whole transaction.
+    """The disk fills up while DATA is being spooled: one 451 4.3.0 for the whole transaction, the rest
+    of the message drained (a body line ``RSET``/``MAIL FROM``/``RCPT TO`` is never run as a command),
+    the spool file removed, and the connection still usable.
 
     RLIMIT_FSIZE stands in for ENOSPC: a write growing a file past the limit fails with EFBIG (Python
     ignores SIGXFSZ), exactly like a full disk, and only files past the limit are affected.
-
-    Bug: mailbridge/ingress/smtp.py, ``_SpoolingMixin.smtp_DATA``: ``spool.write(...)`` (and the
-    buffered flush when the ``with os.fdopen(...)`` block closes) is not guarded; the OSError leaves
-    smtp_DATA, aiosmtpd's ``handle_exception`` answers 451 4.3.0 at once, and every remaining line of
-    the message is parsed as a command (``500 Error: command "XXXX…" not recognized`` ×5, then
-    ``502 5.5.1 Too many unrecognized commands``; a body line ``RSET``/``MAIL FROM``/``RCPT TO`` placed
-    there would be executed). Expected: on a write error stop writing, keep draining to the final
-    dot, remove the spool file, then answer 451 4.3.0 once; the connection stays usable.
     """
     import resource
 

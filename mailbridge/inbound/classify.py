@@ -453,6 +453,12 @@ def _dsn_recipients(msg: Message) -> tuple[BouncedRecipient, ...]:
     return tuple(found.values())
 
 
+def _text(value: object) -> str:
+    """Header text as real Unicode: bytes parsed by the stdlib arrive as lone surrogates, which no
+    database accepts; a localized server's diagnostic ("utilisateur inconnu é") must still be stored."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _dsn_blocks(part: Message) -> Iterator[dict[str, str]]:
     """The header blocks of a message/delivery-status part as ``{lower-case name: unfolded value}``."""
     payload = part.get_payload()
@@ -461,7 +467,7 @@ def _dsn_blocks(part: Message) -> Iterator[dict[str, str]]:
         for block in payload:
             if isinstance(block, Message):
                 items = list(block.raw_items())
-                yield {k.strip().lower(): _FOLD.sub(" ", str(v)).strip() for k, v in reversed(items)}
+                yield {k.strip().lower(): _FOLD.sub(" ", _text(v)).strip() for k, v in reversed(items)}
         return
     data = part.get_payload(decode=True)
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(payload)

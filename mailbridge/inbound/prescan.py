@@ -308,7 +308,9 @@ def _entity_kind(
             boundary = None
     if boundary is None:
         return "multipart", None, False
-    return "multipart", boundary.encode("ascii", "surrogateescape"), subtype == "digest"
+    # A decoded boundary may hold any character (RFC 2231 "boundary*=utf-8''%C3%A9"): compare it as the
+    # parser will, in UTF-8, never raising.
+    return "multipart", boundary.encode("utf-8", "surrogateescape"), subtype == "digest"
 
 
 def _holder(value: str, parent_digest: bool) -> email.message.EmailMessage | None:

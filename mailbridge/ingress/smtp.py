@@ -103,6 +103,9 @@ class _SpoolingMixin:
             while me.transport is not None:
                 try:
                     line: bytes = await me._reader.readuntil(b"\r\n")
+                except asyncio.CancelledError:  # the client went away mid-DATA (P11): nothing is kept
+                    log.info("conn_lost_in_data", extra={"peer": _peer_ip(me.session), "bytes": size})
+                    raise
                 except asyncio.LimitOverrunError as exc:
                     too_long = True
                     await me._reader.read(exc.consumed)
