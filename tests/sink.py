@@ -46,9 +46,10 @@ class SinkHandler:
 
 
 class Sink:
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, auth: Any = None) -> None:
         self.handler = SinkHandler()
         self.tls = tls
+        self.auth = auth
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: Any = None
@@ -60,7 +61,12 @@ class Sink:
         async def start() -> Any:
             return await self.loop.create_server(
                 lambda: SMTP(
-                    self.handler, hostname="sink.test", tls_context=self.tls, require_starttls=False
+                    self.handler,
+                    hostname="sink.test",
+                    tls_context=self.tls,
+                    require_starttls=False,
+                    authenticator=self.auth,
+                    auth_require_tls=False,
                 ),
                 host="127.0.0.1",
                 port=0,

@@ -454,3 +454,33 @@ def test_notifications_coalesce_when_the_practice_asks(seeded: Any, api: Any) ->
     (delivered,) = sink.received
     body = parse(delivered.data).get_body(("plain",)).get_content()
     assert "Third message of three." in body and "3 new messages" in body
+
+
+def test_rows_past_their_lifetime_expire(seeded: Any, caplog: pytest.LogCaptureFixture) -> None:
+    open_conversation(seeded, kind="company", company="bakery", participants=("alice",))
+    with transaction(seeded.sessions) as session:  # created three days ago, never delivered
+        session.execute(update(Outbox).values(created_at=utcnow() - timedelta(days=3)))
+    with Sink() as sink:
+        sink.handler.answers = ["451 4.3.0 try later"]
+        drain(worker_for(seeded, sink), rounds=1)
+    with seeded.sessions() as session:
+        row = session.scalars(select(Outbox)).one()
+    assert row.state == OutboxState.expired
+    assert "outbox_expired" in caplog.text
+
+
+def test_smarthost_auth(seeded: Any) -> None:
+    """AUTH to the smarthost (over STARTTLS in production; plain here against a loopback test server)."""
+    from aiosmtpd.smtp import AuthResult
+
+    seen: list[tuple[str, str]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        seen.append((data.login.decode(), data.password.decode()))
+        return AuthResult(success=data.password == b"s3cret")
+
+    open_conversation(seeded, kind="company", company="bakery", participants=("alice",))
+    with Sink(auth=authenticator) as sink:
+        drain(worker_for(seeded, sink, smarthost_username="mailbridge", smarthost_password="s3cret"))
+        assert len(sink.received) == 1
+    assert seen == [("mailbridge", "s3cret")]

@@ -465,3 +465,21 @@ def test_transcript_of_refusals(seeded: Any, live: Any) -> None:
         "503 5.5.1 Error: need RCPT command",
         "221 Bye",
     ]
+
+
+def test_token_forms_without_plus_accepted(seeded: Any, live: Any) -> None:
+    """Providers that drop sub-addresses: reply.TOKEN@ and reply-TOKEN@ reach the same conversation."""
+    conv = open_conversation(seeded, kind="company", company="bakery")
+    plus = reply_address(seeded, conv, "alice")
+    for separator in (".", "-"):
+        address = plus.replace("reply+", f"reply{separator}")
+        msg = reply_message("alice@client.test", address, f"Sent to the {separator} form of the address.")
+        assert send(live, msg, "alice@client.test", address)[0] == 250
+    assert len(messages(seeded, conv)) == 3
+
+
+def test_aiosmtpd_has_the_smuggling_and_starttls_fixes() -> None:
+    """HOSTILE P3: 1.4.5 fixed SMTP smuggling, 1.4.6 STARTTLS command injection."""
+    from importlib.metadata import version
+
+    assert tuple(int(p) for p in version("aiosmtpd").split(".")[:3]) >= (1, 4, 6)
