@@ -165,7 +165,8 @@ def create_conversation(
     for user in members.values():
         conversation.participants.append(Participant(user_id=user.id, user=user))
     session.flush()
-    verdict = can_post(situation(session, author, conversation, body=body, is_reply=False))
+    snapshot = situation(session, author, conversation, body=body, is_reply=False)
+    verdict = can_post(snapshot)
     if not verdict.allowed:
         raise PolicyDenied(verdict)
     message = _write_message(
@@ -173,14 +174,13 @@ def create_conversation(
         practice,
         conversation,
         author,
-        body,
-        body_html,
-        None,
-        source,
-        False,
-        attachments,
-        idempotency_key,
-        notify,
+        snapshot,
+        body=body,
+        body_html=body_html,
+        source=source,
+        attachments=attachments,
+        idempotency_key=idempotency_key,
+        notify=notify,
     )
     return conversation, message
 
@@ -200,9 +200,10 @@ def post_message(
     idempotency_key: str | None = None,
     notify: bool = True,
 ) -> Message:
-    verdict = check_post(
+    snapshot = post_situation(
         session, author, conversation, body=body, internal=internal, has_files=bool(attachments)
     )
+    verdict = can_post(snapshot)
     if not verdict.allowed:
         raise PolicyDenied(verdict)
     return _write_message(
@@ -210,15 +211,30 @@ def post_message(
         practice,
         conversation,
         author,
-        body,
-        body_html,
-        hidden_text,
-        source,
-        internal,
-        attachments,
-        idempotency_key,
-        notify,
+        snapshot,
+        body=body,
+        body_html=body_html,
+        hidden_text=hidden_text,
+        source=source,
+        internal=internal,
+        attachments=attachments,
+        idempotency_key=idempotency_key,
+        notify=notify,
     )
+
+
+def post_situation(
+    session: Session,
+    author: User,
+    conversation: Conversation,
+    *,
+    body: str,
+    internal: bool = False,
+    has_files: bool = False,
+) -> Situation:
+    # A message that carries only files is not "too short": the minimum applies to typed text.
+    effective = body if body.strip() or not has_files else "x" * 10_000
+    return situation(session, author, conversation, internal=internal, body=effective)
 
 
 def check_post(
@@ -230,9 +246,9 @@ def check_post(
     internal: bool = False,
     has_files: bool = False,
 ) -> Verdict:
-    # A message that carries only files is not "too short": the minimum applies to typed text.
-    effective = body if body.strip() or not has_files else "x" * 10_000
-    return can_post(situation(session, author, conversation, internal=internal, body=effective))
+    return can_post(
+        post_situation(session, author, conversation, body=body, internal=internal, has_files=has_files)
+    )
 
 
 def _write_message(
@@ -240,11 +256,13 @@ def _write_message(
     practice: Practice,
     conversation: Conversation,
     author: User,
+    snapshot: Situation,
+    *,
     body: str,
-    body_html: str | None,
-    hidden_text: str | None,
+    body_html: str | None = None,
+    hidden_text: str | None = None,
     source: MessageSource,
-    internal: bool,
+    internal: bool = False,
     attachments: Sequence[NewAttachment],
     idempotency_key: str | None,
     notify: bool,
@@ -278,7 +296,8 @@ def _write_message(
     if notify:
         from mailbridge.outbound.fanout import enqueue_notifications
 
-        enqueue_notifications(session, practice, conversation, message)
+        # The snapshot the post was judged on also says who may read: no second look-up.
+        enqueue_notifications(session, practice, conversation, message, snapshot)
     return message
 
 

@@ -45,6 +45,7 @@ from mailbridge.domain.models import (
     User,
     UserAddress,
     UserKind,
+    new_id,
     utcnow,
 )
 from mailbridge.domain.practice_settings import PracticeSettings
@@ -171,29 +172,35 @@ def store_raw(ctx: Context) -> None:
     """Raw bytes first (Mailman's switchboard): fsync the file, then the inbound row, before any decision."""
     day = ctx.deps.raw_dir / date.today().isoformat()
     day.mkdir(parents=True, exist_ok=True)
+    row_id = new_id()
+    final = day / f"{row_id}.eml"
     try:
         with open(ctx.raw_path, "rb+") as handle:
             os.fsync(handle.fileno())
-        with transaction(ctx.deps.sessions) as session:
-            row = InboundLog(
-                practice_id=ctx.envelope.target.practice_id,
-                door=ctx.envelope.door,
-                peer=ctx.envelope.peer,
-                helo=(ctx.envelope.helo or "")[:255] or None,
-                mail_from=ctx.envelope.mail_from[:320],
-                rcpt=ctx.envelope.target.redacted[:320],
-                token_id=ctx.envelope.target.token_id,
-                size=ctx.size,
-            )
-            session.add(row)
-            session.flush()
-            final = day / f"{row.id}.eml"
-            os.replace(ctx.raw_path, final)
-            row.raw_path = str(final)
-            ctx.inbound_id = row.id
-            ctx.raw_path = final
+        os.replace(ctx.raw_path, final)
     except OSError as exc:
         raise Deferred(replies.TEMPFAIL, "tempfail_disk") from exc
+    try:
+        with transaction(ctx.deps.sessions) as session:
+            session.add(
+                InboundLog(
+                    id=row_id,
+                    practice_id=ctx.envelope.target.practice_id,
+                    door=ctx.envelope.door,
+                    peer=ctx.envelope.peer,
+                    helo=(ctx.envelope.helo or "")[:255] or None,
+                    mail_from=ctx.envelope.mail_from[:320],
+                    rcpt=ctx.envelope.target.redacted[:320],
+                    token_id=ctx.envelope.target.token_id,
+                    size=ctx.size,
+                    raw_path=str(final),
+                )
+            )
+    except BaseException:
+        final.unlink(missing_ok=True)  # no row, no file: the sender's retry starts clean (P9)
+        raise
+    ctx.inbound_id = row_id
+    ctx.raw_path = final
     ctx.practice_id = ctx.envelope.target.practice_id
     with ctx.deps.sessions() as session:
         practice = session.get(Practice, ctx.practice_id)

@@ -21,7 +21,7 @@ from mailbridge.domain.models import (
     UserKind,
     utcnow,
 )
-from mailbridge.policy.rules import can_read
+from mailbridge.policy.rules import Situation, can_read
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,11 @@ def _suppressed_among(session: Session, practice_id: int, addresses: list[str]) 
 
 
 def enqueue_notifications(
-    session: Session, practice: Practice, conversation: Conversation, message: Message
+    session: Session,
+    practice: Practice,
+    conversation: Conversation,
+    message: Message,
+    snapshot: Situation | None = None,
 ) -> int:
     """Every participant but the author who may read the conversation now; internal notes to staff only."""
     from dataclasses import replace
@@ -70,7 +74,7 @@ def enqueue_notifications(
     if not recipients:
         return 0
     # One snapshot of the conversation; each recipient is then judged as its actor (same rules, fewer queries).
-    base = situation(session, message.author, conversation)
+    base = snapshot if snapshot is not None else situation(session, message.author, conversation)
     people = {person.id: person for person in base.participants}
     blocked = _suppressed_among(session, practice.id, [u.email for u in recipients])
     for user in recipients:
