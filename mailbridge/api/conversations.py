@@ -239,10 +239,9 @@ def download_attachment(
         if row is None:
             raise NotFound("attachment_not_found", "attachment not found")
         message = session.get_one(Message, row.message_id)
-        conv = _readable(session, p, message.conversation_id, actor)
+        _readable(session, p, message.conversation_id, actor)  # raises unless the actor may read it
         if message.internal and actor.kind.value != "staff":
             raise NotFound("attachment_not_found", "attachment not found")
-        del conv
         sha, filename, size = row.sha256, row.filename, row.size
         content_type = row.content_type
 

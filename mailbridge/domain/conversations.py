@@ -368,7 +368,7 @@ def delete_message(session: Session, practice: Practice, message_id: str, actor:
     message = session.get(Message, message_id)
     if message is None or message.deleted_at is not None:
         raise NotFound("message_not_found", "message not found")
-    conversation = get_conversation(session, practice, message.conversation_id)
+    get_conversation(session, practice, message.conversation_id)  # tenant check: another practice's id is 404
     if actor.kind != UserKind.staff or message.author_id != actor.id:
         raise Forbidden("not_author", "only the staff member who sent a message may delete it")
     hashes = _erase(session, message)
@@ -377,7 +377,6 @@ def delete_message(session: Session, practice: Practice, message_id: str, actor:
 
     cancel_pending(session, message_ids=[message.id])
     session.flush()
-    del conversation
     return unreferenced(session, hashes)
 
 

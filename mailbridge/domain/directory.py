@@ -125,8 +125,7 @@ def upsert_user(
         else:
             user.addresses.append(UserAddress(practice_id=practice.id, address=address, primary=is_primary))
     session.flush()
-    if not created and not active:
-        pass  # policy is evaluated at use; nothing to revoke for deactivation (reactivation restores it)
+    # Deactivation revokes nothing: the policy is evaluated at each use, so reactivation restores it.
     return user, created
 
 
