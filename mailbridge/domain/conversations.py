@@ -237,20 +237,6 @@ def post_situation(
     return situation(session, author, conversation, internal=internal, body=effective)
 
 
-def check_post(
-    session: Session,
-    author: User,
-    conversation: Conversation,
-    *,
-    body: str,
-    internal: bool = False,
-    has_files: bool = False,
-) -> Verdict:
-    return can_post(
-        post_situation(session, author, conversation, body=body, internal=internal, has_files=has_files)
-    )
-
-
 def _write_message(
     session: Session,
     practice: Practice,

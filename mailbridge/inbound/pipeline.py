@@ -58,6 +58,7 @@ from mailbridge.inbound.envelope import Target
 from mailbridge.inbound.mimestream import STREAM_THRESHOLD, parse_file
 from mailbridge.inbound.parse import ParsedMail, header_text, parse_mail, single_from
 from mailbridge.observability import INBOUND, STEP_SECONDS
+from mailbridge.policy.rules import can_post
 from mailbridge.replies import Deferred, Rejected, SmtpReply
 from mailbridge.storage.blobs import BlobStore
 from mailbridge.storage.intake import Intake, TooManyAttachments, intake_uploads
@@ -410,13 +411,15 @@ def sender_policy(ctx: Context) -> None:
         if conversation is None:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
         sender = session.get_one(User, ctx.sender.id)
-        verdict = convs.check_post(
-            session,
-            sender,
-            conversation,
-            body=ctx.body,
-            internal=ctx.internal,
-            has_files=bool(ctx.parsed and ctx.parsed.attachments),
+        verdict = can_post(
+            convs.post_situation(
+                session,
+                sender,
+                conversation,
+                body=ctx.body,
+                internal=ctx.internal,
+                has_files=bool(ctx.parsed and ctx.parsed.attachments),
+            )
         )
         ctx.rule = verdict.rule
         if not verdict.allowed:
