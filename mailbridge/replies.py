@@ -61,7 +61,6 @@ OK_DISCARDED = SmtpReply(
 RELAY_DENIED = SmtpReply(550, "5.7.1", "Relay access denied")
 UNKNOWN_RECIPIENT = SmtpReply(550, "5.1.1", "No such recipient")
 TOO_MANY_TOKENS = SmtpReply(452, "4.5.3", "Too many recipients; send this one separately")
-TOO_MANY_RECIPIENTS = SmtpReply(452, "4.5.3", "Too many recipients")
 POLICY_DENIED = SmtpReply(550, "5.7.1", "This reply cannot be accepted; please use the secure portal")
 SENDER_MISMATCH = SmtpReply(550, "5.7.1", "Sender not authorised for this address")
 AUTH_FAILED = SmtpReply(550, "5.7.1", "Message failed sender authentication (DMARC)")

@@ -483,3 +483,30 @@ def test_aiosmtpd_has_the_smuggling_and_starttls_fixes() -> None:
     from importlib.metadata import version
 
     assert tuple(int(p) for p in version("aiosmtpd").split(".")[:3]) >= (1, 4, 6)
+
+
+def test_mail_loop_refused(seeded: Any, live: Any) -> None:
+    """More than 30 Received headers (HOSTILE A12, qmail uses 100): a loop, answered 554 5.4.6."""
+    conv = open_conversation(seeded, kind="company", company="bakery")
+    address = reply_address(seeded, conv, "alice")
+    msg = reply_message("alice@client.test", address, "Round and round we go.")
+    for hop in range(31):
+        msg["Received"] = f"from relay{hop}.client.test by relay{hop + 1}.client.test"
+    assert send(live, msg, "alice@client.test", address) == wire(replies.LOOP_DETECTED)
+    assert len(messages(seeded, conv)) == 1
+    assert log_rows(seeded)[-1].reason == "loop_detected"
+
+
+def test_dns_timeout_during_authentication_defers(seeded: Any) -> None:
+    """HOSTILE A7: a DNS temperror is neither an accept nor a refusal; the sender retries later."""
+    from mailbridge.inbound.dns import StaticResolver
+    from tests.conftest import DNS_TABLE
+
+    seeded.resolver = StaticResolver(DNS_TABLE, timeouts={"client.test", "_dmarc.client.test"})
+    conv = open_conversation(seeded, kind="company", company="bakery")
+    address = reply_address(seeded, conv, "alice")
+    with live_server(seeded) as server:
+        msg = reply_message("alice@client.test", address, "Sent while DNS was down.")
+        assert send(server, msg, "alice@client.test", address) == wire(replies.AUTH_TEMPERROR)
+    assert len(messages(seeded, conv)) == 1
+    assert log_rows(seeded)[-1].reason == "auth_temperror"
