@@ -86,6 +86,26 @@ def open_conversation(
         return conversation.id
 
 
+def add_client(services: Services, external_id: str, email: str, practice: str = "acme") -> None:
+    """A client whose address is on a domain the test's DNS table treats specially."""
+    from mailbridge.domain.models import UserKind
+
+    with transaction(services.sessions) as session:
+        p = directory.get_practice(session, practice)
+        directory.upsert_user(
+            session,
+            p,
+            external_id,
+            email=email,
+            alt_emails=[],
+            name=external_id.title(),
+            kind=UserKind.client,
+            role=None,
+            active=True,
+            locale="en",
+        )
+
+
 def reply_address(services: Services, conversation_id: str, user: str, practice: str = "acme") -> str:
     """The Reply-To a notification to this participant carries."""
     with transaction(services.sessions) as session:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from mailbridge.domain.models import AuditEvent, Conversation, Message
-from tests.conftest import API_KEY, seed
+from tests.conftest import API_KEY
 
 BASE = "/api/v1/practices/acme"
 
@@ -292,6 +292,3 @@ def test_import_cli_round_trip(tmp_path: Any, backend: str) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-del seed

@@ -19,7 +19,7 @@ from mailbridge.outbound.keys import KeyStore
 from mailbridge.outbound.sign import public_txt_value
 from mailbridge.outbound.worker import Worker
 from tests.conftest import make_services, seed
-from tests.mailhelpers import live_server, open_conversation, reply_address, reply_message, send
+from tests.mailhelpers import live_server, open_conversation, reply_message, send
 from tests.sink import Sink
 
 BASE = "/api/v1/practices/acme"
@@ -385,9 +385,6 @@ def test_file_transport_default(sqlite_services: Any) -> None:
     drain(worker_for(sqlite_services, None))
     files = list((sqlite_services.settings.data_dir / "outbox").glob("*.eml"))
     assert len(files) == 1 and b"X-Envelope-To: <alice@client.test>" in files[0].read_bytes()
-
-
-del reply_address
 
 
 def test_rejection_notice_delivered_localized_and_discreet(seeded: Any, api: Any) -> None:

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from mailbridge import replies
+from mailbridge.domain import directory
+from mailbridge.domain.db import transaction
 from mailbridge.domain.models import Conversation, InboundLog, InboundState, Outbox, OutboxKind
 from tests.mailhelpers import live_server, reply_message, send
 
@@ -30,10 +31,6 @@ def routed(seeded: Any, api: Any) -> Any:
         ).status_code
         == 201
     )
-    with seeded.sessions() as session:  # the practice's own settings: an operator for postmaster@
-        from mailbridge.domain import directory
-        from mailbridge.domain.db import transaction
-
     with transaction(seeded.sessions) as session:
         p = directory.get_practice(session, "acme")
         p.settings = {**p.settings, "operator_address": "it@acme.test"}
@@ -139,6 +136,3 @@ def test_unknown_address_on_routing_domain(seeded: Any, routed: Any) -> None:
         client.ehlo("client.test")
         client.mail("alice@client.test")
         assert client.rcpt("nobody@acme.test")[0] == 550
-
-
-del replies

@@ -15,6 +15,7 @@ from mailbridge.domain.models import InboundLog, InboundState, Message, Outbox, 
 from tests.mailhelpers import (
     QUOTED_REPLY,
     SIGNED_REPLY,
+    add_client,
     live_server,
     open_conversation,
     reply_address,
@@ -58,8 +59,6 @@ def test_bad_tokens_get_one_identical_answer(seeded: Any, live: Any) -> None:
     conv = open_conversation(seeded)
     good = reply_address(seeded, conv, "alice")
     token = good.split("+", 1)[1].split("@", 1)[0]
-    from tests.mailhelpers import open_conversation as _  # noqa: F401
-
     with live.client() as client:
         client.ehlo("client.test")
         client.mail("alice@client.test")
@@ -132,23 +131,7 @@ def test_two_from_addresses_refused(seeded: Any, live: Any) -> None:
 
 
 def test_dmarc_failure_refused(seeded: Any, live: Any) -> None:
-    from mailbridge.domain import directory
-    from mailbridge.domain.db import transaction
-
-    with transaction(seeded.sessions) as session:
-        p = directory.get_practice(session, "acme")
-        directory.upsert_user(
-            session,
-            p,
-            "erin",
-            email="erin@strict.test",
-            alt_emails=[],
-            name="Erin",
-            kind=directory.UserKind.client,
-            role=None,
-            active=True,
-            locale="en",
-        )
+    add_client(seeded, "erin", "erin@strict.test")
     conv = open_conversation(seeded, participants=("erin",))
     address = reply_address(seeded, conv, "erin")
     msg = reply_message("erin@strict.test", address, "Hello from a domain with p=reject.")
@@ -287,23 +270,7 @@ def test_staff_reply_and_internal_note(seeded: Any, live: Any) -> None:
 
 def test_company_reply_without_alignment_quarantined_for_private(seeded: Any, live: Any) -> None:
     """Private conversations need an aligned pass; a client domain with no SPF and no DKIM waits for staff."""
-    from mailbridge.domain import directory
-    from mailbridge.domain.db import transaction
-
-    with transaction(seeded.sessions) as session:
-        p = directory.get_practice(session, "acme")
-        directory.upsert_user(
-            session,
-            p,
-            "finn",
-            email="finn@nodns.test",
-            alt_emails=[],
-            name="Finn",
-            kind=directory.UserKind.client,
-            role=None,
-            active=True,
-            locale="en",
-        )
+    add_client(seeded, "finn", "finn@nodns.test")
     private = open_conversation(seeded, participants=("finn",))
     address = reply_address(seeded, private, "finn")
     assert (

@@ -21,6 +21,7 @@ from email.policy import default as DEFAULT_POLICY
 from pathlib import Path
 from typing import BinaryIO
 
+from mailbridge.inbound.parse import ParsedMail
 from mailbridge.storage.intake import Upload
 
 STREAM_THRESHOLD = 4 * 1024 * 1024
@@ -29,12 +30,9 @@ _HEADER_PARSER = BytesParser(policy=DEFAULT_POLICY)
 
 
 @dataclass
-class StreamedMail:
-    message: EmailMessage  # the top-level headers only
-    text: str | None = None
-    html: str | None = None
-    attachments: list[Upload] = field(default_factory=list)
-    defects: list[str] = field(default_factory=list)
+class StreamedMail(ParsedMail):
+    """What ``parse_mail`` gives, with ``message`` holding the top-level headers only."""
+
     files: list[Path] = field(default_factory=list)  # temporary files to remove when done
 
     def cleanup(self) -> None:

@@ -236,13 +236,7 @@ def parse(ctx: Context) -> None:
         if ctx.large:
             streamed = parse_file(ctx.raw_path, ctx.deps.raw_dir.parent / "spool")
             ctx.cleanups.append(streamed.cleanup)
-            ctx.parsed = ParsedMail(
-                message=streamed.message,
-                text=streamed.text,
-                html=streamed.html,
-                attachments=streamed.attachments,
-                defects=streamed.defects,
-            )
+            ctx.parsed = streamed
         else:
             ctx.parsed = parse_mail(ctx.raw)
     except Exception as exc:  # the stdlib parser is lenient; anything left is a malformed message
