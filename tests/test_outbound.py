@@ -342,36 +342,28 @@ def test_two_workers_on_postgres_no_duplicates(tmp_path: Any, request: pytest.Fi
         for i in range(999):
             convs.post_message(session, p, c, author, body=f"message number {i}")
 
-    sent: list[str] = []
-    lock = threading.Lock()
+    with Sink() as sink:  # a real SMTP peer: each worker keeps its own connection to it
+        services.settings = services.settings.model_copy(
+            update={"smarthost": f"127.0.0.1:{sink.port}", "smarthost_starttls": "off"}
+        )
 
-    class Counting:
-        async def send(self, mail_from: str, rcpt: str, data: bytes) -> Any:
-            from mailbridge.outbound.deliver import Delivery
+        def run() -> None:
+            w = Worker.from_services(services)
+            w.batch = 25
 
-            with lock:
-                sent.append(parse(data)["Message-ID"])
-            return Delivery("sent", "250 ok")
+            async def loop() -> None:
+                while await w.run_once():
+                    pass
+                await w.transport.close()
 
-        async def close(self) -> None:
-            return None
+            asyncio.run(loop())
 
-    def run() -> None:
-        w = Worker.from_services(services)
-        w.transport = Counting()
-        w.batch = 25
-
-        async def loop() -> None:
-            while await w.run_once():
-                pass
-
-        asyncio.run(loop())
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        sent = [parse(r.data)["Message-ID"] for r in sink.received]
     assert len(sent) == 1000 and len(set(sent)) == 1000
     with services.sessions() as session:
         states = session.scalars(select(Outbox.state)).all()
