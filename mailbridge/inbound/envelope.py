@@ -33,6 +33,9 @@ class Target:
     token_id: int | None = None
     route_id: int | None = None
     outbox_id: str | None = None
+    # A reply token's owner and conversation, read with the token at RCPT (DATA re-judges the policy).
+    user_id: int | None = None
+    conversation_id: str | None = None
 
     @property
     def redacted(self) -> str:
@@ -72,10 +75,11 @@ def decide_recipient(
     session: Session, issuer: TokenIssuer, verp_secret: bytes, address: str
 ) -> RecipientDecision:
     """Decide early, per recipient (RFC 5321 §3.3): relay, unknown token, route, postmaster, bounce."""
-    decision = _decide(session, issuer, verp_secret, address)
+    decision, practice = _decide(session, issuer, verp_secret, address)
     if decision.target is None:
         return decision
-    practice = session.get(Practice, decision.target.practice_id)
+    if practice is None or practice.id != decision.target.practice_id:
+        practice = session.get(Practice, decision.target.practice_id)
     limit = (
         PracticeSettings.model_validate(practice.settings or {}).effective_message_max_bytes
         if practice
@@ -84,20 +88,33 @@ def decide_recipient(
     return RecipientDecision(decision.reply, decision.target, decision.reason, limit)
 
 
-def _decide(session: Session, issuer: TokenIssuer, verp_secret: bytes, address: str) -> RecipientDecision:
+def _decide(
+    session: Session, issuer: TokenIssuer, verp_secret: bytes, address: str
+) -> tuple[RecipientDecision, Practice | None]:
     parts = split_address(address)
     if parts is None:
-        return RecipientDecision(UNKNOWN_RECIPIENT, None, "address_malformed")
+        return RecipientDecision(UNKNOWN_RECIPIENT, None, "address_malformed"), None
     local, domain = parts
     full = f"{local}@{domain}"
 
-    route = session.scalar(select(Route).where(Route.address == full))
+    route = session.execute(select(Route.id, Route.practice_id).where(Route.address == full)).first()
     if route is not None:
-        return RecipientDecision(
-            OK_RECIPIENT, Target("route", route.practice_id, full, route_id=route.id), "route"
-        )
+        target = Target("route", route.practice_id, full, route_id=route.id)
+        return RecipientDecision(OK_RECIPIENT, target, "route"), None
 
     practice = session.scalar(select(Practice).where(Practice.reply_domain == domain))
+    return _decide_on_domain(session, issuer, verp_secret, practice, local, domain), practice
+
+
+def _decide_on_domain(
+    session: Session,
+    issuer: TokenIssuer,
+    verp_secret: bytes,
+    practice: Practice | None,
+    local: str,
+    domain: str,
+) -> RecipientDecision:
+    full = f"{local}@{domain}"
     if practice is None:
         route_domain = session.scalar(
             select(Route.practice_id).where(Route.address.like(f"%@{domain}")).limit(1)
@@ -129,4 +146,7 @@ def _decide(session: Session, issuer: TokenIssuer, verp_secret: bytes, address: 
         from mailbridge.replies import POLICY_DENIED
 
         return RecipientDecision(POLICY_DENIED, None, "reply_by_email_disabled")
-    return RecipientDecision(OK_RECIPIENT, Target("reply", practice.id, full, token_id=row.id), "token_ok")
+    target = Target(
+        "reply", practice.id, full, token_id=row.id, user_id=row.user_id, conversation_id=row.conversation_id
+    )
+    return RecipientDecision(OK_RECIPIENT, target, "token_ok")

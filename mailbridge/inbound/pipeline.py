@@ -6,6 +6,10 @@
 Each step may end the run with ``Done`` (accepted but not posted: auto-reply, bounce, duplicate,
 quarantine), ``Rejected`` (5xx) or ``Deferred`` (4xx). Only after the final commit is durable does
 ``run`` return 250. Any unexpected exception becomes 451 4.3.0 with the traceback in the log only.
+
+A run uses one database session from start to end: the practice, token, sender and conversation
+are read once and the final transaction writes through the same objects (the ORM's per-session
+identity map), instead of every step loading them again.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from sqlalchemy.orm import Session
 
 from mailbridge import replies
 from mailbridge.domain import conversations as convs
-from mailbridge.domain.db import transaction
+from mailbridge.domain.conversations import NewAttachment
+from mailbridge.domain.db import transaction, writer_gate
 from mailbridge.domain.models import (
     Conversation,
     ConversationKind,
@@ -58,7 +63,7 @@ from mailbridge.inbound.envelope import Target
 from mailbridge.inbound.mimestream import STREAM_THRESHOLD, parse_file
 from mailbridge.inbound.parse import ParsedMail, header_text, parse_mail, single_from
 from mailbridge.observability import INBOUND, STEP_SECONDS
-from mailbridge.policy.rules import can_post
+from mailbridge.policy.rules import Situation, can_post
 from mailbridge.replies import Deferred, Rejected, SmtpReply
 from mailbridge.storage.blobs import BlobStore
 from mailbridge.storage.intake import Intake, TooManyAttachments, intake_uploads
@@ -156,11 +161,22 @@ class Context:
     rule: str | None = None
     notice_reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    session: Session | None = None  # the run's one session (see the module docstring)
+    # Held here because the identity map only keeps objects somebody still references.
+    practice: Practice | None = None
+    conversation: Conversation | None = None
+    log_row: InboundLog | None = None  # written first by store_raw, finished by store
+    snapshot: Situation | None = None  # what sender_policy judged; the post reuses it
 
     @property
     def msg(self) -> EmailMessage:
         assert self.parsed is not None
         return self.parsed.message
+
+    @property
+    def db(self) -> Session:
+        assert self.session is not None
+        return self.session
 
 
 Step = Callable[[Context], None]
@@ -181,34 +197,35 @@ def store_raw(ctx: Context) -> None:
         os.replace(ctx.raw_path, final)
     except OSError as exc:
         raise Deferred(replies.TEMPFAIL, "tempfail_disk") from exc
+    row = InboundLog(
+        id=row_id,
+        practice_id=ctx.envelope.target.practice_id,
+        door=ctx.envelope.door,
+        peer=ctx.envelope.peer,
+        helo=(ctx.envelope.helo or "")[:255] or None,
+        mail_from=ctx.envelope.mail_from[:320],
+        rcpt=ctx.envelope.target.redacted[:320],
+        token_id=ctx.envelope.target.token_id,
+        size=ctx.size,
+        raw_path=str(final),
+        state=InboundState.received,
+    )
     try:
-        with transaction(ctx.deps.sessions) as session:
-            session.add(
-                InboundLog(
-                    id=row_id,
-                    practice_id=ctx.envelope.target.practice_id,
-                    door=ctx.envelope.door,
-                    peer=ctx.envelope.peer,
-                    helo=(ctx.envelope.helo or "")[:255] or None,
-                    mail_from=ctx.envelope.mail_from[:320],
-                    rcpt=ctx.envelope.target.redacted[:320],
-                    token_id=ctx.envelope.target.token_id,
-                    size=ctx.size,
-                    raw_path=str(final),
-                )
-            )
+        with writer_gate(ctx.deps.sessions):
+            ctx.db.add(row)
+            ctx.db.commit()
     except BaseException:
         final.unlink(missing_ok=True)  # no row, no file: the sender's retry starts clean (P9)
         raise
+    ctx.log_row = row
     ctx.inbound_id = row_id
     ctx.raw_path = final
     ctx.practice_id = ctx.envelope.target.practice_id
-    with ctx.deps.sessions() as session:
-        practice = session.get(Practice, ctx.practice_id)
-        if practice is not None:
-            ctx.settings = PracticeSettings.model_validate(practice.settings or {})
-            # Mail from our own notification address or reply domain is a loop (A12), never a reply.
-            ctx.own_addresses = frozenset({practice.notify_from.lower(), "@" + practice.reply_domain.lower()})
+    ctx.practice = practice = ctx.db.get(Practice, ctx.practice_id)
+    if practice is not None:
+        ctx.settings = PracticeSettings.model_validate(practice.settings or {})
+        # Mail from our own notification address or reply domain is a loop (A12), never a reply.
+        ctx.own_addresses = frozenset({practice.notify_from.lower(), "@" + practice.reply_domain.lower()})
     if ctx.size > ctx.settings.effective_message_max_bytes:
         ctx.notice_reason = None  # who sent it is not known yet; the SMTP answer names the limit
         raise Rejected(replies.message_too_big(ctx.settings.effective_message_max_bytes), "message_too_big")
@@ -296,31 +313,31 @@ def resolve_sender(ctx: Context) -> None:
     ctx.from_address = address.addr_spec.lower()
     ctx.details["from"] = ctx.from_address
     target = ctx.envelope.target
-    with ctx.deps.sessions() as session:
-        if target.kind == "reply":
-            token = session.get(ReplyToken, target.token_id)
-            if token is None or token.revoked_at is not None:
-                raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
-            owner = session.get_one(User, token.user_id)
-            ctx.conversation_id = token.conversation_id
-            if not owner.owns_address(ctx.from_address):
-                raise Rejected(replies.SENDER_MISMATCH, "reply_user_mismatch")
-            ctx.sender = owner
-        elif target.kind == "route":
-            users = (
-                session.scalars(
-                    select(User)
-                    .join(UserAddress, UserAddress.user_id == User.id)
-                    .where(
-                        UserAddress.practice_id == ctx.practice_id, UserAddress.address == ctx.from_address
-                    )
-                )
-                .unique()
-                .all()
+    session = ctx.db
+    if target.kind == "reply":
+        # The token was found live at RCPT; whatever changed since, the policy step judges afresh.
+        owner = session.get(User, target.user_id) if target.user_id is not None else None
+        if owner is None or target.conversation_id is None:
+            raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
+        ctx.conversation_id = target.conversation_id
+        if not owner.owns_address(ctx.from_address):
+            raise Rejected(replies.SENDER_MISMATCH, "reply_user_mismatch")
+        ctx.sender = owner
+    elif target.kind == "route":
+        users = (
+            session.scalars(
+                select(User)
+                .join(UserAddress, UserAddress.user_id == User.id)
+                .where(UserAddress.practice_id == ctx.practice_id, UserAddress.address == ctx.from_address)
             )
-            ctx.sender = users[0] if len(users) == 1 else None
-            if ctx.sender is not None and ctx.sender.kind == UserKind.staff:
-                raise Rejected(replies.STAFF_USE_APP, "staff_to_route")
+            .unique()
+            .all()
+        )
+        ctx.sender = users[0] if len(users) == 1 else None
+        if ctx.sender is not None and ctx.sender.kind == UserKind.staff:
+            raise Rejected(replies.STAFF_USE_APP, "staff_to_route")
+    # DNS comes next and may take seconds: end the read transaction so no connection waits with it.
+    session.commit()
 
 
 def authenticate_sender(ctx: Context) -> None:
@@ -396,35 +413,33 @@ def extract_body(ctx: Context) -> None:
 def sender_policy(ctx: Context) -> None:
     """Who may post, evaluated now; confidential and private replies need an aligned pass or wait for staff."""
     target = ctx.envelope.target
-    with ctx.deps.sessions() as session:
-        if target.kind == "route":
-            _route_policy(ctx, session)
-            return
-        conversation = session.get(Conversation, ctx.conversation_id)
-        assert ctx.sender is not None
-        if conversation is None:
-            raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
-        sender = session.get_one(User, ctx.sender.id)
-        verdict = can_post(
-            convs.post_situation(
-                session,
-                sender,
-                conversation,
-                body=ctx.body,
-                internal=ctx.internal,
-                has_files=bool(ctx.parsed and ctx.parsed.attachments),
-            )
-        )
-        ctx.rule = verdict.rule
-        if not verdict.allowed:
-            ctx.notice_reason = verdict.reason
-            raise Rejected(replies.POLICY_DENIED, verdict.reason)
-        strict = ctx.settings.sender_auth == "aligned_required" or conversation.kind in (
-            ConversationKind.confidential,
-            ConversationKind.private,
-        )
-        if strict and ctx.auth is not None and not ctx.auth.aligned:
-            _quarantine(ctx, "auth_not_aligned")
+    session = ctx.db
+    if target.kind == "route":
+        _route_policy(ctx, session)
+        return
+    ctx.conversation = conversation = session.get(Conversation, ctx.conversation_id)
+    assert ctx.sender is not None
+    if conversation is None:
+        raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
+    ctx.snapshot = convs.post_situation(
+        session,
+        ctx.sender,
+        conversation,
+        body=ctx.body,
+        internal=ctx.internal,
+        has_files=bool(ctx.parsed and ctx.parsed.attachments),
+    )
+    verdict = can_post(ctx.snapshot)
+    ctx.rule = verdict.rule
+    if not verdict.allowed:
+        ctx.notice_reason = verdict.reason
+        raise Rejected(replies.POLICY_DENIED, verdict.reason)
+    strict = ctx.settings.sender_auth == "aligned_required" or conversation.kind in (
+        ConversationKind.confidential,
+        ConversationKind.private,
+    )
+    if strict and ctx.auth is not None and not ctx.auth.aligned:
+        _quarantine(ctx, "auth_not_aligned")
 
 
 def _route_policy(ctx: Context, session: Session) -> None:
@@ -484,60 +499,67 @@ def take_attachments(ctx: Context) -> None:
 
 def store(ctx: Context) -> None:
     """Message, attachment rows, notifications and the inbound row's final state in one transaction."""
-    assert ctx.sender is not None
+    assert ctx.sender is not None and ctx.log_row is not None
     key = idempotency_key(ctx)
     accepted = ctx.intake.accepted if ctx.intake else []
     source = MessageSource.imap if ctx.envelope.door == "imap" else MessageSource.email
+    session = ctx.db
+    with writer_gate(ctx.deps.sessions):
+        _store_locked(ctx, session, key, accepted, source)
+
+
+def _store_locked(
+    ctx: Context, session: Session, key: str, accepted: list[NewAttachment], source: MessageSource
+) -> None:
+    assert ctx.sender is not None and ctx.log_row is not None
     try:
-        with transaction(ctx.deps.sessions) as session:
-            if session.scalar(select(Message.id).where(Message.idempotency_key == key)):
-                raise Done(InboundState.duplicate, "duplicate_suppressed")
-            practice = session.get_one(Practice, ctx.practice_id)
-            sender = session.get_one(User, ctx.sender.id)
-            if ctx.envelope.target.kind == "route":
-                message = _open_conversation(ctx, session, practice, sender, key, source)
-            else:
-                conversation = session.get_one(Conversation, ctx.conversation_id)
-                message = convs.post_message(
-                    session,
-                    practice,
-                    conversation,
-                    sender,
-                    body=ctx.body,
-                    body_html=ctx.body_html,
-                    hidden_text=ctx.hidden,
-                    internal=ctx.internal,
-                    source=source,
-                    attachments=accepted,
-                    idempotency_key=key,
-                )
-                session.execute(
-                    update(ReplyToken)
-                    .where(ReplyToken.id == ctx.envelope.target.token_id)
-                    .values(last_used_at=utcnow())
-                )
-            ctx.details["posted"] = message.id
-            ctx.conversation_id = message.conversation_id
-            session.execute(
-                update(InboundLog)
-                .where(InboundLog.id == ctx.inbound_id)
-                .values(
-                    **_final_values(ctx, InboundState.posted, "posted", replies.OK),
-                    posted_message_id=message.id,
-                    conversation_id=message.conversation_id,
-                )
+        # A repeat (same token, Message-ID and body) meets the unique idempotency key at the insert.
+        practice = session.get_one(Practice, ctx.practice_id)
+        if ctx.envelope.target.kind == "route":
+            message = _open_conversation(ctx, session, practice, ctx.sender, key, source)
+        else:
+            conversation = session.get_one(Conversation, ctx.conversation_id)
+            message = convs.post_message(
+                session,
+                practice,
+                conversation,
+                ctx.sender,
+                body=ctx.body,
+                body_html=ctx.body_html,
+                hidden_text=ctx.hidden,
+                internal=ctx.internal,
+                source=source,
+                attachments=accepted,
+                idempotency_key=key,
+                judged=ctx.snapshot,
             )
-            if ctx.envelope.finalize is not None:
-                ctx.envelope.finalize(session)
-            if ctx.notice_reason == "attachment_withheld":
-                _notice(session, practice, ctx, "attachment_withheld")
+            session.execute(
+                update(ReplyToken)
+                .where(ReplyToken.id == ctx.envelope.target.token_id)
+                .values(last_used_at=utcnow())
+            )
+        ctx.details["posted"] = message.id
+        ctx.conversation_id = message.conversation_id
+        _finish_row(ctx.log_row, ctx, InboundState.posted, "posted", replies.OK)
+        ctx.log_row.posted_message_id = message.id
+        ctx.log_row.conversation_id = message.conversation_id
+        if ctx.envelope.finalize is not None:
+            ctx.envelope.finalize(session)
+        if ctx.notice_reason == "attachment_withheld":
+            _notice(session, practice, ctx, "attachment_withheld")
+        session.commit()
     except IntegrityError as exc:
+        session.rollback()
         if "idempotency" in str(exc.orig).lower() or "unique" in str(exc.orig).lower():
             raise Done(InboundState.duplicate, "duplicate_suppressed") from exc
         raise
     except convs.PolicyDenied as exc:  # the state changed between the check and the commit
+        session.rollback()
         ctx.notice_reason = exc.verdict.reason
         raise Rejected(replies.POLICY_DENIED, exc.verdict.reason) from exc
+    except BaseException:
+        session.rollback()
+        raise
 
 
 def _open_conversation(
@@ -672,8 +694,18 @@ def _notice(session: Session, practice: Practice, ctx: Context, reason: str) -> 
     )
 
 
+def _close(ctx: Context) -> None:
+    """The run's session ends here, whatever happened (a broken connection must not leak)."""
+    if ctx.session is not None:
+        with contextlib.suppress(SQLAlchemyError):
+            ctx.session.close()
+        ctx.session = None
+
+
 def _record(ctx: Context, state: InboundState, reason: str, reply: SmtpReply) -> None:
-    """Final state of a run that did not post; best effort when the database itself is the problem."""
+    """Final state of a run that did not post, in a session of its own (the run's may be broken);
+    best effort when the database itself is the problem."""
+    _close(ctx)
     if not ctx.inbound_id:
         return
     try:
@@ -701,7 +733,7 @@ def _cleanup_raw(ctx: Context, state: InboundState) -> None:
 
 def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
     """Run every step; return the one SMTP answer. 250 only once the post is committed."""
-    ctx = Context(deps=deps, envelope=envelope, raw_path=raw_path, size=size)
+    ctx = Context(deps=deps, envelope=envelope, raw_path=raw_path, size=size, session=deps.sessions())
     state, reason, reply = InboundState.posted, "posted", replies.OK
     try:
         for step in STEPS:
@@ -728,6 +760,7 @@ def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
         state, reason, reply = InboundState.deferred, "internal_error", replies.TEMPFAIL
         _record(ctx, state, reason, reply)
     finally:
+        _close(ctx)
         for cleanup in ctx.cleanups:
             cleanup()
         if not ctx.inbound_id:
