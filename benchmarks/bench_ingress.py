@@ -10,7 +10,8 @@ conversations so nothing is quarantined; spread over 400 tokens so nothing is a 
 by 20 concurrent senders, (a) one connection per message and (b) reused connections, to
 
 * a bare aiosmtpd server whose handler only answers 250 (the baseline),
-* mailbridge's ingress (``runtime.start_ingress``, worker off) on SQLite, then on PostgreSQL.
+* mailbridge's ingress (``runtime.start_ingress``, worker off) on SQLite, then on PostgreSQL, as one
+  process (the default) and as one process per CPU (``smtp_processes``, SO_REUSEPORT).
 
 Server and load generator each run in their own process; the generator (an asyncio client over
 raw sockets) is the same for every row. Latency is end-of-DATA → reply, measured by the client
@@ -21,6 +22,7 @@ database (messages posted by email, inbound rows in state posted).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import time
@@ -89,6 +91,9 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
         return replies(threads, k, seed=mails_seed, start=mails_seed * 100_000)
 
     kinds = ["sqlite"]
+    # One process (the default), then one per CPU (``smtp_processes = 0``): the bare server stays one
+    # process, so the second row shows what the setting buys on this machine, not a like-for-like.
+    process_counts = sorted({1, os.cpu_count() or 1})
     skipped = ""
     if postgres:
         reason = postgres_available()
@@ -111,28 +116,31 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
         for kind in kinds:
             with backend(kind, "mbingress") as b:
                 threads = seed_practice(b, CONVERSATIONS)
-                with mailbridge_server(b.root, b.url) as server:
-                    _load(server.port, fresh(threads, warm), reuse=True)
-                    for reuse in (False, True):
-                        base = _load(bare.port, fresh(dummy, n), reuse, limit)
-                        rows.append(Row("bare aiosmtpd (250 only)", _mode(reuse), base))
-                        before, logged_before = count_posted(b)
-                        result = _load(server.port, fresh(threads, n), reuse, limit)
-                        after, logged = count_posted(b)
-                        rows.append(
-                            Row(
-                                f"mailbridge {b.name}",
-                                _mode(reuse),
-                                result,
-                                after - before,
-                                base.rate,
-                                logged - logged_before,
+                for processes in process_counts:
+                    name = f"mailbridge {b.name}" + (f", {processes} processes" if processes > 1 else "")
+                    with mailbridge_server(b.root, b.url, smtp_processes=processes) as server:
+                        _load(server.port, fresh(threads, warm), reuse=True)
+                        for reuse in (False, True):
+                            base = _load(bare.port, fresh(dummy, n), reuse, limit)
+                            rows.append(Row("bare aiosmtpd (250 only)", _mode(reuse), base))
+                            before, logged_before = count_posted(b)
+                            result = _load(server.port, fresh(threads, n), reuse, limit)
+                            after, logged = count_posted(b)
+                            rows.append(
+                                Row(
+                                    name,
+                                    _mode(reuse),
+                                    result,
+                                    after - before,
+                                    base.rate,
+                                    logged - logged_before,
+                                )
                             )
-                        )
 
     out = [
         f"Ingress: up to {n:,} replies of ~5.3 KB per row (at most {limit:.0f} s), {CONCURRENCY} concurrent "
-        "senders, asyncio raw-socket load generator in its own process",
+        "senders, asyncio raw-socket load generator in its own process; the bare server is one "
+        "process, mailbridge one or one per CPU (smtp_processes)",
         table(
             ["server", "connections", "msg/s", "vs baseline", "p50 ms", "p99 ms", "answers", "posted"],
             [

@@ -364,7 +364,13 @@ def _mailbridge_child(conn: Connection, root: str, database_url: str, overrides:
         from tests.conftest import make_services
 
         services = make_services(Path(root), database_url, **overrides)
-        server = await start_ingress(services)
+        processes = services.settings.effective_smtp_processes
+        server = await start_ingress(services, reuse_port=processes > 1)
+        cluster = None
+        if processes > 1:
+            from mailbridge.ingress.cluster import start_cluster
+
+            cluster = await start_cluster(services, server.sockets[0].getsockname()[1], processes - 1)
         stop = asyncio.Event()
         tasks = []
         if services.settings.worker_enabled:
@@ -372,10 +378,12 @@ def _mailbridge_child(conn: Connection, root: str, database_url: str, overrides:
 
             tasks.append(asyncio.create_task(Worker.from_services(services).run_forever(stop)))
         _watch_parent(conn, stop, CHILD_LIFETIME)
-        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        port = server.sockets[0].getsockname()[1]
         conn.send(("ready", port, os.getpid()))
         await stop.wait()
         server.close()
+        if cluster is not None:
+            await cluster.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
         services.close()
 
@@ -412,7 +420,8 @@ def _stop_process(proc: Any, grace: float = 10.0) -> None:
 @contextlib.contextmanager
 def _child(target: Any, *args: Any, start_timeout: float = 60.0) -> Iterator[Child]:
     parent, child = _MP.Pipe()
-    proc = _MP.Process(target=target, args=(child, *args), daemon=True)
+    # Not daemonic: a mailbridge server with smtp_processes > 1 starts children of its own.
+    proc = _MP.Process(target=target, args=(child, *args), daemon=False)
     proc.start()
     child.close()
     try:
@@ -447,7 +456,7 @@ def mailbridge_server(
     Services are built like ``tests.conftest.make_services`` under *root* (the same data dir, hence
     the same token secret, as the parent that seeded it).
     """
-    settings = {"smtp_listen": f"{HOST}:0", "worker_enabled": False, **overrides}
+    settings = {"smtp_listen": f"{HOST}:0", "worker_enabled": False, "log_level": "WARNING", **overrides}
     return _child(_mailbridge_child, str(root), database_url, settings)
 
 

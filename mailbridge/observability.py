@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +15,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 
 from mailbridge.domain.db import migrations_current
@@ -47,6 +51,45 @@ IMAP_STATUS = Gauge(
 )
 
 OUTBOX_LAG_LIMIT = timedelta(minutes=15)
+
+# The latest counters and histograms of each extra SMTP process (ingress.cluster), by slot.
+Sample = tuple[str, str, tuple[tuple[str, str], ...], float]  # family, sample name, labels, value
+CHILD_SAMPLES: dict[int, list[Sample]] = {}
+
+
+def export_samples() -> list[Sample]:
+    """This process's counters and histograms, for the parent that serves /metrics."""
+    out: list[Sample] = []
+    for family in REGISTRY.collect():
+        if family.type not in ("counter", "histogram"):
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_created"):
+                out.append((family.name, sample.name, tuple(sorted(sample.labels.items())), sample.value))
+    return out
+
+
+class _NodeTotals(Collector):
+    """This process's metrics plus its SMTP processes' latest reports, summed label set by label set."""
+
+    def collect(self) -> Iterator[Metric]:
+        extra: defaultdict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = defaultdict(dict)
+        for samples in list(CHILD_SAMPLES.values()):
+            for family_name, name, labels, value in samples:
+                bucket = extra[family_name]
+                bucket[(name, labels)] = bucket.get((name, labels), 0.0) + value
+        for family in REGISTRY.collect():
+            theirs = extra.get(family.name)
+            if not theirs:
+                yield family
+                continue
+            merged = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                merged.add_sample(sample.name, sample.labels, sample.value + theirs.pop(key, 0.0))
+            for (name, labels), value in theirs.items():  # label sets only the children have seen
+                merged.add_sample(name, dict(labels), value)
+            yield merged
 
 
 def _outbox_stats(services: Services) -> tuple[int, float]:
@@ -87,4 +130,8 @@ def render_metrics(services: Services) -> tuple[bytes, str]:
         OUTBOX_AGE.set(age)
     except Exception:  # metrics must render even when the database is down
         pass
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    if not CHILD_SAMPLES:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    node = CollectorRegistry()
+    node.register(_NodeTotals())
+    return generate_latest(node), CONTENT_TYPE_LATEST

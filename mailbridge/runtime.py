@@ -16,7 +16,10 @@ from mailbridge.wiring import Services, pipeline_deps
 log = logging.getLogger(__name__)
 
 
-async def start_ingress(services: Services) -> asyncio.AbstractServer:
+async def start_ingress(
+    services: Services, port: int | None = None, reuse_port: bool = False
+) -> asyncio.Server:
+    """The SMTP/LMTP listener; *port* and *reuse_port* let extra processes share one port."""
     from mailbridge.domain.practice_settings import PracticeSettings
     from mailbridge.ingress.smtp import (
         ConnectionLimits,
@@ -27,7 +30,8 @@ async def start_ingress(services: Services) -> asyncio.AbstractServer:
     )
 
     settings = services.settings
-    host, port = split_listen(settings.smtp_listen)
+    host, configured_port = split_listen(settings.smtp_listen)
+    port = configured_port if port is None else port
     handler = IngressHandler(
         pipeline_deps(services),
         make_decider(services),
@@ -48,6 +52,7 @@ async def start_ingress(services: Services) -> asyncio.AbstractServer:
         large_transfers=settings.max_concurrent_large_transfers,
         timeout=settings.smtp_timeout_seconds,
         tls=tls,
+        reuse_port=reuse_port,
     )
     services.flags["smtp_listening"] = True
     log.info("smtp_listening", extra={"listen": settings.smtp_listen, "lmtp": settings.lmtp})
@@ -61,7 +66,16 @@ async def run_all(services: Services, stop: asyncio.Event | None = None) -> None
 
     organizational_domain("example.org")  # load the public-suffix list now, not on the first message
     tasks: list[asyncio.Task[None]] = []
-    smtp_server = await start_ingress(services) if settings.smtp_enabled else None
+    smtp_server = None
+    cluster = None
+    if settings.smtp_enabled:
+        from mailbridge.ingress.cluster import start_cluster
+
+        processes = settings.effective_smtp_processes
+        smtp_server = await start_ingress(services, reuse_port=processes > 1)
+        if processes > 1:
+            port = smtp_server.sockets[0].getsockname()[1]
+            cluster = await start_cluster(services, port, processes - 1)
     if settings.worker_enabled:
         from mailbridge.outbound.worker import Worker
 
@@ -92,6 +106,8 @@ async def run_all(services: Services, stop: asyncio.Event | None = None) -> None
     if smtp_server is not None:
         smtp_server.close()
         services.flags["smtp_listening"] = False
+    if cluster is not None:
+        await cluster.stop()  # the children finish the messages they hold
     await asyncio.gather(http, *tasks, return_exceptions=True)
 
 

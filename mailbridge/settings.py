@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +52,9 @@ class Settings(BaseSettings):
     smtp_max_recipients: int = Field(default=100, ge=1)
     smtp_timeout_seconds: float = Field(default=300.0, gt=0)
     max_concurrent_large_transfers: int = Field(default=4, ge=1)
+    # Processes accepting SMTP on smtp_listen (SO_REUSEPORT): the pipeline is CPU-bound Python, one
+    # process uses one core. 0 = one per CPU. Connection limits above apply per process.
+    smtp_processes: int = Field(default=1, ge=0, le=64)
 
     # Outbound
     smarthost: str = ""  # host:port; empty writes .eml files to DATA_DIR/outbox/
@@ -126,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'mailbridge.db').resolve()}"
+
+    @property
+    def effective_smtp_processes(self) -> int:
+        return self.smtp_processes or os.cpu_count() or 1
 
     @property
     def starttls_enabled(self) -> bool:

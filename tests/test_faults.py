@@ -157,6 +157,7 @@ class ServeProcess:
     http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def command(self) -> list[str]:
         script = Path(sys.executable).parent / "mailbridge"
@@ -177,6 +178,7 @@ class ServeProcess:
             MAILBRIDGE_DNS_TIMEOUT_SECONDS="3",
             MAILBRIDGE_LOG_LEVEL="WARNING",
         )
+        env.update(self.extra_env)
         self.starts += 1
         log = open(self.data_dir.parent / f"serve-{self.starts}.log", "wb")  # noqa: SIM115 (closed by the child)
         self.proc = subprocess.Popen(

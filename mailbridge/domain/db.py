@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -50,23 +52,62 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+class SqliteWriterGate:
+    """One writer at a time, queued without sleeping: a thread lock for this process and, for a
+    database file, an exclusive ``flock`` for the other processes (``smtp_processes``) on it.
+
+    SQLite takes one writer at a time. Without this, concurrent writers wait inside SQLite's busy
+    handler, which sleeps 1 to 100 ms between tries: 20 concurrent SMTP senders became a queue of
+    sleepers. A lock wakes the next writer as soon as the previous one commits.
+    """
+
+    def __init__(self, lock_path: Path | None) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0  # changed only by the thread holding self._lock
+        self._lock_path = lock_path
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            if self._depth == 0 and self._lock_path is not None:
+                if self._fd is None:
+                    self._fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._depth += 1
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, SqliteWriterGate] = weakref.WeakKeyDictionary()
 _GATES_LOCK = threading.Lock()
 
 
 def writer_gate(factory: sessionmaker[Session]) -> contextlib.AbstractContextManager[Any]:
-    """SQLite takes one writer at a time. Threads of this process queue for it here, on a lock that
-    wakes the next one at once, instead of inside SQLite's busy handler, which sleeps 1 to 100 ms
-    between tries and turned 20 concurrent SMTP senders into a queue of sleepers. PostgreSQL locks
-    rows, not the database: no gate. Other processes sharing a SQLite file still meet the busy handler.
-    """
+    """Hold around a write transaction on the hot path (see ``SqliteWriterGate``). PostgreSQL locks
+    rows, not the database: no gate there."""
     engine = factory.kw.get("bind")
     if not isinstance(engine, Engine) or engine.dialect.name != "sqlite":
         return contextlib.nullcontext()
     with _GATES_LOCK:
         gate = _SQLITE_WRITERS.get(engine)
         if gate is None:
-            gate = _SQLITE_WRITERS[engine] = threading.RLock()
+            database = engine.url.database
+            lock_path = Path(database + "-writer.lock") if database and database != ":memory:" else None
+            gate = _SQLITE_WRITERS[engine] = SqliteWriterGate(lock_path)
     return gate
 
 

@@ -40,7 +40,7 @@ class _RememberingHeaders(HeaderRegistry):
         return header
 
 
-def message_policy() -> EmailPolicy:
+def message_policy() -> EmailPolicy[EmailMessage]:
     """policy.default with a header memory of its own: one per parsed message."""
     return email.policy.default.clone(header_factory=_RememberingHeaders())
 

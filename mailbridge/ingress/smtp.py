@@ -322,7 +322,8 @@ async def start_smtp(
     large_transfers: int,
     timeout: float,
     tls: ssl.SSLContext | None,
-) -> asyncio.AbstractServer:
+    reuse_port: bool = False,
+) -> asyncio.Server:
     cls = IngressLMTP if lmtp else IngressSMTP
     semaphore = asyncio.Semaphore(large_transfers)
 
@@ -344,7 +345,7 @@ async def start_smtp(
         return server
 
     loop = asyncio.get_running_loop()
-    return await loop.create_server(factory, host=host, port=port)
+    return await loop.create_server(factory, host=host, port=port, reuse_port=reuse_port or None)
 
 
 def make_decider(services: Any) -> Any:
