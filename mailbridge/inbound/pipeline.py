@@ -26,9 +26,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from mailbridge import replies
 from mailbridge.domain import conversations as convs
@@ -69,6 +69,11 @@ from mailbridge.storage.blobs import BlobStore
 from mailbridge.storage.intake import Intake, TooManyAttachments, intake_uploads
 
 log = logging.getLogger(__name__)
+
+# Hot-path writes go to the tables, not the mapped classes: an ORM-enabled INSERT or UPDATE would
+# also search the session's identity map, which costs more than the statement itself.
+INBOUND_TABLE: Table = InboundLog.__table__  # type: ignore[assignment]
+TOKEN_TABLE: Table = ReplyToken.__table__  # type: ignore[assignment]
 
 # Reasons a known participant can fix: they get one polite notice per reason per day (never a stranger).
 FIXABLE = frozenset(
@@ -165,7 +170,6 @@ class Context:
     # Held here because the identity map only keeps objects somebody still references.
     practice: Practice | None = None
     conversation: Conversation | None = None
-    log_row: InboundLog | None = None  # written first by store_raw, finished by store
     snapshot: Situation | None = None  # what sender_policy judged; the post reuses it
 
     @property
@@ -197,27 +201,31 @@ def store_raw(ctx: Context) -> None:
         os.replace(ctx.raw_path, final)
     except OSError as exc:
         raise Deferred(replies.TEMPFAIL, "tempfail_disk") from exc
-    row = InboundLog(
-        id=row_id,
-        practice_id=ctx.envelope.target.practice_id,
-        door=ctx.envelope.door,
-        peer=ctx.envelope.peer,
-        helo=(ctx.envelope.helo or "")[:255] or None,
-        mail_from=ctx.envelope.mail_from[:320],
-        rcpt=ctx.envelope.target.redacted[:320],
-        token_id=ctx.envelope.target.token_id,
-        size=ctx.size,
-        raw_path=str(final),
-        state=InboundState.received,
-    )
     try:
         with writer_gate(ctx.deps.sessions):
-            ctx.db.add(row)
+            ctx.db.execute(
+                insert(INBOUND_TABLE).values(
+                    id=row_id,
+                    practice_id=ctx.envelope.target.practice_id,
+                    received_at=utcnow(),
+                    door=ctx.envelope.door,
+                    peer=ctx.envelope.peer,
+                    helo=(ctx.envelope.helo or "")[:255] or None,
+                    mail_from=ctx.envelope.mail_from[:320],
+                    rcpt=ctx.envelope.target.redacted[:320],
+                    token_id=ctx.envelope.target.token_id,
+                    size=ctx.size,
+                    raw_path=str(final),
+                    state=InboundState.received,
+                    details={},
+                )
+            )
             ctx.db.commit()
     except BaseException:
+        with contextlib.suppress(SQLAlchemyError):
+            ctx.db.rollback()
         final.unlink(missing_ok=True)  # no row, no file: the sender's retry starts clean (P9)
         raise
-    ctx.log_row = row
     ctx.inbound_id = row_id
     ctx.raw_path = final
     ctx.practice_id = ctx.envelope.target.practice_id
@@ -316,7 +324,11 @@ def resolve_sender(ctx: Context) -> None:
     session = ctx.db
     if target.kind == "reply":
         # The token was found live at RCPT; whatever changed since, the policy step judges afresh.
-        owner = session.get(User, target.user_id) if target.user_id is not None else None
+        owner = (
+            session.get(User, target.user_id, options=[joinedload(User.addresses)])
+            if target.user_id is not None
+            else None
+        )
         if owner is None or target.conversation_id is None:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
         ctx.conversation_id = target.conversation_id
@@ -499,7 +511,7 @@ def take_attachments(ctx: Context) -> None:
 
 def store(ctx: Context) -> None:
     """Message, attachment rows, notifications and the inbound row's final state in one transaction."""
-    assert ctx.sender is not None and ctx.log_row is not None
+    assert ctx.sender is not None
     key = idempotency_key(ctx)
     accepted = ctx.intake.accepted if ctx.intake else []
     source = MessageSource.imap if ctx.envelope.door == "imap" else MessageSource.email
@@ -511,7 +523,7 @@ def store(ctx: Context) -> None:
 def _store_locked(
     ctx: Context, session: Session, key: str, accepted: list[NewAttachment], source: MessageSource
 ) -> None:
-    assert ctx.sender is not None and ctx.log_row is not None
+    assert ctx.sender is not None
     try:
         # A repeat (same token, Message-ID and body) meets the unique idempotency key at the insert.
         practice = session.get_one(Practice, ctx.practice_id)
@@ -534,15 +546,21 @@ def _store_locked(
                 judged=ctx.snapshot,
             )
             session.execute(
-                update(ReplyToken)
-                .where(ReplyToken.id == ctx.envelope.target.token_id)
+                update(TOKEN_TABLE)
+                .where(TOKEN_TABLE.c.id == ctx.envelope.target.token_id)
                 .values(last_used_at=utcnow())
             )
         ctx.details["posted"] = message.id
         ctx.conversation_id = message.conversation_id
-        _finish_row(ctx.log_row, ctx, InboundState.posted, "posted", replies.OK)
-        ctx.log_row.posted_message_id = message.id
-        ctx.log_row.conversation_id = message.conversation_id
+        session.execute(
+            update(INBOUND_TABLE)
+            .where(INBOUND_TABLE.c.id == ctx.inbound_id)
+            .values(
+                **_final_values(ctx, InboundState.posted, "posted", replies.OK),
+                posted_message_id=message.id,
+                conversation_id=message.conversation_id,
+            )
+        )
         if ctx.envelope.finalize is not None:
             ctx.envelope.finalize(session)
         if ctx.notice_reason == "attachment_withheld":

