@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     outbox_lifetime_seconds: int = Field(default=2 * 24 * 3600, ge=60)
     outbox_lease_seconds: int = Field(default=300, ge=5)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
-    outbox_batch: int = Field(default=50, ge=1)
+    outbox_batch: int = Field(default=50, ge=1, le=1000)  # rows per claim; IN-lists stay small
     worker_enabled: bool = True
 
     # IMAP mailboxes (configured per practice through the API)

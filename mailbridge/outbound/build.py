@@ -1,33 +1,39 @@
-"""From an outbox row to signed bytes: gather what the template may show, render, compose, sign."""
+"""From an outbox row to signed bytes: gather what the template may show, render, compose, sign.
+
+Three steps, so that the worker's database transaction holds only database work:
+
+* :meth:`Builder.plan` reads (the batch's :class:`BatchSnapshot`, the policy, asked again now) and
+  renders: a :class:`Draft`, or ``NothingToSend``;
+* :meth:`Builder.reply_token` issues the recipient's reply token when they may answer by email, the
+  only write (with the row's Message-ID, committed by the worker before anything is sent);
+* :meth:`Builder.finish` composes and signs: CPU only, after the commit, no database.
+"""
 
 from __future__ import annotations
 
 import email
 import email.policy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from email.headerregistry import Address
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from mailbridge.domain import conversations as convs
-from mailbridge.domain.models import (
-    Conversation,
-    InboundLog,
-    Message,
-    Outbox,
-    OutboxKind,
-    Practice,
-    User,
-    utcnow,
-)
+from mailbridge.domain.models import InboundLog, Outbox, OutboxKind, Practice, utcnow
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound.envelope import verp_address
 from mailbridge.inbound.tokens import AddressTemplate, TokenIssuer
-from mailbridge.outbound.compose import Envelope, compose, named, thread_index
+from mailbridge.outbound.compose import Envelope, compose, compose_bytes, named, thread_index
 from mailbridge.outbound.keys import KeyStore
-from mailbridge.outbound.render import Renderer
+from mailbridge.outbound.render import Rendered, Renderer
+from mailbridge.outbound.sign import DkimSigner
+from mailbridge.outbound.snapshot import BatchSnapshot
 from mailbridge.policy.rules import can_post, can_read
+
+# The body the policy is asked about: long enough that a practice's minimum length never decides
+# whether a recipient may answer a notification by email.
+POLICY_BODY = "x" * 10_000
 
 
 class NothingToSend(Exception):
@@ -42,6 +48,41 @@ class Built:
     message_id: str
 
 
+@dataclass(frozen=True)
+class ReplyAddress:
+    """Whose reply token goes into Reply-To, and how the practice writes the address."""
+
+    practice_id: int
+    user_id: int
+    conversation_id: str
+    local_template: str
+    domain: str
+
+    def address(self, token: str) -> Address:
+        return named(None, f"{AddressTemplate(self.local_template).local_part(token)}@{self.domain}")
+
+
+@dataclass(frozen=True)
+class Draft:
+    """One row's email, decided from the database and rendered; no database is needed to finish it.
+
+    The envelope has no Reply-To yet: when *reply* is set, the recipient may answer by email and
+    the address carries their reply token, issued by :meth:`Builder.reply_token`.
+    """
+
+    envelope: Envelope
+    rendered: Rendered
+    mail_from: str  # VERP envelope sender
+    rcpt: str
+    signer: DkimSigner | None
+    reply: ReplyAddress | None = None
+    original: bytes | None = None  # a forward: the mail attached as message/rfc822
+
+    @property
+    def message_id(self) -> str:
+        return self.envelope.message_id
+
+
 @dataclass
 class Builder:
     renderer: Renderer
@@ -51,51 +92,92 @@ class Builder:
     app_url: str
     loop_value: str
 
-    def build(self, session: Session, row: Outbox) -> Built:
-        practice = session.get_one(Practice, row.practice_id)
-        settings = PracticeSettings.model_validate(practice.settings or {})
+    def build(self, session: Session, row: Outbox, snapshot: BatchSnapshot | None = None) -> Built:
+        """Signed bytes for one row: the three steps in a row (the worker spreads them over a batch)."""
+        draft = self.plan(session, row, snapshot or BatchSnapshot.load(session, [row]))
+        return self.finish(draft, self.reply_token(session, draft))
+
+    def plan(self, session: Session, row: Outbox, batch: BatchSnapshot) -> Draft:
+        """What the row's email says, read from *batch* (and the policy asked now); raises NothingToSend."""
+        practice = batch.practices[row.practice_id]
+        settings = batch.settings(practice)
+        reply: ReplyAddress | None = None
+        original: bytes | None = None
         if row.kind == OutboxKind.notification:
-            msg, message_id = self._notification(session, practice, settings, row)
+            envelope, rendered, reply = self._notification(session, batch, practice, settings, row)
         elif row.kind == OutboxKind.notice:
-            msg, message_id = self._notice(practice, row)
+            envelope, rendered = self._notice(practice, row)
         else:
-            msg, message_id = self._forward(session, practice, row)
-        data = msg.as_bytes(policy=email.policy.SMTP)
-        signer = self.keys.signer_for(practice, settings)
-        if signer is not None:
-            data = signer.sign(data)
-        return Built(
-            data, verp_address(self.verp_secret, row.id, practice.reply_domain), row.to_address, message_id
+            envelope, rendered, original = self._forward(session, practice, row)
+        return Draft(
+            envelope=envelope,
+            rendered=rendered,
+            mail_from=verp_address(self.verp_secret, row.id, practice.reply_domain),
+            rcpt=row.to_address,
+            signer=self.keys.signer_for(practice, settings),
+            reply=reply,
+            original=original,
         )
+
+    def reply_token(self, session: Session, draft: Draft) -> str | None:
+        """The recipient's reply token when they may answer by email: created on first use (a write)."""
+        if draft.reply is None:
+            return None
+        reply = draft.reply
+        return self.tokens.issue(session, reply.practice_id, reply.user_id, reply.conversation_id)
+
+    def finish(self, draft: Draft, token: str | None) -> Built:
+        """Compose and sign: CPU only, no database."""
+        envelope = draft.envelope
+        if draft.reply is not None:
+            if token is None:
+                raise ValueError("this recipient may answer by email: the draft needs its reply token")
+            envelope = replace(envelope, reply_to=draft.reply.address(token))
+        if draft.original is None:
+            data = compose_bytes(envelope, draft.rendered)
+        else:
+            data = _with_original(envelope, draft.rendered, draft.original)
+        if draft.signer is not None:
+            data = draft.signer.sign(data)
+        return Built(data, draft.mail_from, draft.rcpt, envelope.message_id)
 
     def _domain(self, practice: Practice) -> str:
         return practice.notify_from.rpartition("@")[2].lower()
 
     def _notification(
-        self, session: Session, practice: Practice, settings: PracticeSettings, row: Outbox
-    ) -> tuple[email.message.EmailMessage, str]:
-        message = session.get(Message, row.message_id) if row.message_id else None
-        recipient = session.get(User, row.recipient_id) if row.recipient_id else None
+        self,
+        session: Session,
+        batch: BatchSnapshot,
+        practice: Practice,
+        settings: PracticeSettings,
+        row: Outbox,
+    ) -> tuple[Envelope, Rendered, ReplyAddress | None]:
+        message = batch.messages.get(row.message_id) if row.message_id else None
+        recipient = batch.users.get(row.recipient_id) if row.recipient_id is not None else None
         if message is None or message.deleted_at is not None or recipient is None:
             raise NothingToSend("message or recipient gone")
-        conversation = session.get_one(Conversation, message.conversation_id)
+        conversation = batch.conversations[message.conversation_id]
         if conversation.deleted_at is not None:
             raise NothingToSend("conversation deleted")
         # One snapshot answers both questions: may they still read it, and may they answer by email?
-        snapshot = convs.situation(session, recipient, conversation, body="x" * 10_000)
+        snapshot = batch.situation(session, recipient, conversation, POLICY_BODY)
         if not can_read(snapshot).allowed:  # policy re-checked at send time too
             raise NothingToSend("recipient may no longer read")
         mode = getattr(settings.notify_content, conversation.kind.value)
         domain = self._domain(practice)
-        first = convs.first_message(session, conversation.id)
-        root_id = f"<n.{first.id if first else message.id}.{recipient.id}@{domain}>"
+        first_id = batch.first_ids.get(conversation.id)
+        root_id = f"<n.{first_id or message.id}.{recipient.id}@{domain}>"
         message_id = f"<n.{message.id}.{recipient.id}@{domain}>"
-        is_first = first is None or first.id == message.id
-        reply_to = None
+        is_first = first_id is None or first_id == message.id
+        reply = None
         if settings.reply_by_email and can_post(snapshot).allowed:
-            token = self.tokens.issue(session, practice.id, recipient.id, conversation.id)
-            local = AddressTemplate(settings.reply_local_template).local_part(token)
-            reply_to = named(None, f"{local}@{practice.reply_domain}")
+            reply = ReplyAddress(
+                practice.id,
+                recipient.id,
+                conversation.id,
+                settings.reply_local_template,
+                practice.reply_domain,
+            )
         link = f"{self.app_url.rstrip('/')}/conversations/{conversation.id}"
         preferences = f"{self.app_url.rstrip('/')}/settings/notifications"
         minimal = mode == "minimal"
@@ -109,7 +191,7 @@ class Builder:
             "link": link,
             "signin_link": self.app_url.rstrip("/") + "/",
             "preferences_link": preferences,
-            "reply_allowed": reply_to is not None,
+            "reply_allowed": reply is not None,
             "is_first": is_first,
             "coalesced": int((row.payload or {}).get("coalesced", 1)),
             "brand_color": str(settings.model_extra.get("brand_color", "#3b6ea5"))
@@ -131,7 +213,6 @@ class Builder:
         env = Envelope(
             from_address=named(from_name, practice.notify_from),
             to_address=named(None if minimal else recipient.name, recipient.email),
-            reply_to=reply_to,
             subject=rendered.subject,
             message_id=message_id,
             date=utcnow(),
@@ -144,9 +225,9 @@ class Builder:
             list_unsubscribe=None if minimal else preferences,
             loop_value=self.loop_value,
         )
-        return compose(env, rendered), message_id
+        return env, rendered, reply
 
-    def _notice(self, practice: Practice, row: Outbox) -> tuple[email.message.EmailMessage, str]:
+    def _notice(self, practice: Practice, row: Outbox) -> tuple[Envelope, Rendered]:
         payload = row.payload or {}
         domain = self._domain(practice)
         message_id = f"<x.{row.id}@{domain}>"
@@ -165,11 +246,9 @@ class Builder:
             in_reply_to=in_reply_to if in_reply_to and _msgid_ok(in_reply_to) else None,
             loop_value=self.loop_value,
         )
-        return compose(env, rendered), message_id
+        return env, rendered
 
-    def _forward(
-        self, session: Session, practice: Practice, row: Outbox
-    ) -> tuple[email.message.EmailMessage, str]:
+    def _forward(self, session: Session, practice: Practice, row: Outbox) -> tuple[Envelope, Rendered, bytes]:
         payload = row.payload or {}
         inbound = session.get(InboundLog, str(payload.get("inbound_id", "")))
         if inbound is None or not inbound.raw_path or not Path(inbound.raw_path).exists():
@@ -187,11 +266,16 @@ class Builder:
             date=utcnow(),
             loop_value=self.loop_value,
         )
-        msg = compose(env, rendered)
-        inner = email.message_from_bytes(raw, policy=email.policy.default)
-        msg.make_mixed()
-        msg.attach(_rfc822_part(inner))
-        return msg, message_id
+        return env, rendered, raw
+
+
+def _with_original(envelope: Envelope, rendered: Rendered, raw: bytes) -> bytes:
+    """A forward: the notice, then the original mail attached whole (message/rfc822)."""
+    msg = compose(envelope, rendered)
+    inner = email.message_from_bytes(raw, policy=email.policy.default)
+    msg.make_mixed()
+    msg.attach(_rfc822_part(inner))
+    return msg.as_bytes(policy=email.policy.SMTP)
 
 
 def _rfc822_part(inner: email.message.Message) -> email.message.EmailMessage:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import base64
+import binascii
+import functools
 import hashlib
+import random
 import re
 import struct
+import sys
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email import quoprimime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -75,33 +80,177 @@ class Envelope:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def compose(env: Envelope, rendered: Rendered, attached: bytes | None = None) -> EmailMessage:
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = env.from_address
-    msg["To"] = env.to_address
+def header_fields(env: Envelope) -> list[tuple[str, str | Address]]:
+    """The notification's own header fields, in order; the MIME ones follow when the body is set."""
+    fields: list[tuple[str, str | Address]] = [("From", env.from_address), ("To", env.to_address)]
     if env.reply_to is not None:
-        msg["Reply-To"] = env.reply_to
-    msg["Subject"] = safe_display_name(env.subject, 255)
-    msg["Date"] = format_datetime(env.date)
-    msg["Message-ID"] = env.message_id
+        fields.append(("Reply-To", env.reply_to))
+    fields += [
+        ("Subject", safe_display_name(env.subject, 255)),
+        ("Date", format_datetime(env.date)),
+        ("Message-ID", env.message_id),
+    ]
     if env.in_reply_to:
-        msg["In-Reply-To"] = env.in_reply_to
+        fields.append(("In-Reply-To", env.in_reply_to))
     if env.references:
-        msg["References"] = " ".join(env.references)
+        fields.append(("References", " ".join(env.references)))
     if env.thread_topic:
-        msg["Thread-Topic"] = safe_display_name(env.thread_topic, 255)
+        fields.append(("Thread-Topic", safe_display_name(env.thread_topic, 255)))
     if env.thread_index:
-        msg["Thread-Index"] = env.thread_index
-    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: nobody should auto-reply to us
-    msg["X-Auto-Response-Suppress"] = "All"  # Exchange/Outlook out-of-office suppression
-    msg[LOOP_HEADER] = env.loop_value
+        fields.append(("Thread-Index", env.thread_index))
+    fields += [
+        ("Auto-Submitted", "auto-generated"),  # RFC 3834: nobody should auto-reply to us
+        ("X-Auto-Response-Suppress", "All"),  # Exchange/Outlook out-of-office suppression
+        (LOOP_HEADER, env.loop_value),
+    ]
     if env.list_unsubscribe:
-        msg["List-Unsubscribe"] = f"<{env.list_unsubscribe}>"
-    for name, value in env.extra.items():
-        msg[name] = safe_display_name(value, 998)
+        fields.append(("List-Unsubscribe", f"<{env.list_unsubscribe}>"))
+    fields += [(name, safe_display_name(value, 998)) for name, value in env.extra.items()]
+    return fields
+
+
+def compose(env: Envelope, rendered: Rendered, attached: bytes | None = None) -> EmailMessage:
+    """The notification as an ``EmailMessage`` (text and HTML alternatives), for callers that extend it.
+
+    :func:`compose_bytes` writes the same bytes without building the message object.
+    """
+    msg = EmailMessage(policy=SMTP)
+    for name, value in header_fields(env):
+        msg[name] = value
     msg.set_content(rendered.text)
     msg.add_alternative(rendered.html, subtype="html")
     if attached is not None:
         msg.make_mixed()
         msg.add_attachment(attached, maintype="message", subtype="rfc822", filename="original.eml")
     return msg
+
+
+# ---- the same bytes, without the EmailMessage object -------------------------------------------------
+#
+# ``compose(env, rendered).as_bytes(policy=SMTP)`` parses every header value into a header object when
+# it is set, re-parses the Content-Type at each of set_content, set_param, make_alternative and the
+# generator's set_boundary, and folds everything again while writing: about 1.5 ms per notification,
+# more than rendering, signing and sending together. compose_bytes writes the same bytes directly:
+# every header field is still made by the policy's header factory (``header_store_parse`` refuses a
+# CR or LF in a value; addresses stay ``Address`` objects) and folded by that header object, exactly
+# as the generator does; the body parts are encoded with the rules of the standard library's content
+# manager, and the multipart boundary is chosen as its generator chooses it. tests/test_outbound_compose.py
+# checks byte for byte, with the same random boundary, that both ways give the same message.
+
+_LINESEP = SMTP.linesep.encode("ascii")  # CRLF
+_BOUNDARY_WIDTH = len(repr(sys.maxsize - 1))  # as email.generator._width
+_MAX_LINE = SMTP.max_line_length or 78  # 78 under the SMTP policy
+_NLCRE = re.compile(rb"\r\n|\r|\n")  # as email.generator.NLCRE
+
+
+def _hashable(value: str | Address) -> str | tuple[str, str, str]:
+    if isinstance(value, Address):
+        return (value.display_name, value.username, value.domain)
+    return value
+
+
+@functools.lru_cache(maxsize=2048)
+def _fold_cached(name: str, key: str | tuple[str, str, str]) -> bytes:
+    """One header field as the generator writes it (``policy.fold_binary`` of the stored header object).
+
+    A field depends only on its name and value, and most repeat from one notification to the next
+    (From, To, Reply-To, Subject, the fixed ones), so the folded bytes are kept in a bounded cache.
+    """
+    value: str | Address = Address(*key) if isinstance(key, tuple) else key
+    _, header = SMTP.header_store_parse(name, value)
+    return SMTP.fold_binary(name, header)
+
+
+def _fold(name: str, value: str | Address) -> bytes:
+    return _fold_cached(name, _hashable(value))
+
+
+def _text_body(text: str) -> tuple[str, bytes]:
+    """``(Content-Transfer-Encoding, encoded body with CRLF line ends)`` for UTF-8 text.
+
+    The choice made by ``email.contentmanager`` (``_encode_text`` with charset utf-8, no cte asked,
+    under the SMTP policy: 8bit allowed, lines of at most 78 octets): 7bit or 8bit when every line
+    fits, otherwise quoted-printable, or base64 when the first ten lines come out shorter that way.
+    """
+    lines = text.encode("utf-8").splitlines()
+    max_length = _MAX_LINE
+    if max((len(line) for line in lines), default=0) <= max_length:
+        body = _LINESEP.join(lines) + _LINESEP
+        return ("7bit" if body.isascii() else "8bit"), body
+    sniff = _LINESEP.join(lines[:10]) + _LINESEP
+    sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), max_length)
+    if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
+        data = _LINESEP.join(lines) + _LINESEP
+        step = max_length // 4 * 3
+        encoded = "".join(
+            binascii.b2a_base64(data[i : i + step]).decode("ascii") for i in range(0, len(data), step)
+        )
+        return "base64", _crlf(encoded)
+    if len(lines) <= 10:
+        return "quoted-printable", _crlf(sniff_qp)
+    encoded = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), max_length)
+    return "quoted-printable", _crlf(encoded)
+
+
+def _crlf(encoded: str) -> bytes:
+    """The generator writes every line of an encoded body with the policy's line separator."""
+    return _NLCRE.sub(_LINESEP, encoded.encode("ascii"))
+
+
+def _text_part(text: str, subtype: str, mime_version: bool) -> bytes:
+    cte, body = _text_body(text)
+    head = _fold("Content-Type", f'text/{subtype}; charset="utf-8"') + _fold("Content-Transfer-Encoding", cte)
+    if mime_version:  # set_content on an EmailMessage part adds one, as compose's HTML part shows
+        head += _fold("MIME-Version", "1.0")
+    return head + _LINESEP + body
+
+
+def _boundary(parts: list[bytes]) -> str:
+    """A random boundary that no line of the parts uses, chosen as ``email.generator`` chooses it.
+
+    The generator searches ``^--boundary(--)?$`` (multi-line) in the parts joined by CRLF: a line,
+    split at LF, equal to the delimiter or the close-delimiter. Same test here, without compiling a
+    new pattern for every message.
+    """
+    lines: list[bytes] | None = None
+    token = random.randrange(sys.maxsize)
+    boundary = "=" * 15 + f"{token:0{_BOUNDARY_WIDTH}d}" + "=="
+    candidate, counter = boundary, 0
+    while True:
+        delimiter = b"--" + candidate.encode("ascii")
+        if not any(delimiter in part for part in parts):
+            return candidate
+        if lines is None:
+            lines = _LINESEP.join(parts).split(b"\n")
+        if delimiter not in lines and delimiter + b"--" not in lines:
+            return candidate
+        candidate = f"{boundary}.{counter}"
+        counter += 1
+
+
+def _moved_or_repeated(name: str, fields: list[tuple[str, str | Address]]) -> bool:
+    lower = name.lower()
+    return (
+        lower.startswith("content-")
+        or lower == "mime-version"
+        or sum(1 for other, _ in fields if other.lower() == lower) > 1
+    )
+
+
+def compose_bytes(env: Envelope, rendered: Rendered) -> bytes:
+    """``compose(env, rendered).as_bytes(policy=SMTP)``, several times cheaper (see above)."""
+    fields = header_fields(env)
+    if any(_moved_or_repeated(name, fields) for name in env.extra):
+        # compose would move a Content-* field into the first part, or refuse a second From.
+        raise ValueError("extra header fields must be new, non-MIME fields")
+    parts = [_text_part(rendered.text, "plain", False), _text_part(rendered.html, "html", True)]
+    boundary = _boundary(parts)
+    out = [_fold(name, value) for name, value in fields]
+    out.append(_fold("MIME-Version", "1.0"))
+    out.append(_fold("Content-Type", f'multipart/alternative; boundary="{boundary}"'))
+    out.append(_LINESEP)
+    delimiter = b"--" + boundary.encode("ascii")
+    out.append(delimiter + _LINESEP + parts[0])
+    out.append(_LINESEP + delimiter + _LINESEP + parts[1])
+    out.append(_LINESEP + delimiter + b"--" + _LINESEP)
+    return b"".join(out)

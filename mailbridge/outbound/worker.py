@@ -3,6 +3,12 @@
 Claiming takes a lease: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so several nodes share the work,
 a conditional UPDATE on SQLite (its single writer serialises claims). A row whose worker died is
 claimed again once the lease expires, so a message may be sent twice (same Message-ID), never zero.
+
+The work goes by claimed batch, not by row: one transaction plans the whole batch (a few set-based
+reads, the policy asked for every row) and stores every row's Message-ID, composing and signing
+follow outside any transaction, the emails go out over the transport's one connection, and one
+transaction records every result. Per-row transactions and queries cost far more than the email
+itself; a row that fails on its own is still released on its own, as before batching.
 """
 
 from __future__ import annotations
@@ -10,20 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailbridge.domain.db import transaction
+from mailbridge.domain.db import transaction, writer_gate
 from mailbridge.domain.models import Outbox, OutboxState, utcnow
 from mailbridge.observability import DELIVERIES
-from mailbridge.outbound.build import Builder, Built, NothingToSend
+from mailbridge.outbound.bounces import hard_failure
+from mailbridge.outbound.build import Builder, Built, Draft, NothingToSend
 from mailbridge.outbound.deliver import Delivery, FileTransport, SmtpTransport, Transport
 from mailbridge.outbound.keys import KeyStore
 from mailbridge.outbound.render import Renderer
+from mailbridge.outbound.snapshot import BatchSnapshot
 from mailbridge.settings import split_listen
 
 log = logging.getLogger(__name__)
@@ -36,6 +46,28 @@ def _aware(value: datetime) -> datetime:
 def backoff(schedule: list[int], attempts: int) -> timedelta:
     """1 min, 5 min, 30 min, 2 h … then the last step repeats until the row's lifetime ends."""
     return timedelta(seconds=schedule[min(max(attempts - 1, 0), len(schedule) - 1)])
+
+
+INTERNAL_ERROR = Delivery("temporary", "internal error while building or sending")
+
+
+@dataclass
+class Prepared:
+    """One claimed row after the build transaction: a draft to finish, or nothing (cancelled, *failed*)."""
+
+    row_id: str
+    draft: Draft | None = None
+    token: str | None = None  # the reply token, when the draft's recipient may answer by email
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """One claimed row after building: signed bytes to send, or nothing (cancelled, or *failed*)."""
+
+    row_id: str
+    built: Built | None
+    failed: bool = False  # building raised: released as a temporary failure, retried after backoff
 
 
 @dataclass
@@ -85,11 +117,24 @@ class Worker:
             poll=settings.outbox_poll_seconds,
         )
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """A short write transaction; on SQLite queued with this node's other writers (``writer_gate``)."""
+        with writer_gate(self.sessions), transaction(self.sessions) as session:
+            yield session
+
     # ---- claiming -----------------------------------------------------------------------------------
 
     def claim(self) -> list[str]:
+        """Lease up to ``batch`` due rows; the ids come back in due order.
+
+        One UPDATE for the whole batch, with the due conditions repeated: on SQLite another process
+        may claim a row between our SELECT and UPDATE (the write lock is only taken at the UPDATE),
+        so only the ids the UPDATE itself returns are ours. On PostgreSQL the rows are already
+        locked by ``FOR UPDATE SKIP LOCKED``.
+        """
         now = utcnow()
-        with transaction(self.sessions) as session:
+        with self._writing() as session:
             due = (
                 select(Outbox.id)
                 .where(
@@ -103,77 +148,170 @@ class Worker:
             if session.get_bind().dialect.name == "postgresql":
                 due = due.with_for_update(skip_locked=True)
             ids = list(session.scalars(due).all())
-            claimed = []
-            for row_id in ids:
-                result = session.execute(
+            if not ids:
+                return []
+            claimed = set(
+                session.scalars(
                     update(Outbox)
                     .where(
-                        Outbox.id == row_id,
+                        Outbox.id.in_(ids),
                         Outbox.state == OutboxState.pending,
                         or_(Outbox.lease_until.is_(None), Outbox.lease_until < now),
                     )
                     .values(lease_until=now + self.lease)
-                )
-                if getattr(result, "rowcount", 0) == 1:
-                    claimed.append(row_id)
-            return claimed
+                    .returning(Outbox.id)
+                    .execution_options(synchronize_session=False)
+                ).all()
+            )
+            return [row_id for row_id in ids if row_id in claimed]
 
-    # ---- one row ------------------------------------------------------------------------------------
+    # ---- building -----------------------------------------------------------------------------------
 
-    def build(self, row_id: str) -> Built | None:
-        with transaction(self.sessions) as session:
-            row = session.get_one(Outbox, row_id)
-            try:
-                built = self.builder.build(session, row)
-            except NothingToSend as why:
-                row.state = OutboxState.failed
-                row.last_answer = f"cancelled: {why}"
-                row.lease_until = None
-                return None
-            row.message_id_header = built.message_id
-            return built
+    def build(self, ids: Sequence[str]) -> list[Job]:
+        """Signed bytes for every claimed row: :meth:`_prepare` (one transaction), then compose and sign.
 
-    def record(self, row_id: str, delivery: Delivery) -> None:
-        with transaction(self.sessions) as session:
-            row = session.get_one(Outbox, row_id)
-            row.attempts += 1
-            row.last_answer = delivery.answer[:512]
+        A row whose planning raises is released without stopping the others. A failure of the batch
+        itself (a database error spoils its transaction) makes the rows be prepared one by one, each
+        in its own transaction, as before batching, so that one bad row does not hold back the rest.
+        """
+        try:
+            prepared = self._prepare(ids)
+        except Exception:
+            log.warning("outbox_batch_build_failed", exc_info=True, extra={"rows": len(ids)})
+            prepared = []
+            for row_id in ids:
+                try:
+                    prepared += self._prepare([row_id])
+                except Exception:
+                    log.exception("outbox_row_error", extra={"outbox": row_id})
+                    prepared.append(Prepared(row_id, failed=True))
+        return [self._finish(item) for item in prepared]
+
+    def _prepare(self, ids: Sequence[str]) -> list[Prepared]:
+        """Plan every row (reads), then issue reply tokens and store Message-IDs (writes), and commit.
+
+        The Message-IDs are committed before anything is sent, so a retry sends the same one. The
+        reads come first and the writes last, so SQLite's write lock (and, for the ingress door's
+        writers, ``writer_gate``) is held only for the short write phase, never while reading or
+        rendering; composing and signing come after the commit.
+        """
+        with self.sessions() as session:
+            rows = {row.id: row for row in session.scalars(select(Outbox).where(Outbox.id.in_(ids)))}
+            ordered = [rows[row_id] for row_id in ids if row_id in rows]  # a deleted row: nothing to do
+            snapshot = BatchSnapshot.load(session, ordered)
+            # The rows' changes are flushed once, at commit, in a single executemany.
+            with session.no_autoflush:
+                planned = [self._plan(session, row, snapshot) for row in ordered]
+                with writer_gate(self.sessions):
+                    for row, item in zip(ordered, planned, strict=True):
+                        if item.draft is not None:
+                            item.token = self.builder.reply_token(session, item.draft)
+                            row.message_id_header = item.draft.message_id
+                    session.commit()
+            return planned
+
+    def _plan(self, session: Session, row: Outbox, snapshot: BatchSnapshot) -> Prepared:
+        try:
+            return Prepared(row.id, self.builder.plan(session, row, snapshot))
+        except NothingToSend as why:
+            row.state = OutboxState.failed
+            row.last_answer = f"cancelled: {why}"
             row.lease_until = None
-            now = utcnow()
-            if delivery.result == "sent":
-                row.state = OutboxState.sent
-                row.sent_at = now
-            elif delivery.result == "permanent":
-                row.state = OutboxState.failed
-                from mailbridge.outbound.bounces import hard_failure
+            return Prepared(row.id)
+        except SQLAlchemyError:
+            raise  # the transaction is spoiled: the caller decides
+        except Exception:
+            log.exception("outbox_row_error", extra={"outbox": row.id})
+            return Prepared(row.id, failed=True)
 
-                hard_failure(session, row, delivery.answer)
-            elif now - _aware(row.created_at) > self.lifetime:
-                row.state = OutboxState.expired
-                log.error("outbox_expired", extra={"outbox": row.id, "attempts": row.attempts})
-            else:
-                row.next_attempt_at = now + backoff(self.schedule, row.attempts)
-        DELIVERIES.labels(delivery.result).inc()
+    def _finish(self, item: Prepared) -> Job:
+        if item.draft is None:
+            return Job(item.row_id, None, failed=item.failed)
+        try:
+            return Job(item.row_id, self.builder.finish(item.draft, item.token))
+        except Exception:
+            log.exception("outbox_row_error", extra={"outbox": item.row_id})
+            return Job(item.row_id, None, failed=True)
 
-    async def run_once(self) -> int:
-        ids = await asyncio.to_thread(self.claim)
-        for row_id in ids:
-            try:
-                built = await asyncio.to_thread(self.build, row_id)
-                if built is None:
-                    continue
-                delivery = await self.transport.send(built.mail_from, built.rcpt, built.data)
-                await asyncio.to_thread(self.record, row_id, delivery)
-            except Exception:
-                log.exception("outbox_row_error", extra={"outbox": row_id})
-                await asyncio.to_thread(self._release_after_error, row_id)
-        return len(ids)
+    # ---- recording ----------------------------------------------------------------------------------
+
+    def record(self, deliveries: dict[str, Delivery]) -> None:
+        """Record every result in one transaction; if that fails, row by row as before batching."""
+        try:
+            with self._writing() as session:
+                rows = session.scalars(select(Outbox).where(Outbox.id.in_(list(deliveries)))).all()
+                for row in rows:  # a row deleted meanwhile (its message erased) has nothing to record
+                    self._record_row(session, row, deliveries[row.id])
+        except Exception:
+            log.warning("outbox_batch_record_failed", exc_info=True, extra={"rows": len(deliveries)})
+            for row_id, delivery in deliveries.items():
+                self._record_alone(row_id, delivery)
+            return
+        for delivery in deliveries.values():
+            DELIVERIES.labels(delivery.result).inc()
+
+    def _record_alone(self, row_id: str, delivery: Delivery) -> None:
+        try:
+            with self._writing() as session:
+                self._record_row(session, session.get_one(Outbox, row_id), delivery)
+            DELIVERIES.labels(delivery.result).inc()
+        except Exception:
+            log.exception("outbox_row_error", extra={"outbox": row_id})
+            self._release_after_error(row_id)
+
+    def _record_row(self, session: Session, row: Outbox, delivery: Delivery) -> None:
+        row.attempts += 1
+        row.last_answer = delivery.answer[:512]
+        row.lease_until = None
+        now = utcnow()
+        if delivery.result == "sent":
+            row.state = OutboxState.sent
+            row.sent_at = now
+        elif delivery.result == "permanent":
+            row.state = OutboxState.failed
+            hard_failure(session, row, delivery.answer)
+        elif now - _aware(row.created_at) > self.lifetime:
+            row.state = OutboxState.expired
+            log.error("outbox_expired", extra={"outbox": row.id, "attempts": row.attempts})
+        else:
+            row.next_attempt_at = now + backoff(self.schedule, row.attempts)
 
     def _release_after_error(self, row_id: str) -> None:
         try:
-            self.record(row_id, Delivery("temporary", "internal error while building or sending"))
+            with self._writing() as session:
+                self._record_row(session, session.get_one(Outbox, row_id), INTERNAL_ERROR)
+            DELIVERIES.labels(INTERNAL_ERROR.result).inc()
         except Exception:
             log.warning("outbox_release_failed", extra={"outbox": row_id})
+
+    # ---- one batch ----------------------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Claim a batch, build it, send it, record it: three short transactions per batch.
+
+        At-least-once: a worker that dies after sending but before recording leaves the rows leased;
+        once the lease runs out they are claimed and sent again, with the same Message-ID.
+        """
+        ids = await asyncio.to_thread(self.claim)
+        if not ids:
+            return 0
+        jobs = await asyncio.to_thread(self.build, ids)
+        deliveries: dict[str, Delivery] = {}
+        for job in jobs:
+            if job.failed:
+                deliveries[job.row_id] = INTERNAL_ERROR
+            elif job.built is not None:
+                deliveries[job.row_id] = await self._send(job.row_id, job.built)
+        if deliveries:
+            await asyncio.to_thread(self.record, deliveries)
+        return len(ids)
+
+    async def _send(self, row_id: str, built: Built) -> Delivery:
+        try:
+            return await self.transport.send(built.mail_from, built.rcpt, built.data)
+        except Exception:
+            log.exception("outbox_row_error", extra={"outbox": row_id})
+            return INTERNAL_ERROR
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         try:

@@ -1,0 +1,224 @@
+"""The worker by batch: one claim, one build transaction, one record transaction, same outcomes per row.
+
+Each test puts several rows in one batch and checks that every row ends as it did when the worker
+went row by row: a row that cannot be built, a database error, a failed record, a recipient who may
+no longer read, all stay confined to their own row. The batch snapshot must answer the policy as
+``conversations.situation`` does, for every recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+
+from mailbridge.domain import conversations as convs
+from mailbridge.domain import directory
+from mailbridge.domain.db import transaction
+from mailbridge.domain.models import Conversation, Message, Outbox, OutboxState, User, utcnow
+from mailbridge.outbound.build import POLICY_BODY, Draft
+from mailbridge.outbound.deliver import Delivery
+from mailbridge.outbound.snapshot import BatchSnapshot, first_message_ids
+from mailbridge.outbound.worker import Worker
+from tests.mailhelpers import open_conversation
+from tests.sink import Sink
+from tests.test_outbound import drain, parse, worker_for
+
+
+def rows(services: Any) -> list[Outbox]:
+    with services.sessions() as session:
+        return list(session.scalars(select(Outbox).order_by(Outbox.to_address, Outbox.created_at)))
+
+
+def bobs(services: Any) -> Outbox:
+    (row,) = [row for row in rows(services) if row.to_address == "bob@client.test"]
+    return row
+
+
+def three_notifications(services: Any) -> None:
+    """One company conversation: alice and bob notified; a private one: alice notified again."""
+    open_conversation(services, kind="company", company="bakery", participants=("alice", "bob"), subject="A")
+    open_conversation(services, kind="private", participants=("alice",), subject="B")
+
+
+def test_one_batch_sends_everything_and_stores_each_message_id_first(seeded: Any) -> None:
+    three_notifications(seeded)
+
+    class CheckingTransport:
+        """Before each send, the row's Message-ID must already be committed (a retry reuses it)."""
+
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send(self, mail_from: str, rcpt: str, data: bytes) -> Delivery:
+            with seeded.sessions() as session:
+                stored = set(session.scalars(select(Outbox.message_id_header)))
+            assert parse(data)["Message-ID"] in stored
+            self.sent.append(data)
+            return Delivery("sent", "250 2.0.0 queued")
+
+        async def close(self) -> None:
+            return None
+
+    worker = worker_for(seeded, None)
+    worker.transport = CheckingTransport()
+    claims: list[list[str]] = []
+    claim = worker.claim
+    worker.claim = lambda: claims.append(claim()) or claims[-1]  # type: ignore[method-assign,func-returns-value]
+    drain(worker)
+    assert len(claims[0]) == 3  # the three rows went as one batch
+    assert len(worker.transport.sent) == 3
+    for row in rows(seeded):
+        assert (row.state, row.attempts, row.lease_until) == (OutboxState.sent, 1, None)
+
+
+def test_a_row_that_cannot_be_built_is_released_alone(seeded: Any) -> None:
+    three_notifications(seeded)
+    with transaction(seeded.sessions) as session:  # bob's address went bad after the fan-out
+        session.execute(
+            update(User).where(User.email == "bob@client.test").values(email="bob@client.test\r\nBcc: x")
+        )
+    with Sink() as sink:
+        drain(worker_for(seeded, sink), rounds=1)
+    assert sorted(r.rcpts[0] for r in sink.received) == ["alice@client.test", "alice@client.test"]
+    bob = bobs(seeded)
+    assert (bob.state, bob.attempts, bob.lease_until) == (OutboxState.pending, 1, None)
+    assert bob.last_answer == "internal error while building or sending"
+    assert bob.next_attempt_at > utcnow()  # backoff, as for any temporary failure
+
+
+def test_a_database_error_falls_back_to_one_transaction_per_row(seeded: Any, monkeypatch: Any) -> None:
+    three_notifications(seeded)
+    worker = worker_for(seeded, None)
+    real = worker.builder.reply_token
+
+    def reply_token(session: Any, draft: Draft) -> str | None:
+        if draft.rcpt == "bob@client.test":
+            raise OperationalError("INSERT INTO reply_tokens", {}, Exception("disk I/O error"))
+        return real(session, draft)
+
+    monkeypatch.setattr(worker.builder, "reply_token", reply_token)
+    with Sink() as sink:
+        worker.transport = worker_for(seeded, sink).transport
+        drain(worker, rounds=1)
+        assert len(sink.received) == 2
+        sent_ids = {parse(r.data)["Message-ID"] for r in sink.received}
+    assert (bobs(seeded).state, bobs(seeded).attempts) == (OutboxState.pending, 1)
+    assert {r.message_id_header for r in rows(seeded) if r.state == OutboxState.sent} == sent_ids
+
+
+def test_a_failed_batch_record_is_recorded_row_by_row(seeded: Any, monkeypatch: Any) -> None:
+    three_notifications(seeded)
+    worker = worker_for(seeded, None)
+    real = worker._record_row
+    calls: list[str] = []
+
+    def record_row(session: Any, row: Outbox, delivery: Delivery) -> None:
+        calls.append(row.id)
+        if len(calls) == 2:  # the batch transaction fails on its second row
+            raise OperationalError("UPDATE outbox", {}, Exception("database is locked"))
+        real(session, row, delivery)
+
+    monkeypatch.setattr(worker, "_record_row", record_row)
+    drain(worker, rounds=1)
+    assert len(calls) == 2 + 3  # the failed batch, then each row in its own transaction
+    for row in rows(seeded):
+        assert (row.state, row.attempts) == (OutboxState.sent, 1)
+
+
+def test_policy_is_asked_for_every_recipient_of_a_batch(seeded: Any) -> None:
+    """Two recipients of one conversation in one batch: the one removed since the fan-out gets nothing."""
+    conv = open_conversation(seeded, kind="private", participants=("alice", "bob"), subject="Group")
+    with transaction(seeded.sessions) as session:
+        p = directory.get_practice(session, "acme")
+        conversation = convs.get_conversation(session, p, conv)
+        convs.remove_participant(session, conversation, directory.get_user(session, p, "bob"))
+    with Sink() as sink:
+        drain(worker_for(seeded, sink))
+    assert [r.rcpts for r in sink.received] == [["alice@client.test"]]
+    bob = bobs(seeded)
+    assert (bob.state, bob.last_answer) == (OutboxState.failed, "cancelled: recipient may no longer read")
+
+
+@pytest.mark.parametrize("order", ["alice_first", "bob_first"])
+def test_snapshot_situation_is_conversations_situation(seeded: Any, order: str) -> None:
+    """Every user of the practice, in every kind of conversation, asked in either order."""
+    conversations = [
+        open_conversation(seeded, kind="company", company="bakery", participants=("alice", "bob")),
+        open_conversation(seeded, kind="company", company="garage", participants=("alice",)),
+        open_conversation(seeded, kind="confidential", company="bakery", participants=("alice", "dave")),
+        open_conversation(seeded, kind="private", participants=("alice", "bob", "carol")),
+        open_conversation(seeded, kind="direct", author="dr-smith", participants=("dr-jones",)),
+    ]
+    with transaction(seeded.sessions) as session:
+        p = directory.get_practice(session, "acme")
+        removed = convs.get_conversation(session, p, conversations[3])
+        convs.remove_participant(session, removed, directory.get_user(session, p, "bob"))
+    with seeded.sessions() as session:
+        users = list(session.scalars(select(User).order_by(User.id)))
+        if order == "bob_first":
+            users.sort(key=lambda u: u.external_id != "bob")
+        snapshot = BatchSnapshot.load(session, list(session.scalars(select(Outbox))))
+        for conv_id in conversations:
+            conversation = session.get_one(Conversation, conv_id)
+            for user in users:
+                expected = convs.situation(session, user, conversation, body=POLICY_BODY)
+                assert snapshot.situation(session, user, conversation, POLICY_BODY) == expected, (
+                    conversation.kind,
+                    user.external_id,
+                )
+
+
+def test_first_message_ids_are_conversations_first_message(seeded: Any) -> None:
+    ids = [open_conversation(seeded, participants=("alice",), subject=f"S{i}") for i in range(3)]
+    with transaction(seeded.sessions) as session:
+        p = directory.get_practice(session, "acme")
+        author = directory.get_user(session, p, "dr-smith")
+        for conv_id in ids[:2]:
+            conversation = convs.get_conversation(session, p, conv_id)
+            for i in range(3):
+                convs.post_message(session, p, conversation, author, body=f"follow-up number {i}")
+        first = convs.first_message(session, ids[0])
+        assert first is not None
+        first.deleted_at = utcnow()  # a deleted first message still roots the thread
+    with seeded.sessions() as session:
+        found = first_message_ids(session, [*ids, "no-such-conversation"])
+        for conv_id in ids:
+            expected = convs.first_message(session, conv_id)
+            assert expected is not None and found[conv_id] == expected.id
+        assert "no-such-conversation" not in found
+        assert session.scalar(select(Message.id).where(Message.id == found[ids[0]])) is not None
+
+
+def test_claim_takes_due_rows_in_order_and_only_once(seeded: Any) -> None:
+    for i in range(4):
+        open_conversation(seeded, kind="company", company="bakery", participants=("alice",), subject=f"S{i}")
+    with transaction(seeded.sessions) as session:  # the oldest row is not due yet; another is leased
+        ordered = list(session.scalars(select(Outbox).order_by(Outbox.next_attempt_at)))
+        ordered[0].next_attempt_at = utcnow().replace(year=2999)
+        ordered[1].lease_until = utcnow().replace(year=2999)
+        expected = [row.id for row in ordered[2:]]
+    worker: Worker = worker_for(seeded, None)
+    assert worker.claim() == expected
+    assert worker.claim() == []
+
+
+def test_worker_killed_after_sending_resends_with_the_same_message_id(seeded: Any) -> None:
+    three_notifications(seeded)
+    worker = worker_for(seeded, None, outbox_lease_seconds=5)
+
+    async def die_before_recording() -> list[bytes]:
+        ids = await asyncio.to_thread(worker.claim)
+        jobs = await asyncio.to_thread(worker.build, ids)
+        return [job.built.data for job in jobs if job.built is not None]  # "sent", then the process dies
+
+    first = asyncio.run(die_before_recording())
+    with transaction(seeded.sessions) as session:  # the lease runs out
+        session.execute(update(Outbox).values(lease_until=utcnow().replace(year=2000)))
+    with Sink() as sink:
+        drain(worker_for(seeded, sink))
+        again = sorted(parse(r.data)["Message-ID"] for r in sink.received)
+    assert again == sorted(parse(data)["Message-ID"] for data in first) and len(again) == 3

@@ -1,0 +1,165 @@
+"""compose_bytes writes exactly what ``compose(...).as_bytes(policy=SMTP)`` writes, byte for byte.
+
+Both draw the multipart boundary from ``random`` in the same way, so with the same seed the two
+outputs must be identical. The bodies cover every transfer encoding the content manager picks.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import random
+import sys
+from datetime import UTC, datetime
+
+import pytest
+
+from mailbridge.outbound.compose import (
+    Envelope,
+    UnsafeAddress,
+    compose,
+    compose_bytes,
+    named,
+    thread_index,
+)
+from mailbridge.outbound.render import Rendered, Renderer
+
+ROOT = datetime(2024, 3, 5, 9, 15, tzinfo=UTC)
+
+BODIES = {
+    "empty": "",
+    "ascii_short_lines": "Hello Alice,\n\nYour return is ready.\n",
+    "utf8_short_lines": "Bonjour Bob,\n\nVotre déclaration est prête à être signée.\n",
+    "ascii_long_lines": (
+        "This paragraph is long enough to need quoted-printable soft line breaks. " * 4 + "\n"
+    )
+    * 12,
+    "few_long_lines": "A single long line that goes on and on, " * 5,
+    "utf8_long_lines": ("Très longue ligne française, éèêà ç ù — « guillemets » et œuvre. " * 3 + "\n") * 12,
+    "mostly_non_latin": (
+        "Привет, это очень длинная строка на русском языке для проверки кодировки. " * 2 + "\n"
+    )
+    * 3,
+    "trailing_spaces": "line with trailing space \nand a tab\t\n" + "x" * 100 + " \n",
+    "crlf_and_cr": "one\r\ntwo\rthree\n" + "y" * 90,
+    "equals_at_fold": ("=" * 3 + "a" * 72 + "=" * 5 + "\n") * 11,
+    "dash_lines": "--\n-- \n--===============0000000000000000000==\n" + "z" * 80,
+    "control_chars": "form\x0cfeed and vertical\x0btab and nel\x85 here " * 4,
+}
+
+
+def envelope(**overrides: object) -> Envelope:
+    fields: dict[str, object] = {
+        "from_address": named("Dr Alex Smith via Acme Counselling", "notify@acme.test"),
+        "to_address": named("Alice Martin", "alice@client.test"),
+        "reply_to": named(None, "reply+abcdefghijklmnopqrstuvwxyz234567@reply.acme.test"),
+        "subject": "Re: Quarterly VAT return",
+        "message_id": "<n.abc.1@acme.test>",
+        "date": ROOT,
+        "in_reply_to": "<n.root.1@acme.test>",
+        "references": ("<n.root.1@acme.test>",),
+        "thread_topic": "Quarterly VAT return",
+        "thread_index": thread_index("conv", ROOT, ROOT, 1),
+        "list_unsubscribe": "https://app.example/settings/notifications",
+        "loop_value": "mx.acme.test",
+    }
+    fields.update(overrides)
+    return Envelope(**fields)  # type: ignore[arg-type]
+
+
+def both(env: Envelope, rendered: Rendered, seed: int = 7) -> tuple[bytes, bytes]:
+    random.seed(seed)
+    reference = compose(env, rendered).as_bytes(policy=email.policy.SMTP)
+    random.seed(seed)
+    fast = compose_bytes(env, rendered)
+    return reference, fast
+
+
+@pytest.mark.parametrize("text_name", sorted(BODIES))
+@pytest.mark.parametrize("html_name", ["ascii_short_lines", "utf8_long_lines", "ascii_long_lines"])
+def test_same_bytes_for_every_transfer_encoding(text_name: str, html_name: str) -> None:
+    rendered = Rendered("Subject", BODIES[text_name], "<p>" + BODIES[html_name] + "</p>\n")
+    reference, fast = both(envelope(), rendered)
+    assert fast == reference
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"reply_to": None, "in_reply_to": None, "references": (), "thread_topic": None, "thread_index": None},
+        {"list_unsubscribe": None},
+        {"from_address": named(None, "notify@acme.test"), "to_address": named(None, "bob@client.test")},
+        {"from_address": named("Élodie Müller — Cabinet « Santé »", "notify@acme.test")},
+        {"to_address": named('Evil "Doc"\r\nBcc: x@evil.test', "alice@client.test")},
+        {"subject": "Vous avez un nouveau message sécurisé " * 6, "thread_topic": "Sujet très long " * 12},
+        {"subject": "Hi\r\nBcc: y@evil.test"},
+        {"references": ("<a@x.test>", "<b@x.test>", "<c@x.test>") * 8},
+        {"date": datetime(2031, 12, 31, 23, 59, 59, tzinfo=UTC)},
+        {"extra": {"X-Mailbridge-Kind": "notice", "X-Other": "line\r\nbreak"}},
+    ],
+)
+def test_same_bytes_for_every_header_shape(overrides: dict[str, object]) -> None:
+    rendered = Rendered("s", BODIES["utf8_long_lines"], "<p>" + BODIES["ascii_long_lines"] + "</p>")
+    for seed in range(3):
+        reference, fast = both(envelope(**overrides), rendered, seed)
+        assert fast == reference
+
+
+@pytest.mark.parametrize("locale", ["en", "fr"])
+@pytest.mark.parametrize("template", ["notification_full", "notification_minimal"])
+def test_same_bytes_for_the_real_templates(locale: str, template: str) -> None:
+    context = {
+        "practice_name": "Acme Counselling",
+        "author_name": "Dr Alex Smith",
+        "subject": "Quarterly VAT return",
+        "body": BODIES["utf8_long_lines"],
+        "attachments": ["receipts.pdf", "relevé.pdf"],
+        "link": "https://app.example/conversations/abc",
+        "signin_link": "https://app.example/",
+        "preferences_link": "https://app.example/settings/notifications",
+        "reply_allowed": True,
+        "is_first": False,
+        "coalesced": 2,
+        "brand_color": "#3b6ea5",
+    }
+    rendered = Renderer().render(template, locale, context)
+    reference, fast = both(envelope(subject=rendered.subject), rendered)
+    assert fast == reference
+
+
+def test_a_body_line_that_looks_like_the_boundary_gets_the_generators_choice() -> None:
+    random.seed(11)
+    token = random.randrange(sys.maxsize)
+    taken = "=" * 15 + f"{token:019d}" + "=="
+    rendered = Rendered("s", f"--{taken}\n--{taken}.0--\nafter\n", f"--{taken}")
+    reference, fast = both(envelope(), rendered, seed=11)
+    assert fast == reference
+
+
+def test_header_injection_is_still_refused() -> None:
+    rendered = Rendered("s", "t", "<p>h</p>")
+    with pytest.raises(ValueError):
+        compose_bytes(envelope(message_id="<a@b>\r\nBcc: x@evil.test"), rendered)
+    with pytest.raises(ValueError):
+        compose_bytes(envelope(thread_index="abc\nBcc: x@evil.test"), rendered)
+    with pytest.raises(UnsafeAddress):
+        named(None, "alice@client.test\r\nBcc: x@evil.test")
+
+
+@pytest.mark.parametrize("name", ["Content-Type", "MIME-Version", "From", "Subject"])
+def test_extra_fields_that_compose_would_move_or_refuse_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        compose_bytes(envelope(extra={name: "x"}), Rendered("s", "t", "<p>h</p>"))
+
+
+def test_parses_back_with_one_recipient_and_both_alternatives() -> None:
+    data = compose_bytes(envelope(), Rendered("s", BODIES["utf8_long_lines"], "<p>é</p>"))
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    assert msg.get_all("To") == ["Alice Martin <alice@client.test>"]
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    # parsed from wire format, the decoded parts keep their CRLF line ends
+    assert text.replace("\r\n", "\n") == BODIES["utf8_long_lines"]
+    assert html.replace("\r\n", "\n") == "<p>é</p>\n"
