@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -134,6 +135,83 @@ def _measure(kind: str, count: int, sink_port: int) -> Outcome:
             services.close()
 
 
+def _drain_child(
+    root: str, url: str, sink_port: int, start: Any, done: Any, deadline_seconds: float = 240
+) -> None:
+    """One worker process, as each ``smtp_processes`` process runs one: drain until the outbox is empty."""
+    from pathlib import Path
+
+    from mailbridge.outbound.worker import Worker
+    from tests.conftest import make_services
+
+    services = make_services(
+        Path(root), url, smarthost=f"127.0.0.1:{sink_port}", smarthost_starttls="off", log_level="WARNING"
+    )
+    worker = Worker.from_services(services)
+    done.put("ready")
+    start.wait(60)
+
+    async def drain() -> None:
+        deadline = time.perf_counter() + deadline_seconds
+        idle = 0
+        while idle < 3 and time.perf_counter() < deadline:  # empty three times: the others hold the rest
+            if await worker.run_once() == 0:
+                idle += 1
+                await asyncio.sleep(0.02)
+            else:
+                idle = 0
+        await worker.transport.close()
+
+    asyncio.run(drain())
+    services.close()
+    done.put("done")
+
+
+def _measure_processes(kind: str, count: int, sink_port: int, processes: int) -> Outcome:
+    """The same drain with one worker per process: what ``smtp_processes = 0`` gives the outbox."""
+    import multiprocessing
+
+    from sqlalchemy import func, select
+
+    from mailbridge.domain.models import Outbox
+    from tests.conftest import make_services, seed
+    from tests.test_outbound import enable_dkim
+
+    context = multiprocessing.get_context("spawn")
+    with backend(kind, "mboutbound") as b:
+        services = make_services(b.root, b.url)
+        try:
+            seed(services)
+            enable_dkim(services)
+            rows = _create_notifications(services, count)
+            start, done = context.Event(), context.Queue()
+            children = [
+                context.Process(target=_drain_child, args=(str(b.root), b.url, sink_port, start, done))
+                for _ in range(processes)
+            ]
+            for child in children:
+                child.start()
+            try:
+                for _ in children:
+                    assert done.get(timeout=60) == "ready"
+                started = time.perf_counter()
+                start.set()
+                for _ in children:
+                    assert done.get(timeout=300) == "done"
+                elapsed = time.perf_counter() - started
+            finally:
+                for child in children:
+                    child.join(10)
+                    if child.is_alive():
+                        child.kill()
+            with services.sessions() as session:
+                counted = session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all()
+            states = {str(state): int(number) for state, number in counted}
+            return Outcome(b.name, rows, elapsed, states.get("sent", 0), states)
+        finally:
+            services.close()
+
+
 def _instrument(worker: Any, captured: list[tuple[str, str, bytes]], phases: defaultdict[str, float]) -> None:
     """Time the worker's phases and keep the bytes it hands to the smarthost (for the baseline).
 
@@ -195,9 +273,13 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
         else:
             notes.append(f"PostgreSQL rows skipped: {reason}")
     results = []
+    processes = os.cpu_count() or 1
+    parallel: dict[str, Outcome] = {}
     with smtp_sink() as port:
         for kind in kinds:
             results.append(_measure(kind, n, port))
+            if processes > 1:
+                parallel[results[-1].backend] = _measure_processes(kind, n, port, processes)
     rows = []
     for r in results:
         rate = r.sent / r.elapsed if r.elapsed else 0.0
@@ -215,6 +297,19 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
                 " ".join(f"{k}={v}" for k, v in sorted(r.states.items())),
             ]
         )
+        p = parallel.get(r.backend)
+        if p is not None:
+            p_rate = p.sent / p.elapsed if p.elapsed else 0.0
+            rows.append(
+                [
+                    f"{processes} worker processes (smtp_processes)",
+                    p.backend,
+                    p.sent,
+                    p_rate,
+                    f"{p_rate / r.baseline:.2f}" if r.baseline else "-",
+                    " ".join(f"{k}={v}" for k, v in sorted(p.states.items())),
+                ]
+            )
         per = {k: 1e3 * v / max(r.sent, 1) for k, v in r.phases.items()}
         notes.append(
             f"{r.backend}: {r.rows:,} notifications of {sizes[len(sizes) // 2]:,} bytes (median, signed); "

@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     smtp_max_recipients: int = Field(default=100, ge=1)
     smtp_timeout_seconds: float = Field(default=300.0, gt=0)
     max_concurrent_large_transfers: int = Field(default=4, ge=1)
-    # Processes accepting SMTP on smtp_listen (SO_REUSEPORT): the pipeline is CPU-bound Python, one
-    # process uses one core. 0 = one per CPU. Connection limits above apply per process.
+    # Processes accepting SMTP on smtp_listen (SO_REUSEPORT), each with a delivery worker: the work
+    # is CPU-bound Python, one process uses one core. 0 = one per CPU. Connection limits apply per process.
     smtp_processes: int = Field(default=1, ge=0, le=64)
 
     # Outbound

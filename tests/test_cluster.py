@@ -12,14 +12,18 @@ import contextlib
 import os
 import signal
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import func, select
 
 from mailbridge import observability
+from mailbridge.domain.models import Outbox, OutboxKind, OutboxState
 from tests.conftest import API_KEY, make_services, seed
 from tests.mailhelpers import open_conversation, reply_address
+from tests.sink import Sink
 from tests.test_faults import (
     Burst,
     LoopbackDns,
@@ -123,6 +127,48 @@ def test_two_smtp_processes_post_once_count_together_and_die_with_their_parent(t
             serve.stop()
     services.engine.dispose()
     assert sorted(posted_numbers(services, conversation)) == list(range(80))
+    services.close()
+
+
+def test_every_smtp_process_delivers_notifications_and_none_goes_out_twice(tmp_path: Path) -> None:
+    """Each process runs a worker on the shared outbox: 40 replies, 40 notifications, each sent once."""
+    database_url = f"sqlite:///{tmp_path / 'mailbridge.db'}"
+    services = make_services(tmp_path, database_url)
+    seed(services)
+    conversation = open_conversation(services)
+    address = reply_address(services, conversation, "alice")
+    messages = burst_messages(address, 40)
+    with LoopbackDns({"client.test": "v=spf1 ip4:127.0.0.1 -all"}) as dns_server, Sink() as sink:
+        env = {
+            "MAILBRIDGE_SMTP_PROCESSES": "2",
+            "MAILBRIDGE_SMARTHOST": f"127.0.0.1:{sink.port}",
+            "MAILBRIDGE_SMARTHOST_STARTTLS": "off",
+            "MAILBRIDGE_OUTBOX_POLL_SECONDS": "0.1",
+        }
+        serve = ServeProcess(tmp_path / "var", database_url, dns_server.port, extra_env=env, worker=True)
+        try:
+            serve.start()
+            burst = Burst(Remote(serve.smtp_port), messages, address, threads=6)
+            burst.run(list(messages))
+            assert {code for code, _ in burst.answers.values()} == {250}, burst.answers
+            with services.sessions() as session:  # written with each message, before its 250
+                expected = session.scalar(select(func.count()).where(Outbox.kind == OutboxKind.notification))
+            assert expected and expected >= 40
+            wait_until(lambda: len(sink.received) >= expected, 60, "every notification at the sink")
+            time.sleep(1.0)  # a duplicate, if any, would arrive now
+        finally:
+            serve.stop()
+    message_ids = [
+        line
+        for mail in sink.received
+        for line in mail.data.split(b"\r\n")
+        if line.lower().startswith(b"message-id:")
+    ]
+    services.engine.dispose()
+    with services.sessions() as session:
+        rows = session.scalars(select(Outbox.state).where(Outbox.kind == OutboxKind.notification)).all()
+    assert len(rows) == expected and set(rows) == {OutboxState.sent}
+    assert len(message_ids) == len(set(message_ids)) == len(rows), "one email per outbox row"
     services.close()
 
 

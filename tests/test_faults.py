@@ -158,12 +158,12 @@ class ServeProcess:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    worker: bool = False
 
     def command(self) -> list[str]:
         script = Path(sys.executable).parent / "mailbridge"
-        if script.exists():
-            return [str(script), "serve", "--no-worker"]
-        return [sys.executable, "-m", "mailbridge.cli", "serve", "--no-worker"]
+        base = [str(script)] if script.exists() else [sys.executable, "-m", "mailbridge.cli"]
+        return [*base, "serve", *([] if self.worker else ["--no-worker"])]
 
     def start(self) -> None:
         keep = ("MAILBRIDGE_TOKEN_SECRET",)  # make_services (this process) reads it too

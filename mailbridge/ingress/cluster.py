@@ -5,7 +5,8 @@ uses one core.
 listening on the same address with SO_REUSEPORT so the kernel spreads new connections over them
 (Postfix runs many smtpd processes for the same reason). Each runs the same pipeline on the same
 database: on PostgreSQL rows are locked, not the database; on SQLite writers queue on a file lock
-(``domain.db.writer_gate``). Only the first process serves HTTP, the delivery worker and IMAP.
+(``domain.db.writer_gate``). Every process also runs a delivery worker (claims are leased, so the
+processes share the outbox as several nodes do); only the first serves HTTP and polls IMAP.
 
 A child stops when the parent says so, when the parent's end of the pipe closes (the parent died,
 even by ``kill -9``), or on SIGTERM/SIGINT; a child that dies on its own is started again. Every
@@ -184,14 +185,20 @@ async def _serve_child(services: Services, port: int, conn: Connection) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     server = await start_ingress(services, port=port, reuse_port=True)
+    tasks = [asyncio.create_task(_report_metrics(conn, stop), name="metrics")]
+    if services.settings.worker_enabled:
+        # Outbound work is CPU-bound too: every process drains the shared outbox (claims take a
+        # lease, so no row goes out twice from two processes).
+        from mailbridge.outbound.worker import Worker
+
+        tasks.append(asyncio.create_task(Worker.from_services(services).run_forever(stop), name="worker"))
     # Readable means "stop" from the parent, or end of file: the parent is gone (even by kill -9).
     loop.add_reader(conn.fileno(), stop.set)
     conn.send(("ready", None))
-    reporter = asyncio.create_task(_report_metrics(conn, stop))
     await stop.wait()
     server.close()
     loop.remove_reader(conn.fileno())
-    await reporter
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _report_metrics(conn: Connection, stop: asyncio.Event) -> None:
