@@ -14,6 +14,7 @@ import io
 import struct
 import sys
 import tarfile
+import uuid
 import zipfile
 import zlib
 from pathlib import Path
@@ -162,6 +163,7 @@ def cfb(
     storages: tuple[str, ...] = (),
     directory_last: bool = False,
     padding_sectors: int = 0,
+    root_clsid: bytes = bytes(16),
 ) -> bytes:
     """A version-3 compound file (MS-CFB) with the given root-level streams and empty storages.
 
@@ -199,17 +201,20 @@ def cfb(
                     fat[next_sector + i] = next_sector + i + 1 if i < count - 1 else _END
                 next_sector += count
 
-    def entry(name: str, kind: int, start: int, size: int, child: int, right: int) -> bytes:
+    def entry(
+        name: str, kind: int, start: int, size: int, child: int, right: int, clsid: bytes = bytes(16)
+    ) -> bytes:
         raw = name.encode("utf-16-le") + b"\0\0"
         return (
             raw.ljust(64, b"\0")
             + struct.pack("<HBB", len(raw), kind, 1)
             + struct.pack("<III", _NOSTREAM, right, child)
-            + bytes(16 + 4 + 8 + 8)
+            + clsid
+            + bytes(4 + 8 + 8)
             + struct.pack("<IQ", start, size)
         )
 
-    directory = entry("Root Entry", 5, _END, 0, 1 if entries else _NOSTREAM, _NOSTREAM)
+    directory = entry("Root Entry", 5, _END, 0, 1 if entries else _NOSTREAM, _NOSTREAM, root_clsid)
     for i, (name, kind, data) in enumerate(entries):
         right = i + 2 if i + 1 < len(entries) else _NOSTREAM
         start = starts[i] if kind == 2 else 0
@@ -242,10 +247,17 @@ def legacy_doc(*, macros: bool = False, directory_last: bool = False, padding_se
     return cfb(streams, storages=storages, directory_last=directory_last, padding_sectors=padding_sectors)
 
 
-def legacy_xls(*, macros: bool = False) -> bytes:
+def legacy_xls(*, macros: bool = False, directory_last: bool = False, padding_sectors: int = 0) -> bytes:
     """An Excel 97-2003 style compound file (`Workbook`; `_VBA_PROJECT_CUR` storage if asked)."""
     storages = ("_VBA_PROJECT_CUR", "VBA") if macros else ()
-    return cfb({"Workbook": b"\x09\x08\x10\x00\x00\x06\x05\x00"}, storages=storages)
+    workbook = {"Workbook": b"\x09\x08\x10\x00\x00\x06\x05\x00"}
+    return cfb(workbook, storages=storages, directory_last=directory_last, padding_sectors=padding_sectors)
+
+
+def installer_package() -> bytes:
+    """A compound file whose root CLSID is Windows Installer's (an .msi), with a decoy Word stream."""
+    clsid = uuid.UUID("000C1084-0000-0000-C000-000000000046").bytes_le
+    return cfb({"WordDocument": b"\xec\xa5\xc1\x00" + bytes(60)}, directory_last=True, root_clsid=clsid)
 
 
 # --------------------------------------------------------------------------- images and PDF (Pillow)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import email
 import email.policy
+import io
 import random
 import threading
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -570,3 +572,69 @@ def test_every_reason_is_explained_in_both_languages() -> None:
     assert withheld_line([Verdict(False, "x", "y", "some_future_code", None)], "en") == (
         "1 attachment withheld: x (some_future_code)"
     )
+
+
+# --------------------------------------------------------------------------- compound files, whole
+
+
+def judge_whole(data: bytes, filename: str, declared: str, rules: AttachmentRules | None = None) -> Verdict:
+    """As the intake judges: the head for libmagic, and the whole content for a compound file."""
+    candidate = Candidate(filename, declared, len(data), data[:HEAD_BYTES], content=io.BytesIO(data))
+    return judge(candidate, rules or AttachmentRules(), 1)
+
+
+@pytest.mark.parametrize(
+    ("make", "filename", "sniffed"),
+    [
+        (lambda: fm.legacy_doc(directory_last=True, padding_sectors=40), "big.doc", att.MSWORD),
+        (lambda: fm.legacy_xls(directory_last=True, padding_sectors=40), "ledger.xls", att.MSEXCEL),
+    ],
+)
+def test_legacy_office_file_with_its_directory_past_the_head_is_named_and_accepted(
+    make: Callable[[], bytes], filename: str, sniffed: str
+) -> None:
+    data = make()
+    assert len(data) > HEAD_BYTES and sniff(data[:HEAD_BYTES]) == att.OLE_STORAGE  # the head alone cannot
+    verdict = judge_whole(data, filename, "application/octet-stream")
+    assert (verdict.accepted, verdict.sniffed_type, verdict.reason) == (True, sniffed, None)
+
+
+def test_macros_named_past_the_head_are_found() -> None:
+    data = fm.legacy_doc(macros=True, directory_last=True, padding_sectors=40)
+    assert not att._ole_has_vba(data[:HEAD_BYTES])
+    verdict = judge_whole(data, "letter.doc", att.MSWORD)
+    assert (verdict.accepted, verdict.reason) == (False, Reason.MACRO_DOCUMENT)
+    assert judge_whole(data, "letter.doc", att.MSWORD, MACROS_OK).accepted
+
+
+def test_installer_package_is_a_program_even_with_a_word_stream() -> None:
+    verdict = judge_whole(fm.installer_package(), "invoice.doc", att.MSWORD)
+    assert (verdict.accepted, verdict.sniffed_type, verdict.reason) == (
+        False,
+        "application/x-msi",
+        "executable",
+    )
+
+
+@pytest.mark.parametrize("cut", [600, 4096, HEAD_BYTES + 100])
+def test_broken_compound_file_keeps_the_heads_answer_and_the_read_position(cut: int) -> None:
+    data = fm.legacy_doc(directory_last=True, padding_sectors=40)[:cut] + bytes(50)
+    content = io.BytesIO(data)
+    content.seek(123)
+    candidate = Candidate("x.doc", att.MSWORD, len(data), data[:HEAD_BYTES], content=content)
+    verdict = judge(candidate, AttachmentRules(), 1)
+    assert not verdict.accepted
+    assert content.tell() == 123  # the intake goes on reading from where it was
+
+
+def test_intake_hands_the_whole_file_to_the_judge(tmp_path: Path) -> None:
+    from mailbridge.domain.practice_settings import PracticeSettings
+    from mailbridge.storage.blobs import LocalBlobStore
+    from mailbridge.storage.intake import Upload, intake_uploads
+
+    data = fm.legacy_xls(directory_last=True, padding_sectors=40)
+    upload = Upload("Q3 ledger.xls", "application/vnd.ms-excel", io.BytesIO(data))
+    intake = intake_uploads(LocalBlobStore(tmp_path), PracticeSettings(), [upload], "en")
+    assert [(a.filename, a.content_type, a.size) for a in intake.accepted] == [
+        ("Q3 ledger.xls", att.MSEXCEL, len(data))
+    ]

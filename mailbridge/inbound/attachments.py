@@ -10,8 +10,10 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import BinaryIO
 
 import magic
+import olefile
 
 __all__ = [
     "DEFAULT_ALLOWED_TYPES",
@@ -329,6 +331,9 @@ class Candidate:
     size: int  # decoded size in bytes
     head: bytes  # the first HEAD_BYTES of the decoded content, for sniffing
     content_id: str | None = None  # inline images referenced by cid:
+    # The whole decoded content, seekable, when the caller has it: a legacy Office file (OLE2) is
+    # only named by its directory, which a large .xls or .doc often keeps at the end of the file.
+    content: BinaryIO | None = None
 
 
 @dataclass(frozen=True)
@@ -444,7 +449,7 @@ def _inspect(head: bytes) -> _Sniffed:
         mime = OCTET_STREAM
     if head.startswith(b"PK\x03\x04"):
         return _inspect_zip(head, mime)
-    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+    if head.startswith(_OLE_MAGIC):
         return _Sniffed(mime, macros=_ole_has_vba(head))
     if mime in _SOURCE_TEXTS:
         mime = "text/plain"
@@ -561,6 +566,46 @@ def _office_kind(content_type: str) -> str | None:
 _VBA_NAMES = frozenset({"macros", "_vba_project_cur", "vba", "_vba_project"})
 
 
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+# Root-level streams that name a legacy Office document (MS-DOC, MS-XLS: "Book" is Excel 5/95).
+_COMPOUND_TYPES = (("worddocument", MSWORD), ("workbook", MSEXCEL), ("book", MSEXCEL))
+# Root storage CLSIDs of Windows Installer packages, patches and transforms: programs, whatever
+# streams they also carry.
+_INSTALLER_CLSIDS = frozenset(f"000C108{digit}-0000-0000-C000-000000000046" for digit in ("2", "4", "6"))
+
+
+def _inspect_compound(content: BinaryIO, from_head: _Sniffed) -> _Sniffed:
+    """Name a compound file by its whole directory, read with olefile through the seekable content.
+
+    libmagic and :func:`_ole_has_vba` see only the head; this reads the header, the FAT and the
+    directory chain wherever they lie (olefile seeks, it does not load the file). Only a file libmagic
+    could not name (``application/x-ole-storage``) is named here, from its root streams; an installer
+    package is recognised by its root CLSID; macros found in either place count. A file olefile
+    cannot read keeps what the head said: unnamed compound files are withheld, never waved through.
+    """
+    position = content.tell()
+    try:
+        content.seek(0)
+        ole = olefile.OleFileIO(content)
+        try:
+            entries = ole.listdir(streams=True, storages=True)
+            root_clsid = (ole.root.clsid or "").upper() if ole.root is not None else ""
+        finally:
+            ole.close()  # a file object handed in stays open: olefile closes only what it opened
+    except Exception:  # malformed or hostile: olefile raises many kinds; the head's answer stands
+        return from_head
+    finally:
+        content.seek(position)
+    macros = any(part.lower() in _VBA_NAMES for entry in entries for part in entry) or from_head.macros
+    if root_clsid in _INSTALLER_CLSIDS:
+        return _Sniffed("application/x-msi", macros=macros)
+    if from_head.mime != OLE_STORAGE:  # libmagic named it from the head: only ever add macros
+        return _Sniffed(from_head.mime, macros=macros)
+    roots = {entry[0].lower() for entry in entries if entry}
+    mime = next((kind for stream, kind in _COMPOUND_TYPES if stream in roots), OLE_STORAGE)
+    return _Sniffed(mime, macros=macros)
+
+
 def _ole_has_vba(head: bytes) -> bool:
     """Whether a compound file's directory, as far as the head shows it, names a VBA project.
 
@@ -656,6 +701,8 @@ def judge(candidate: Candidate, rules: AttachmentRules, index: int) -> Verdict:
     if index < 1:
         raise ValueError("index is 1-based")
     sniffed = _inspect(candidate.head)
+    if candidate.content is not None and candidate.head.startswith(_OLE_MAGIC):
+        sniffed = _inspect_compound(candidate.content, sniffed)
     mime = sniffed.mime
     filename = sanitize_filename(candidate.raw_filename) or (
         f"attachment-{index}.{_EXTENSION_FOR_TYPE.get(mime, 'bin')}"

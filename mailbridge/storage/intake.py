@@ -103,6 +103,7 @@ def intake_uploads(
             size=size,
             head=head,
             content_id=upload.content_id,
+            content=upload.file,
         )
         verdict = judge(candidate, rules, index)
         intake.verdicts.append(verdict)
