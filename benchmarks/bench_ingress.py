@@ -82,6 +82,7 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
     limit = TIME_LIMIT / 2 if quick else TIME_LIMIT
     warm = 40
     rows: list[Row] = []
+    breakdown: list[Row] = []
     calibration: list[str] = []
     mails_seed = 0
 
@@ -137,6 +138,21 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
                                 )
                             )
 
+        # Where the time goes: the same load into mailbridge's SMTP door with the costly layers
+        # replaced by free answers (SQLite, one process). Not mailbridge's throughput: its ceiling.
+        with backend("sqlite", "mbingress") as b:
+            threads = seed_practice(b, CONVERSATIONS)
+            for stub, label in (
+                ("rcpt+pipeline", "SMTP door only"),
+                ("pipeline", "SMTP door + RCPT decision"),
+            ):
+                with mailbridge_server(b.root, b.url, stub=stub) as server:
+                    _load(server.port, fresh(threads, warm), reuse=True)
+                    for reuse in (False, True):
+                        base = _load(bare.port, fresh(dummy, n), reuse, limit)
+                        result = _load(server.port, fresh(threads, n), reuse, limit)
+                        breakdown.append(Row(f"{label} (stubbed)", _mode(reuse), result, None, base.rate))
+
     out = [
         f"Ingress: up to {n:,} replies of ~5.3 KB per row (at most {limit:.0f} s), {CONCURRENCY} concurrent "
         "senders, asyncio raw-socket load generator in its own process; the bare server is one "
@@ -159,6 +175,20 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
         ),
     ]
     out.extend(calibration)
+    if breakdown:
+        out.append(
+            "Breakdown (diagnostic, SQLite, one process): the pipeline, then also the RCPT decision, "
+            "replaced by answers that cost nothing; ratio to the bare server measured just before"
+        )
+        out.append(
+            table(
+                ["mailbridge layers", "connections", "msg/s", "vs baseline"],
+                [
+                    [r.server, r.mode, r.result.rate, f"{r.result.rate / (r.baseline or 1):.2f}"]
+                    for r in breakdown
+                ],
+            )
+        )
     for r in rows:
         if r.posted is not None and not r.posted == r.logged == r.result.ok:
             out.append(

@@ -355,13 +355,44 @@ def _bare_child(conn: Connection, data_size_limit: int) -> None:
     _child_main(conn, main)
 
 
-def _mailbridge_child(conn: Connection, root: str, database_url: str, overrides: dict[str, Any]) -> None:
+def _stub(layers: str) -> None:
+    """Diagnostics only: replace the pipeline ("pipeline") or the pipeline and the RCPT decision
+    ("rcpt+pipeline") with answers that cost nothing, to see what the layers around them cost."""
+    from mailbridge import replies
+    from mailbridge.domain.models import InboundState
+    from mailbridge.inbound import pipeline
+    from mailbridge.inbound.envelope import RecipientDecision, Target
+    from mailbridge.ingress import smtp
+
+    def accept(deps: Any, envelope: Any, raw_path: Path, size: int) -> Any:
+        Path(raw_path).unlink(missing_ok=True)
+        return pipeline.Outcome(replies.OK, InboundState.posted, "stub")
+
+    pipeline.run = accept  # type: ignore[assignment]
+    if layers == "rcpt+pipeline":
+
+        def decider(services: Any) -> Any:
+            def decide(address: str) -> RecipientDecision:
+                target = Target("reply", 1, address, token_id=1, user_id=1, conversation_id="stub")
+                return RecipientDecision(replies.OK_RECIPIENT, target, "stub", 1 << 30)
+
+            return decide
+
+        smtp.make_decider = decider  # type: ignore[assignment]
+
+
+def _mailbridge_child(
+    conn: Connection, root: str, database_url: str, overrides: dict[str, Any], stub: str | None = None
+) -> None:
     async def main() -> None:
         import logging
 
         logging.basicConfig(level=logging.WARNING)
         from mailbridge.runtime import start_ingress
         from tests.conftest import make_services
+
+        if stub:
+            _stub(stub)
 
         services = make_services(Path(root), database_url, **overrides)
         processes = services.settings.effective_smtp_processes
@@ -449,15 +480,16 @@ def bare_server(data_size_limit: int = 64 * 1024 * 1024) -> contextlib.AbstractC
 
 
 def mailbridge_server(
-    root: Path, database_url: str, **overrides: Any
+    root: Path, database_url: str, stub: str | None = None, **overrides: Any
 ) -> contextlib.AbstractContextManager[Child]:
     """mailbridge's ingress (``start_ingress``), optionally with the delivery worker, in its own process.
 
     Services are built like ``tests.conftest.make_services`` under *root* (the same data dir, hence
-    the same token secret, as the parent that seeded it).
+    the same token secret, as the parent that seeded it). *stub* (see ``_stub``) is for the ingress
+    benchmark's breakdown rows only.
     """
     settings = {"smtp_listen": f"{HOST}:0", "worker_enabled": False, "log_level": "WARNING", **overrides}
-    return _child(_mailbridge_child, str(root), database_url, settings)
+    return _child(_mailbridge_child, str(root), database_url, settings, stub)
 
 
 # ---- databases ----------------------------------------------------------------------------------------
