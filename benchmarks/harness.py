@@ -405,9 +405,9 @@ def _mailbridge_child(
         stop = asyncio.Event()
         tasks = []
         if services.settings.worker_enabled:
-            from mailbridge.outbound.worker import Worker
+            from mailbridge.outbound.worker import start_worker
 
-            tasks.append(asyncio.create_task(Worker.from_services(services).run_forever(stop)))
+            tasks.append(start_worker(services, stop))
         _watch_parent(conn, stop, CHILD_LIFETIME)
         port = server.sockets[0].getsockname()[1]
         conn.send(("ready", port, os.getpid()))

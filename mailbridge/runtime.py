@@ -77,9 +77,9 @@ async def run_all(services: Services, stop: asyncio.Event | None = None) -> None
             port = smtp_server.sockets[0].getsockname()[1]
             cluster = await start_cluster(services, port, processes - 1)
     if settings.worker_enabled:
-        from mailbridge.outbound.worker import Worker
+        from mailbridge.outbound.worker import start_worker
 
-        tasks.append(asyncio.create_task(Worker.from_services(services).run_forever(stop), name="worker"))
+        tasks.append(start_worker(services, stop))
     from mailbridge.housekeeping import run_housekeeping
     from mailbridge.ingress.imap import run_pollers
 

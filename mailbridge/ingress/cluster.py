@@ -189,9 +189,9 @@ async def _serve_child(services: Services, port: int, conn: Connection) -> None:
     if services.settings.worker_enabled:
         # Outbound work is CPU-bound too: every process drains the shared outbox (claims take a
         # lease, so no row goes out twice from two processes).
-        from mailbridge.outbound.worker import Worker
+        from mailbridge.outbound.worker import start_worker
 
-        tasks.append(asyncio.create_task(Worker.from_services(services).run_forever(stop), name="worker"))
+        tasks.append(start_worker(services, stop))
     # Readable means "stop" from the parent, or end of file: the parent is gone (even by kill -9).
     loop.add_reader(conn.fileno(), stop.set)
     conn.send(("ready", None))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import event, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,6 +80,8 @@ class Worker:
     lease: timedelta
     batch: int = 50
     poll: float = 1.0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _wake: asyncio.Event | None = None
 
     @classmethod
     def from_services(cls, services: Any) -> Worker:
@@ -313,7 +315,15 @@ class Worker:
             log.exception("outbox_row_error", extra={"outbox": row_id})
             return INTERNAL_ERROR
 
+    def nudge(self) -> None:
+        """Work now rather than at the next poll; callable from any thread (see ``wake_on_commit``)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to wake
+                loop.call_soon_threadsafe(wake.set)
+
     async def run_forever(self, stop: asyncio.Event) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
         try:
             while not stop.is_set():
                 try:
@@ -323,7 +333,62 @@ class Worker:
                     worked = 0
                 if worked == 0:
                     await self.transport.close()  # do not hold an idle smarthost connection
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=self.poll)
+                    await self._idle(stop, self._wake)
         finally:
+            self._loop = self._wake = None
             await self.transport.close()
+
+    async def _idle(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        """Until a nudge, the stop, or the poll interval (rows due later, rows other nodes wrote)."""
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        # Cleared after the wait: a nudge that comes while a batch runs makes the next wait return
+        # at once, and one that comes right here is for a row already committed, which run_once finds.
+        wake.clear()
+
+
+def wake_on_commit(sessions: sessionmaker[Session], worker: Worker) -> Any:
+    """Nudge *worker* whenever a transaction of this process commits new outbox rows.
+
+    A reply's notification then leaves within milliseconds instead of up to ``outbox_poll_seconds``
+    later. Rows written by another process or node are found by the poll. Returns a function that
+    removes the listeners.
+    """
+
+    def after_flush(session: Session, _context: Any) -> None:
+        if any(isinstance(obj, Outbox) for obj in session.new):  # pre-flush state, per SQLAlchemy
+            session.info["outbox_written"] = True
+
+    def after_commit(session: Session) -> None:
+        if session.info.pop("outbox_written", False):
+            worker.nudge()
+
+    def after_rollback(session: Session) -> None:
+        session.info.pop("outbox_written", None)
+
+    listeners = (
+        ("after_flush", after_flush),
+        ("after_commit", after_commit),
+        ("after_rollback", after_rollback),
+    )
+    for name, listener in listeners:
+        event.listen(sessions, name, listener)
+
+    def remove() -> None:
+        for name, listener in listeners:
+            event.remove(sessions, name, listener)
+
+    return remove
+
+
+def start_worker(services: Any, stop: asyncio.Event) -> asyncio.Task[None]:
+    """The delivery worker of this process, woken by this process's commits (``mailbridge serve``)."""
+    worker = Worker.from_services(services)
+    remove = wake_on_commit(services.sessions, worker)
+    task = asyncio.create_task(worker.run_forever(stop), name="worker")
+    task.add_done_callback(lambda _task: remove())
+    return task
