@@ -7,9 +7,9 @@ Each step may end the run with ``Done`` (accepted but not posted: auto-reply, bo
 quarantine), ``Rejected`` (5xx) or ``Deferred`` (4xx). Only after the final commit is durable does
 ``run`` return 250. Any unexpected exception becomes 451 4.3.0 with the traceback in the log only.
 
-A run uses one database session from start to end: the practice, token, sender and conversation
-are read once and the final transaction writes through the same objects (the ORM's per-session
-identity map), instead of every step loading them again.
+A run uses one database session from start to end, its read transaction ended after every step (no
+connection held while DNS or an attachment check runs). The final transaction reads again what the
+policy looks at, so the post is judged on what is true when it is written.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from mailbridge.inbound.envelope import Target
 from mailbridge.inbound.mimestream import STREAM_THRESHOLD, parse_file
 from mailbridge.inbound.parse import ParsedMail, header_text, parse_mail, single_from
 from mailbridge.observability import INBOUND, STEP_SECONDS
-from mailbridge.policy.rules import Situation, can_post
+from mailbridge.policy.rules import can_post
 from mailbridge.replies import Deferred, Rejected, SmtpReply
 from mailbridge.storage.blobs import BlobStore
 from mailbridge.storage.intake import Intake, TooManyAttachments, intake_uploads
@@ -152,6 +152,9 @@ class Context:
     practice_id: int | None = None
     settings: PracticeSettings = field(default_factory=PracticeSettings)
     sender: User | None = None
+    # The sender as plain values, for the refusal notice: written in a session of its own, after the
+    # run's session (and the User object with it) is gone.
+    notice_to: tuple[int, str] | None = None  # (user id, locale)
     from_address: str = ""
     conversation_id: str | None = None
     auth: AuthResults | None = None
@@ -170,7 +173,6 @@ class Context:
     # Held here because the identity map only keeps objects somebody still references.
     practice: Practice | None = None
     conversation: Conversation | None = None
-    snapshot: Situation | None = None  # what sender_policy judged; the post reuses it
 
     @property
     def msg(self) -> EmailMessage:
@@ -335,6 +337,7 @@ def resolve_sender(ctx: Context) -> None:
         if not owner.owns_address(ctx.from_address):
             raise Rejected(replies.SENDER_MISMATCH, "reply_user_mismatch")
         ctx.sender = owner
+        ctx.notice_to = (owner.id, owner.locale)
     elif target.kind == "route":
         users = (
             session.scalars(
@@ -346,10 +349,9 @@ def resolve_sender(ctx: Context) -> None:
             .all()
         )
         ctx.sender = users[0] if len(users) == 1 else None
+        ctx.notice_to = (ctx.sender.id, ctx.sender.locale) if ctx.sender is not None else None
         if ctx.sender is not None and ctx.sender.kind == UserKind.staff:
             raise Rejected(replies.STAFF_USE_APP, "staff_to_route")
-    # DNS comes next and may take seconds: end the read transaction so no connection waits with it.
-    session.commit()
 
 
 def authenticate_sender(ctx: Context) -> None:
@@ -433,15 +435,16 @@ def sender_policy(ctx: Context) -> None:
     assert ctx.sender is not None
     if conversation is None:
         raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
-    ctx.snapshot = convs.post_situation(
-        session,
-        ctx.sender,
-        conversation,
-        body=ctx.body,
-        internal=ctx.internal,
-        has_files=bool(ctx.parsed and ctx.parsed.attachments),
+    verdict = can_post(
+        convs.post_situation(
+            session,
+            ctx.sender,
+            conversation,
+            body=ctx.body,
+            internal=ctx.internal,
+            has_files=bool(ctx.parsed and ctx.parsed.attachments),
+        )
     )
-    verdict = can_post(ctx.snapshot)
     ctx.rule = verdict.rule
     if not verdict.allowed:
         ctx.notice_reason = verdict.reason
@@ -524,6 +527,10 @@ def _store_locked(
     ctx: Context, session: Session, key: str, accepted: list[NewAttachment], source: MessageSource
 ) -> None:
     assert ctx.sender is not None
+    # Everything read earlier in the run is read again: rights may have changed during DNS or the
+    # attachment checks (a client deactivated, a participant removed), and the post is judged on
+    # what is true now, in the transaction that writes it.
+    session.expire_all()
     try:
         # A repeat (same token, Message-ID and body) meets the unique idempotency key at the insert.
         practice = session.get_one(Practice, ctx.practice_id)
@@ -543,13 +550,16 @@ def _store_locked(
                 source=source,
                 attachments=accepted,
                 idempotency_key=key,
-                judged=ctx.snapshot,
             )
-            session.execute(
+            # The token was live at RCPT; revoked since (participant removed, conversation deleted),
+            # the reply is refused as an unknown address would have been.
+            used = session.execute(
                 update(TOKEN_TABLE)
-                .where(TOKEN_TABLE.c.id == ctx.envelope.target.token_id)
+                .where(TOKEN_TABLE.c.id == ctx.envelope.target.token_id, TOKEN_TABLE.c.revoked_at.is_(None))
                 .values(last_used_at=utcnow())
             )
+            if getattr(used, "rowcount", 1) != 1:
+                raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
         ctx.details["posted"] = message.id
         ctx.conversation_id = message.conversation_id
         session.execute(
@@ -568,7 +578,7 @@ def _store_locked(
         session.commit()
     except IntegrityError as exc:
         session.rollback()
-        if "idempotency" in str(exc.orig).lower() or "unique" in str(exc.orig).lower():
+        if "idempotency_key" in str(exc.orig).lower():  # uq_messages_idempotency_key, any dialect
             raise Done(InboundState.duplicate, "duplicate_suppressed") from exc
         raise
     except convs.PolicyDenied as exc:  # the state changed between the check and the commit
@@ -676,7 +686,7 @@ def _notice(session: Session, practice: Practice, ctx: Context, reason: str) -> 
     """One short, localized notice per address per reason per day; only to a proven, known participant."""
     from mailbridge.outbound.fanout import enqueue_email
 
-    if ctx.sender is None or reason not in FIXABLE or ctx.classification is None:
+    if ctx.notice_to is None or reason not in FIXABLE or ctx.classification is None:
         return
     if ctx.classification.kind != "human" or ctx.auth is None:
         return
@@ -702,14 +712,22 @@ def _notice(session: Session, practice: Practice, ctx: Context, reason: str) -> 
         practice,
         kind=OutboxKind.notice,
         to_address=ctx.from_address,
-        recipient_id=ctx.sender.id,
+        recipient_id=ctx.notice_to[0],
         payload={
             "reason": reason,
-            "locale": ctx.sender.locale,
+            "locale": ctx.notice_to[1],
             "files": withheld,
             "in_reply_to": ctx.details.get("message_id", ""),
         },
     )
+
+
+def _release(ctx: Context) -> None:
+    """End the read transaction a step left open, so no step holds a connection while the next
+    one works (DNS, a 100 MB attachment): the pool stays free, and a writer always takes the SQLite
+    writer gate before a connection, never the other way round. The objects read stay loaded."""
+    if ctx.session is not None and ctx.session.in_transaction():
+        ctx.session.commit()
 
 
 def _close(ctx: Context) -> None:
@@ -739,7 +757,7 @@ def _record(ctx: Context, state: InboundState, reason: str, reply: SmtpReply) ->
                 if practice is not None:
                     _notice(session, practice, ctx, ctx.notice_reason)
     except SQLAlchemyError:
-        log.warning("inbound_log_update_failed", extra={"reason": reason})
+        log.warning("inbound_log_update_failed", extra={"reason": reason}, exc_info=True)
 
 
 def _cleanup_raw(ctx: Context, state: InboundState) -> None:
@@ -758,6 +776,7 @@ def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
             started = time.perf_counter()
             try:
                 step(ctx)
+                _release(ctx)
             finally:
                 STEP_SECONDS.labels(step.__name__).observe(time.perf_counter() - started)
     except Done as done:

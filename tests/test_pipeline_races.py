@@ -1,0 +1,171 @@
+"""Rights that change while a reply is being processed: the post is judged on what is true when written.
+
+A reply takes milliseconds to seconds between RCPT and the final commit (DNS look-ups, a large
+attachment). A client deactivated, a participant removed or a token revoked in that window must
+not get the message in: each case below changes the world at one step of a real pipeline run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from mailbridge.domain import conversations as convs
+from mailbridge.domain import directory
+from mailbridge.domain.db import transaction
+from mailbridge.domain.models import (
+    InboundLog,
+    InboundState,
+    Message,
+    MessageSource,
+    Outbox,
+    OutboxKind,
+    User,
+)
+from mailbridge.inbound import pipeline
+from mailbridge.inbound.envelope import decide_recipient
+from mailbridge.wiring import pipeline_deps
+from tests.mailhelpers import open_conversation, reply_address, reply_message
+
+
+def deactivate(services: Any, who: str) -> None:
+    with transaction(services.sessions) as session:
+        session.execute(update(User).where(User.external_id == who).values(active=False))
+
+
+def remove(services: Any, conversation_id: str, who: str) -> None:
+    with transaction(services.sessions) as session:
+        practice = directory.get_practice(session, "acme")
+        conversation = convs.get_conversation(session, practice, conversation_id)
+        convs.remove_participant(session, conversation, directory.get_user(session, practice, who))
+
+
+def run_reply(
+    services: Any,
+    tmp_path: Path,
+    address: str,
+    msg: EmailMessage,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str | None = None,
+    change: Callable[[], None] | None = None,
+) -> pipeline.Outcome:
+    """One pipeline run as the SMTP door makes it: the RCPT decision first, then DATA; *change*
+    runs when the pipeline reaches *step* (a name the pipeline module looks up at call time)."""
+    with services.sessions() as session:
+        target = decide_recipient(session, services.tokens, services.verp_secret, address).target
+    assert target is not None
+    if step and change:
+        original = getattr(pipeline, step)
+
+        def meddle(*args: Any, **kwargs: Any) -> Any:
+            change()
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, step, meddle)
+    raw = msg.as_bytes(policy=SMTP)
+    path = tmp_path / "spool.eml"
+    path.write_bytes(raw)
+    envelope = pipeline.Envelope("smtp", "127.0.0.1", "client.test", str(msg["From"]), target)
+    return pipeline.run(pipeline_deps(services), envelope, path, len(raw))
+
+
+def posted_by_email(services: Any) -> int:
+    with services.sessions() as session:
+        return int(
+            session.scalar(
+                select(func.count()).select_from(Message).where(Message.source == MessageSource.email)
+            )
+            or 0
+        )
+
+
+def final_row(services: Any, inbound_id: str | None) -> tuple[InboundState, str | None]:
+    with services.sessions() as session:
+        row = session.get_one(InboundLog, inbound_id)
+        return row.state, row.reason
+
+
+def test_client_deactivated_during_the_dns_checks_is_refused_with_a_notice(
+    seeded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversation = open_conversation(seeded)
+    address = reply_address(seeded, conversation, "alice")
+    msg = reply_message("alice@client.test", address, "Tuesday at 10 works for me.")
+    outcome = run_reply(
+        seeded, tmp_path, address, msg, monkeypatch, "authenticate", lambda: deactivate(seeded, "alice")
+    )
+    assert (outcome.state, outcome.reason, outcome.reply.code) == (
+        InboundState.rejected,
+        "inactive_client",
+        550,
+    )
+    assert final_row(seeded, outcome.inbound_id) == (InboundState.rejected, "inactive_client")
+    assert posted_by_email(seeded) == 0
+    with seeded.sessions() as session:  # the polite notice still finds its way (the sender is known)
+        notices = session.scalars(select(Outbox.to_address).where(Outbox.kind == OutboxKind.notice)).all()
+    assert notices == ["alice@client.test"]
+
+
+def test_participant_removed_while_the_attachments_are_checked_is_refused(
+    seeded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversation = open_conversation(seeded)
+    address = reply_address(seeded, conversation, "alice")
+    msg = reply_message("alice@client.test", address, "Tuesday at 10 works, notes attached.")
+    msg.add_attachment(b"some notes\n" * 20, maintype="text", subtype="plain", filename="notes.txt")
+    outcome = run_reply(
+        seeded,
+        tmp_path,
+        address,
+        msg,
+        monkeypatch,
+        "intake_uploads",
+        lambda: remove(seeded, conversation, "alice"),
+    )
+    assert outcome.state == InboundState.rejected
+    assert final_row(seeded, outcome.inbound_id)[0] == InboundState.rejected
+    assert posted_by_email(seeded) == 0
+
+
+def test_token_revoked_between_rcpt_and_the_end_of_data_is_refused(
+    seeded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staff removed from a company conversation may still read it (they follow the company), but
+    the address they were given as a participant died with their participation."""
+    conversation = open_conversation(
+        seeded, kind="company", company="bakery", author="billing", participants=("alice", "dr-smith")
+    )
+    address = reply_address(seeded, conversation, "dr-smith")
+    msg = reply_message("dr.smith@acme.test", address, "Noted, I will call the bakery.")
+    outcome = run_reply(
+        seeded,
+        tmp_path,
+        address,
+        msg,
+        monkeypatch,
+        "authenticate",
+        lambda: remove(seeded, conversation, "dr-smith"),
+    )
+    assert (outcome.state, outcome.reason, outcome.reply.code) == (
+        InboundState.rejected,
+        "token_revoked",
+        550,
+    )
+    assert final_row(seeded, outcome.inbound_id) == (InboundState.rejected, "token_revoked")
+    assert posted_by_email(seeded) == 0
+
+
+def test_nothing_changed_posts(seeded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conversation = open_conversation(seeded)
+    address = reply_address(seeded, conversation, "alice")
+    outcome = run_reply(
+        seeded, tmp_path, address, reply_message("alice@client.test", address, "See you then."), monkeypatch
+    )
+    assert outcome.state == InboundState.posted
+    assert posted_by_email(seeded) == 1
