@@ -247,11 +247,30 @@ def legacy_doc(*, macros: bool = False, directory_last: bool = False, padding_se
     return cfb(streams, storages=storages, directory_last=directory_last, padding_sectors=padding_sectors)
 
 
-def legacy_xls(*, macros: bool = False, directory_last: bool = False, padding_sectors: int = 0) -> bytes:
-    """An Excel 97-2003 style compound file (`Workbook`; `_VBA_PROJECT_CUR` storage if asked)."""
+def legacy_xls(
+    *, macros: bool = False, directory_last: bool = False, padding_sectors: int = 0, xlm: bool = False
+) -> bytes:
+    """An Excel 97-2003 style compound file (`Workbook`; `_VBA_PROJECT_CUR` storage if asked).
+
+    `xlm` lists a second sheet of type 1, an Excel 4.0 macro sheet, in the workbook globals.
+    """
     storages = ("_VBA_PROJECT_CUR", "VBA") if macros else ()
-    workbook = {"Workbook": b"\x09\x08\x10\x00\x00\x06\x05\x00"}
+    workbook = {"Workbook": _biff_globals(xlm)}
     return cfb(workbook, storages=storages, directory_last=directory_last, padding_sectors=padding_sectors)
+
+
+def _biff_globals(xlm: bool) -> bytes:
+    """BIFF8 workbook globals: BOF, a BOUNDSHEET per sheet (type byte: 0 worksheet, 1 macro sheet), EOF."""
+
+    def record(kind: int, body: bytes) -> bytes:
+        return struct.pack("<HH", kind, len(body)) + body
+
+    def sheet(name: str, kind: int) -> bytes:
+        return record(0x0085, struct.pack("<IBBBB", 0, 0, kind, len(name), 0) + name.encode("latin-1"))
+
+    bof = record(0x0809, struct.pack("<HHHHII", 0x0600, 0x0005, 0, 0, 0, 0))
+    sheets = sheet("Sheet1", 0) + (sheet("Macro1", 1) if xlm else b"")
+    return bof + sheets + record(0x000A, b"")
 
 
 def installer_package() -> bytes:

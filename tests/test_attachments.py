@@ -6,6 +6,7 @@ import email
 import email.policy
 import io
 import random
+import struct
 import threading
 import unicodedata
 from collections.abc import Callable
@@ -607,6 +608,18 @@ def test_macros_named_past_the_head_are_found() -> None:
     assert judge_whole(data, "letter.doc", att.MSWORD, MACROS_OK).accepted
 
 
+@pytest.mark.parametrize("directory_last", [False, True])
+def test_excel4_macro_sheet_makes_a_macro_document(directory_last: bool) -> None:
+    """XLM macros live in the Workbook stream (a macro sheet), not in a VBA storage."""
+    padding = 40 if directory_last else 0
+    data = fm.legacy_xls(xlm=True, directory_last=directory_last, padding_sectors=padding)
+    verdict = judge_whole(data, "ledger.xls", att.MSEXCEL)
+    assert (verdict.accepted, verdict.reason) == (False, Reason.MACRO_DOCUMENT)
+    assert judge_whole(data, "ledger.xls", att.MSEXCEL, MACROS_OK).accepted
+    plain = fm.legacy_xls(directory_last=directory_last, padding_sectors=padding)
+    assert judge_whole(plain, "ledger.xls", att.MSEXCEL).accepted
+
+
 def test_installer_package_is_a_program_even_with_a_word_stream() -> None:
     verdict = judge_whole(fm.installer_package(), "invoice.doc", att.MSWORD)
     assert (verdict.accepted, verdict.sniffed_type, verdict.reason) == (
@@ -638,3 +651,34 @@ def test_intake_hands_the_whole_file_to_the_judge(tmp_path: Path) -> None:
     assert [(a.filename, a.content_type, a.size) for a in intake.accepted] == [
         ("Q3 ledger.xls", att.MSEXCEL, len(data))
     ]
+
+
+class _FakeWorkbook:
+    """Just enough of olefile.OleFileIO for the XLM scan of a Workbook stream bigger than 1 MiB."""
+
+    def __init__(self, head: bytes, size: int) -> None:
+        self.head, self.size = head, size
+        self.direntries = {7: type("Entry", (), {"isectStart": 3})()}
+
+    def exists(self, name: str) -> bool:
+        return name == "Workbook"
+
+    def get_size(self, name: str) -> int:
+        return self.size
+
+    def _find(self, name: str) -> int:
+        return 7
+
+    def _open(self, start: int, size: int) -> io.BytesIO:
+        assert (start, size) == (3, 1024 * 1024)  # only the first MiB is read, never the whole stream
+        return io.BytesIO(self.head[:size])
+
+
+def test_excel4_scan_of_a_big_workbook_reads_one_mib_and_assumes_the_worst_past_it() -> None:
+    big = 50 * 1024 * 1024
+    macro = fm._biff_globals(xlm=True)
+    assert att._excel4_macro_sheets(_FakeWorkbook(macro, big)) is True
+    assert att._excel4_macro_sheets(_FakeWorkbook(fm._biff_globals(xlm=False), big)) is False
+    # no EOF or SST within the first MiB: the sheet list may go on, so it counts as macros
+    endless = fm._biff_globals(xlm=False)[:-4] + struct.pack("<HH", 0x0042, 2) * 400_000
+    assert att._excel4_macro_sheets(_FakeWorkbook(endless, big)) is True

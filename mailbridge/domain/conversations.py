@@ -199,11 +199,8 @@ def post_message(
     attachments: Sequence[NewAttachment] = (),
     idempotency_key: str | None = None,
     notify: bool = True,
-    judged: Situation | None = None,
 ) -> Message:
-    """*judged*: the snapshot the caller has just allowed in this same session (the email pipeline
-    checks before storing attachments); without it, the policy is asked here."""
-    snapshot = judged or post_situation(
+    snapshot = post_situation(
         session, author, conversation, body=body, internal=internal, has_files=bool(attachments)
     )
     verdict = can_post(snapshot)

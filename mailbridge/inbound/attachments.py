@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import struct
 import threading
@@ -10,7 +11,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import magic
 import olefile
@@ -590,20 +591,62 @@ def _inspect_compound(content: BinaryIO, from_head: _Sniffed) -> _Sniffed:
         try:
             entries = ole.listdir(streams=True, storages=True)
             root_clsid = (ole.root.clsid or "").upper() if ole.root is not None else ""
+            roots = {entry[0].lower() for entry in entries if entry}
+            named = next((kind for stream, kind in _COMPOUND_TYPES if stream in roots), OLE_STORAGE)
+            mime = from_head.mime if from_head.mime != OLE_STORAGE else named
+            macros = any(part.lower() in _VBA_NAMES for entry in entries for part in entry)
+            if mime == MSEXCEL and not macros:
+                try:
+                    macros = _excel4_macro_sheets(ole)
+                except Exception:  # a workbook stream that cannot be read is not vouched for
+                    macros = True
         finally:
-            ole.close()  # a file object handed in stays open: olefile closes only what it opened
+            ole.close()  # olefile >= 0.47 leaves a file object handed in open
     except Exception:  # malformed or hostile: olefile raises many kinds; the head's answer stands
         return from_head
     finally:
-        content.seek(position)
-    macros = any(part.lower() in _VBA_NAMES for entry in entries for part in entry) or from_head.macros
+        with contextlib.suppress(OSError, ValueError):
+            content.seek(position)
     if root_clsid in _INSTALLER_CLSIDS:
-        return _Sniffed("application/x-msi", macros=macros)
-    if from_head.mime != OLE_STORAGE:  # libmagic named it from the head: only ever add macros
-        return _Sniffed(from_head.mime, macros=macros)
-    roots = {entry[0].lower() for entry in entries if entry}
-    mime = next((kind for stream, kind in _COMPOUND_TYPES if stream in roots), OLE_STORAGE)
-    return _Sniffed(mime, macros=macros)
+        return _Sniffed("application/x-msi", macros=True)
+    # libmagic's own name (from the head) is kept; olefile only names what it could not.
+    return _Sniffed(mime, macros=macros or from_head.macros)
+
+
+_XLM_SCAN_BYTES = 1024 * 1024
+_BIFF_BOUNDSHEET, _BIFF_SST, _BIFF_EOF = 0x0085, 0x00FC, 0x000A
+_BIFF_MACRO_SHEET = 0x01
+
+
+def _excel4_macro_sheets(ole: Any) -> bool:
+    """Whether an Excel 97-2003 (or 5/95) workbook has an Excel 4.0 macro sheet (XLM macros).
+
+    XLM macros live in the Workbook stream itself, not in a VBA storage: the workbook globals list
+    every sheet in a BOUNDSHEET record whose sixth byte is the sheet type, 1 for a macro sheet
+    (MS-XLS 2.4.28). The list comes before the shared strings (SST) and the globals' EOF, so the
+    scan stops there, and reads at most 1 MiB of the stream; a globals part longer than that is
+    treated as holding macros rather than read further.
+    """
+    for name in ("Workbook", "Book"):
+        if not ole.exists(name):
+            continue
+        size = int(ole.get_size(name))
+        if size <= _XLM_SCAN_BYTES:
+            data = ole.openstream(name).read()
+        else:  # olefile reads a whole stream into memory: open only its first sectors
+            entry = ole.direntries[ole._find(name)]
+            data = ole._open(entry.isectStart, _XLM_SCAN_BYTES).read()
+        pos = 0
+        while pos + 4 <= len(data):
+            kind, length = struct.unpack_from("<HH", data, pos)
+            body = data[pos + 4 : pos + 4 + length]
+            if kind == _BIFF_BOUNDSHEET and len(body) >= 6 and body[5] == _BIFF_MACRO_SHEET:
+                return True
+            if kind in (_BIFF_SST, _BIFF_EOF):
+                return False
+            pos += 4 + length
+        return size > _XLM_SCAN_BYTES  # cut short before the sheet list ended: assume the worst
+    return False
 
 
 def _ole_has_vba(head: bytes) -> bool:
