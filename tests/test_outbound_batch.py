@@ -9,6 +9,8 @@ no longer read, all stay confined to their own row. The batch snapshot must answ
 from __future__ import annotations
 
 import asyncio
+import collections
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from mailbridge.domain import conversations as convs
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
-from mailbridge.domain.models import Conversation, Message, Outbox, OutboxState, User, utcnow
+from mailbridge.domain.models import Conversation, Message, Outbox, OutboxKind, OutboxState, User, utcnow
 from mailbridge.outbound.build import POLICY_BODY, Draft
 from mailbridge.outbound.deliver import Delivery
 from mailbridge.outbound.snapshot import BatchSnapshot, first_message_ids
@@ -222,3 +224,57 @@ def test_worker_killed_after_sending_resends_with_the_same_message_id(seeded: An
         drain(worker_for(seeded, sink))
         again = sorted(parse(r.data)["Message-ID"] for r in sink.received)
     assert again == sorted(parse(data)["Message-ID"] for data in first) and len(again) == 3
+
+
+# ---- a batch that outlives its lease -------------------------------------------------------------
+
+
+class SlowTransport:
+    """Every send takes *seconds*; counts what reached the 'smarthost' by Message-ID."""
+
+    def __init__(self, seconds: float, sent: collections.Counter[str]) -> None:
+        self.seconds, self.sent = seconds, sent
+
+    async def send(self, mail_from: str, rcpt: str, data: bytes) -> Delivery:
+        await asyncio.sleep(self.seconds)
+        self.sent[str(parse(data)["Message-ID"])] += 1
+        return Delivery("sent", "250 ok")
+
+    async def close(self) -> None:
+        return None
+
+
+def test_past_half_its_lease_a_worker_gives_rows_back_instead_of_sending_them_twice(seeded: Any) -> None:
+    for i in range(4):
+        open_conversation(seeded, kind="private", participants=("alice",), subject=f"Appointment {i}")
+    sent: collections.Counter[str] = collections.Counter()
+    first, second = worker_for(seeded, None), worker_for(seeded, None)
+    for worker in (first, second):
+        worker.lease = timedelta(seconds=2)
+        worker.transport = SlowTransport(0.6, sent)  # type: ignore[assignment]
+
+    async def both() -> list[int]:
+        async def later() -> int:
+            await asyncio.sleep(1.5)  # the first worker's lease (2 s) has not run out yet
+            return await second.run_once()
+
+        return list(await asyncio.gather(first.run_once(), later()))
+
+    claimed = asyncio.run(both())
+    assert claimed == [4, 2]  # two sent by the first, two given back at 1.2 s and taken by the second
+    assert sorted(sent.values()) == [1, 1, 1, 1]
+    with seeded.sessions() as session:
+        states = session.scalars(select(Outbox.state).where(Outbox.kind == OutboxKind.notification)).all()
+    assert sorted(states) == [OutboxState.sent] * 4
+
+
+def test_a_late_answer_does_not_overwrite_a_row_someone_else_claimed(seeded: Any) -> None:
+    open_conversation(seeded, kind="private", participants=("alice",))
+    worker = worker_for(seeded, None)
+    (row_id,) = worker.claim()
+    with transaction(seeded.sessions) as session:  # the lease ran out; another worker claimed it
+        session.get_one(Outbox, row_id).lease_until = utcnow() + timedelta(minutes=5)
+    worker.record({row_id: Delivery("permanent", "550 5.1.1 no such user")})
+    with seeded.sessions() as session:
+        row = session.get_one(Outbox, row_id)
+        assert (row.state, row.attempts) == (OutboxState.pending, 0)

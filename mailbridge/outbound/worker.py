@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -82,6 +83,7 @@ class Worker:
     poll: float = 1.0
     _loop: asyncio.AbstractEventLoop | None = None
     _wake: asyncio.Event | None = None
+    _leased_until: datetime | None = None  # the lease the last claim wrote on its rows
 
     @classmethod
     def from_services(cls, services: Any) -> Worker:
@@ -136,6 +138,7 @@ class Worker:
         locked by ``FOR UPDATE SKIP LOCKED``.
         """
         now = utcnow()
+        self._leased_until = until = now + self.lease
         with self._writing() as session:
             due = (
                 select(Outbox.id)
@@ -160,7 +163,7 @@ class Worker:
                         Outbox.state == OutboxState.pending,
                         or_(Outbox.lease_until.is_(None), Outbox.lease_until < now),
                     )
-                    .values(lease_until=now + self.lease)
+                    .values(lease_until=until)
                     .returning(Outbox.id)
                     .execution_options(synchronize_session=False)
                 ).all()
@@ -238,10 +241,16 @@ class Worker:
     # ---- recording ----------------------------------------------------------------------------------
 
     def record(self, deliveries: dict[str, Delivery]) -> None:
-        """Record every result in one transaction; if that fails, row by row as before batching."""
+        """Record every result in one transaction; if that fails, row by row as before batching.
+
+        Only rows still under this worker's lease are recorded: a row whose lease ran out belongs to
+        whoever claimed it next, and a late answer here must not overwrite theirs.
+        """
         try:
             with self._writing() as session:
-                rows = session.scalars(select(Outbox).where(Outbox.id.in_(list(deliveries)))).all()
+                rows = session.scalars(
+                    select(Outbox).where(Outbox.id.in_(list(deliveries)), self._still_ours())
+                ).all()
                 for row in rows:  # a row deleted meanwhile (its message erased) has nothing to record
                     self._record_row(session, row, deliveries[row.id])
         except Exception:
@@ -252,10 +261,27 @@ class Worker:
         for delivery in deliveries.values():
             DELIVERIES.labels(delivery.result).inc()
 
+    def _still_ours(self) -> Any:
+        if self._leased_until is None:
+            return Outbox.lease_until.is_not(None)
+        return Outbox.lease_until == self._leased_until
+
+    def release(self, ids: Sequence[str]) -> None:
+        """Give back rows not attempted (the lease was running out): no attempt counted, due now."""
+        with self._writing() as session:
+            session.execute(
+                update(Outbox)
+                .where(Outbox.id.in_(list(ids)), self._still_ours())
+                .values(lease_until=None)
+                .execution_options(synchronize_session=False)
+            )
+
     def _record_alone(self, row_id: str, delivery: Delivery) -> None:
         try:
             with self._writing() as session:
-                self._record_row(session, session.get_one(Outbox, row_id), delivery)
+                row = session.scalar(select(Outbox).where(Outbox.id == row_id, self._still_ours()))
+                if row is not None:
+                    self._record_row(session, row, delivery)
             DELIVERIES.labels(delivery.result).inc()
         except Exception:
             log.exception("outbox_row_error", extra={"outbox": row_id})
@@ -281,7 +307,9 @@ class Worker:
     def _release_after_error(self, row_id: str) -> None:
         try:
             with self._writing() as session:
-                self._record_row(session, session.get_one(Outbox, row_id), INTERNAL_ERROR)
+                row = session.scalar(select(Outbox).where(Outbox.id == row_id, self._still_ours()))
+                if row is not None:
+                    self._record_row(session, row, INTERNAL_ERROR)
             DELIVERIES.labels(INTERNAL_ERROR.result).inc()
         except Exception:
             log.warning("outbox_release_failed", extra={"outbox": row_id})
@@ -294,18 +322,28 @@ class Worker:
         At-least-once: a worker that dies after sending but before recording leaves the rows leased;
         once the lease runs out they are claimed and sent again, with the same Message-ID.
         """
+        claimed_at = time.monotonic()
         ids = await asyncio.to_thread(self.claim)
         if not ids:
             return 0
         jobs = await asyncio.to_thread(self.build, ids)
         deliveries: dict[str, Delivery] = {}
+        given_back: list[str] = []
+        # Past half the lease, nothing more is sent from this claim: its rows could soon be claimed
+        # by another worker, which would send them again. They go back, to be claimed afresh.
+        send_until = claimed_at + self.lease.total_seconds() / 2
         for job in jobs:
             if job.failed:
                 deliveries[job.row_id] = INTERNAL_ERROR
+            elif job.built is not None and time.monotonic() > send_until:
+                given_back.append(job.row_id)
             elif job.built is not None:
                 deliveries[job.row_id] = await self._send(job.row_id, job.built)
         if deliveries:
             await asyncio.to_thread(self.record, deliveries)
+        if given_back:
+            log.warning("outbox_lease_running_out", extra={"rows": len(given_back)})
+            await asyncio.to_thread(self.release, given_back)
         return len(ids)
 
     async def _send(self, row_id: str, built: Built) -> Delivery:
