@@ -55,6 +55,22 @@ OUTBOX_LAG_LIMIT = timedelta(minutes=15)
 # The latest counters and histograms of each extra SMTP process (ingress.cluster), by slot.
 Sample = tuple[str, str, tuple[tuple[str, str], ...], float]  # family, sample name, labels, value
 CHILD_SAMPLES: dict[int, list[Sample]] = {}
+RETIRED_SLOT = 0  # the counts of children that died, kept so the node's counters never go back
+
+
+def retire_child(slot: int) -> None:
+    """A child is gone: fold its last counts into the retired total (its replacement starts at 0)."""
+    gone = CHILD_SAMPLES.pop(slot, None)
+    if not gone:
+        return
+    totals = {
+        (family, name, labels): value for family, name, labels, value in CHILD_SAMPLES.get(RETIRED_SLOT, [])
+    }
+    for family, name, labels, value in gone:
+        totals[(family, name, labels)] = totals.get((family, name, labels), 0.0) + value
+    CHILD_SAMPLES[RETIRED_SLOT] = [
+        (family, name, labels, value) for (family, name, labels), value in totals.items()
+    ]
 
 
 def export_samples() -> list[Sample]:

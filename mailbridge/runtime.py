@@ -15,6 +15,8 @@ from mailbridge.wiring import Services, pipeline_deps
 
 log = logging.getLogger(__name__)
 
+DRAIN_SECONDS = 20.0  # at shutdown, for messages already received to get their answer
+
 
 async def start_ingress(
     services: Services, port: int | None = None, reuse_port: bool = False
@@ -54,9 +56,19 @@ async def start_ingress(
         tls=tls,
         reuse_port=reuse_port,
     )
+    services.ingress_handlers.append(handler)
     services.flags["smtp_listening"] = True
     log.info("smtp_listening", extra={"listen": settings.smtp_listen, "lmtp": settings.lmtp})
     return server
+
+
+async def drain_ingress(services: Services, timeout: float = DRAIN_SECONDS) -> None:
+    """After the listener closed: let messages already received get their answer. The pipeline
+    would finish anyway (250 only after the commit), but a sender that misses the answer retries,
+    and the retry is only recognised as a duplicate."""
+    for handler in services.ingress_handlers:
+        if not await handler.drained(timeout):
+            log.warning("smtp_drain_timeout", extra={"in_flight": handler.in_pipeline})
 
 
 async def run_all(services: Services, stop: asyncio.Event | None = None) -> None:
@@ -107,7 +119,8 @@ async def run_all(services: Services, stop: asyncio.Event | None = None) -> None
         smtp_server.close()
         services.flags["smtp_listening"] = False
     if cluster is not None:
-        await cluster.stop()  # the children finish the messages they hold
+        await cluster.stop()  # each child answers the messages it holds, as below
+    await drain_ingress(services)
     await asyncio.gather(http, *tasks, return_exceptions=True)
 
 

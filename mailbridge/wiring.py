@@ -46,6 +46,7 @@ class Services:
     resolver: Resolver
     verp_secret: bytes
     flags: dict[str, bool] = field(default_factory=dict)  # e.g. smtp_listening, for /readyz
+    ingress_handlers: list[Any] = field(default_factory=list)  # for draining at shutdown
 
     def close(self) -> None:
         self.engine.dispose()

@@ -8,13 +8,16 @@ not leave a child listening on the port.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import func, select
@@ -203,3 +206,62 @@ def test_one_process_is_the_default() -> None:
 
     assert load_settings().effective_smtp_processes == 1
     assert load_settings(smtp_processes=0).effective_smtp_processes == (os.cpu_count() or 1)
+
+
+def test_a_dead_childs_counts_stay_in_the_totals() -> None:
+    key = ("mailbridge_inbound_total", (("reason", "posted"), ("state", "posted")))
+    observability.CHILD_SAMPLES[1] = [("mailbridge_inbound", *key, 5.0)]
+    try:
+        observability.retire_child(1)  # died after posting 5; its replacement starts at 0
+        observability.CHILD_SAMPLES[1] = [("mailbridge_inbound", *key, 2.0)]
+        node = CollectorRegistry()
+        node.register(observability._NodeTotals())
+        exposed = generate_latest(node).decode()
+        mine = next(
+            s.value
+            for family in observability.REGISTRY.collect()
+            for s in family.samples
+            if (s.name, tuple(sorted(s.labels.items()))) == key
+        )
+    finally:
+        observability.CHILD_SAMPLES.clear()
+    assert f'mailbridge_inbound_total{{reason="posted",state="posted"}} {mine + 7.0}' in exposed
+
+
+def test_shutdown_lets_a_message_in_the_pipeline_get_its_answer(seeded: Any, monkeypatch: Any) -> None:
+    from mailbridge.inbound import pipeline
+    from mailbridge.runtime import drain_ingress
+    from tests.mailhelpers import live_server, reply_message, send
+
+    conversation = open_conversation(seeded)
+    address = reply_address(seeded, conversation, "alice")
+    original = pipeline.run
+    entered = threading.Event()
+
+    def slow_run(*args: Any) -> Any:
+        entered.set()
+        time.sleep(0.8)
+        return original(*args)
+
+    monkeypatch.setattr(pipeline, "run", slow_run)
+    answers: list[int] = []
+    with live_server(seeded) as server:
+        msg = reply_message("alice@client.test", address, "Tuesday at 10 works for me.")
+        client = threading.Thread(
+            target=lambda: answers.append(send(server, msg, "alice@client.test", address)[0])
+        )
+        client.start()
+        assert entered.wait(10)
+
+        async def shut() -> None:
+            """What `serve` does on SIGTERM: stop listening, drain, then (as asyncio.run does on
+            the way out) cancel every task still running, SMTP sessions included."""
+            server.server.close()
+            await drain_ingress(seeded, timeout=10)
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(shut(), server.loop).result(15)
+        client.join(10)
+        assert answers == [250]

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import multiprocessing
 import signal
+import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -74,16 +75,12 @@ class Cluster:
             raise RuntimeError(f"SMTP process {slot} did not start")
         child = _Child(slot, process, ours)
         self.children[slot] = child
-        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_report, child)
-
-    def _on_report(self, child: _Child) -> None:
-        try:
-            kind, payload = child.conn.recv()
-        except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(child.conn.fileno())
-            return
-        if kind == "metrics":
-            observability.CHILD_SAMPLES[child.slot] = payload
+        loop = asyncio.get_running_loop()
+        # A thread per child reads its reports: a report cut in the middle (a stalled child) then
+        # blocks that thread, never the event loop serving HTTP and SMTP.
+        threading.Thread(
+            target=_read_reports, args=(child, loop), name=f"smtp-{slot}-reports", daemon=True
+        ).start()
 
     async def supervise(self) -> None:
         """A child that died is replaced (a crash must not halve the node's capacity silently)."""
@@ -101,10 +98,9 @@ class Cluster:
 
     def _forget(self, child: _Child) -> None:
         with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(child.conn.fileno())
-        with contextlib.suppress(Exception):
             child.conn.close()
         self.children.pop(child.slot, None)
+        observability.retire_child(child.slot)  # its counts stay in the totals; a new child starts at 0
 
     async def stop(self) -> None:
         """Ask every child to stop, give them time to finish the messages they hold, then insist."""
@@ -121,7 +117,6 @@ class Cluster:
                 child.process.kill()
                 await asyncio.to_thread(child.process.join, 5)
             self._forget(child)
-        observability.CHILD_SAMPLES.clear()
         atexit.unregister(self.abandon)
 
     def abandon(self) -> None:
@@ -153,6 +148,17 @@ async def start_cluster(services: Services, port: int, extra: int) -> Cluster:
     return cluster
 
 
+def _read_reports(child: _Child, loop: asyncio.AbstractEventLoop) -> None:
+    while True:
+        try:
+            kind, payload = child.conn.recv()
+        except (EOFError, OSError, ValueError):  # the child is gone, or we closed the pipe
+            return
+        if kind == "metrics":
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(observability.CHILD_SAMPLES.__setitem__, child.slot, payload)
+
+
 def _wait_ready(conn: Connection, timeout: float) -> bool:
     if not conn.poll(timeout):
         return False
@@ -178,7 +184,7 @@ def child_main(settings: Settings, resolver: Resolver | None, port: int, conn: C
 
 
 async def _serve_child(services: Services, port: int, conn: Connection) -> None:
-    from mailbridge.runtime import start_ingress
+    from mailbridge.runtime import drain_ingress, start_ingress
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -198,6 +204,7 @@ async def _serve_child(services: Services, port: int, conn: Connection) -> None:
     await stop.wait()
     server.close()
     loop.remove_reader(conn.fileno())
+    await drain_ingress(services)  # messages already received get their answer
     await asyncio.gather(*tasks, return_exceptions=True)
 
 

@@ -193,6 +193,14 @@ class IngressHandler:
         self.decide = decide  # (address) -> RecipientDecision, runs in a worker thread
         self.door = door
         self.max_bad = max_bad_recipients
+        self.in_pipeline = 0  # DATA transactions between the final "." and their answer
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait (at most *timeout*) until every message received has had its answer sent back."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.in_pipeline and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        return self.in_pipeline == 0
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -235,9 +243,14 @@ class IngressHandler:
             target=target,
         )
         spooled: Any = envelope  # carries spool_path/spool_size set by the DATA reader
-        outcome = await asyncio.to_thread(
-            pipeline.run, self.deps, env, spooled.spool_path, spooled.spool_size
-        )
+        self.in_pipeline += 1
+        try:
+            outcome = await asyncio.to_thread(
+                pipeline.run, self.deps, env, spooled.spool_path, spooled.spool_size
+            )
+        finally:
+            # The answer is pushed right after this hook returns, before the loop runs anything else.
+            self.in_pipeline -= 1
         return self._count(outcome.reply)
 
     async def handle_exception(self, error: Exception) -> str:
