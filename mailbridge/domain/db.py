@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -25,9 +25,13 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 def make_engine(url: str, busy_timeout: float = 30.0, **kwargs: Any) -> Engine:
     """One engine per process; SQLite gets WAL and FULL sync so a commit survives power loss (250 means stored)."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = make_url(url).database or ""
+        if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # A connection per thread that may want one (the event loop's executor has up to 32,
+            # plus the API's): SQLite connections are cheap, and nobody should queue for the pool.
+            kwargs.setdefault("pool_size", 32)
+            kwargs.setdefault("max_overflow", 32)
         engine = create_engine(
             url, connect_args={"timeout": busy_timeout, "check_same_thread": False}, **kwargs
         )
