@@ -169,3 +169,48 @@ def test_nothing_changed_posts(seeded: Any, tmp_path: Path, monkeypatch: pytest.
     )
     assert outcome.state == InboundState.posted
     assert posted_by_email(seeded) == 1
+
+
+def test_two_refusals_at_once_send_one_notice_and_both_are_recorded(seeded: Any, tmp_path: Path) -> None:
+    """The second refusal's notice meets the first one's row (uncommitted when it looked): it gives
+    way inside a savepoint and its own transaction still commits."""
+    import threading
+
+    from mailbridge.domain.models import NoticeSent
+    from mailbridge.inbound.classify import Classification
+
+    if seeded.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: the two transactions cannot overlap there")
+    ctx = pipeline.Context(deps=None, envelope=None, raw_path=tmp_path / "x.eml", size=0)  # type: ignore[arg-type]
+    ctx.classification = Classification("human", "human")
+    ctx.auth = object()  # type: ignore[assignment]
+    ctx.from_address = "alice@client.test"
+    with seeded.sessions() as session:
+        practice = directory.get_practice(session, "acme")
+        ctx.notice_to = (directory.get_user(session, practice, "alice").id, "en")
+        practice_id = practice.id
+    today = __import__("datetime").date.today().isoformat()
+    first = seeded.sessions()
+    first.add(
+        NoticeSent(practice_id=practice_id, address=ctx.from_address, reason="empty_message", day=today)
+    )
+    first.flush()  # holds the unique key, not committed yet
+
+    done = threading.Event()
+
+    def second() -> None:
+        with transaction(seeded.sessions) as session:
+            practice = session.get_one(pipeline.Practice, practice_id)
+            pipeline._notice(session, practice, ctx, "empty_message")  # waits on the first's key
+        done.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    assert not done.wait(0.5)  # blocked behind the first transaction
+    first.commit()
+    first.close()
+    thread.join(10)
+    assert done.is_set(), "the second transaction did not commit"
+    with seeded.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(NoticeSent)) == 1
+        assert session.scalar(select(func.count()).where(Outbox.kind == OutboxKind.notice)) == 0

@@ -701,7 +701,13 @@ def _notice(session: Session, practice: Practice, ctx: Context, reason: str) -> 
     )
     if exists:
         return
-    session.add(NoticeSent(practice_id=practice.id, address=ctx.from_address, reason=reason, day=today))
+    try:  # two refusals at once for the same address: the other one sends today's notice
+        with session.begin_nested():
+            session.add(
+                NoticeSent(practice_id=practice.id, address=ctx.from_address, reason=reason, day=today)
+            )
+    except IntegrityError:
+        return
     withheld = (
         [v.filename + " (" + (v.explanation or v.reason or "") + ")" for v in ctx.intake.withheld]
         if ctx.intake
