@@ -247,9 +247,10 @@ class SlowTransport:
 def test_past_half_its_lease_a_worker_gives_rows_back_instead_of_sending_them_twice(seeded: Any) -> None:
     for i in range(4):
         open_conversation(seeded, kind="private", participants=("alice",), subject=f"Appointment {i}")
-    sent: collections.Counter[str] = collections.Counter()
+    by_first: collections.Counter[str] = collections.Counter()
+    by_second: collections.Counter[str] = collections.Counter()
     first, second = worker_for(seeded, None), worker_for(seeded, None)
-    for worker in (first, second):
+    for worker, sent in ((first, by_first), (second, by_second)):
         worker.lease = timedelta(seconds=2)
         worker.transport = SlowTransport(0.6, sent)  # type: ignore[assignment]
 
@@ -258,11 +259,17 @@ def test_past_half_its_lease_a_worker_gives_rows_back_instead_of_sending_them_tw
             await asyncio.sleep(1.5)  # the first worker's lease (2 s) has not run out yet
             return await second.run_once()
 
-        return list(await asyncio.gather(first.run_once(), later()))
+        claimed = list(await asyncio.gather(first.run_once(), later()))
+        while await second.run_once():  # whatever was given back after the second one looked
+            pass
+        return claimed
 
     claimed = asyncio.run(both())
-    assert claimed == [4, 2]  # two sent by the first, two given back at 1.2 s and taken by the second
-    assert sorted(sent.values()) == [1, 1, 1, 1]
+    assert claimed[0] == 4
+    # Sends take 0.6 s and nothing leaves a claim past half its 2 s lease: the first worker sent
+    # at most two and gave the rest back, which the second sent; nothing went out twice.
+    assert sum(by_first.values()) <= 2
+    assert sorted((by_first + by_second).values()) == [1, 1, 1, 1]
     with seeded.sessions() as session:
         states = session.scalars(select(Outbox.state).where(Outbox.kind == OutboxKind.notification)).all()
     assert sorted(states) == [OutboxState.sent] * 4
