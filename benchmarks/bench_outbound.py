@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,11 +89,9 @@ def _create_notifications(services: Any, count: int) -> int:
                 i += 1
 
 
-def _measure(kind: str, count: int, sink_port: int) -> Outcome:
-    from sqlalchemy import func, select
-
-    from mailbridge.domain.models import Outbox
-    from mailbridge.outbound.worker import Worker
+@contextlib.contextmanager
+def _outbox(kind: str, count: int) -> Iterator[tuple[Any, Any, int]]:
+    """A fresh backend with the tests' practice, a DKIM key and *count* notifications waiting."""
     from tests.conftest import make_services, seed
     from tests.test_outbound import enable_dkim
 
@@ -100,39 +100,52 @@ def _measure(kind: str, count: int, sink_port: int) -> Outcome:
         try:
             seed(services)
             enable_dkim(services)
-            rows = _create_notifications(services, count)
-            services.settings = services.settings.model_copy(
-                update={"smarthost": f"127.0.0.1:{sink_port}", "smarthost_starttls": "off"}
-            )
-            worker = Worker.from_services(services)
-            captured: list[tuple[str, str, bytes]] = []
-            phases: defaultdict[str, float] = defaultdict(float)
-            _instrument(worker, captured, phases)
-
-            async def drain() -> float:
-                started = time.perf_counter()
-                deadline = started + 240
-                while time.perf_counter() < deadline:
-                    if await worker.run_once() == 0:
-                        break
-                elapsed = time.perf_counter() - started
-                await worker.transport.close()
-                return elapsed
-
-            # CPU time of this process (every thread; smtp-sink is another process): unlike the
-            # wall clock, it does not move with whatever else the machine is running.
-            cpu_started = time.process_time()
-            elapsed = asyncio.run(drain())
-            cpu = time.process_time() - cpu_started
-            with services.sessions() as session:
-                counted = session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all()
-            states = {str(state): int(number) for state, number in counted}
-            sent = states.get("sent", 0)
-            out = Outcome(b.name, rows, elapsed, sent, states, captured, dict(phases), cpu=cpu)
-            out.baseline = asyncio.run(_plain_sends(sink_port, captured))
-            return out
+            yield b, services, _create_notifications(services, count)
         finally:
             services.close()
+
+
+def _states(services: Any) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from mailbridge.domain.models import Outbox
+
+    with services.sessions() as session:
+        counted = session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all()
+    return {str(state): int(number) for state, number in counted}
+
+
+def _measure(kind: str, count: int, sink_port: int) -> Outcome:
+    from mailbridge.outbound.worker import Worker
+
+    with _outbox(kind, count) as (b, services, rows):
+        services.settings = services.settings.model_copy(
+            update={"smarthost": f"127.0.0.1:{sink_port}", "smarthost_starttls": "off"}
+        )
+        worker = Worker.from_services(services)
+        captured: list[tuple[str, str, bytes]] = []
+        phases: defaultdict[str, float] = defaultdict(float)
+        _instrument(worker, captured, phases)
+
+        async def drain() -> float:
+            started = time.perf_counter()
+            deadline = started + 240
+            while time.perf_counter() < deadline:
+                if await worker.run_once() == 0:
+                    break
+            elapsed = time.perf_counter() - started
+            await worker.transport.close()
+            return elapsed
+
+        # CPU time of this process (every thread; smtp-sink is another process): unlike the
+        # wall clock, it does not move with whatever else the machine is running.
+        cpu_started = time.process_time()
+        elapsed = asyncio.run(drain())
+        cpu = time.process_time() - cpu_started
+        states = _states(services)
+        out = Outcome(b.name, rows, elapsed, states.get("sent", 0), states, captured, dict(phases), cpu=cpu)
+        out.baseline = asyncio.run(_plain_sends(sink_port, captured))
+        return out
 
 
 def _drain_child(
@@ -171,45 +184,30 @@ def _measure_processes(kind: str, count: int, sink_port: int, processes: int) ->
     """The same drain with one worker per process: what ``smtp_processes = 0`` gives the outbox."""
     import multiprocessing
 
-    from sqlalchemy import func, select
-
-    from mailbridge.domain.models import Outbox
-    from tests.conftest import make_services, seed
-    from tests.test_outbound import enable_dkim
-
     context = multiprocessing.get_context("spawn")
-    with backend(kind, "mboutbound") as b:
-        services = make_services(b.root, b.url)
+    with _outbox(kind, count) as (b, services, rows):
+        start, done = context.Event(), context.Queue()
+        children = [
+            context.Process(target=_drain_child, args=(str(b.root), b.url, sink_port, start, done))
+            for _ in range(processes)
+        ]
+        for child in children:
+            child.start()
         try:
-            seed(services)
-            enable_dkim(services)
-            rows = _create_notifications(services, count)
-            start, done = context.Event(), context.Queue()
-            children = [
-                context.Process(target=_drain_child, args=(str(b.root), b.url, sink_port, start, done))
-                for _ in range(processes)
-            ]
-            for child in children:
-                child.start()
-            try:
-                for _ in children:
-                    assert done.get(timeout=60) == "ready"
-                started = time.perf_counter()
-                start.set()
-                for _ in children:
-                    assert done.get(timeout=300) == "done"
-                elapsed = time.perf_counter() - started
-            finally:
-                for child in children:
-                    child.join(10)
-                    if child.is_alive():
-                        child.kill()
-            with services.sessions() as session:
-                counted = session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all()
-            states = {str(state): int(number) for state, number in counted}
-            return Outcome(b.name, rows, elapsed, states.get("sent", 0), states)
+            for _ in children:
+                assert done.get(timeout=60) == "ready"
+            started = time.perf_counter()
+            start.set()
+            for _ in children:
+                assert done.get(timeout=300) == "done"
+            elapsed = time.perf_counter() - started
         finally:
-            services.close()
+            for child in children:
+                child.join(10)
+                if child.is_alive():
+                    child.kill()
+        states = _states(services)
+        return Outcome(b.name, rows, elapsed, states.get("sent", 0), states)
 
 
 def _instrument(worker: Any, captured: list[tuple[str, str, bytes]], phases: defaultdict[str, float]) -> None:

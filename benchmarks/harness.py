@@ -533,18 +533,9 @@ def backend(kind: str, prefix: str = "mbbench") -> Iterator[Backend]:
 
 def postgres_available() -> str | None:
     """None when PostgreSQL answers, else the reason it does not."""
-    from sqlalchemy import create_engine, text
+    from tests.conftest import pg_unavailable
 
-    from tests.conftest import PG_URL
-
-    try:
-        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        engine.dispose()
-        return None
-    except Exception as exc:
-        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}"
+    return pg_unavailable()
 
 
 # ---- Postfix smtp-sink --------------------------------------------------------------------------------

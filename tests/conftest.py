@@ -36,15 +36,20 @@ def static_resolver() -> StaticResolver:
     return StaticResolver(DNS_TABLE)
 
 
-def _pg_available() -> bool:
+def pg_unavailable() -> str | None:
+    """None when PostgreSQL answers at PG_URL, else why not (the tests skip, the benchmarks say so)."""
     try:
         engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         engine.dispose()
-        return True
-    except Exception:
-        return False
+        return None
+    except Exception as exc:
+        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}"
+
+
+def _pg_available() -> bool:
+    return pg_unavailable() is None
 
 
 @pytest.fixture(scope="session")

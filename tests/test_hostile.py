@@ -38,6 +38,7 @@ from mailbridge.domain.models import (
 )
 from mailbridge.inbound import pipeline
 from mailbridge.wiring import Services
+from tests import mailhelpers
 from tests.conftest import PRACTICE, USERS, make_services, seed
 from tests.mailhelpers import live_server, open_conversation, reply_address, reply_message, send
 from tests.test_corpora_pipeline import OWNER, PipelineWorld, corpus_messages, crlf, from_owner
@@ -262,13 +263,7 @@ def wire_bytes(msg: EmailMessage) -> bytes:
 
 
 def send_raw(server: Any, raw: bytes, rcpt: str, mail_from: str = OWNER) -> tuple[int, bytes]:
-    with server.client() as client:
-        client.ehlo("client.test")
-        client.mail(mail_from)
-        code, text = client.rcpt(rcpt)
-        if code >= 400:
-            return code, text
-        return client.data(raw)  # type: ignore[no-any-return]
+    return mailhelpers.send_raw(server, raw, mail_from, rcpt)
 
 
 def posted(services: Services, conversation_id: str) -> list[Message]:

@@ -91,6 +91,13 @@ def final_row(services: Any, inbound_id: str | None) -> tuple[InboundState, str 
         return row.state, row.reason
 
 
+def assert_refused(services: Any, outcome: pipeline.Outcome, reason: str) -> None:
+    """550 with *reason*, the inbound row final with the same reason, nothing posted."""
+    assert (outcome.state, outcome.reason, outcome.reply.code) == (InboundState.rejected, reason, 550)
+    assert final_row(services, outcome.inbound_id) == (InboundState.rejected, reason)
+    assert posted_by_email(services) == 0
+
+
 def test_client_deactivated_during_the_dns_checks_is_refused_with_a_notice(
     seeded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,13 +107,7 @@ def test_client_deactivated_during_the_dns_checks_is_refused_with_a_notice(
     outcome = run_reply(
         seeded, tmp_path, address, msg, monkeypatch, "authenticate", lambda: deactivate(seeded, "alice")
     )
-    assert (outcome.state, outcome.reason, outcome.reply.code) == (
-        InboundState.rejected,
-        "inactive_client",
-        550,
-    )
-    assert final_row(seeded, outcome.inbound_id) == (InboundState.rejected, "inactive_client")
-    assert posted_by_email(seeded) == 0
+    assert_refused(seeded, outcome, "inactive_client")
     with seeded.sessions() as session:  # the polite notice still finds its way (the sender is known)
         notices = session.scalars(select(Outbox.to_address).where(Outbox.kind == OutboxKind.notice)).all()
     assert notices == ["alice@client.test"]
@@ -152,13 +153,7 @@ def test_token_revoked_between_rcpt_and_the_end_of_data_is_refused(
         "authenticate",
         lambda: remove(seeded, conversation, "dr-smith"),
     )
-    assert (outcome.state, outcome.reason, outcome.reply.code) == (
-        InboundState.rejected,
-        "token_revoked",
-        550,
-    )
-    assert final_row(seeded, outcome.inbound_id) == (InboundState.rejected, "token_revoked")
-    assert posted_by_email(seeded) == 0
+    assert_refused(seeded, outcome, "token_revoked")
 
 
 def test_nothing_changed_posts(seeded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
