@@ -90,12 +90,17 @@ def listening(port: int) -> bool:
         return False
 
 
-def test_two_smtp_processes_post_once_count_together_and_die_with_their_parent(tmp_path: Path) -> None:
+def sqlite_world(tmp_path: Path) -> tuple[Any, str, str, str]:
+    """The tests' practice on a SQLite file `mailbridge serve` opens too; a conversation with alice."""
     database_url = f"sqlite:///{tmp_path / 'mailbridge.db'}"
     services = make_services(tmp_path, database_url)
     seed(services)
     conversation = open_conversation(services)
-    address = reply_address(services, conversation, "alice")
+    return services, database_url, conversation, reply_address(services, conversation, "alice")
+
+
+def test_two_smtp_processes_post_once_count_together_and_die_with_their_parent(tmp_path: Path) -> None:
+    services, database_url, conversation, address = sqlite_world(tmp_path)
     messages = burst_messages(address, 80)
     with LoopbackDns({"client.test": "v=spf1 ip4:127.0.0.1 -all"}) as dns_server:
         serve = ServeProcess(
@@ -135,11 +140,7 @@ def test_two_smtp_processes_post_once_count_together_and_die_with_their_parent(t
 
 def test_every_smtp_process_delivers_notifications_and_none_goes_out_twice(tmp_path: Path) -> None:
     """Each process runs a worker on the shared outbox: 40 replies, 40 notifications, each sent once."""
-    database_url = f"sqlite:///{tmp_path / 'mailbridge.db'}"
-    services = make_services(tmp_path, database_url)
-    seed(services)
-    conversation = open_conversation(services)
-    address = reply_address(services, conversation, "alice")
+    services, database_url, _, address = sqlite_world(tmp_path)
     messages = burst_messages(address, 40)
     with LoopbackDns({"client.test": "v=spf1 ip4:127.0.0.1 -all"}) as dns_server, Sink() as sink:
         env = {
