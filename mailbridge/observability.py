@@ -114,11 +114,7 @@ def _outbox_stats(services: Services) -> tuple[int, float]:
             select(func.count(), func.min(Outbox.next_attempt_at)).where(Outbox.state == OutboxState.pending)
         ).one()
     age = 0.0
-    if oldest is not None:
-        if oldest.tzinfo is None:
-            from datetime import UTC
-
-            oldest = oldest.replace(tzinfo=UTC)
+    if oldest is not None:  # min() keeps the column's UTCDateTime: aware, as everywhere
         age = max(0.0, (utcnow() - oldest).total_seconds())
     return int(depth), age
 

@@ -23,6 +23,7 @@ async def start_ingress(
 ) -> asyncio.Server:
     """The SMTP/LMTP listener; *port* and *reuse_port* let extra processes share one port."""
     from mailbridge.domain.practice_settings import PracticeSettings
+    from mailbridge.inbound.authenticate import organizational_domain
     from mailbridge.ingress.smtp import (
         ConnectionLimits,
         IngressHandler,
@@ -31,6 +32,7 @@ async def start_ingress(
         tls_context,
     )
 
+    organizational_domain("example.org")  # load the public-suffix list now, not on the first message
     settings = services.settings
     host, configured_port = split_listen(settings.smtp_listen)
     port = configured_port if port is None else port
@@ -72,11 +74,11 @@ async def drain_ingress(services: Services, timeout: float = DRAIN_SECONDS) -> N
 
 
 async def run_all(services: Services, stop: asyncio.Event | None = None) -> None:
-    settings = services.settings
-    stop = stop or asyncio.Event()
     from mailbridge.inbound.authenticate import organizational_domain
 
-    organizational_domain("example.org")  # load the public-suffix list now, not on the first message
+    settings = services.settings
+    stop = stop or asyncio.Event()
+    organizational_domain("example.org")  # the IMAP pollers' pipeline too (cached: loaded once)
     tasks: list[asyncio.Task[None]] = []
     smtp_server = None
     cluster = None

@@ -13,13 +13,14 @@ from mailbridge.wiring import Services
 from .schemas import AttachmentOut, ConversationOut, MessageOut
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
 
-def require_api_key(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
-    """Bearer key on every route but /healthz; compared in constant time."""
+async def require_api_key(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
+    """Bearer key on every route but /healthz; compared in constant time. ``async``: pure CPU, no
+    reason to hop to the threadpool twice per request."""
     expected = svc.settings.api_key
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")

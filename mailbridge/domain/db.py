@@ -28,7 +28,7 @@ def make_engine(url: str, busy_timeout: float = 30.0, **kwargs: Any) -> Engine:
         path = make_url(url).database or ""
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            # A connection per thread that may want one (the event loop's executor has up to 32,
+            # A connection per thread that may want one (the SMTP pipeline pool, the loop's executor,
             # plus the API's): SQLite connections are cheap, and nobody should queue for the pool.
             kwargs.setdefault("pool_size", 32)
             kwargs.setdefault("max_overflow", 32)

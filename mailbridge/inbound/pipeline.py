@@ -625,8 +625,18 @@ def _open_conversation(
     return message
 
 
+def _body_start(raw: bytes) -> int:
+    """Where the body begins: after the first empty line (CRLF or bare LF), or the end if none."""
+    if raw.startswith((b"\r\n", b"\n")):
+        return 2 if raw.startswith(b"\r\n") else 1
+    ends = [(i, i + len(sep)) for sep in (b"\n\r\n", b"\n\n") if (i := raw.find(sep)) >= 0]
+    return min(ends)[1] if ends else len(raw)
+
+
 def _body_hash(ctx: Context) -> str:
     """SHA-256 of everything after the header block: relays add headers on a retry, the body stays."""
+    if not ctx.large:  # already in memory: no second read of the file
+        return hashlib.sha256(memoryview(ctx.raw)[_body_start(ctx.raw) :]).hexdigest()
     digest = hashlib.sha256()
     with open(ctx.raw_path, "rb") as handle:
         for line in handle:

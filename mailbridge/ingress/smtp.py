@@ -14,6 +14,7 @@ import os
 import ssl
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ from mailbridge.replies import SmtpReply
 
 log = logging.getLogger(__name__)
 
+PIPELINE_THREADS = 16  # messages processed at once per process; SQLite's pool has 32 connections
+# Pipeline runs get threads of their own, one pool per process: a run may wait seconds on DNS or
+# on the SQLite writer gate, and RCPT decisions (the loop's default executor) must not queue behind.
+_PIPELINES = ThreadPoolExecutor(max_workers=PIPELINE_THREADS, thread_name_prefix="pipeline")
 LARGE_TRANSFER = 4 * 1024 * 1024  # past this a transfer takes a slot of the large-transfer semaphore
 
 
@@ -245,8 +250,8 @@ class IngressHandler:
         spooled: Any = envelope  # carries spool_path/spool_size set by the DATA reader
         self.in_pipeline += 1
         try:
-            outcome = await asyncio.to_thread(
-                pipeline.run, self.deps, env, spooled.spool_path, spooled.spool_size
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                _PIPELINES, pipeline.run, self.deps, env, spooled.spool_path, spooled.spool_size
             )
         finally:
             # The answer is pushed right after this hook returns, before the loop runs anything else.

@@ -14,7 +14,6 @@ from __future__ import annotations
 import email
 import email.policy
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from email.headerregistry import Address
 from pathlib import Path
 
@@ -205,11 +204,6 @@ class Builder:
         )
         # Minimal mode names nobody: not the author, not the practice (its name may reveal a specialty).
         from_name = None if minimal else f"{message.author.name} via {practice.name}"
-        root_time = (
-            conversation.created_at
-            if conversation.created_at.tzinfo
-            else conversation.created_at.replace(tzinfo=UTC)
-        )
         env = Envelope(
             from_address=named(from_name, practice.notify_from),
             to_address=named(None if minimal else recipient.name, recipient.email),
@@ -220,7 +214,7 @@ class Builder:
             references=() if is_first else (root_id,),
             thread_topic=subject_for_thread or rendered.subject,
             thread_index=thread_index(
-                conversation.id, root_time, _aware(message.created_at), 0 if is_first else 1
+                conversation.id, conversation.created_at, message.created_at, 0 if is_first else 1
             ),
             list_unsubscribe=None if minimal else preferences,
             loop_value=self.loop_value,
@@ -283,10 +277,6 @@ def _rfc822_part(inner: email.message.Message) -> email.message.EmailMessage:
     part.set_content(inner)
     part.add_header("Content-Disposition", "attachment", filename="original.eml")
     return part
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _msgid_ok(value: str) -> bool:

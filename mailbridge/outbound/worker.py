@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event, or_, select, update
@@ -38,10 +38,6 @@ from mailbridge.outbound.snapshot import BatchSnapshot
 from mailbridge.settings import split_listen
 
 log = logging.getLogger(__name__)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def backoff(schedule: list[int], attempts: int) -> timedelta:
@@ -298,7 +294,7 @@ class Worker:
         elif delivery.result == "permanent":
             row.state = OutboxState.failed
             hard_failure(session, row, delivery.answer)
-        elif now - _aware(row.created_at) > self.lifetime:
+        elif now - row.created_at > self.lifetime:  # UTCDateTime: always aware
             row.state = OutboxState.expired
             log.error("outbox_expired", extra={"outbox": row.id, "attempts": row.attempts})
         else:
