@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ class SinkHandler:
     answers: list[str] = field(default_factory=list)  # queued answers for DATA, then 250
     rcpt_answer: str | None = None
     event: threading.Event = field(default_factory=threading.Event)
+    delay: float = 0.0  # seconds before each DATA answer: a slow smarthost
+    before_answer: Callable[[bytes], None] | None = None  # runs on each message, before the answer
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -34,6 +37,10 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.before_answer is not None:
+            self.before_answer(bytes(envelope.original_content or b""))
         if self.answers:
             return self.answers.pop(0)
         self.received.append(

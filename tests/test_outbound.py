@@ -13,8 +13,9 @@ import dkim
 import pytest
 from sqlalchemy import select, update
 
+from mailbridge import replies
 from mailbridge.domain.db import transaction
-from mailbridge.domain.models import Outbox, OutboxState, Suppression, User, utcnow
+from mailbridge.domain.models import InboundLog, Outbox, OutboxState, Suppression, User, utcnow
 from mailbridge.outbound.keys import KeyStore
 from mailbridge.outbound.sign import public_txt_value
 from mailbridge.outbound.worker import Worker
@@ -323,7 +324,11 @@ def test_forged_verp_address_refused(seeded: Any) -> None:
     with live_server(seeded) as ingress, ingress.client() as client:
         client.ehlo("mx.evil.test")
         client.mail("<>")
-        assert client.rcpt("bounce+abc-0000000000000000@reply.acme.test")[0] == 550
+        answer = client.rcpt("bounce+abc-0000000000000000@reply.acme.test")
+    assert answer == (replies.UNKNOWN_RECIPIENT.code, replies.UNKNOWN_RECIPIENT.wire()[4:].encode())
+    with seeded.sessions() as session:
+        reasons = session.scalars(select(InboundLog.reason)).all()
+    assert reasons == ["verp_invalid"]
 
 
 @pytest.mark.postgres

@@ -48,31 +48,24 @@ def three_notifications(services: Any) -> None:
 
 def test_one_batch_sends_everything_and_stores_each_message_id_first(seeded: Any) -> None:
     three_notifications(seeded)
+    unstored: list[str] = []
 
-    class CheckingTransport:
-        """Before each send, the row's Message-ID must already be committed (a retry reuses it)."""
+    def message_id_already_committed(data: bytes) -> None:
+        """At the smarthost, the Message-ID must already be in the database (a retry reuses it)."""
+        with seeded.sessions() as session:
+            stored = set(session.scalars(select(Outbox.message_id_header)))
+        if parse(data)["Message-ID"] not in stored:
+            unstored.append(str(parse(data)["Message-ID"]))
 
-        def __init__(self) -> None:
-            self.sent: list[bytes] = []
-
-        async def send(self, mail_from: str, rcpt: str, data: bytes) -> Delivery:
-            with seeded.sessions() as session:
-                stored = set(session.scalars(select(Outbox.message_id_header)))
-            assert parse(data)["Message-ID"] in stored
-            self.sent.append(data)
-            return Delivery("sent", "250 2.0.0 queued")
-
-        async def close(self) -> None:
-            return None
-
-    worker = worker_for(seeded, None)
-    worker.transport = CheckingTransport()
-    claims: list[list[str]] = []
-    claim = worker.claim
-    worker.claim = lambda: claims.append(claim()) or claims[-1]  # type: ignore[method-assign,func-returns-value]
-    drain(worker)
+    with Sink() as sink:
+        sink.handler.before_answer = message_id_already_committed
+        worker = worker_for(seeded, sink)
+        claims: list[list[str]] = []
+        claim = worker.claim
+        worker.claim = lambda: claims.append(claim()) or claims[-1]  # type: ignore[method-assign,func-returns-value]
+        drain(worker)
     assert len(claims[0]) == 3  # the three rows went as one batch
-    assert len(worker.transport.sent) == 3
+    assert len(sink.received) == 3 and unstored == []
     for row in rows(seeded):
         assert (row.state, row.attempts, row.lease_until) == (OutboxState.sent, 1, None)
 
@@ -229,19 +222,15 @@ def test_worker_killed_after_sending_resends_with_the_same_message_id(seeded: An
 # ---- a batch that outlives its lease -------------------------------------------------------------
 
 
-class SlowTransport:
-    """Every send takes *seconds*; counts what reached the 'smarthost' by Message-ID."""
+def count_sends(worker: Worker, sent: collections.Counter[str]) -> None:
+    """Count, by Message-ID, what *worker* hands to its (real) smarthost connection."""
+    send = worker.transport.send
 
-    def __init__(self, seconds: float, sent: collections.Counter[str]) -> None:
-        self.seconds, self.sent = seconds, sent
+    async def counted(mail_from: str, rcpt: str, data: bytes) -> Delivery:
+        sent[str(parse(data)["Message-ID"])] += 1
+        return await send(mail_from, rcpt, data)
 
-    async def send(self, mail_from: str, rcpt: str, data: bytes) -> Delivery:
-        await asyncio.sleep(self.seconds)
-        self.sent[str(parse(data)["Message-ID"])] += 1
-        return Delivery("sent", "250 ok")
-
-    async def close(self) -> None:
-        return None
+    worker.transport.send = counted  # type: ignore[method-assign]
 
 
 def test_past_half_its_lease_a_worker_gives_rows_back_instead_of_sending_them_twice(seeded: Any) -> None:
@@ -249,27 +238,33 @@ def test_past_half_its_lease_a_worker_gives_rows_back_instead_of_sending_them_tw
         open_conversation(seeded, kind="private", participants=("alice",), subject=f"Appointment {i}")
     by_first: collections.Counter[str] = collections.Counter()
     by_second: collections.Counter[str] = collections.Counter()
-    first, second = worker_for(seeded, None), worker_for(seeded, None)
-    for worker, sent in ((first, by_first), (second, by_second)):
-        worker.lease = timedelta(seconds=2)
-        worker.transport = SlowTransport(0.6, sent)  # type: ignore[assignment]
+    with Sink() as sink:
+        sink.handler.delay = 0.6  # a slow smarthost: each DATA answered after 0.6 s
+        first, second = worker_for(seeded, sink), worker_for(seeded, sink)
+        for worker, sent in ((first, by_first), (second, by_second)):
+            worker.lease = timedelta(seconds=2)
+            count_sends(worker, sent)
 
-    async def both() -> list[int]:
-        async def later() -> int:
-            await asyncio.sleep(1.5)  # the first worker's lease (2 s) has not run out yet
-            return await second.run_once()
+        async def both() -> list[int]:
+            async def later() -> int:
+                await asyncio.sleep(1.5)  # the first worker's lease (2 s) has not run out yet
+                return await second.run_once()
 
-        claimed = list(await asyncio.gather(first.run_once(), later()))
-        while await second.run_once():  # whatever was given back after the second one looked
-            pass
-        return claimed
+            claimed = list(await asyncio.gather(first.run_once(), later()))
+            while await second.run_once():  # whatever was given back after the second one looked
+                pass
+            await first.transport.close()
+            await second.transport.close()
+            return claimed
 
-    claimed = asyncio.run(both())
+        claimed = asyncio.run(both())
     assert claimed[0] == 4
     # Sends take 0.6 s and nothing leaves a claim past half its 2 s lease: the first worker sent
-    # at most two and gave the rest back, which the second sent; nothing went out twice.
+    # at most two and gave the rest back, which the second sent; nothing reached the sink twice.
     assert sum(by_first.values()) <= 2
-    assert sorted((by_first + by_second).values()) == [1, 1, 1, 1]
+    at_sink = collections.Counter(str(parse(mail.data)["Message-ID"]) for mail in sink.received)
+    assert sorted(at_sink.values()) == [1, 1, 1, 1]
+    assert at_sink == by_first + by_second
     with seeded.sessions() as session:
         states = session.scalars(select(Outbox.state).where(Outbox.kind == OutboxKind.notification)).all()
     assert sorted(states) == [OutboxState.sent] * 4

@@ -478,3 +478,53 @@ def test_dns_timeout_during_authentication_defers(seeded: Any) -> None:
         assert send(server, msg, "alice@client.test", address) == wire(replies.AUTH_TEMPERROR)
     assert len(messages(seeded, conv)) == 1
     assert log_rows(seeded)[-1].reason == "auth_temperror"
+
+
+def test_reply_by_email_switched_off_refused_at_rcpt(seeded: Any, live: Any) -> None:
+    from mailbridge.domain import directory
+    from mailbridge.domain.db import transaction
+
+    conv = open_conversation(seeded)
+    address = reply_address(seeded, conv, "alice")
+    with transaction(seeded.sessions) as session:
+        practice = directory.get_practice(session, "acme")
+        practice.settings = {**(practice.settings or {}), "reply_by_email": False}
+    with live.client() as client:
+        client.ehlo("client.test")
+        client.mail("alice@client.test")
+        assert client.rcpt(address) == wire(replies.POLICY_DENIED)
+    assert log_rows(seeded)[-1].reason == "reply_by_email_disabled"
+
+
+def test_reply_without_from_refused(seeded: Any, live: Any) -> None:
+    conv = open_conversation(seeded)
+    address = reply_address(seeded, conv, "alice")
+    msg = reply_message("alice@client.test", address, "Tuesday at 10 works for me.")
+    del msg["From"]
+    assert send(live, msg, "alice@client.test", address) == wire(replies.AMBIGUOUS_FROM)
+    assert log_rows(seeded)[-1].reason == "from_ambiguous"
+    assert messages(seeded, conv)[1:] == []
+
+
+def test_bare_cr_refused(seeded: Any, live: Any) -> None:
+    conv = open_conversation(seeded)
+    address = reply_address(seeded, conv, "alice")
+    with live.client() as client:
+        client.ehlo("client.test")
+        client.mail("alice@client.test")
+        client.rcpt(address)
+        raw = b"From: alice@client.test\r\nSubject: hi\r\n\r\nhello\rworld, smuggled\r\n"
+        assert client.data(raw) == wire(replies.BARE_LINE_ENDING)
+    assert log_rows(seeded)[-1].reason == "bare_line_ending"
+
+
+def test_too_short_reply_refused_with_a_notice(seeded: Any, live: Any) -> None:
+    """The seeded practice wants 10 characters at least (min_body_chars)."""
+    conv = open_conversation(seeded)
+    address = reply_address(seeded, conv, "alice")
+    msg = reply_message("alice@client.test", address, "ok")
+    assert send(live, msg, "alice@client.test", address) == wire(replies.POLICY_DENIED)
+    assert log_rows(seeded)[-1].reason == "body_too_short"
+    with seeded.sessions() as session:
+        notices = session.scalars(select(Outbox.to_address).where(Outbox.kind == OutboxKind.notice)).all()
+    assert notices == ["alice@client.test"]

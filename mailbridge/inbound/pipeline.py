@@ -84,7 +84,6 @@ FIXABLE = frozenset(
         "body_too_short",
         "attachment_withheld",
         "empty_message",
-        "message_too_big",
         "too_many_attachments",
     }
 )
