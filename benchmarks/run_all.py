@@ -42,6 +42,7 @@ class Bench:
 
 BENCHES = (
     Bench("ingress", "benchmarks.bench_ingress", (), ("--quick",), 420, "SMTP ingress throughput"),
+    Bench("steps", "benchmarks.bench_steps", ("--postgres",), ("-n", "50"), 180, "pipeline cost per step"),
     Bench("outbound", "benchmarks.bench_outbound", (), ("--quick",), 420, "notification delivery throughput"),
     Bench("memory", "benchmarks.bench_memory", (), ("--quick",), 300, "peak memory for a 100 MB attachment"),
     Bench("latency", "benchmarks.bench_latency", (), ("--quick",), 240, "reply → notification latency"),
