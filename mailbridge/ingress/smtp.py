@@ -31,7 +31,7 @@ from mailbridge.replies import SmtpReply
 
 log = logging.getLogger(__name__)
 
-PIPELINE_THREADS = 16  # messages processed at once per process; SQLite's pool has 32 connections
+PIPELINE_THREADS = 4  # messages processed at once per process: CPU-bound, more only fight for the GIL
 # Pipeline runs get threads of their own, one pool per process: a run may wait seconds on DNS or
 # on the SQLite writer gate, and RCPT decisions (the loop's default executor) must not queue behind.
 _PIPELINES = ThreadPoolExecutor(max_workers=PIPELINE_THREADS, thread_name_prefix="pipeline")
