@@ -98,13 +98,26 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from mailbridge.domain.db import transaction, upgrade
     from mailbridge.wiring import build_services
 
-    services = build_services(settings)
+    try:
+        services = build_services(settings)
+    except SettingsError as exc:
+        print(f"mailbridge: bad setting: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "serve":
+            from mailbridge.crypto.agreement import Disagreement, check_agreement
+            from mailbridge.domain.db import migrations_current
             from mailbridge.runtime import serve
 
             if args.migrate or services.engine.dialect.name == "sqlite":
                 upgrade(services.engine)
+            if migrations_current(services.engine):
+                try:
+                    with transaction(services.sessions) as session:
+                        check_agreement(session, services.tokens.fingerprint, services.keyring)
+                except Disagreement as exc:
+                    print(f"mailbridge: {exc}", file=sys.stderr)
+                    return 2
             print(
                 f"mailbridge: HTTP on {settings.http_listen}, API key {settings.api_key[:4]}… (full key in "
                 f"{settings.data_dir / 'secrets' / 'api.key'} or MAILBRIDGE_API_KEY)",

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     database_url: str = ""  # empty: SQLite file DATA_DIR/mailbridge.db
     database_busy_timeout_seconds: float = Field(default=30.0, gt=0)  # SQLite: wait this long for a lock
+    # The master key that wraps every practice's data key (MAILBRIDGE_MASTER_KEY, when set, wins):
+    # default DATA_DIR/secrets/master.key, created on first start. Every node needs the same one.
+    master_key_file: Path | None = None
 
     # Listeners
     smtp_listen: str = "127.0.0.1:2525"
@@ -130,6 +133,10 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'mailbridge.db').resolve()}"
+
+    @property
+    def effective_master_key_file(self) -> Path:
+        return self.master_key_file or self.data_dir / "secrets" / "master.key"
 
     @property
     def effective_smtp_processes(self) -> int:

@@ -13,10 +13,11 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailbridge.crypto.keyring import Keyring, KeyringError, load_master_keys
 from mailbridge.domain.db import make_engine, make_session_factory
 from mailbridge.inbound.dns import NameserverResolver, Resolver
 from mailbridge.inbound.tokens import TokenIssuer
-from mailbridge.settings import Settings
+from mailbridge.settings import Settings, SettingsError
 from mailbridge.storage.blobs import BlobStore, LocalBlobStore
 
 
@@ -44,6 +45,7 @@ class Services:
     blobs: BlobStore
     tokens: TokenIssuer
     resolver: Resolver
+    keyring: Keyring
     verp_secret: bytes
     flags: dict[str, bool] = field(default_factory=dict)  # e.g. smtp_listening, for /readyz
     ingress_handlers: list[Any] = field(default_factory=list)  # for draining at shutdown
@@ -59,12 +61,19 @@ def build_services(settings: Settings, resolver: Resolver | None = None) -> Serv
     secret = _load_secret(
         settings.data_dir / "secrets" / "token.key", os.environ.get("MAILBRIDGE_TOKEN_SECRET", "")
     )
+    try:
+        masters = load_master_keys(
+            os.environ.get("MAILBRIDGE_MASTER_KEY", ""), settings.effective_master_key_file
+        )
+    except (KeyringError, OSError) as exc:
+        raise SettingsError(f"master_key: {exc}") from None
     return Services(
         settings=settings,
         engine=engine,
         sessions=make_session_factory(engine),
         blobs=LocalBlobStore(settings.data_dir / "attachments"),
         tokens=TokenIssuer(secret),
+        keyring=Keyring(masters),
         resolver=resolver
         or NameserverResolver(settings.dns_nameservers, timeout=settings.dns_timeout_seconds),
         verp_secret=hmac.new(secret, b"verp", hashlib.sha256).digest(),

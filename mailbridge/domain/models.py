@@ -463,3 +463,29 @@ class Mailbox(Base):
     status: Mapped[str] = mapped_column(String(32), default="new")
     last_error: Mapped[str | None] = mapped_column(String(512), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class DataKey(Base):
+    """A practice's (or, with no practice, the platform's) data key, wrapped by the master key.
+
+    Only ``crypto.keyring`` reads these; the master key that wrapped each one is named by its
+    fingerprint, so a node holding another master key says so instead of reading garbage."""
+
+    __tablename__ = "data_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    practice_id: Mapped[int | None] = mapped_column(
+        ForeignKey("practices.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    master_id: Mapped[str] = mapped_column(String(32))
+    wrapped: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[created_at]
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class PlatformState(Base):
+    """Facts every node of a deployment must agree on (fingerprints of shared secrets), by name."""
+
+    __tablename__ = "platform_state"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -89,6 +89,11 @@ class TokenIssuer:
             raise ValueError("token secret must be at least 16 bytes")
         self._secret = secret
 
+    @property
+    def fingerprint(self) -> str:
+        """Names the secret without revealing it: nodes compare this to agree on one secret."""
+        return hashlib.sha256(b"mailbridge-token-secret\x00" + self._secret).hexdigest()[:16]
+
     def issue(self, session: Session, practice_id: int, user_id: int, conversation_id: str) -> str:
         """The participant's token for this conversation: created on first notification, then re-derived.
 

@@ -1,0 +1,1 @@
+"""Encryption at rest: the master key, per-practice data keys, sealed secrets."""
