@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     # Listeners
     smtp_listen: str = "127.0.0.1:2525"
     http_listen: str = "127.0.0.1:8080"
-    lmtp: bool = False  # speak LMTP instead of SMTP on smtp_listen (Postfix in front)
+    lmtp: bool = False  # speak LMTP instead of SMTP on smtp_listen (an after-queue MTA transport)
     smtp_enabled: bool = True
     smtp_hostname: str = "mailbridge.localhost"
     tls_cert: Path | None = None  # STARTTLS offered when both are set
@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     # Authentication of inbound mail
     dns_nameservers: list[str] = []  # e.g. ["127.0.0.1:5353"]; empty uses the system resolver
     dns_timeout_seconds: float = Field(default=5.0, gt=0)
-    trusted_authserv_ids: list[str] = []  # trust only Authentication-Results from these (LMTP behind Postfix)
+    trusted_authserv_ids: list[str] = []  # trust only Authentication-Results from these (an MTA that strips forgeries)
     authserv_id: str = "mailbridge"
 
     # The messaging app
