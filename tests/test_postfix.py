@@ -10,6 +10,7 @@ address Postfix forwarded with XFORWARD, not on Postfix's own.
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -157,6 +158,43 @@ def test_good_reply_through_postfix_is_posted_with_the_senders_address(stack: St
     row = last_log(stack.services)
     assert (row.state.value, row.peer, row.helo) == ("posted", SENDER_IP, "client.test")  # from XFORWARD
     assert "proxy-accept: END-OF-MESSAGE: 250 2.0.0" in stack.mta.log_text()
+
+
+def test_chunking_and_esmtp_parameters_reach_mailbridge(stack: Stack) -> None:
+    """What big senders use (BDAT, SIZE, BODY=8BITMIME, SMTPUTF8) passes; DSN is refused by Postfix."""
+    conv = open_conversation(stack.services)
+    address = reply_address(stack.services, conv, "alice")
+    raw = reply_message("alice@client.test", address, "Chunked, and Tuesday works.").as_bytes(
+        policy=SMTP_POLICY
+    )
+    half = len(raw) // 2
+    with (
+        socket.create_connection(
+            ("127.0.0.1", stack.mta.port), timeout=30, source_address=(SENDER_IP, 0)
+        ) as sock,
+        sock.makefile("rb") as replies_in,
+    ):
+
+        def command(data: bytes) -> bytes:
+            sock.sendall(data)
+            lines = [replies_in.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(replies_in.readline())
+            return lines[-1]
+
+        assert replies_in.readline().startswith(b"220 ")
+        assert b"CHUNKING" in command(b"EHLO client.test\r\n")
+        assert (
+            command(b"MAIL FROM:<alice@client.test> BODY=8BITMIME SIZE=%d SMTPUTF8\r\n" % len(raw))[:3]
+            == b"250"
+        )
+        assert command(b"RCPT TO:<%s> NOTIFY=NEVER\r\n" % address.encode()).startswith(b"501 5.7.1")
+        assert command(b"RCPT TO:<%s>\r\n" % address.encode())[:3] == b"250"
+        assert command(b"BDAT %d\r\n" % half + raw[:half])[:3] == b"250"
+        assert (
+            command(b"BDAT %d LAST\r\n" % (len(raw) - half) + raw[half:]) == b"250 2.0.0 Message accepted\r\n"
+        )
+    assert any("Chunked, and Tuesday works." in body for body in posted(stack.services, conv))
 
 
 def test_unknown_token_refused_at_rcpt_by_postfix(stack: Stack) -> None:
