@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     # Authentication of inbound mail
     dns_nameservers: list[str] = []  # e.g. ["127.0.0.1:5353"]; empty uses the system resolver
     dns_timeout_seconds: float = Field(default=5.0, gt=0)
-    trusted_authserv_ids: list[str] = []  # trust only Authentication-Results from these (an MTA that strips forgeries)
+    # Trust Authentication-Results only from these authserv-ids (an MTA that strips forged copies).
+    trusted_authserv_ids: list[str] = []
     authserv_id: str = "mailbridge"
 
     # The messaging app
