@@ -76,6 +76,11 @@ LOOP_DETECTED = SmtpReply(554, "5.4.6", "Mail loop detected")
 TEMPFAIL = SmtpReply(451, "4.3.0", "Temporary failure, please try again later")
 TOO_MANY_BAD_RECIPIENTS = SmtpReply(421, "4.7.0", "Too many invalid recipients, closing connection")
 TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections, try again later")
+# XFORWARD (Postfix's XFORWARD_README): codes and texts as Postfix's own smtpd gives them.
+XFORWARD_OK = SmtpReply(250, "2.0.0", "Ok")
+XFORWARD_DENIED = SmtpReply(550, "5.7.0", "Error: insufficient authorization")
+XFORWARD_IN_TRANSACTION = SmtpReply(503, "5.5.1", "Error: MAIL transaction in progress")
+XFORWARD_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: XFORWARD attribute=value...")
 
 
 def message_too_big(limit_bytes: int) -> SmtpReply:

@@ -31,6 +31,7 @@ async def start_ingress(
         start_smtp,
         tls_context,
     )
+    from mailbridge.ingress.xforward import parse_networks
 
     organizational_domain("example.org")  # load the public-suffix list now, not on the first message
     settings = services.settings
@@ -57,6 +58,7 @@ async def start_ingress(
         timeout=settings.smtp_timeout_seconds,
         tls=tls,
         reuse_port=reuse_port,
+        xforward_hosts=parse_networks(settings.smtp_xforward_hosts),
     )
     services.ingress_handlers.append(handler)
     services.flags["smtp_listening"] = True

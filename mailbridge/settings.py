@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     # Listeners
     smtp_listen: str = "127.0.0.1:2525"
     http_listen: str = "127.0.0.1:8080"
-    lmtp: bool = False  # speak LMTP instead of SMTP on smtp_listen (Postfix in front)
+    lmtp: bool = False  # speak LMTP instead of SMTP on smtp_listen (an after-queue MTA transport)
     smtp_enabled: bool = True
     smtp_hostname: str = "mailbridge.localhost"
     tls_cert: Path | None = None  # STARTTLS offered when both are set
@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # Processes accepting SMTP on smtp_listen (SO_REUSEPORT), each with a delivery worker: the work
     # is CPU-bound Python, one process uses one core. 0 = one per CPU. Connection limits apply per process.
     smtp_processes: int = Field(default=1, ge=0, le=64)
+    # MTAs in front (Postfix's smtpd_proxy_filter) allowed to tell, with XFORWARD, the address and
+    # HELO of the client they are relaying, so SPF judges that client and not the MTA. Addresses or
+    # networks; empty: XFORWARD is offered to nobody. These peers are exempt from the per-IP cap.
+    smtp_xforward_hosts: list[str] = []
 
     # Outbound
     smarthost: str = ""  # host:port; empty writes .eml files to DATA_DIR/outbox/
@@ -82,7 +86,8 @@ class Settings(BaseSettings):
     # Authentication of inbound mail
     dns_nameservers: list[str] = []  # e.g. ["127.0.0.1:5353"]; empty uses the system resolver
     dns_timeout_seconds: float = Field(default=5.0, gt=0)
-    trusted_authserv_ids: list[str] = []  # trust only Authentication-Results from these (LMTP behind Postfix)
+    # Trust Authentication-Results only from these authserv-ids (an MTA that strips forged copies).
+    trusted_authserv_ids: list[str] = []
     authserv_id: str = "mailbridge"
 
     # The messaging app
@@ -100,6 +105,13 @@ class Settings(BaseSettings):
     @classmethod
     def _listen(cls, value: str) -> str:
         return _check_listen(value)
+
+    @field_validator("smtp_xforward_hosts")
+    @classmethod
+    def _xforward_hosts(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item.strip(), strict=False)  # ValueError names the bad entry
+        return value
 
     @field_validator("smarthost")
     @classmethod

@@ -10,7 +10,8 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "mailbridge: missing system packages: ${missing[*]} (run: sudo apt-get install -y ${missing[*]})" >&2
     exit 1
 fi
-# Postfix is only wanted for its tools (smtp-sink, smtp-source): no configuration, no daemon started.
+# Postfix is wanted for its tools (smtp-sink, smtp-source) and for the throwaway instances that
+# tests/test_postfix.py starts itself: no configuration, no system daemon started.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d

@@ -26,6 +26,7 @@ from mailbridge.domain.db import transaction
 from mailbridge.domain.models import InboundLog, InboundState
 from mailbridge.inbound import pipeline
 from mailbridge.inbound.envelope import RecipientDecision, Target, decide_recipient
+from mailbridge.ingress import xforward
 from mailbridge.observability import INBOUND, SMTP_REPLIES
 from mailbridge.replies import SmtpReply
 
@@ -46,8 +47,9 @@ class ConnectionLimits:
         self.per_ip = per_ip
         self.by_ip: Counter[str] = Counter()
 
-    def acquire(self, ip: str) -> bool:
-        if sum(self.by_ip.values()) >= self.total or self.by_ip[ip] >= self.per_ip:
+    def acquire(self, ip: str, per_ip: bool = True) -> bool:
+        """*per_ip* False for an MTA in front (XFORWARD host): every client comes through it."""
+        if sum(self.by_ip.values()) >= self.total or (per_ip and self.by_ip[ip] >= self.per_ip):
             return False
         self.by_ip[ip] += 1
         return True
@@ -59,17 +61,20 @@ class ConnectionLimits:
 
 
 class _SpoolingMixin:
-    """Replaces aiosmtpd's in-memory DATA reader with one that writes to a spool file."""
+    """Replaces aiosmtpd's in-memory DATA reader with one that writes to a spool file; adds XFORWARD."""
 
     limits: ConnectionLimits
     spool_dir: Path
     large_transfers: asyncio.Semaphore
+    xforward_hosts: tuple[Any, ...] = ()
+    xforward_trusted = False  # this connection comes from an MTA allowed to send XFORWARD
 
     async def _handle_client(self) -> None:
         me: Any = self
         peer = me.session.peer
         ip = peer[0] if isinstance(peer, tuple) else str(peer)
-        if not self.limits.acquire(ip):
+        self.xforward_trusted = xforward.trusted(ip, self.xforward_hosts)
+        if not self.limits.acquire(ip, per_ip=not self.xforward_trusted):
             await self.push(replies.TOO_MANY_CONNECTIONS.wire())  # type: ignore[attr-defined]
             self.transport.close()  # type: ignore[attr-defined]
             return
@@ -77,6 +82,28 @@ class _SpoolingMixin:
             await super()._handle_client()  # type: ignore[misc]
         finally:
             self.limits.release(ip)
+
+    async def smtp_XFORWARD(self, arg: str) -> None:
+        """Postfix's XFORWARD (see mailbridge/ingress/xforward.py): trusted MTAs only, outside a transaction."""
+        me: Any = self
+        if await me.check_helo_needed():
+            return
+        if not self.xforward_trusted:
+            if not getattr(me.session, "xforward_warned", False):  # once per connection: no log flood
+                me.session.xforward_warned = True
+                log.warning("xforward_refused", extra={"peer": _peer_ip(me.session)})
+            await me.push(replies.XFORWARD_DENIED.wire())
+            return
+        envelope: Envelope = me.envelope
+        if envelope.mail_from is not None:
+            await me.push(replies.XFORWARD_IN_TRANSACTION.wire())
+            return
+        try:
+            envelope.xforward = xforward.apply(getattr(envelope, "xforward", None), arg or "")  # type: ignore[attr-defined]
+        except xforward.XforwardSyntaxError:
+            await me.push(replies.XFORWARD_SYNTAX.wire())
+            return
+        await me.push(replies.XFORWARD_OK.wire())
 
     async def smtp_DATA(self, arg: str) -> None:
         me: Any = self
@@ -190,6 +217,16 @@ def _peer_ip(session: Session) -> str | None:
     return str(peer) if peer else None
 
 
+def _client(session: Session, envelope: Envelope) -> tuple[str | None, str | None]:
+    """The sending client's address and HELO name: XFORWARD's when a trusted MTA sent it, never mixed
+    with the connection's own (XFORWARD_README: "must not mix XFORWARD attributes with attributes
+    from the current SMTP session")."""
+    forwarded: xforward.Forwarded | None = getattr(envelope, "xforward", None)
+    if forwarded is not None:
+        return forwarded.addr, forwarded.helo
+    return _peer_ip(session), session.host_name
+
+
 class IngressHandler:
     """aiosmtpd hooks: quick decisions at MAIL/RCPT, the pipeline at DATA, blocking work in threads."""
 
@@ -199,6 +236,15 @@ class IngressHandler:
         self.door = door
         self.max_bad = max_bad_recipients
         self.in_pipeline = 0  # DATA transactions between the final "." and their answer
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """aiosmtpd's EHLO answer, plus XFORWARD for the MTAs listed in smtp_xforward_hosts."""
+        session.host_name = hostname
+        if getattr(server, "xforward_trusted", False):
+            responses.insert(len(responses) - 1, "250-XFORWARD " + " ".join(xforward.ATTRIBUTES))
+        return responses
 
     async def drained(self, timeout: float) -> bool:
         """Wait (at most *timeout*) until every message received has had its answer sent back."""
@@ -223,7 +269,7 @@ class IngressHandler:
             session.bad_recipients = bad  # type: ignore[attr-defined]
             await asyncio.to_thread(self._log_rcpt_refusal, session, envelope, address, decision)
             if bad >= self.max_bad:
-                log.warning("token_bruteforce", extra={"peer": _peer_ip(session)})
+                log.warning("token_bruteforce", extra={"peer": _client(session, envelope)[0]})
                 asyncio.get_running_loop().call_soon(server.transport.close)  # type: ignore[union-attr]
                 return self._count(replies.TOO_MANY_BAD_RECIPIENTS)
             return self._count(decision.reply)
@@ -240,10 +286,11 @@ class IngressHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         target: Target = envelope.target  # type: ignore[attr-defined]
+        peer, helo = _client(session, envelope)
         env = pipeline.Envelope(
             door=self.door,
-            peer=_peer_ip(session),
-            helo=session.host_name,
+            peer=peer,
+            helo=helo,
             mail_from=str(envelope.mail_from or ""),
             target=target,
         )
@@ -295,14 +342,15 @@ class IngressHandler:
         wire: str,
         rcpt: str = "",
     ) -> None:
+        peer, helo = _client(session, envelope)
         try:
             with transaction(self.deps.sessions) as db:
                 db.add(
                     InboundLog(
                         practice_id=target.practice_id if target else None,
                         door=self.door,
-                        peer=_peer_ip(session),
-                        helo=(session.host_name or "")[:255] or None,
+                        peer=peer,
+                        helo=(helo or "")[:255] or None,
                         mail_from=str(envelope.mail_from or "")[:320],
                         rcpt=(target.redacted if target else rcpt)[:320],
                         state=InboundState.rejected,
@@ -341,6 +389,7 @@ async def start_smtp(
     timeout: float,
     tls: ssl.SSLContext | None,
     reuse_port: bool = False,
+    xforward_hosts: tuple[Any, ...] = (),
 ) -> asyncio.Server:
     cls = IngressLMTP if lmtp else IngressSMTP
     semaphore = asyncio.Semaphore(large_transfers)
@@ -360,6 +409,7 @@ async def start_smtp(
         server.limits = limits
         server.spool_dir = spool_dir
         server.large_transfers = semaphore
+        server.xforward_hosts = xforward_hosts
         return server
 
     loop = asyncio.get_running_loop()
