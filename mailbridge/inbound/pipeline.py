@@ -379,6 +379,12 @@ def authenticate_sender(ctx: Context) -> None:
         raise Deferred(replies.AUTH_TEMPERROR, "auth_temperror")
     if auth.dmarc == "fail":
         raise Rejected(replies.AUTH_FAILED, "dmarc_fail")
+    if auth.spf == "fail" and not auth.aligned:
+        # RFC 7208 §8.4: "fail" is the domain's explicit statement that this host may not send its
+        # mail, and the RFC allows refusing it in the session with 550 5.7.1. Without a DMARC record
+        # nothing else speaks for the sender, and no aligned DKIM signature vouches for the From.
+        # Refused, not quarantined: a forged sender must not reach staff as something to release.
+        raise Rejected(replies.SPF_FAILED, "spf_fail")
 
 
 def _header_block(path: Path) -> bytes:
