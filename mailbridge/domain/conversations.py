@@ -29,7 +29,15 @@ from mailbridge.domain.models import (
     utcnow,
 )
 from mailbridge.domain.practice_settings import PracticeSettings
-from mailbridge.policy.rules import Person, Situation, Verdict, can_post, can_read, can_read_message
+from mailbridge.policy.rules import (
+    Person,
+    Situation,
+    Verdict,
+    account_verdict,
+    can_post,
+    can_read,
+    can_read_message,
+)
 
 MAX_SUBJECT = 255
 
@@ -287,8 +295,16 @@ def _write_message(
     return message
 
 
+def require_active_account(actor: User) -> None:
+    """A deactivated staff account reads nothing: 403 ``account_inactive`` rather than an empty list."""
+    verdict = account_verdict(_person(actor, False))
+    if verdict is not None:
+        raise Forbidden(verdict.reason, f"not allowed ({verdict.rule})")
+
+
 def conversations_for(session: Session, practice: Practice, actor: User) -> list[Conversation]:
     """Every conversation the actor may read: candidates by participation or followed company, then policy."""
+    require_active_account(actor)
     companies = favourite_company_ids(session, actor)
     participating = select(Participant.conversation_id).where(
         Participant.user_id == actor.id, Participant.removed_at.is_(None)
@@ -355,6 +371,7 @@ def delete_message(session: Session, practice: Practice, message_id: str, actor:
     if message is None or message.deleted_at is not None:
         raise NotFound("message_not_found", "message not found")
     get_conversation(session, practice, message.conversation_id)  # tenant check: another practice's id is 404
+    require_active_account(actor)
     if actor.kind != UserKind.staff or message.author_id != actor.id:
         raise Forbidden("not_author", "only the staff member who sent a message may delete it")
     hashes = _erase(session, message)
@@ -372,6 +389,7 @@ def delete_conversation(
     """Seed 003: a whole thread may be deleted only by the staff member who started it."""
     if conversation.deleted_at is not None:
         raise NotFound("conversation_not_found", "conversation not found")
+    require_active_account(actor)
     if actor.kind != UserKind.staff or conversation.creator_id != actor.id:
         raise Forbidden("not_creator", "only the staff member who started a conversation may delete it")
     messages = session.scalars(select(Message).where(Message.conversation_id == conversation.id)).all()
