@@ -144,6 +144,27 @@ def validate_new_conversation(
         raise Invalid("no_recipient", "a conversation needs at least one other participant", "participants")
 
 
+def require_company_clients(
+    session: Session, kind: ConversationKind, company_id: int | None, people: Sequence[User]
+) -> None:
+    """Seed 001: only clients of the company (it is among their favourites) read a confidential
+    conversation. A client designated without it would never see it: refused (422), naming them,
+    rather than created for nobody."""
+    if kind != ConversationKind.confidential or company_id is None:
+        return
+    clients = [u for u in people if u.kind == UserKind.client]
+    holders = holders_of(session, company_id, [u.id for u in clients])
+    outside = sorted(u.external_id for u in clients if u.id not in holders)
+    if outside:
+        raise Invalid(
+            "client_not_following_company",
+            "these clients do not have the conversation's company among their favourites and could "
+            f"not read it: {', '.join(outside)}",
+            "participants",
+            {"participants": outside},
+        )
+
+
 def create_conversation(
     session: Session,
     practice: Practice,
@@ -161,6 +182,7 @@ def create_conversation(
     notify: bool = True,
 ) -> tuple[Conversation, Message]:
     validate_new_conversation(kind, company, subject, author, participants)
+    require_company_clients(session, kind, company.id if company else None, [author, *participants])
     conversation = Conversation(
         practice_id=practice.id,
         kind=kind,
@@ -409,6 +431,7 @@ def delete_conversation(
 
 
 def add_participant(session: Session, conversation: Conversation, user: User) -> None:
+    require_company_clients(session, conversation.kind, conversation.company_id, [user])
     for p in conversation.participants:
         if p.user_id == user.id:
             p.removed_at = None
