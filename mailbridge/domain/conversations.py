@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mailbridge.domain import audit
 from mailbridge.domain.directory import favourite_company_ids, friendship_between, holders_of
 from mailbridge.domain.errors import Forbidden, Invalid, NotFound
 from mailbridge.domain.models import (
     Attachment,
-    AuditEvent,
     Company,
     Conversation,
     ConversationKind,
@@ -176,6 +176,7 @@ def create_conversation(
     participants: Sequence[User],
     body: str,
     body_html: str | None = None,
+    hidden_text: str | None = None,
     source: MessageSource = MessageSource.app,
     attachments: Sequence[NewAttachment] = (),
     idempotency_key: str | None = None,
@@ -207,6 +208,7 @@ def create_conversation(
         snapshot,
         body=body,
         body_html=body_html,
+        hidden_text=hidden_text,
         source=source,
         attachments=attachments,
         idempotency_key=idempotency_key,
@@ -360,14 +362,6 @@ def first_message(session: Session, conversation_id: str) -> Message | None:
     )
 
 
-def _audit(session: Session, practice: Practice, action: str, actor: User, kind: str, target: str) -> None:
-    session.add(
-        AuditEvent(
-            practice_id=practice.id, action=action, actor_id=actor.id, target_kind=kind, target_id=target
-        )
-    )
-
-
 def _erase(session: Session, message: Message) -> list[str]:
     """Remove the content for good (seed 003: deletion is permanent); return the blobs it referenced."""
     hashes = [a.sha256 for a in message.attachments]
@@ -397,7 +391,7 @@ def delete_message(session: Session, practice: Practice, message_id: str, actor:
     if actor.kind != UserKind.staff or message.author_id != actor.id:
         raise Forbidden("not_author", "only the staff member who sent a message may delete it")
     hashes = _erase(session, message)
-    _audit(session, practice, "message_deleted", actor, "message", message.id)
+    audit.record(session, practice, "message_deleted", audit.Actor.staff(actor), "message", message.id)
     from mailbridge.outbound.fanout import cancel_pending
 
     cancel_pending(session, message_ids=[message.id])
@@ -425,7 +419,9 @@ def delete_conversation(
 
     revoke_for_conversations(session, [conversation.id])
     cancel_pending(session, message_ids=[m.id for m in messages])
-    _audit(session, practice, "conversation_deleted", actor, "conversation", conversation.id)
+    audit.record(
+        session, practice, "conversation_deleted", audit.Actor.staff(actor), "conversation", conversation.id
+    )
     session.flush()
     return unreferenced(session, hashes)
 
