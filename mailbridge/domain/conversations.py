@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailbridge.domain import audit
+from mailbridge.domain import audit, erasure
 from mailbridge.domain.directory import favourite_company_ids, friendship_between, holders_of
 from mailbridge.domain.errors import Forbidden, Invalid, NotFound
 from mailbridge.domain.models import (
@@ -391,6 +391,7 @@ def delete_message(session: Session, practice: Practice, message_id: str, actor:
     if actor.kind != UserKind.staff or message.author_id != actor.id:
         raise Forbidden("not_author", "only the staff member who sent a message may delete it")
     hashes = _erase(session, message)
+    erasure.for_messages(session, [message.id])
     audit.record(session, practice, "message_deleted", audit.Actor.staff(actor), "message", message.id)
     from mailbridge.outbound.fanout import cancel_pending
 
@@ -419,9 +420,9 @@ def delete_conversation(
 
     revoke_for_conversations(session, [conversation.id])
     cancel_pending(session, message_ids=[m.id for m in messages])
-    audit.record(
-        session, practice, "conversation_deleted", audit.Actor.staff(actor), "conversation", conversation.id
-    )
+    who = audit.Actor.staff(actor)
+    erasure.for_conversation(session, practice, conversation.id, [m.id for m in messages], who)
+    audit.record(session, practice, "conversation_deleted", who, "conversation", conversation.id)
     session.flush()
     return unreferenced(session, hashes)
 
