@@ -64,6 +64,7 @@ TOO_MANY_TOKENS = SmtpReply(452, "4.5.3", "Too many recipients; send this one se
 POLICY_DENIED = SmtpReply(550, "5.7.1", "This reply cannot be accepted; please use the secure portal")
 SENDER_MISMATCH = SmtpReply(550, "5.7.1", "Sender not authorised for this address")
 AUTH_FAILED = SmtpReply(550, "5.7.1", "Message failed sender authentication (DMARC)")
+SPF_FAILED = SmtpReply(550, "5.7.1", "Message failed sender authentication (SPF)")
 AUTH_TEMPERROR = SmtpReply(451, "4.7.0", "Sender authentication temporarily unavailable; try again later")
 STAFF_USE_APP = SmtpReply(550, "5.7.1", "Staff members post through the application")
 MALFORMED = SmtpReply(550, "5.6.0", "Malformed message")

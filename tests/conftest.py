@@ -29,6 +29,7 @@ DNS_TABLE: dict[str, list[str]] = {
     "_dmarc.client.test": ["v=DMARC1; p=reject"],
     "strict.test": ["v=spf1 -all"],
     "_dmarc.strict.test": ["v=DMARC1; p=reject"],
+    "nodmarc.test": ["v=spf1 -all"],  # an explicit SPF fail for every host, and no DMARC record
 }
 
 

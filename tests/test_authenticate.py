@@ -460,6 +460,27 @@ def test_organizational_domain() -> None:
     assert organizational_domain("a.b.example.com.") == "example.com"
     assert organizational_domain("Example.ORG") == "example.org"
     assert organizational_domain("") == ""
+    # An unknown TLD falls under the PSL's default rule "*": one label more than the TLD, so two
+    # domains under it are two organisations (it used to be the bare TLD: everything aligned).
+    assert organizational_domain("mail.evil.test") == "evil.test"
+    assert organizational_domain("client.test") == "client.test"
+    assert organizational_domain("x.internal") == "x.internal"
+
+
+def test_no_relaxed_alignment_between_two_domains_under_an_unknown_tld() -> None:
+    resolver = StaticResolver({"evil.test": ["v=spf1 ip4:192.0.2.10 -all"]})
+    raw = make_raw("alice@client.test")
+    result = run(raw, resolver, from_domain="client.test", peer=PEER, mail_from="x@evil.test")
+    assert (result.spf, result.aligned) == ("pass", False)
+
+
+def test_trusted_dmarc_verdict_counts_only_for_the_from_it_names(key: tuple[bytes, str]) -> None:
+    """Finding 15: our MTA's dmarc=pass about another From (or about none) is not a verdict on ours."""
+    for clause in ("dmarc=pass header.from=other.example", "dmarc=pass"):
+        header = f"Authentication-Results: {OURS}; dkim=pass header.d=other.example; {clause}"
+        resolver = StaticResolver({"_dmarc.example.org": ["v=DMARC1; p=reject"]})
+        result = run(make_raw(extra_headers=[header]), resolver, peer=PEER, trusted=[OURS])
+        assert (result.source, result.dmarc, result.aligned) == ("upstream", "fail", False), clause
 
 
 # --- Resolvers ----------------------------------------------------------------------------------------

@@ -138,13 +138,26 @@ def test_policy_is_asked_for_every_recipient_of_a_batch(seeded: Any) -> None:
     assert (bob.state, bob.last_answer) == (OutboxState.failed, "cancelled: recipient may no longer read")
 
 
+def favourite(services: Any, user: str, company: str, on: bool) -> None:
+    with transaction(services.sessions) as session:
+        p = directory.get_practice(session, "acme")
+        directory.set_favorite(
+            session, directory.get_user(session, p, user), directory.get_company(session, p, company), on
+        )
+
+
 @pytest.mark.parametrize("order", ["alice_first", "bob_first"])
 def test_snapshot_situation_is_conversations_situation(seeded: Any, order: str) -> None:
     """Every user of the practice, in every kind of conversation, asked in either order."""
+    favourite(seeded, "dave", "bakery", True)  # a confidential conversation is created with clients of
+    confidential = open_conversation(  # the company only; dave drops the favourite afterwards
+        seeded, kind="confidential", company="bakery", participants=("alice", "dave")
+    )
+    favourite(seeded, "dave", "bakery", False)
     conversations = [
         open_conversation(seeded, kind="company", company="bakery", participants=("alice", "bob")),
         open_conversation(seeded, kind="company", company="garage", participants=("alice",)),
-        open_conversation(seeded, kind="confidential", company="bakery", participants=("alice", "dave")),
+        confidential,
         open_conversation(seeded, kind="private", participants=("alice", "bob", "carol")),
         open_conversation(seeded, kind="direct", author="dr-smith", participants=("dr-jones",)),
     ]

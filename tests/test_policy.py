@@ -222,12 +222,55 @@ TABLE = [
         False,
         "inactive_client",
     ),
+    # deactivated staff (seed 003's inactive users, applied to staff): neither read nor post, anywhere
     (
-        "inactive staff account",
+        "inactive staff account, private participant",
         sit(INACTIVE_STAFF, "private", (INACTIVE_STAFF, CLIENT_FAV)),
-        True,
+        False,
         False,
         "account_inactive",
+    ),
+    (
+        "inactive staff account, company favourite",
+        sit(INACTIVE_STAFF, "company", (PROVIDER, CLIENT_FAV)),
+        False,
+        False,
+        "account_inactive",
+    ),
+    (
+        "inactive staff account, confidential participant with favourite",
+        sit(INACTIVE_STAFF, "confidential", (INACTIVE_STAFF, CLIENT_FAV)),
+        False,
+        False,
+        "account_inactive",
+    ),
+    (
+        "inactive staff account, direct channel open",
+        sit(INACTIVE_STAFF, "direct", (INACTIVE_STAFF, PROVIDER), friendship="accepted"),
+        False,
+        False,
+        "account_inactive",
+    ),
+    (
+        "inactive staff account, internal note",
+        sit(INACTIVE_STAFF, "private", (INACTIVE_STAFF, CLIENT_FAV), internal=True),
+        False,
+        False,
+        "account_inactive",
+    ),
+    (
+        "deleted conversation wins over an inactive account (404, not 403)",
+        sit(INACTIVE_STAFF, "private", (INACTIVE_STAFF, CLIENT_FAV), deleted=True),
+        False,
+        False,
+        "conversation_deleted",
+    ),
+    (
+        "inactive client still reads a private conversation",
+        sit(INACTIVE, "private", (BILLER, INACTIVE)),
+        True,
+        True,
+        "allowed",
     ),
     # internal notes, deletion, minimum body
     (
@@ -277,6 +320,15 @@ def test_policy_table(name: str, situation: Situation, read: bool, post: bool, r
     assert verdict.allowed is post
     assert verdict.reason == reason
     assert verdict.rule  # every decision names the rule that made it
+
+
+def test_account_verdict_names_only_deactivated_staff() -> None:
+    from mailbridge.policy.rules import account_verdict
+
+    refused = account_verdict(INACTIVE_STAFF)
+    assert refused is not None and (refused.allowed, refused.reason) == (False, "account_inactive")
+    assert account_verdict(PROVIDER) is None
+    assert account_verdict(INACTIVE) is None  # inactive clients: seed 003 limits only whom they write to
 
 
 def test_internal_notes_hidden_from_clients() -> None:

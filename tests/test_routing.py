@@ -106,7 +106,10 @@ def test_stranger_rejected_or_triaged_then_released(seeded: Any, api: Any, route
     released = api.post(f"{BASE}/quarantine/{held[0]['id']}/release?as=frontdesk", json={"client": "dave"})
     assert released.status_code == 201, released.text
     assert released.json()["body"] == "Confirm your Slack account: 123456"
-    assert api.post(f"{BASE}/quarantine/{held[0]['id']}/discard").json()["code"] == "already_decided"
+    assert (
+        api.post(f"{BASE}/quarantine/{held[0]['id']}/discard?as=frontdesk").json()["code"]
+        == "already_decided"
+    )
     (conv,) = conversations(seeded)
     assert sorted(p.user.external_id for p in conv.participants) == ["dave", "frontdesk"]
 
@@ -115,7 +118,7 @@ def test_quarantine_discard(seeded: Any, api: Any, routed: Any) -> None:
     msg = reply_message("stranger@client.test", "frontdesk@acme.test", "Hello there, anyone?")
     assert send(routed, msg, "stranger@client.test", "frontdesk@acme.test")[0] == 250
     (held,) = api.get(f"{BASE}/quarantine").json()["items"]
-    assert api.post(f"{BASE}/quarantine/{held['id']}/discard").status_code == 204
+    assert api.post(f"{BASE}/quarantine/{held['id']}/discard?as=frontdesk").status_code == 204
     assert api.get(f"{BASE}/quarantine").json()["items"] == []
 
 

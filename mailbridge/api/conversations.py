@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ from starlette.datastructures import UploadFile
 
 from mailbridge.domain import conversations as convs
 from mailbridge.domain import directory
-from mailbridge.domain.db import transaction
+from mailbridge.domain.db import flush_journal, transaction
 from mailbridge.domain.errors import Forbidden, Invalid, NotFound
 from mailbridge.domain.models import Attachment, ConversationKind, Message, MessageSource
 from mailbridge.storage.intake import Intake, Upload, intake_uploads
@@ -23,6 +24,7 @@ from .deps import ServicesDep, conversation_out, message_out
 from .schemas import ConversationIn, ConversationOut, Items, MessageIn, MessageOut
 
 router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["conversations"])
+log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 MULTIPART_DOC: dict[str, Any] = {
@@ -194,8 +196,7 @@ def delete_conversation(
         orphans = convs.delete_conversation(
             session, p, convs.get_conversation(session, p, conversation), actor
         )
-    for sha in orphans:
-        svc.blobs.delete(sha)
+    _after_erasure(svc, orphans)
     return Response(status_code=204)
 
 
@@ -205,9 +206,18 @@ def delete_message(practice: str, message: str, svc: ServicesDep, as_: str = Que
         p = directory.get_practice(session, practice)
         actor = directory.get_user(session, p, as_, "as")
         orphans = convs.delete_message(session, p, message, actor)
+    _after_erasure(svc, orphans)
+    return Response(status_code=204)
+
+
+def _after_erasure(svc: Any, orphans: list[str]) -> None:
+    """Once the deletion is committed: the files no row references, and the database's journal."""
     for sha in orphans:
         svc.blobs.delete(sha)
-    return Response(status_code=204)
+    if not flush_journal(svc.engine):
+        log.warning(
+            "journal_checkpoint_busy: deleted content stays in the SQLite WAL until the next checkpoint"
+        )
 
 
 @router.put("/conversations/{conversation}/participants/{user}", status_code=204)

@@ -15,8 +15,11 @@ log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 
 
-def problem(status: int, code: str, detail: str, field: str | None = None) -> JSONResponse:
+def problem(
+    status: int, code: str, detail: str, field: str | None = None, extra: dict[str, object] | None = None
+) -> JSONResponse:
     body: dict[str, object] = {
+        **(extra or {}),
         "type": "about:blank",
         "title": code.replace("_", " "),
         "status": status,
@@ -31,7 +34,7 @@ def problem(status: int, code: str, detail: str, field: str | None = None) -> JS
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        return problem(exc.status, exc.code, exc.detail, exc.field)
+        return problem(exc.status, exc.code, exc.detail, exc.field, exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

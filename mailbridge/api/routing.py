@@ -5,24 +5,50 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
-from mailbridge.domain.models import QuarantineItem, Route
+from mailbridge.domain.models import Route
 from mailbridge.domain.routes import RouteIn, get_route, route_out, upsert_route
 from mailbridge.inbound import quarantine
 
 from .deps import ServicesDep, message_out
-from .schemas import Items, MessageOut
+from .schemas import Items, Locale, MessageOut
 
 router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["routing"])
 
 
+class NewContactIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    external_id: str | None = Field(default=None, min_length=1, max_length=128)
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    locale: Locale | None = None
+
+
 class ReleaseIn(BaseModel):
+    """Route mail: ``client`` (an existing client) or ``new_contact`` (created from the sender), or
+    neither when the directory now has exactly one client at the sender's address. Replies: neither."""
+
     model_config = ConfigDict(extra="forbid")
     client: str | None = None
+    new_contact: NewContactIn | None = None
+
+
+class ContactOut(BaseModel):
+    id: str
+    email: str
+    name: str
+    created: bool
+
+
+class ReleasedOut(MessageOut):
+    """The posted message (as ``GET …/messages`` shows it), its conversation and, for route mail, the
+    client it was released to (``created``: a new contact; the app learns its ``id`` here)."""
+
+    conversation: str
+    contact: ContactOut | None = None
 
 
 @router.put("/routes/{address}")
@@ -56,26 +82,60 @@ def delete_route(practice: str, address: str, svc: ServicesDep) -> Response:
 def list_quarantine(practice: str, svc: ServicesDep, state: str = Query(default="held")) -> Items:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        rows = session.scalars(
-            select(QuarantineItem)
-            .where(QuarantineItem.practice_id == p.id, QuarantineItem.state == state)
-            .order_by(QuarantineItem.created_at.desc())
-        ).all()
-        return Items(items=[quarantine.item_out(r) for r in rows])
+        return Items(items=quarantine.list_items(session, p, state))
 
 
-@router.post("/quarantine/{item}/release", status_code=201, response_model=MessageOut)
-def release(
-    practice: str, item: str, body: ReleaseIn, svc: ServicesDep, as_: str = Query(alias="as")
-) -> MessageOut:
+@router.get("/quarantine/{item}")
+def get_quarantined(practice: str, item: str, svc: ServicesDep) -> dict[str, Any]:
+    """One item with what a release would post now (text, hidden part, internal flag, file verdicts)."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        return message_out(quarantine.release(session, svc.blobs, p, item, body.client, as_))
+        return quarantine.describe(session, p, item, svc.settings.data_dir / "spool")
+
+
+@router.post("/quarantine/{item}/release", status_code=201, response_model=ReleasedOut)
+def release(
+    practice: str,
+    item: str,
+    body: ReleaseIn,
+    svc: ServicesDep,
+    as_: str | None = Query(default=None, alias="as"),
+) -> ReleasedOut:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        actor = quarantine.staff_actor(session, p, as_)
+        spec = body.new_contact
+        done = quarantine.release(
+            session,
+            svc.blobs,
+            p,
+            item,
+            actor,
+            spool_dir=svc.settings.data_dir / "spool",
+            client_ext=body.client,
+            new_contact=quarantine.NewContact(spec.external_id, spec.name, spec.locale) if spec else None,
+        )
+        contact = done.contact
+        out = ReleasedOut(
+            **message_out(done.message).model_dump(),
+            conversation=done.message.conversation_id,
+            contact=ContactOut(
+                id=contact.external_id, email=contact.email, name=contact.name, created=done.contact_created
+            )
+            if contact is not None
+            else None,
+        )
+    quarantine.forget_raw(svc.sessions, [done.inbound_id])
+    return out
 
 
 @router.post("/quarantine/{item}/discard", status_code=204)
-def discard(practice: str, item: str, svc: ServicesDep) -> Response:
+def discard(
+    practice: str, item: str, svc: ServicesDep, as_: str | None = Query(default=None, alias="as")
+) -> Response:
+    """``as`` (the staff member discarding) is required since discards are audited: 422 ``actor_required``."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        quarantine.discard(session, p, item)
+        inbound_id = quarantine.discard(session, p, item, quarantine.staff_actor(session, p, as_))
+    quarantine.forget_raw(svc.sessions, [inbound_id])
     return Response(status_code=204)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mailbridge.domain import audit, erasure
 from mailbridge.domain.directory import favourite_company_ids, friendship_between, holders_of
 from mailbridge.domain.errors import Forbidden, Invalid, NotFound
 from mailbridge.domain.models import (
     Attachment,
-    AuditEvent,
     Company,
     Conversation,
     ConversationKind,
@@ -29,7 +29,15 @@ from mailbridge.domain.models import (
     utcnow,
 )
 from mailbridge.domain.practice_settings import PracticeSettings
-from mailbridge.policy.rules import Person, Situation, Verdict, can_post, can_read, can_read_message
+from mailbridge.policy.rules import (
+    Person,
+    Situation,
+    Verdict,
+    account_verdict,
+    can_post,
+    can_read,
+    can_read_message,
+)
 
 MAX_SUBJECT = 255
 
@@ -136,6 +144,27 @@ def validate_new_conversation(
         raise Invalid("no_recipient", "a conversation needs at least one other participant", "participants")
 
 
+def require_company_clients(
+    session: Session, kind: ConversationKind, company_id: int | None, people: Sequence[User]
+) -> None:
+    """Seed 001: only clients of the company (it is among their favourites) read a confidential
+    conversation. A client designated without it would never see it: refused (422), naming them,
+    rather than created for nobody."""
+    if kind != ConversationKind.confidential or company_id is None:
+        return
+    clients = [u for u in people if u.kind == UserKind.client]
+    holders = holders_of(session, company_id, [u.id for u in clients])
+    outside = sorted(u.external_id for u in clients if u.id not in holders)
+    if outside:
+        raise Invalid(
+            "client_not_following_company",
+            "these clients do not have the conversation's company among their favourites and could "
+            f"not read it: {', '.join(outside)}",
+            "participants",
+            {"participants": outside},
+        )
+
+
 def create_conversation(
     session: Session,
     practice: Practice,
@@ -147,12 +176,14 @@ def create_conversation(
     participants: Sequence[User],
     body: str,
     body_html: str | None = None,
+    hidden_text: str | None = None,
     source: MessageSource = MessageSource.app,
     attachments: Sequence[NewAttachment] = (),
     idempotency_key: str | None = None,
     notify: bool = True,
 ) -> tuple[Conversation, Message]:
     validate_new_conversation(kind, company, subject, author, participants)
+    require_company_clients(session, kind, company.id if company else None, [author, *participants])
     conversation = Conversation(
         practice_id=practice.id,
         kind=kind,
@@ -177,6 +208,7 @@ def create_conversation(
         snapshot,
         body=body,
         body_html=body_html,
+        hidden_text=hidden_text,
         source=source,
         attachments=attachments,
         idempotency_key=idempotency_key,
@@ -287,8 +319,16 @@ def _write_message(
     return message
 
 
+def require_active_account(actor: User) -> None:
+    """A deactivated staff account reads nothing: 403 ``account_inactive`` rather than an empty list."""
+    verdict = account_verdict(_person(actor, False))
+    if verdict is not None:
+        raise Forbidden(verdict.reason, f"not allowed ({verdict.rule})")
+
+
 def conversations_for(session: Session, practice: Practice, actor: User) -> list[Conversation]:
     """Every conversation the actor may read: candidates by participation or followed company, then policy."""
+    require_active_account(actor)
     companies = favourite_company_ids(session, actor)
     participating = select(Participant.conversation_id).where(
         Participant.user_id == actor.id, Participant.removed_at.is_(None)
@@ -322,14 +362,6 @@ def first_message(session: Session, conversation_id: str) -> Message | None:
     )
 
 
-def _audit(session: Session, practice: Practice, action: str, actor: User, kind: str, target: str) -> None:
-    session.add(
-        AuditEvent(
-            practice_id=practice.id, action=action, actor_id=actor.id, target_kind=kind, target_id=target
-        )
-    )
-
-
 def _erase(session: Session, message: Message) -> list[str]:
     """Remove the content for good (seed 003: deletion is permanent); return the blobs it referenced."""
     hashes = [a.sha256 for a in message.attachments]
@@ -355,10 +387,12 @@ def delete_message(session: Session, practice: Practice, message_id: str, actor:
     if message is None or message.deleted_at is not None:
         raise NotFound("message_not_found", "message not found")
     get_conversation(session, practice, message.conversation_id)  # tenant check: another practice's id is 404
+    require_active_account(actor)
     if actor.kind != UserKind.staff or message.author_id != actor.id:
         raise Forbidden("not_author", "only the staff member who sent a message may delete it")
     hashes = _erase(session, message)
-    _audit(session, practice, "message_deleted", actor, "message", message.id)
+    erasure.for_messages(session, [message.id])
+    audit.record(session, practice, "message_deleted", audit.Actor.staff(actor), "message", message.id)
     from mailbridge.outbound.fanout import cancel_pending
 
     cancel_pending(session, message_ids=[message.id])
@@ -372,6 +406,7 @@ def delete_conversation(
     """Seed 003: a whole thread may be deleted only by the staff member who started it."""
     if conversation.deleted_at is not None:
         raise NotFound("conversation_not_found", "conversation not found")
+    require_active_account(actor)
     if actor.kind != UserKind.staff or conversation.creator_id != actor.id:
         raise Forbidden("not_creator", "only the staff member who started a conversation may delete it")
     messages = session.scalars(select(Message).where(Message.conversation_id == conversation.id)).all()
@@ -385,12 +420,15 @@ def delete_conversation(
 
     revoke_for_conversations(session, [conversation.id])
     cancel_pending(session, message_ids=[m.id for m in messages])
-    _audit(session, practice, "conversation_deleted", actor, "conversation", conversation.id)
+    who = audit.Actor.staff(actor)
+    erasure.for_conversation(session, practice, conversation.id, [m.id for m in messages], who)
+    audit.record(session, practice, "conversation_deleted", who, "conversation", conversation.id)
     session.flush()
     return unreferenced(session, hashes)
 
 
 def add_participant(session: Session, conversation: Conversation, user: User) -> None:
+    require_company_clients(session, conversation.kind, conversation.company_id, [user])
     for p in conversation.participants:
         if p.user_id == user.id:
             p.removed_at = None

@@ -42,6 +42,9 @@ def make_engine(url: str, busy_timeout: float = 30.0, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # Deleted or overwritten content is zeroed in the file, not left in free space: a permanent
+            # deletion (seed 003) must not survive in the database file itself.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cur.close()
 
@@ -113,6 +116,18 @@ def writer_gate(factory: sessionmaker[Session]) -> contextlib.AbstractContextMan
             lock_path = Path(database + "-writer.lock") if database and database != ":memory:" else None
             gate = _SQLITE_WRITERS[engine] = SqliteWriterGate(lock_path)
     return gate
+
+
+def flush_journal(engine: Engine) -> bool:
+    """After a permanent deletion: fold the SQLite write-ahead log into the database and truncate it,
+    so the old page images it still holds (the deleted text) leave the disk now, not at some later
+    checkpoint. True when done (or nothing to do: PostgreSQL); False when readers kept it busy, in
+    which case the next checkpoint finishes the job."""
+    if engine.dialect.name != "sqlite":
+        return True
+    with engine.connect() as conn:
+        busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+    return busy is None or int(busy[0]) == 0
 
 
 @contextmanager

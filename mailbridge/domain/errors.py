@@ -6,11 +6,14 @@ from __future__ import annotations
 class DomainError(Exception):
     status = 400
 
-    def __init__(self, code: str, detail: str, field: str | None = None) -> None:
+    def __init__(
+        self, code: str, detail: str, field: str | None = None, extra: dict[str, object] | None = None
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.field = field
+        self.extra = extra or {}  # more members of the problem document (RFC 9457 §3.2), e.g. who
 
 
 class NotFound(DomainError):

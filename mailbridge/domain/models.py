@@ -294,15 +294,22 @@ class Attachment(Base):
 
 
 class AuditEvent(Base):
-    """What was done, by whom, to what: never the content (deletions must stay deleted)."""
+    """What was done, by whom, to what: never the content (deletions must stay deleted).
+
+    ``actor`` names who acted whatever they are: ``staff:<external id>`` for a directory user (also
+    in ``actor_id``), ``operator:<name>`` for a console operator, ``api`` for the service key alone.
+    ``details`` holds ids and outcomes (the message a release posted, a contact it created), never text.
+    """
 
     __tablename__ = "audit_events"
     id: Mapped[pk_int]
     practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
     action: Mapped[str] = mapped_column(String(64))
     actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
     target_kind: Mapped[str] = mapped_column(String(32))
     target_id: Mapped[str] = mapped_column(String(64))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[created_at]
 
 
@@ -434,6 +441,10 @@ class QuarantineItem(Base):
     from_address: Mapped[str] = mapped_column(String(320), default="")
     subject: Mapped[str] = mapped_column(String(998), default="")
     state: Mapped[str] = mapped_column(String(16), default="held")  # held | released | discarded
+    # What staff need to decide without opening the raw mail: the sender's display name, the start of
+    # the reply as the pipeline extracted it, whether it is an internal note, the files (name, declared
+    # type, size). Content: erased with the message (see domain.erasure).
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[created_at]
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 

@@ -68,11 +68,16 @@ def route_for_address(session: Session, address: str) -> Route | None:
 
 
 def group_members(session: Session, route: Route) -> list[User]:
-    """Explicit staff plus every active staff member holding one of the route's roles."""
+    """Explicit staff plus every staff member holding one of the route's roles; active ones only (a
+    deactivated account takes no part in new conversations)."""
     members: dict[int, User] = {}
     if route.staff:
         for user in session.scalars(
-            select(User).where(User.practice_id == route.practice_id, User.external_id.in_(route.staff))
+            select(User).where(
+                User.practice_id == route.practice_id,
+                User.external_id.in_(route.staff),
+                User.active.is_(True),
+            )
         ):
             members[user.id] = user
     if route.roles:

@@ -174,13 +174,27 @@ _SOURCE_TEXTS = frozenset(
     }
 )
 
-# Refused whatever the content (Windows picks the handler from the extension alone).
+# Refused whatever the content: the OS picks the handler from the extension alone, so a plain-text
+# file can be a launcher (an .rdp connects the reader's drives to a stranger's server, an .iqy or
+# .slk makes Excel fetch and run a formula, a .url or .website opens any address, a
+# .settingcontent-ms or .library-ms runs a command). The lists are Outlook's Level 1 blocked types
+# (Microsoft's "Blocked attachments in Outlook", as OWA ships them), Gmail's blocked types, and the
+# script, shortcut and installer types of the platforms our readers use. An unknown extension makes
+# no claim of its own: only the content decides for it.
 _EXECUTABLE_EXTENSIONS = _words(
     """
-    exe bat cmd com scr pif cpl msi msp mst msc lnk url scf inf reg hta chm jar jnlp
-    js jse vbs vbe wsf wsh wsc ps1 ps1xml ps2 ps2xml psc1 psc2 psd1 psm1 sh bash csh ksh zsh command
-    py pyw pyc pl php rb applescript scpt app gadget dll ocx sys drv xll one appx appxbundle msix
-    msixbundle appref-ms application library-ms settingcontent-ms iso img vhd vhdx desktop
+    exe bat cmd com scr pif cpl msi msp mst msc msu lnk url scf inf reg hta chm jar jnlp
+    js jse vbs vbe vb vbp wsf wsh wsc ws ps1 ps1xml ps2 ps2xml psc1 psc2 psd1 psm1 psdm1 pssc cdxml
+    msh msh1 msh2 mshxml msh1xml msh2xml sh bash csh ksh zsh command
+    py pyw pyc pyo pyz pyzw pl php rb applescript scpt app gadget dll ocx sys drv xll wll one onepkg
+    appx appxbundle msix msixbundle appinstaller appref-ms appcontent-ms application xbap
+    library-ms settingcontent-ms searchconnector-ms search-ms iso img vhd vhdx desktop
+    ade adp asp aspx asx bas bgi cab cer crt der cnt diagcab diagcfg diagpack fxp grp hlp hpj htc
+    ins isp its mad maf mag mam maq mar mas mat mau mav maw mcf mda mdb mde mdt mdw mdz
+    ops osd pcd plg prf prg printerexport pst sct shb shs theme themepack deskthemepack tmp
+    udl vsmacros vsw webpnp website wsb xnk
+    rdp iqy dqy oqy rqy slk
+    apk dmg pkg mpkg deb rpm terminal fileloc webloc inetloc workflow action job mof
     """
 )
 _ACTIVE_EXTENSIONS = _words("html htm xhtml xht shtml shtm mht mhtml svg svgz xsl xslt swf")
@@ -353,7 +367,9 @@ class Verdict:
 _WINDOWS_RESERVED = re.compile(r"(?i)^(con|prn|aux|nul|conin\$|conout\$|(com|lpt)[0-9¹²³])$")
 _WINDOWS_FORBIDDEN = str.maketrans(dict.fromkeys('<>:"|?*', "_"))
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_EXTENSION = re.compile(r"\.([^.\s]{1,16})$")
+# Long enough for the longest listed extension (".searchconnector-ms" is 18): a shorter cap made
+# ".settingcontent-ms" no extension at all, so it passed the denylist.
+_EXTENSION = re.compile(r"\.([^.\s]{1,32})$")
 _MIN_NAME_LEN = 16
 
 

@@ -109,7 +109,8 @@ def authenticate(
     is in that set (added by our MTA) is believed, method by method, and anything below the first
     other A-R is ignored (HOSTILE A8: a sender can write any A-R it likes). A method our MTA did not
     report is computed here (DKIM, DMARC) or left ``none`` (SPF: the connecting peer is then our MTA,
-    not the sender). The MTA must strip A-R fields carrying its own authserv-id from incoming mail
+    not the sender); a DMARC verdict whose ``header.from`` is not the From domain we read counts as
+    not reported. The MTA must strip A-R fields carrying its own authserv-id from incoming mail
     (RFC 8601 §5); this function cannot tell its MTA's field from a forged copy right below it.
     """
     from_domain = normalise_name(from_domain)
@@ -126,7 +127,7 @@ def authenticate(
         spf_domain = _spf_identity(mail_from, helo)[1]
         spf_result = check_spf(peer_ip, mail_from, helo, resolver)
 
-    if upstream is not None and "dmarc" in upstream.methods:
+    if upstream is not None and upstream.dmarc_about(from_domain):
         dmarc_result, policy = upstream.dmarc()
         aligned = dmarc_result == "pass" or _aligned(dkim_domains, spf_result, spf_domain, from_domain)
     else:
@@ -162,15 +163,24 @@ def _public_suffixes() -> PublicSuffixList:
 
 
 def organizational_domain(domain: str) -> str:
-    """``mail.example.co.uk`` → ``example.co.uk`` (PSL, private suffixes included, as authheaders does)."""
+    """``mail.example.co.uk`` → ``example.co.uk`` (PSL, private suffixes included, as authheaders does).
+
+    A top-level domain the list does not know falls under the PSL's default rule ``*`` (RFC 7489
+    §3.2): the TLD is the public suffix and the organisational domain is one label more. publicsuffix2
+    answers the bare TLD there in its lenient mode, which made ``evil.test`` and ``client.test`` the
+    same organisation (relaxed alignment between any two such domains); its strict mode says "unknown"
+    and the rule is applied here.
+    """
     name = normalise_name(domain)
     if not name:
         return ""
     try:
-        found = _public_suffixes().get_sld(name)
+        found = _public_suffixes().get_sld(name, strict=True)
     except Exception:
         return name
-    return str(found) if found else name
+    if found:
+        return str(found)
+    return ".".join(name.split(".")[-2:])
 
 
 def _aligned_pair(identifier: str, from_domain: str, strict: bool) -> bool:
@@ -734,6 +744,16 @@ class _Upstream:
             normalise_name(identity.rpartition("@")[2]) if identity else _spf_identity(mail_from, helo)[1]
         )
         return verdict, domain
+
+    def dmarc_about(self, from_domain: str) -> bool:
+        """Whether our MTA's DMARC verdict is about the From we read: its ``header.from`` must name the
+        same domain. A verdict on another From (two From fields read differently, an obfuscated one,
+        or none named at all) says nothing about this one, so DMARC is then evaluated here."""
+        results = self.results.get("dmarc", [])
+        if not results:
+            return False
+        named = normalise_name(_property(results[0], "header", "from").rpartition("@")[2])
+        return bool(named) and named == normalise_name(from_domain)
 
     def dmarc(self) -> tuple[DmarcResult, DmarcPolicy | None]:
         result = self.results["dmarc"][0]

@@ -55,6 +55,7 @@ from mailbridge.domain.models import (
 )
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound import prescan as prescan_mod
+from mailbridge.inbound.attachments import sanitize_filename
 from mailbridge.inbound.authenticate import AuthResults, authenticate
 from mailbridge.inbound.body import extract_reply, extract_reply_from_html, sanitize_html
 from mailbridge.inbound.classify import Classification, classify
@@ -257,14 +258,22 @@ def prescan(ctx: Context) -> None:
     raise Rejected(replies.MIME_TOO_COMPLEX, result.reason or "mime_bomb")
 
 
+def parse_stored(raw: bytes | None, path: Path, spool_dir: Path) -> tuple[ParsedMail, Callable[[], None]]:
+    """Parse as the pipeline does: in memory, or streamed from disk past ``STREAM_THRESHOLD``.
+
+    Returns the parse and what to call when done (a streamed parse leaves temporary files)."""
+    if raw is None:
+        streamed = parse_file(path, spool_dir)
+        return streamed, streamed.cleanup
+    return parse_mail(raw), lambda: None
+
+
 def parse(ctx: Context) -> None:
     try:
-        if ctx.large:
-            streamed = parse_file(ctx.raw_path, ctx.deps.raw_dir.parent / "spool")
-            ctx.cleanups.append(streamed.cleanup)
-            ctx.parsed = streamed
-        else:
-            ctx.parsed = parse_mail(ctx.raw)
+        ctx.parsed, cleanup = parse_stored(
+            None if ctx.large else ctx.raw, ctx.raw_path, ctx.deps.raw_dir.parent / "spool"
+        )
+        ctx.cleanups.append(cleanup)
     except Exception as exc:  # the stdlib parser is lenient; anything left is a malformed message
         log.info("parse_failed", extra={"error": type(exc).__name__})
         raise Rejected(replies.MALFORMED, "parse_failed") from exc
@@ -379,6 +388,12 @@ def authenticate_sender(ctx: Context) -> None:
         raise Deferred(replies.AUTH_TEMPERROR, "auth_temperror")
     if auth.dmarc == "fail":
         raise Rejected(replies.AUTH_FAILED, "dmarc_fail")
+    if auth.spf == "fail" and not auth.aligned:
+        # RFC 7208 §8.4: "fail" is the domain's explicit statement that this host may not send its
+        # mail, and the RFC allows refusing it in the session with 550 5.7.1. Without a DMARC record
+        # nothing else speaks for the sender, and no aligned DKIM signature vouches for the From.
+        # Refused, not quarantined: a forged sender must not reach staff as something to release.
+        raise Rejected(replies.SPF_FAILED, "spf_fail")
 
 
 def _header_block(path: Path) -> bytes:
@@ -398,27 +413,48 @@ def _ip(peer: str | None) -> str | None:
     return peer.rsplit(":", 1)[0].strip("[]") if peer.count(":") == 1 else peer
 
 
-def extract_body(ctx: Context) -> None:
-    """Prefer text/plain, else HTML converted to text; keep the trimmed quote and signature hidden."""
-    parsed = ctx.parsed
-    assert parsed is not None
+@dataclass(frozen=True)
+class Post:
+    """What an email's text becomes in a conversation: the one derivation the pipeline and a staff
+    release share, so a held reply is posted exactly as it would have been (internal flag included)."""
+
+    body: str
+    body_html: str | None
+    hidden: str | None
+    internal: bool
+
+
+def derive_post(parsed: ParsedMail, sender: User | None, note_marker: str) -> Post:
+    """Prefer text/plain, else HTML converted to text; keep the trimmed quote and signature hidden.
+
+    A staff member's reply whose first line is the practice's note marker (``#note``) becomes an
+    internal note without that line: visible to staff only, never notified to clients.
+    """
+    body_html = None
     if parsed.text and parsed.text.strip():
         extracted = extract_reply(parsed.text)
     elif parsed.html:
         extracted = extract_reply_from_html(parsed.html)
-        ctx.body_html = sanitize_html(parsed.html)
+        body_html = sanitize_html(parsed.html)
     else:
         extracted = extract_reply("")
     body = extracted.visible.strip()
-    marker = ctx.settings.note_marker
-    if ctx.sender is not None and ctx.sender.kind == UserKind.staff and marker:
+    internal = False
+    if sender is not None and sender.kind == UserKind.staff and note_marker:
         first, _, rest = body.partition("\n")
-        if first.strip().lower() == marker.lower():
-            ctx.internal = True
+        if first.strip().lower() == note_marker.lower():
+            internal = True
             body = rest.strip()
-    ctx.body = body
-    ctx.hidden = extracted.hidden or None
-    if not body and not parsed.attachments:
+    return Post(body=body, body_html=body_html, hidden=extracted.hidden or None, internal=internal)
+
+
+def extract_body(ctx: Context) -> None:
+    """The reply's text (``derive_post``); no text and no file is refused."""
+    parsed = ctx.parsed
+    assert parsed is not None
+    post = derive_post(parsed, ctx.sender, ctx.settings.note_marker)
+    ctx.body, ctx.body_html, ctx.hidden, ctx.internal = post.body, post.body_html, post.hidden, post.internal
+    if not post.body and not parsed.attachments:
         ctx.notice_reason = "empty_message"
         raise Rejected(replies.EMPTY_MESSAGE, "empty_message")
 
@@ -476,7 +512,13 @@ def _route_policy(ctx: Context, session: Session) -> None:
 
 
 def _quarantine(ctx: Context, reason: str) -> None:
-    """Held for staff review in its own transaction: never visible to a client, never auto-replied."""
+    """Held for staff review in its own transaction: never visible to a client, never auto-replied.
+
+    The same email delivered again after staff released it is a duplicate of that post, not a new
+    item to review (the release used this run's idempotency key)."""
+    key = idempotency_key(ctx)
+    if ctx.db.scalar(select(Message.id).where(Message.idempotency_key == key)) is not None:
+        raise Done(InboundState.duplicate, "duplicate_suppressed")
     with transaction(ctx.deps.sessions) as session:
         session.add(
             QuarantineItem(
@@ -487,9 +529,38 @@ def _quarantine(ctx: Context, reason: str) -> None:
                 reason=reason,
                 from_address=ctx.from_address,
                 subject=header_text(ctx.msg, "Subject")[:998],
+                summary=quarantine_summary(ctx),
             )
         )
     raise Done(InboundState.quarantined, reason)
+
+
+PREVIEW_CHARS = 500
+
+
+def quarantine_summary(ctx: Context) -> dict[str, Any]:
+    """What staff see in the list without opening the mail: nothing here is trusted or rendered unescaped."""
+    assert ctx.parsed is not None
+    sender = single_from(ctx.msg)
+    files = []
+    for upload in ctx.parsed.attachments[:50]:
+        upload.file.seek(0, os.SEEK_END)
+        size = upload.file.tell()
+        upload.file.seek(0)
+        files.append(
+            {
+                "filename": sanitize_filename(upload.filename),
+                "content_type": upload.content_type[:255],
+                "size": size,
+            }
+        )
+    return {
+        "from_name": (sender.display_name if sender is not None else "")[:255],
+        "preview": ctx.body[:PREVIEW_CHARS],
+        "truncated": len(ctx.body) > PREVIEW_CHARS,
+        "internal": ctx.internal,
+        "attachments": files,
+    }
 
 
 def take_attachments(ctx: Context) -> None:
@@ -592,18 +663,45 @@ def _store_locked(
 def _open_conversation(
     ctx: Context, session: Session, practice: Practice, sender: User, key: str, source: MessageSource
 ) -> Message:
-    """Mail to frontdesk@ from a known client opens a conversation with the route's group; To/Cc never join.
+    from mailbridge.domain.routes import group_members
+
+    route = session.get_one(Route, ctx.envelope.target.route_id)
+    return open_from_route(
+        session,
+        practice,
+        route,
+        sender,
+        group_members(session, route),
+        subject=header_text(ctx.msg, "Subject"),
+        post=Post(ctx.body, ctx.body_html, ctx.hidden, internal=False),
+        source=source,
+        attachments=ctx.intake.accepted if ctx.intake else [],
+        key=key,
+    )
+
+
+def open_from_route(
+    session: Session,
+    practice: Practice,
+    route: Route | None,
+    sender: User,
+    members: list[User],
+    *,
+    subject: str,
+    post: Post,
+    source: MessageSource,
+    attachments: list[NewAttachment],
+    key: str | None,
+) -> Message:
+    """Mail to frontdesk@ from a client opens a conversation with the route's group; To/Cc never join.
 
     A company or confidential route needs the client's company: it is used when the client follows
     exactly one; otherwise the conversation is private (participants only), the safest kind.
     """
     from mailbridge.domain.directory import favourite_company_ids, get_company_by_id
-    from mailbridge.domain.routes import group_members
 
-    route = session.get_one(Route, ctx.envelope.target.route_id)
-    subject = header_text(ctx.msg, "Subject")[:255] or "(no subject)"
     kind, company = ConversationKind.private, None
-    if route.kind != ConversationKind.private:
+    if route is not None and route.kind != ConversationKind.private:
         followed = favourite_company_ids(session, sender)
         if len(followed) == 1:
             kind, company = route.kind, get_company_by_id(session, next(iter(followed)))
@@ -612,13 +710,14 @@ def _open_conversation(
         practice,
         kind=kind,
         company=company,
-        subject=subject,
+        subject=subject[:255] or "(no subject)",
         author=sender,
-        participants=group_members(session, route),
-        body=ctx.body,
-        body_html=ctx.body_html,
+        participants=[m for m in members if m.id != sender.id],
+        body=post.body,
+        body_html=post.body_html,
+        hidden_text=post.hidden,
         source=source,
-        attachments=ctx.intake.accepted if ctx.intake else [],
+        attachments=attachments,
         idempotency_key=key,
     )
     return message
@@ -632,12 +731,12 @@ def _body_start(raw: bytes) -> int:
     return min(ends)[1] if ends else len(raw)
 
 
-def _body_hash(ctx: Context) -> str:
+def body_hash(raw: bytes | None, path: Path) -> str:
     """SHA-256 of everything after the header block: relays add headers on a retry, the body stays."""
-    if not ctx.large:  # already in memory: no second read of the file
-        return hashlib.sha256(memoryview(ctx.raw)[_body_start(ctx.raw) :]).hexdigest()
+    if raw:  # already in memory: no second read of the file
+        return hashlib.sha256(memoryview(raw)[_body_start(raw) :]).hexdigest()
     digest = hashlib.sha256()
-    with open(ctx.raw_path, "rb") as handle:
+    with open(path, "rb") as handle:
         for line in handle:
             if line in (b"\r\n", b"\n"):
                 break
@@ -646,13 +745,19 @@ def _body_hash(ctx: Context) -> str:
     return digest.hexdigest()
 
 
+def post_key(who: str, message_id: str, digest: str) -> str:
+    """Token (or route and sender) + Message-ID + body hash: Message-ID alone is chosen by the sender (M10).
+
+    ``who`` is ``t<token id>`` for a reply, ``r<route id>:<from address>`` for mail to a route."""
+    material = f"{who}\x00{message_id}\x00{digest}"
+    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def idempotency_key(ctx: Context) -> str:
-    """Token (or route) + Message-ID + body hash: Message-ID alone is chosen by the sender (M10)."""
-    body_hash = _body_hash(ctx)
     target = ctx.envelope.target
     who = f"t{target.token_id}" if target.kind == "reply" else f"r{target.route_id}:{ctx.from_address}"
-    material = f"{who}\x00{ctx.details.get('message_id', '')}\x00{body_hash}"
-    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
+    digest = body_hash(None if ctx.large else ctx.raw, ctx.raw_path)
+    return post_key(who, str(ctx.details.get("message_id", "")), digest)
 
 
 STEPS: tuple[Step, ...] = (

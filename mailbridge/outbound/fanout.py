@@ -78,7 +78,11 @@ def enqueue_notifications(
     people = {person.id: person for person in base.participants}
     blocked = _suppressed_among(session, practice.id, [u.email for u in recipients])
     for user in recipients:
-        if not can_read(replace(base, actor=people[user.id])).allowed:
+        verdict = can_read(replace(base, actor=people[user.id]))
+        if verdict.reason == "account_inactive":
+            _skipped(session, practice, conversation, message, user.id, user.email, verdict.reason)
+            continue
+        if not verdict.allowed:
             continue
         if user.email.lower() in blocked:
             log.info(
@@ -101,6 +105,32 @@ def enqueue_notifications(
         created += 1
     session.flush()
     return created
+
+
+def _skipped(
+    session: Session,
+    practice: Practice,
+    conversation: Conversation,
+    message: Message,
+    recipient_id: int,
+    address: str,
+    reason: str,
+) -> None:
+    """A participant deliberately not notified (a deactivated staff account) leaves a row in the
+    delivery log saying so, never sent: ``GET …/outbound?state=suppressed`` shows who and why."""
+    log.info("notification_skipped", extra={"practice": practice.slug, "reason": reason})
+    session.add(
+        Outbox(
+            practice_id=practice.id,
+            kind=OutboxKind.notification,
+            message_id=message.id,
+            conversation_id=conversation.id,
+            recipient_id=recipient_id,
+            to_address=address,
+            state=OutboxState.suppressed,
+            last_answer=f"skipped: {reason}",
+        )
+    )
 
 
 def _coalesce(session: Session, conversation_id: str, recipient_id: int, message_id: str) -> bool:

@@ -2,9 +2,10 @@
 
 The rules come from the product documents (../shared/seeds): company, confidential and private
 conversations (seeds 000-002), group privacy and inactive clients (seed 003), direct channels between
-two friends (seed 004). Each rule looks at a ``Situation`` (a snapshot of the current state, built fresh
-for every decision) and returns a refusal, an explicit allow, or ``None`` to let the next rule speak.
-The first rule that speaks decides; the name of that rule is recorded with every inbound email.
+two friends (seed 004), deactivated staff accounts (seed 003's inactive users, applied to staff).
+Each rule looks at a ``Situation`` (a snapshot of the current state, built fresh for every decision)
+and returns a refusal, an explicit allow, or ``None`` to let the next rule speak. The first rule that
+speaks decides; the name of that rule is recorded with every inbound email.
 """
 
 from __future__ import annotations
@@ -80,6 +81,19 @@ def conversation_deleted(s: Situation) -> Verdict | None:
     return _deny("conversation_deleted", "conversation_deleted") if s.deleted else None
 
 
+def account_verdict(actor: Person) -> Verdict | None:
+    """A deactivated staff account neither reads, posts nor is notified (seed 003 marks users inactive to
+    cut them off; for staff the product documents imply no exception). Inactive clients keep reading
+    and reach billing and front office (see ``inactive_client_to_provider``)."""
+    if actor.kind == "staff" and not actor.active:
+        return _deny("account_inactive_staff", "account_inactive")
+    return None
+
+
+def account_inactive_staff(s: Situation) -> Verdict | None:
+    return account_verdict(s.actor)
+
+
 def direct_between_friends(s: Situation) -> Verdict | None:
     """Seed 004: only the two friends see a direct channel; closing it keeps history readable."""
     if s.kind != "direct":
@@ -130,6 +144,7 @@ def confidential_designated_clients(s: Situation) -> Verdict | None:
 
 READ_RULES: tuple[Rule, ...] = (
     conversation_deleted,
+    account_inactive_staff,
     direct_between_friends,
     private_participants_only,
     staff_with_favourite,
@@ -138,12 +153,6 @@ READ_RULES: tuple[Rule, ...] = (
 )
 
 # ---- posting (applied after the reading rules allowed) ---------------------------------------------
-
-
-def account_inactive_staff(s: Situation) -> Verdict | None:
-    if s.actor.kind == "staff" and not s.actor.active:
-        return _deny("account_inactive_staff", "account_inactive")
-    return None
 
 
 def direct_channel_open(s: Situation) -> Verdict | None:
@@ -186,7 +195,6 @@ def minimum_body(s: Situation) -> Verdict | None:
 
 
 POST_RULES: tuple[Rule, ...] = (
-    account_inactive_staff,
     direct_channel_open,
     group_privacy,
     inactive_client_to_provider,

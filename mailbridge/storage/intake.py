@@ -86,6 +86,30 @@ class TooManyAttachments(Invalid):
         super().__init__("too_many_attachments", f"at most {limit} attachments per message", "attachments")
 
 
+def _candidate(upload: Upload) -> Candidate:
+    size = _size(upload.file)
+    head = upload.file.read(HEAD_BYTES)
+    return Candidate(
+        raw_filename=upload.filename,
+        declared_type=(upload.content_type or "application/octet-stream").split(";")[0].strip().lower(),
+        size=size,
+        head=head,
+        content_id=upload.content_id,
+        content=upload.file,
+    )
+
+
+def judge_uploads(settings: PracticeSettings, uploads: Sequence[Upload]) -> list[tuple[Verdict, str, int]]:
+    """Each file's verdict, declared type and size, by the same rules, storing nothing (a staff preview)."""
+    rules = rules_for(settings)
+    judged = []
+    for index, upload in enumerate(uploads, start=1):
+        candidate = _candidate(upload)
+        judged.append((judge(candidate, rules, index), candidate.declared_type, candidate.size))
+        upload.file.seek(0)
+    return judged
+
+
 def intake_uploads(
     blobs: BlobStore, settings: PracticeSettings, uploads: Sequence[Upload], locale: str
 ) -> Intake:
@@ -95,16 +119,7 @@ def intake_uploads(
         raise TooManyAttachments(rules.max_count)
     intake = Intake(locale=locale)
     for index, upload in enumerate(uploads, start=1):
-        size = _size(upload.file)
-        head = upload.file.read(HEAD_BYTES)
-        candidate = Candidate(
-            raw_filename=upload.filename,
-            declared_type=(upload.content_type or "application/octet-stream").split(";")[0].strip().lower(),
-            size=size,
-            head=head,
-            content_id=upload.content_id,
-            content=upload.file,
-        )
+        candidate = _candidate(upload)
         verdict = judge(candidate, rules, index)
         intake.verdicts.append(verdict)
         if not verdict.accepted:
