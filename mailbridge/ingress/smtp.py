@@ -23,9 +23,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailbridge import replies
 from mailbridge.domain.db import transaction
-from mailbridge.domain.models import InboundLog, InboundState
+from mailbridge.domain.models import InboundLog, InboundState, Practice
 from mailbridge.inbound import pipeline
 from mailbridge.inbound.envelope import RecipientDecision, Target, decide_recipient
+from mailbridge.logs import inbound_decision
 from mailbridge.observability import INBOUND, SMTP_REPLIES
 from mailbridge.replies import SmtpReply
 
@@ -295,24 +296,39 @@ class IngressHandler:
         wire: str,
         rcpt: str = "",
     ) -> None:
+        row_id: str | None = None
+        practice: str | None = None
         try:
             with transaction(self.deps.sessions) as db:
-                db.add(
-                    InboundLog(
-                        practice_id=target.practice_id if target else None,
-                        door=self.door,
-                        peer=_peer_ip(session),
-                        helo=(session.host_name or "")[:255] or None,
-                        mail_from=str(envelope.mail_from or "")[:320],
-                        rcpt=(target.redacted if target else rcpt)[:320],
-                        state=InboundState.rejected,
-                        reason=reason,
-                        smtp_reply=wire[:255],
-                    )
+                row = InboundLog(
+                    practice_id=target.practice_id if target else None,
+                    door=self.door,
+                    peer=_peer_ip(session),
+                    helo=(session.host_name or "")[:255] or None,
+                    mail_from=str(envelope.mail_from or "")[:320],
+                    rcpt=(target.redacted if target else rcpt)[:320],
+                    state=InboundState.rejected,
+                    reason=reason,
+                    smtp_reply=wire[:255],
                 )
+                db.add(row)
+                db.flush()
+                row_id = row.id
+                known = db.get(Practice, target.practice_id) if target else None
+                practice = known.slug if known is not None else None
             INBOUND.labels("rejected", reason).inc()
         except Exception:
             log.warning("inbound_log_write_failed", extra={"reason": reason})
+        # the line is written even when the row could not be: it is then the only trace
+        inbound_decision(
+            door=self.door,
+            practice=practice,
+            inbound_id=row_id,
+            message_id=None,
+            state=InboundState.rejected.value,
+            reason=reason,
+            reply=wire,
+        )
 
     @staticmethod
     def _count(reply: SmtpReply) -> str:
