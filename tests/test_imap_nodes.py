@@ -8,6 +8,8 @@ import asyncio
 import email
 import email.policy
 import imaplib
+import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -314,3 +316,24 @@ def test_replies_to_a_polled_mailbox_with_a_sub_address(
     assert posts(svc) == 1
     with svc.sessions() as session:
         assert session.scalar(select(Mailbox.status)) == "ok"
+
+
+def test_the_deploy_md_recipe_for_a_polled_mailbox_is_accepted_as_written(api: Any) -> None:
+    """The three PUTs of docs/deploy.md's IMAP section, their bodies read from the document."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text()
+    section = text[
+        text.index("## Practices whose mail lives in an existing mailbox") : text.index("## Docker")
+    ]
+    calls = re.findall(r"curl -X PUT .*?(http://\S+) \\\n\s+-d '(.*?)'", section, re.S)
+    paths = [url.removeprefix("http://127.0.0.1:8080") for url, _ in calls]
+    assert paths == [
+        "/api/v1/practices/acme/routes/frontdesk@acme.example",
+        "/api/v1/practices/acme/mailboxes/frontdesk",
+        "/api/v1/practices/acme",
+    ]
+    for path, (_, body) in zip(paths, calls, strict=True):
+        response = api.put(path, json=json.loads(body))
+        assert response.status_code in (200, 201), (path, response.text)
+    practice = api.get("/api/v1/practices/acme").json()
+    assert practice["reply_domain"] == "acme.example"
+    assert practice["settings"]["reply_local_template"] == "frontdesk+{token}"
