@@ -46,7 +46,7 @@ from mailbridge.inbound import pipeline
 from mailbridge.inbound.envelope import RecipientDecision, Target, decide_recipient, split_address
 from mailbridge.ingress import leases
 from mailbridge.logs import inbound_decision
-from mailbridge.observability import IMAP_STATUS, INBOUND
+from mailbridge.observability import IMAP_STATUS, INBOUND, count_practice_inbound
 from mailbridge.replies import SmtpReply
 from mailbridge.wiring import Services, pipeline_deps
 
@@ -932,6 +932,7 @@ class MailboxPoller:
             )
             self._finalizer(header.uid)(session)
         INBOUND.labels(InboundState.rejected.value, reason).inc()
+        count_practice_inbound(self.mailbox.practice_label, InboundState.rejected.value)
         log.info("imap_refused", extra={**self._extra, "uid": header.uid, "reason": reason})
         inbound_decision(
             door="imap",

@@ -27,7 +27,7 @@ from mailbridge.domain.models import InboundLog, InboundState, Practice
 from mailbridge.inbound import pipeline
 from mailbridge.inbound.envelope import RecipientDecision, Target, decide_recipient
 from mailbridge.logs import inbound_decision
-from mailbridge.observability import INBOUND, SMTP_REPLIES
+from mailbridge.observability import INBOUND, SMTP_REPLIES, count_practice_inbound
 from mailbridge.replies import SmtpReply
 
 log = logging.getLogger(__name__)
@@ -319,6 +319,7 @@ class IngressHandler:
             INBOUND.labels("rejected", reason).inc()
         except Exception:
             log.warning("inbound_log_write_failed", extra={"reason": reason})
+        count_practice_inbound(practice, InboundState.rejected.value)
         # the line is written even when the row could not be: it is then the only trace
         inbound_decision(
             door=self.door,
