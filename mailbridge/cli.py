@@ -5,21 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import secrets
 import sys
 from pathlib import Path
 
 from mailbridge.settings import Settings, SettingsError, load_settings
 
+CONFIG_HELP = "TOML settings file (also MAILBRIDGE_CONFIG)"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailbridge", description="Email gateway for secure practice messaging."
     )
-    parser.add_argument("--config", help="TOML settings file (also MAILBRIDGE_CONFIG)")
+    parser.add_argument("--config", help=CONFIG_HELP)
+    # `--config` is accepted after the command too (`mailbridge serve --config X`): every command
+    # parser inherits it, with no default of its own so it never hides one given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run HTTP API, SMTP/LMTP ingress, delivery worker and IMAP pollers")
+    serve = sub.add_parser(
+        "serve", parents=[common], help="run HTTP API, SMTP/LMTP ingress, delivery worker and IMAP pollers"
+    )
     serve.add_argument(
         "--lmtp", action="store_true", help="speak LMTP on the SMTP listener (Postfix in front)"
     )
@@ -32,47 +41,64 @@ def _parser() -> argparse.ArgumentParser:
         "--generate-api-key", action="store_true", help="create and print an API key if none is set"
     )
 
-    db = sub.add_parser("db", help="database commands")
+    db = sub.add_parser("db", parents=[common], help="database commands")
     dbsub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
-    dbsub.add_parser("upgrade", help="apply migrations up to the newest")
+    dbsub.add_parser("upgrade", help="apply migrations up to the newest", parents=[common])
 
-    demo = sub.add_parser("demo", help="load the demo practices (English and French) and print what to try")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="load the demo practices (English and French) and print what to try"
+    )
     demo.add_argument("--if-empty", action="store_true", help="only when the database has no practice yet")
 
-    imp = sub.add_parser("import", help="bulk-load a directory JSON file (same shapes as the API)")
+    imp = sub.add_parser(
+        "import", parents=[common], help="bulk-load a directory JSON file (same shapes as the API)"
+    )
     imp.add_argument("file", type=Path)
 
-    dkim = sub.add_parser("dkim", help="DKIM keys")
+    dkim = sub.add_parser("dkim", parents=[common], help="DKIM keys")
     dkimsub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="DKIM_COMMAND")
-    genkey = dkimsub.add_parser("genkey", help="create a practice's DKIM key and print the DNS TXT record")
+    genkey = dkimsub.add_parser(
+        "genkey", help="create a practice's DKIM key and print the DNS TXT record", parents=[common]
+    )
     genkey.add_argument("--practice", required=True)
     genkey.add_argument("--selector", default=None, help="default: mb<yyyymm>")
     genkey.add_argument("--ed25519", action="store_true", help="also create an ed25519 key (RFC 8463)")
 
-    imap = sub.add_parser("imap", help="IMAP mailboxes")
+    imap = sub.add_parser("imap", parents=[common], help="IMAP mailboxes")
     imapsub = imap.add_subparsers(dest="imap_command", required=True, metavar="IMAP_COMMAND")
-    check = imapsub.add_parser("check", help="connect to a practice's mailboxes and print what is found")
+    check = imapsub.add_parser(
+        "check", help="connect to a practice's mailboxes and print what is found", parents=[common]
+    )
     check.add_argument("--practice", required=True)
     return parser
 
 
-def _api_key(settings: Settings, generate: bool) -> str:
+def _api_key(settings: Settings, generate: bool, config: str | None) -> tuple[str, str]:
+    """The API key and where it came from, for the start-up line (an operator rotating the key
+    needs to know which of the places is in force)."""
+    if os.environ.get("MAILBRIDGE_API_KEY"):
+        return settings.api_key, "from the environment (MAILBRIDGE_API_KEY)"
     if settings.api_key:
-        return settings.api_key
+        return (
+            settings.api_key,
+            f"from api_key in {config or os.environ.get('MAILBRIDGE_CONFIG', 'the config')}",
+        )
     path = settings.data_dir / "secrets" / "api.key"
     if path.exists():
-        return path.read_text().strip()
+        return path.read_text().strip(), f"from {path}"
     if not generate:
         raise SettingsError("api_key: not set (MAILBRIDGE_API_KEY); use --generate-api-key to create one")
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
-    return key
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key, f"generated into {path}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    key_origin = ""
     try:
         settings = load_settings(args.config)
         if args.command == "serve":
@@ -83,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides["smtp_enabled"] = False
             if args.no_worker:
                 overrides["worker_enabled"] = False
-            overrides["api_key"] = _api_key(settings, args.generate_api_key)
+            overrides["api_key"], key_origin = _api_key(settings, args.generate_api_key, args.config)
             settings = settings.model_copy(update=overrides)
     except SettingsError as exc:
         print(f"mailbridge: bad setting: {exc}", file=sys.stderr)
@@ -91,10 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     from mailbridge.logs import configure_logging
 
     configure_logging(settings)
-    return _run(args, settings)
+    return _run(args, settings, key_origin)
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> int:
+def _refuse(problem: str) -> int:
+    """One line on stderr, exit code 2: the operator's next step is in the line."""
+    print(f"mailbridge: {problem}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from mailbridge.domain.db import transaction, upgrade
     from mailbridge.wiring import build_services
 
@@ -106,28 +140,49 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.command == "serve":
             from mailbridge.crypto.agreement import Disagreement, check_agreement
-            from mailbridge.domain.db import migrations_current
-            from mailbridge.runtime import serve
+            from mailbridge.domain.db import pending_migrations
+            from mailbridge.outbound.render import Renderer
+            from mailbridge.runtime import ListenError, serve
 
-            if args.migrate or services.engine.dialect.name == "sqlite":
-                upgrade(services.engine)
-            if migrations_current(services.engine):
-                try:
-                    with transaction(services.sessions) as session:
-                        check_agreement(session, services.tokens.fingerprint, services.keyring)
-                except Disagreement as exc:
-                    print(f"mailbridge: {exc}", file=sys.stderr)
-                    return 2
-            print(
-                f"mailbridge: HTTP on {settings.http_listen}, API key {settings.api_key[:4]}… (full key in "
-                f"{settings.data_dir / 'secrets' / 'api.key'} or MAILBRIDGE_API_KEY)",
-                file=sys.stderr,
-            )
-            serve(services)
+            try:
+                # SQLite is one node's own file: it is always brought up to date (README).
+                if args.migrate or services.engine.dialect.name == "sqlite":
+                    upgrade(services.engine)
+                pending = pending_migrations(services.engine)
+            except SQLAlchemyError as exc:
+                return _refuse(f"database: cannot reach {_database(settings)}: {_first_line(exc)}")
+            if pending is not None:  # an unmigrated schema would answer 451 to every message
+                return _refuse(pending)
+            try:
+                with transaction(services.sessions) as session:
+                    check_agreement(session, services.tokens.fingerprint, services.keyring)
+            except Disagreement as exc:
+                return _refuse(str(exc))
+            problems = Renderer(settings.templates_dir).problems()
+            if problems:  # every notification would fail: say so now, not at the first one
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                return _refuse(f"templates: {problems[0]}{more}")
+            try:
+                serve(services, announce=f"API key {settings.api_key[:4]}… {key_origin}")
+            except ListenError as exc:
+                return _refuse(str(exc))
             return 0
         if args.command == "db":
-            upgrade(services.engine)
-            print("mailbridge: database is at the newest migration")
+            from mailbridge.domain.db import head_revision
+
+            try:
+                before, after = upgrade(services.engine)
+            except SQLAlchemyError as exc:
+                return _refuse(f"database: cannot reach {_database(settings)}: {_first_line(exc)}")
+            where = _database(settings)
+            if before == after:
+                print(f"mailbridge: {where} already at revision {after} (the newest), nothing to do")
+            elif before is None:
+                print(f"mailbridge: {where} created at revision {after} (was empty)")
+            else:
+                print(f"mailbridge: {where} upgraded from revision {before} to {after}")
+            if after != head_revision(services.engine):
+                return _refuse(f"database is at {after}, the code needs {head_revision(services.engine)}")
             return 0
         if args.command == "demo":
             from mailbridge.demo import how_to_try, is_empty, load_demo
@@ -178,6 +233,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     finally:
         services.close()
+
+
+def _database(settings: Settings) -> str:
+    """The database named without its password."""
+    from sqlalchemy import make_url
+
+    return make_url(settings.effective_database_url).render_as_string(hide_password=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def _read_key(settings: Settings) -> str:

@@ -1,4 +1,13 @@
-"""Metrics (Prometheus) and readiness: what an operator watches."""
+"""Metrics (Prometheus) and readiness: what an operator watches.
+
+Node-wide series carry only low-cardinality labels (state, reason, code, result). Figures per
+practice live in the ``mailbridge_practice_*`` families, labelled by the practice's slug, on the
+few series where the label set stays small (inbound by state, deliveries by result, quarantine
+held): a few tens of series per practice. ``metrics_practice_label = false`` leaves them out of
+``/metrics`` for deployments with thousands of practices; the API's ``…/inbound`` and
+``…/outbound`` logs and ``…/quarantine`` give the same figures per practice. ``*_created``
+series are not exported (they double the series count and nobody graphs them).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.metrics_core import Metric
@@ -20,8 +30,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 
 from mailbridge.domain.db import migrations_current
-from mailbridge.domain.models import Outbox, OutboxState, utcnow
+from mailbridge.domain.models import Outbox, OutboxState, Practice, QuarantineItem, utcnow
 from mailbridge.wiring import Services
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `*_created` series (prometheus_client's switch, process-wide)
 
 REGISTRY = CollectorRegistry()
 INBOUND = Counter(
@@ -47,8 +59,42 @@ OUTBOX_AGE = Gauge(
     "mailbridge_outbox_oldest_seconds", "Age of the oldest pending outbox row", registry=REGISTRY
 )
 IMAP_STATUS = Gauge(
-    "mailbridge_imap_mailbox_up", "IMAP mailbox connected (1) or failing (0)", ["mailbox"], registry=REGISTRY
+    "mailbridge_imap_mailbox_up",
+    "IMAP mailbox connected (1) or failing (0), by practice slug and mailbox name",
+    ["practice", "mailbox"],
+    registry=REGISTRY,
 )
+QUARANTINE_HELD = Gauge(
+    "mailbridge_quarantine_held", "Quarantined messages waiting for staff review", registry=REGISTRY
+)
+PRACTICE_PREFIX = "mailbridge_practice_"
+PRACTICE_INBOUND = Counter(
+    "mailbridge_practice_inbound_total",
+    "Inbound messages by practice and final state",
+    ["practice", "state"],
+    registry=REGISTRY,
+)
+PRACTICE_DELIVERIES = Counter(
+    "mailbridge_practice_deliveries_total",
+    "Delivery attempts by practice and result",
+    ["practice", "result"],
+    registry=REGISTRY,
+)
+PRACTICE_QUARANTINE_HELD = Gauge(
+    "mailbridge_practice_quarantine_held",
+    "Quarantined messages waiting for staff review, by practice",
+    ["practice"],
+    registry=REGISTRY,
+)
+
+
+def count_practice_inbound(practice: str | None, state: str) -> None:
+    PRACTICE_INBOUND.labels(practice or "-", state).inc()
+
+
+def count_practice_delivery(practice: str | None, result: str) -> None:
+    PRACTICE_DELIVERIES.labels(practice or "-", result).inc()
+
 
 OUTBOX_LAG_LIMIT = timedelta(minutes=15)
 
@@ -119,6 +165,17 @@ def _outbox_stats(services: Services) -> tuple[int, float]:
     return int(depth), age
 
 
+def _quarantine_held(services: Services) -> list[tuple[str, int]]:
+    with services.sessions() as session:
+        rows = session.execute(
+            select(Practice.slug, func.count())
+            .join(QuarantineItem, QuarantineItem.practice_id == Practice.id)
+            .where(QuarantineItem.state == "held")
+            .group_by(Practice.slug)
+        ).all()
+    return [(str(slug), int(count)) for slug, count in rows]
+
+
 def readiness(services: Services) -> dict[str, dict[str, Any]]:
     checks: dict[str, dict[str, Any]] = {}
     try:
@@ -130,9 +187,32 @@ def readiness(services: Services) -> dict[str, dict[str, Any]]:
         checks["outbox_lag"] = {"ok": age < OUTBOX_LAG_LIMIT.total_seconds(), "seconds": round(age, 1)}
     except Exception as exc:  # readiness reports, it does not raise
         checks["database"] = {"ok": False, "error": type(exc).__name__}
+    checks["templates"] = _templates_check(services)
     if services.settings.smtp_enabled:
         checks["smtp_listener"] = {"ok": services.flags.get("smtp_listening", False)}
     return checks
+
+
+def _templates_check(services: Services) -> dict[str, Any]:
+    """Every notification needs its templates: missing ones fail readiness, not the first send."""
+    from mailbridge.outbound.render import Renderer
+
+    problems = Renderer(services.settings.templates_dir).problems()
+    if not problems:
+        return {"ok": True}
+    return {"ok": False, "error": problems[0], "problems": len(problems)}
+
+
+class _WithoutPractices(Collector):
+    """The node's series minus the per-practice families (``metrics_practice_label = false``)."""
+
+    def __init__(self, inner: Collector) -> None:
+        self.inner = inner
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.inner.collect():
+            if not family.name.startswith(PRACTICE_PREFIX):
+                yield family
 
 
 def render_metrics(services: Services) -> tuple[bytes, str]:
@@ -140,10 +220,18 @@ def render_metrics(services: Services) -> tuple[bytes, str]:
         depth, age = _outbox_stats(services)
         OUTBOX_DEPTH.set(depth)
         OUTBOX_AGE.set(age)
+        held = _quarantine_held(services)
+        QUARANTINE_HELD.set(sum(count for _, count in held))
+        PRACTICE_QUARANTINE_HELD.clear()  # a practice whose queue emptied shows no stale figure
+        for slug, count in held:
+            PRACTICE_QUARANTINE_HELD.labels(slug).set(count)
     except Exception:  # metrics must render even when the database is down
         pass
-    if not CHILD_SAMPLES:
+    source: Collector = _NodeTotals() if CHILD_SAMPLES else REGISTRY
+    if services.settings.metrics_practice_label and source is REGISTRY:
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    if not services.settings.metrics_practice_label:
+        source = _WithoutPractices(source)
     node = CollectorRegistry()
-    node.register(_NodeTotals())
+    node.register(source)
     return generate_latest(node), CONTENT_TYPE_LATEST

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
+import sys
 
 import uvicorn
 
@@ -16,6 +19,42 @@ from mailbridge.wiring import Services, pipeline_deps
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 20.0  # at shutdown, for messages already received to get their answer
+
+
+class ListenError(Exception):
+    """A listener could not be opened (port in use, not allowed): one line for the operator, exit 2."""
+
+
+def listen_error(setting: str, listen: str, exc: OSError) -> ListenError:
+    if exc.errno == errno.EADDRINUSE:
+        why = "the address is already in use (another mailbridge or another server on that port?)"
+    elif exc.errno == errno.EACCES:
+        why = "permission denied (ports below 1024 need privileges)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = "no such address on this machine"
+    else:
+        why = exc.strerror or str(exc)
+    return ListenError(f"{setting}: cannot listen on {listen}: {why}")
+
+
+def bind_http(listen: str) -> socket.socket:
+    """The HTTP socket, bound here rather than by uvicorn, which would log a traceback and exit."""
+    host, port = split_listen(listen)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise listen_error("http_listen", listen, exc) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise listen_error("http_listen", listen, exc) from None
+    return sock
 
 
 async def start_ingress(
@@ -45,21 +84,24 @@ async def start_ingress(
     )
     tls = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
     biggest = PracticeSettings(attachment_max_bytes=100 * 1024 * 1024).effective_message_max_bytes
-    server = await start_smtp(
-        handler=handler,
-        host=host,
-        port=port,
-        lmtp=settings.lmtp,
-        hostname=settings.smtp_hostname,
-        data_size_limit=biggest,
-        limits=ConnectionLimits(settings.smtp_max_connections, settings.smtp_max_connections_per_ip),
-        spool_dir=settings.data_dir / "spool",
-        large_transfers=settings.max_concurrent_large_transfers,
-        timeout=settings.smtp_timeout_seconds,
-        tls=tls,
-        reuse_port=reuse_port,
-        xforward_hosts=parse_networks(settings.smtp_xforward_hosts),
-    )
+    try:
+        server = await start_smtp(
+            handler=handler,
+            host=host,
+            port=port,
+            lmtp=settings.lmtp,
+            hostname=settings.smtp_hostname,
+            data_size_limit=biggest,
+            limits=ConnectionLimits(settings.smtp_max_connections, settings.smtp_max_connections_per_ip),
+            spool_dir=settings.data_dir / "spool",
+            large_transfers=settings.max_concurrent_large_transfers,
+            timeout=settings.smtp_timeout_seconds,
+            tls=tls,
+            reuse_port=reuse_port,
+            xforward_hosts=parse_networks(settings.smtp_xforward_hosts),
+        )
+    except OSError as exc:
+        raise listen_error("smtp_listen", f"{host}:{port}", exc) from None
     services.ingress_handlers.append(handler)
     services.flags["smtp_listening"] = True
     log.info("smtp_listening", extra={"listen": settings.smtp_listen, "lmtp": settings.lmtp})
@@ -75,7 +117,8 @@ async def drain_ingress(services: Services, timeout: float = DRAIN_SECONDS) -> N
             log.warning("smtp_drain_timeout", extra={"in_flight": handler.in_pipeline})
 
 
-async def run_all(services: Services, stop: asyncio.Event | None = None) -> None:
+async def run_all(services: Services, stop: asyncio.Event | None = None, announce: str = "") -> None:
+    """Every part of ``serve``; *announce* is printed once both listeners are open."""
     from mailbridge.inbound.authenticate import organizational_domain
 
     settings = services.settings
@@ -84,14 +127,22 @@ async def run_all(services: Services, stop: asyncio.Event | None = None) -> None
     tasks: list[asyncio.Task[None]] = []
     smtp_server = None
     cluster = None
+    http_socket = bind_http(settings.http_listen)  # both listeners before anything starts
     if settings.smtp_enabled:
         from mailbridge.ingress.cluster import start_cluster
 
         processes = settings.effective_smtp_processes
-        smtp_server = await start_ingress(services, reuse_port=processes > 1)
+        try:
+            smtp_server = await start_ingress(services, reuse_port=processes > 1)
+        except ListenError:
+            http_socket.close()
+            raise
         if processes > 1:
             port = smtp_server.sockets[0].getsockname()[1]
             cluster = await start_cluster(services, port, processes - 1)
+    if announce:
+        http_host, http_port = http_socket.getsockname()[:2]
+        print(f"mailbridge: HTTP on {http_host}:{http_port}, {announce}", file=sys.stderr, flush=True)
     if settings.worker_enabled:
         from mailbridge.outbound.worker import start_worker
 
@@ -102,10 +153,9 @@ async def run_all(services: Services, stop: asyncio.Event | None = None) -> None
     tasks.append(asyncio.create_task(run_housekeeping(services, stop), name="housekeeping"))
 
     tasks.append(asyncio.create_task(run_pollers(services, stop), name="imap"))
-    host, port = split_listen(settings.http_listen)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(services), host=host, port=port, log_config=None, lifespan="off", access_log=False
+            create_app(services), log_config=None, lifespan="off", access_log=False, use_colors=False
         )
     )
     loop = asyncio.get_running_loop()
@@ -114,7 +164,7 @@ async def run_all(services: Services, stop: asyncio.Event | None = None) -> None
             loop.add_signal_handler(sig, stop.set)
     # uvicorn captures SIGINT/SIGTERM while it serves and re-raises them once it has stopped, which
     # reaches the handlers above: either way every part stops together.
-    http = asyncio.create_task(server.serve(), name="http")
+    http = asyncio.create_task(server.serve(sockets=[http_socket]), name="http")
     stopping = asyncio.create_task(stop.wait(), name="stop")
     await asyncio.wait({http, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stop.set()
@@ -128,5 +178,5 @@ async def run_all(services: Services, stop: asyncio.Event | None = None) -> None
     await asyncio.gather(http, *tasks, return_exceptions=True)
 
 
-def serve(services: Services) -> None:
-    asyncio.run(run_all(services))
+def serve(services: Services, announce: str = "") -> None:
+    asyncio.run(run_all(services, announce=announce))

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     imap_reload_seconds: float = Field(default=60.0, gt=0)  # mailboxes added through the API start by then
     imap_timeout_seconds: float = Field(default=60.0, gt=0)
     imap_allow_plaintext: bool = False  # plain IMAP to a non-loopback host
+    # One node polls a mailbox at a time: it holds a lease in the database, renewed every third of
+    # this; a node that dies is replaced by another within about this long.
+    imap_lease_seconds: float = Field(default=90.0, ge=3)
 
     # Authentication of inbound mail
     dns_nameservers: list[str] = []  # e.g. ["127.0.0.1:5353"]; empty uses the system resolver
@@ -94,12 +97,16 @@ class Settings(BaseSettings):
     api_key: str = ""
     app_url: str = "http://127.0.0.1:8080"  # sign-in links in notifications
 
-    templates_dir: Path | None = None  # default: the templates/ folder shipped beside the package
+    templates_dir: Path | None = None  # default: mailbridge/templates/, shipped inside the package
 
     # Housekeeping
     raw_retention_days: int = Field(default=30, ge=0)
     log_json: bool = False
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # mailbridge's own lines
+    log_libraries_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"  # every library's
+    # Per-practice series (inbound, deliveries, quarantine held) carry a `practice` label. Turn off
+    # with thousands of practices: the API's inbound and outbound logs give the same figures.
+    metrics_practice_label: bool = True
 
     @field_validator("smtp_listen", "http_listen")
     @classmethod

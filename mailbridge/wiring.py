@@ -29,7 +29,10 @@ def _load_secret(path: Path, env_value: str) -> bytes:
         return path.read_bytes().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_hex(32).encode("ascii")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process on the same data directory made it first
+        return path.read_bytes().strip()
     with os.fdopen(fd, "wb") as handle:
         handle.write(value)
         handle.flush()

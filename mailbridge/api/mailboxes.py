@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
 from mailbridge.domain.errors import Invalid, NotFound
-from mailbridge.domain.models import Mailbox, Practice
+from mailbridge.domain.models import Mailbox, Practice, utcnow
 from mailbridge.inbound.envelope import decide_recipient, split_address
 from mailbridge.ingress.imap import PROCESSED, REJECTED, PollerConfig, plaintext_allowed
 from mailbridge.wiring import Services
@@ -89,6 +89,7 @@ class MailboxOut(BaseModel):
     last_uid: int
     uidvalidity: int | None
     updated_at: datetime | None
+    polled_by: str | None = None  # the node holding the mailbox's lease (host:pid:nonce), if any
 
 
 class MailboxList(BaseModel):
@@ -113,6 +114,7 @@ def mailbox_out(row: Mailbox) -> MailboxOut:
         last_uid=row.last_uid or 0,
         uidvalidity=row.uidvalidity,
         updated_at=row.updated_at,
+        polled_by=row.lease_holder if row.lease_until is not None and row.lease_until > utcnow() else None,
     )
 
 

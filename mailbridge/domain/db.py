@@ -144,12 +144,43 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(engine: Engine) -> tuple[str | None, str | None]:
+    """Apply every pending migration; returns the revision before and after (None: empty database).
+
+    Several nodes may run this at once (``serve --migrate`` on every replica): on PostgreSQL the
+    migrations run under a transaction-level advisory lock (see migrations/env.py), so the second
+    waits for the first, then finds nothing left to do."""
+    before = current_revision(engine)
     command.upgrade(alembic_config(engine), "head")
+    return before, current_revision(engine)
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        heads = MigrationContext.configure(conn).get_current_heads()
+    return ",".join(sorted(heads)) or None
+
+
+def head_revision(engine: Engine) -> str:
+    return ",".join(sorted(ScriptDirectory.from_config(alembic_config(engine)).get_heads()))
 
 
 def migrations_current(engine: Engine) -> bool:
-    script = ScriptDirectory.from_config(alembic_config(engine))
-    with engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_heads()
-    return set(current) == set(script.get_heads())
+    return current_revision(engine) == head_revision(engine)
+
+
+def pending_migrations(engine: Engine) -> str | None:
+    """None when the database is at the code's revision, else one line saying what to do."""
+    current, head = current_revision(engine), head_revision(engine)
+    if current == head:
+        return None
+    known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config(engine)).walk_revisions()}
+    if current is not None and not set(current.split(",")) <= known:
+        return (
+            f"database is at revision {current}, which this version does not know (the code's newest is "
+            f"{head}): a newer version migrated it; run that version"
+        )
+    return (
+        f"database is at revision {current or 'none (empty)'}, the code needs {head}: "
+        "run `mailbridge db upgrade` or `mailbridge serve --migrate`"
+    )

@@ -474,6 +474,9 @@ class Mailbox(Base):
     status: Mapped[str] = mapped_column(String(32), default="new")
     last_error: Mapped[str | None] = mapped_column(String(512), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # The node polling this mailbox and until when (ingress/leases.py): one poller across all nodes.
+    lease_holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class DataKey(Base):

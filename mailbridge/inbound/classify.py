@@ -225,7 +225,7 @@ _SPACES: Final = re.compile(r"\s+")
 def classify(
     msg: EmailMessage,
     *,
-    envelope_from: str,
+    envelope_from: str | None,
     own_addresses: Collection[str],
     loop_header: str = "X-Mailbridge-Loop",
     loop_value: str | None = None,
@@ -238,7 +238,8 @@ def classify(
     mail from a mailer daemon, or titled like a bounce and machine-sent; then RFC 3834 and vendor
     auto-reply headers, list headers, reports (MDN, ARF) and out-of-office subjects; then a null
     reverse-path (bounce processing, HOSTILE A9); else human. Subject rules are deliberately narrow:
-    a false "auto_reply" silently drops a person's message.
+    a false "auto_reply" silently drops a person's message. ``envelope_from=None`` means the
+    envelope sender is unknown (IMAP without Return-Path), which is not a null reverse-path.
     """
     try:
         return _classify(msg, envelope_from, own_addresses, loop_header, loop_value)
@@ -262,7 +263,7 @@ def parse_bounce(msg: EmailMessage) -> tuple[BouncedRecipient, ...]:
 
 def _classify(
     msg: EmailMessage,
-    envelope_from: str,
+    envelope_from: str | None,
     own_addresses: Collection[str],
     loop_header: str,
     loop_value: str | None,
@@ -270,7 +271,7 @@ def _classify(
     headers = _collect_headers(msg, loop_header.lower())
     subject = _decode(headers.get("subject", [""])[0])[:300]
     from_addresses = _addresses(headers.get("from", []))
-    null_sender = _is_null_sender(envelope_from)
+    null_sender = envelope_from is not None and _is_null_sender(envelope_from)
     from_daemon = any(_is_daemon(name, addr) for name, addr in from_addresses)
     content_type = _first_token(headers.get("content-type", [""])[0])
     part_types = _part_types(msg)
@@ -291,7 +292,7 @@ def _classify(
     loop_values = headers.get(loop_header.lower())
     if loop_values is not None and (loop_value is None or any(v.strip() == loop_value for v in loop_values)):
         return Classification("loop", "own_loop_header")
-    if _is_own(from_addresses, envelope_from, own_addresses):
+    if _is_own(from_addresses, envelope_from or "", own_addresses):
         return Classification("loop", "own_address")
 
     marker = next(

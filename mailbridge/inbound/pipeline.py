@@ -63,7 +63,8 @@ from mailbridge.inbound.dns import Resolver
 from mailbridge.inbound.envelope import Target
 from mailbridge.inbound.mimestream import STREAM_THRESHOLD, parse_file
 from mailbridge.inbound.parse import ParsedMail, header_text, parse_mail, single_from
-from mailbridge.observability import INBOUND, STEP_SECONDS
+from mailbridge.logs import inbound_decision
+from mailbridge.observability import INBOUND, STEP_SECONDS, count_practice_inbound
 from mailbridge.policy.rules import can_post
 from mailbridge.replies import Deferred, Rejected, SmtpReply
 from mailbridge.storage.blobs import BlobStore
@@ -112,6 +113,9 @@ class Envelope:
     finalize: Callable[[Session], None] | None = None
     # Extra authserv-ids believed for this message only (an IMAP mailbox's provider).
     trusted_authserv_ids: tuple[str, ...] = ()
+    # False when the door does not know the envelope sender (IMAP mail without Return-Path, e.g.
+    # dragged into the mailbox by a person): an empty mail_from then is not a null sender (a bounce).
+    reverse_path_known: bool = True
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ class Context:
     # Held here because the identity map only keeps objects somebody still references.
     practice: Practice | None = None
     conversation: Conversation | None = None
+    practice_slug: str | None = None  # for the decision log line, read while the session is open
 
     @property
     def msg(self) -> EmailMessage:
@@ -233,6 +238,7 @@ def store_raw(ctx: Context) -> None:
     ctx.practice_id = ctx.envelope.target.practice_id
     ctx.practice = practice = ctx.db.get(Practice, ctx.practice_id)
     if practice is not None:
+        ctx.practice_slug = practice.slug
         ctx.settings = PracticeSettings.model_validate(practice.settings or {})
         # Mail from our own notification address or reply domain is a loop (A12), never a reply.
         ctx.own_addresses = frozenset({practice.notify_from.lower(), "@" + practice.reply_domain.lower()})
@@ -286,7 +292,7 @@ def classify_mail(ctx: Context) -> None:
     """Bounces go to bounce processing; auto-replies and loops are accepted and never posted (RFC 3834)."""
     result = classify(
         ctx.msg,
-        envelope_from=ctx.envelope.mail_from,
+        envelope_from=ctx.envelope.mail_from if ctx.envelope.reverse_path_known else None,
         own_addresses=ctx.deps.own_addresses | ctx.own_addresses,
         loop_value=ctx.deps.loop_value,
     )
@@ -889,6 +895,7 @@ def _cleanup_raw(ctx: Context, state: InboundState) -> None:
 
 def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
     """Run every step; return the one SMTP answer. 250 only once the post is committed."""
+    began = time.perf_counter()
     ctx = Context(deps=deps, envelope=envelope, raw_path=raw_path, size=size, session=deps.sessions())
     state, reason, reply = InboundState.posted, "posted", replies.OK
     try:
@@ -925,6 +932,17 @@ def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
                 Path(raw_path).unlink(missing_ok=True)
     _cleanup_raw(ctx, state)
     INBOUND.labels(state.value, reason).inc()
+    count_practice_inbound(ctx.practice_slug, state.value)
+    inbound_decision(
+        door=envelope.door,
+        practice=ctx.practice_slug,
+        inbound_id=ctx.inbound_id or None,
+        message_id=str(ctx.details.get("message_id") or "") or None,
+        state=state.value,
+        reason=reason,
+        reply=reply.wire(),
+        duration_ms=(time.perf_counter() - began) * 1000,
+    )
     return Outcome(
         reply, state, reason, ctx.inbound_id or None, ctx.details.get("posted"), ctx.conversation_id
     )

@@ -40,11 +40,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailbridge import replies
-from mailbridge.domain.db import transaction
-from mailbridge.domain.models import InboundLog, InboundState, Mailbox, Practice
+from mailbridge.domain.db import transaction, writer_gate
+from mailbridge.domain.models import InboundLog, InboundState, Mailbox, Practice, new_id
 from mailbridge.inbound import pipeline
 from mailbridge.inbound.envelope import RecipientDecision, Target, decide_recipient, split_address
-from mailbridge.observability import IMAP_STATUS, INBOUND
+from mailbridge.ingress import leases
+from mailbridge.logs import inbound_decision
+from mailbridge.observability import IMAP_STATUS, INBOUND, count_practice_inbound
 from mailbridge.replies import SmtpReply
 from mailbridge.wiring import Services, pipeline_deps
 
@@ -82,6 +84,7 @@ class PollerConfig:
     stop_grace_seconds: float = 10.0
     allow_plaintext: bool = False  # security "none" towards a non-loopback host
     ssl_context: ssl.SSLContext | None = None  # default: the system's CAs, hostname checked
+    lease_seconds: float = 90.0  # a mailbox's lease (one node polls it); renewed every third of it
 
     def __post_init__(self) -> None:
         if not 0 < self.idle_seconds < IMAP_IDLE_LIMIT:
@@ -96,6 +99,7 @@ class PollerConfig:
             "imap_reload_seconds": "reload_seconds",
             "imap_timeout_seconds": "timeout_seconds",
             "imap_allow_plaintext": "allow_plaintext",
+            "imap_lease_seconds": "lease_seconds",
         }
         values: dict[str, Any] = {}
         for setting, attr in names.items():
@@ -137,9 +141,14 @@ class MailboxConfig:
     trusted_authserv_id: str | None = None
     uidvalidity: int | None = field(default=None, compare=False)
     last_uid: int = field(default=0, compare=False)
+    practice_slug: str = field(default="", compare=False)  # metrics and logs name it
+
+    @property
+    def practice_label(self) -> str:
+        return self.practice_slug or str(self.practice_id)
 
     @classmethod
-    def from_row(cls, row: Mailbox) -> MailboxConfig:
+    def from_row(cls, row: Mailbox, practice_slug: str = "") -> MailboxConfig:
         return cls(
             id=row.id,
             practice_id=row.practice_id,
@@ -156,6 +165,7 @@ class MailboxConfig:
             trusted_authserv_id=row.trusted_authserv_id,
             uidvalidity=row.uidvalidity,
             last_uid=row.last_uid or 0,
+            practice_slug=practice_slug,
         )
 
     def __repr__(self) -> str:  # never the password, even in a traceback
@@ -351,12 +361,14 @@ def envelope_recipient(header: bytes) -> str | None:
     return None
 
 
-def return_path(header: bytes) -> str:
-    """The envelope sender the provider recorded (topmost ``Return-Path``); ``""`` for a bounce (``<>``)."""
+def return_path(header: bytes) -> str | None:
+    """The envelope sender the provider recorded (topmost ``Return-Path``); ``""`` for a bounce
+    (``<>``, RFC 5321 §4.5.5); None when there is none: a message a person dragged into the
+    mailbox, or copied there by a rule, has no envelope sender, and that is not a null sender."""
     for name, value in _header_fields(header):
         if name == "return-path":
             return parseaddr(value)[1].strip()
-    return ""
+    return None
 
 
 def _header_summary(header: bytes) -> tuple[str | None, str | None]:
@@ -621,10 +633,16 @@ class MailboxPoller:
     """One mailbox: connect, catch up, IDLE or poll, reconnect with capped backoff; never raises out."""
 
     def __init__(
-        self, services: Services, mailbox: MailboxConfig, config: PollerConfig, runner: Runner | None = None
+        self,
+        services: Services,
+        mailbox: MailboxConfig,
+        config: PollerConfig,
+        runner: Runner | None = None,
+        lease_ok: Callable[[], bool] | None = None,
     ) -> None:
         self.services = services
         self.mailbox = mailbox
+        self.lease_ok = lease_ok or (lambda: True)
         self.config = config
         self.runner: Runner = runner or pipeline.run
         self.deps = pipeline_deps(services)
@@ -636,7 +654,7 @@ class MailboxPoller:
         self._status: tuple[str, str | None] | None = None
         self._folders: dict[bool, str] = {}  # rejected? → folder name on the server
         self._waited = False
-        self._extra = {"mailbox": mailbox.name, "practice_id": mailbox.practice_id}
+        self._extra = {"mailbox": mailbox.name, "practice": mailbox.practice_label}
 
     # -- life cycle
 
@@ -763,7 +781,7 @@ class MailboxPoller:
         now = _now()
         due = [uid for uid, when in self.retry.items() if when <= now]
         for uid in sorted(set(new) | set(due)):
-            if self.stop.is_set():
+            if self.stop.is_set() or not self.lease_ok():  # no new message once the lease may be gone
                 break
             await self._process(connection, uid)
         return bool(new)
@@ -811,11 +829,13 @@ class MailboxPoller:
 
     async def _feed(self, uid: int, header: Fetched, raw: bytes, target: Target) -> pipeline.Outcome:
         path = await asyncio.to_thread(self._spool, raw)
+        sender = return_path(header.data)
         envelope = pipeline.Envelope(
             door="imap",
             peer=None,
             helo=None,
-            mail_from=return_path(header.data),
+            mail_from=sender or "",
+            reverse_path_known=sender is not None,
             target=target,
             finalize=self._finalizer(uid),
             trusted_authserv_ids=(self.mailbox.trusted_authserv_id,)
@@ -892,12 +912,14 @@ class MailboxPoller:
     ) -> None:
         """Refused before the pipeline: an inbound row all the same (staff can see why), with the progress."""
         sender, message_id = _header_summary(header.data)
+        row_id = new_id()
         with transaction(self.services.sessions) as session:
             session.add(
                 InboundLog(
+                    id=row_id,
                     practice_id=self.mailbox.practice_id,
                     door="imap",
-                    mail_from=return_path(header.data)[:320],
+                    mail_from=(return_path(header.data) or "")[:320],
                     rcpt=(target.redacted if target else "")[:320],
                     from_header=(sender or "")[:320] or None,
                     message_id_header=(message_id or "")[:998] or None,
@@ -910,7 +932,17 @@ class MailboxPoller:
             )
             self._finalizer(header.uid)(session)
         INBOUND.labels(InboundState.rejected.value, reason).inc()
+        count_practice_inbound(self.mailbox.practice_label, InboundState.rejected.value)
         log.info("imap_refused", extra={**self._extra, "uid": header.uid, "reason": reason})
+        inbound_decision(
+            door="imap",
+            practice=self.mailbox.practice_label,
+            inbound_id=row_id,
+            message_id=message_id,
+            state=InboundState.rejected.value,
+            reason=reason,
+            reply=reply.wire(),
+        )
 
     def _reload_progress(self) -> None:
         with self.services.sessions() as session:
@@ -927,7 +959,7 @@ class MailboxPoller:
                 row.last_uid = last_uid
 
     async def _set_status(self, status: str, error: str | None) -> None:
-        IMAP_STATUS.labels(f"{self.mailbox.practice_id}/{self.mailbox.name}").set(1 if status == "ok" else 0)
+        IMAP_STATUS.labels(self.mailbox.practice_label, self.mailbox.name).set(1 if status == "ok" else 0)
         if self._status == (status, error):
             return
         try:
@@ -953,7 +985,12 @@ def _now() -> float:
 
 def load_mailboxes(services: Services) -> list[MailboxConfig]:
     with services.sessions() as session:
-        return [MailboxConfig.from_row(row) for row in session.scalars(select(Mailbox).order_by(Mailbox.id))]
+        rows = session.execute(
+            select(Mailbox, Practice.slug)
+            .join(Practice, Practice.id == Mailbox.practice_id)
+            .order_by(Mailbox.id)
+        ).all()
+        return [MailboxConfig.from_row(row, slug) for row, slug in rows]
 
 
 @dataclass
@@ -964,7 +1001,12 @@ class _Running:
 
 
 class Pollers:
-    """Keeps one poller task per Mailbox row, re-reading the table so API changes apply without a restart."""
+    """This node's pollers: one task per Mailbox row whose lease it holds (ingress/leases.py).
+
+    Every tick (``reload_seconds``, at most a third of the lease) it re-reads the table, so API
+    changes (a new mailbox, a new password or ``password_env``) apply without a restart, takes or
+    renews the leases, and starts or stops pollers to match: a mailbox is polled by one node only.
+    """
 
     def __init__(
         self, services: Services, config: PollerConfig | None = None, runner: Runner | None = None
@@ -973,24 +1015,60 @@ class Pollers:
         self.config = config or PollerConfig.from_settings(services.settings)
         self.runner = runner
         self.running: dict[int, _Running] = {}
+        self.holder = leases.holder_id()
+        self.held: set[int] = set()
+        self.release_on_stop = True  # tests turn it off to play a node that died
+        self._valid_until = 0.0  # loop time until which the leases taken last are surely ours
 
     def poller(self, mailbox_id: int) -> MailboxPoller | None:
         entry = self.running.get(mailbox_id)
         return entry.poller if entry else None
 
+    def lease_ok(self) -> bool:
+        """Checked before each message: a node that could not renew stops before its lease ends."""
+        return _now() < self._valid_until
+
     async def run(self, stop: asyncio.Event) -> None:
         logging.getLogger("aioimaplib").setLevel(logging.WARNING)  # its DEBUG log prints whole messages
+        tick = min(self.config.reload_seconds, self.config.lease_seconds / 3)
         try:
             while not stop.is_set():
                 try:
-                    await self.reconcile(await asyncio.to_thread(load_mailboxes, self.services))
-                except Exception:  # e.g. the table is not migrated yet: try again at the next reload
+                    await self.reconcile(await self._take_leases())
+                except Exception:  # e.g. the database is down: what we hold runs until the lease ends
                     log.warning("imap_mailboxes_unreadable", exc_info=True)
+                    if not self.lease_ok() and self.running:
+                        log.warning("imap_leases_expired", extra={"mailboxes": len(self.running)})
+                        await self.reconcile([])
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.config.reload_seconds)
+                    await asyncio.wait_for(stop.wait(), tick)
         finally:
             await asyncio.gather(*(self._stop(entry) for entry in list(self.running.values())))
             self.running.clear()
+            if self.release_on_stop and self.held:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._give_back)
+
+    async def _take_leases(self) -> list[MailboxConfig]:
+        started = _now()
+        configs, held = await asyncio.to_thread(self._read_and_take)
+        self._valid_until = started + self.config.lease_seconds * 2 / 3  # a third kept as margin
+        for mailbox_id in held - self.held:
+            log.info("imap_lease_taken", extra={"mailbox_id": mailbox_id, "holder": self.holder})
+        for mailbox_id in self.held - held:
+            log.info("imap_lease_lost", extra={"mailbox_id": mailbox_id, "holder": self.holder})
+        self.held = held
+        return [c for c in configs if c.id in held]
+
+    def _read_and_take(self) -> tuple[list[MailboxConfig], set[int]]:
+        configs = load_mailboxes(self.services)
+        with writer_gate(self.services.sessions), transaction(self.services.sessions) as session:
+            held = leases.take(session, self.holder, [c.id for c in configs], self.config.lease_seconds)
+        return configs, held
+
+    def _give_back(self) -> None:
+        with writer_gate(self.services.sessions), transaction(self.services.sessions) as session:
+            leases.give_back(session, self.holder)
 
     async def reconcile(self, configs: Sequence[MailboxConfig]) -> None:
         wanted = {c.id: c for c in configs}
@@ -1001,9 +1079,12 @@ class Pollers:
                     log.error("imap_poller_crashed", exc_info=entry.task.exception())
                 await self._stop(entry)
                 del self.running[mailbox_id]
+                if config is None:  # deleted, or polled by another node now: that node reports it
+                    with contextlib.suppress(KeyError):
+                        IMAP_STATUS.remove(entry.config.practice_label, entry.config.name)
         for mailbox_id, config in wanted.items():
             if mailbox_id not in self.running:
-                poller = MailboxPoller(self.services, config, self.config, self.runner)
+                poller = MailboxPoller(self.services, config, self.config, self.runner, self.lease_ok)
                 task = asyncio.create_task(poller.run(), name=f"imap:{config.name}")
                 self.running[mailbox_id] = _Running(config, poller, task)
 

@@ -23,11 +23,12 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailbridge import replies
 from mailbridge.domain.db import transaction
-from mailbridge.domain.models import InboundLog, InboundState
+from mailbridge.domain.models import InboundLog, InboundState, Practice
 from mailbridge.inbound import pipeline
 from mailbridge.inbound.envelope import RecipientDecision, Target, decide_recipient
 from mailbridge.ingress import xforward
-from mailbridge.observability import INBOUND, SMTP_REPLIES
+from mailbridge.logs import inbound_decision
+from mailbridge.observability import INBOUND, SMTP_REPLIES, count_practice_inbound
 from mailbridge.replies import SmtpReply
 
 log = logging.getLogger(__name__)
@@ -343,24 +344,40 @@ class IngressHandler:
         rcpt: str = "",
     ) -> None:
         peer, helo = _client(session, envelope)
+        row_id: str | None = None
+        practice: str | None = None
         try:
             with transaction(self.deps.sessions) as db:
-                db.add(
-                    InboundLog(
-                        practice_id=target.practice_id if target else None,
-                        door=self.door,
-                        peer=peer,
-                        helo=(helo or "")[:255] or None,
-                        mail_from=str(envelope.mail_from or "")[:320],
-                        rcpt=(target.redacted if target else rcpt)[:320],
-                        state=InboundState.rejected,
-                        reason=reason,
-                        smtp_reply=wire[:255],
-                    )
+                row = InboundLog(
+                    practice_id=target.practice_id if target else None,
+                    door=self.door,
+                    peer=peer,
+                    helo=(helo or "")[:255] or None,
+                    mail_from=str(envelope.mail_from or "")[:320],
+                    rcpt=(target.redacted if target else rcpt)[:320],
+                    state=InboundState.rejected,
+                    reason=reason,
+                    smtp_reply=wire[:255],
                 )
+                db.add(row)
+                db.flush()
+                row_id = row.id
+                known = db.get(Practice, target.practice_id) if target else None
+                practice = known.slug if known is not None else None
             INBOUND.labels("rejected", reason).inc()
         except Exception:
             log.warning("inbound_log_write_failed", extra={"reason": reason})
+        count_practice_inbound(practice, InboundState.rejected.value)
+        # the line is written even when the row could not be: it is then the only trace
+        inbound_decision(
+            door=self.door,
+            practice=practice,
+            inbound_id=row_id,
+            message_id=None,
+            state=InboundState.rejected.value,
+            reason=reason,
+            reply=wire,
+        )
 
     @staticmethod
     def _count(reply: SmtpReply) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import ssl
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -27,8 +29,22 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*<?([^>\r\n]*)", re.IGNORECASE | re.MULTILINE)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
+
+
+def eml_name(data: bytes, now: datetime | None = None) -> str:
+    """``20261204T182803.512044Z-n.abc.12@reply.acme.example.eml``: sorted by time, findable by
+    Message-ID (RFC 5322 §3.6.4), only characters safe in any file name."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S.%fZ")
+    head = data[: data.find(b"\r\n\r\n") if b"\r\n\r\n" in data[:65536] else 65536]
+    match = _MESSAGE_ID.search(head)
+    ident = _UNSAFE.sub("_", match.group(1).decode("ascii", "replace")).strip("._")[:120] if match else ""
+    return f"{stamp}-{ident or 'no-message-id'}.eml"
+
+
 class FileTransport:
-    """The embedded default: each email becomes an .eml file, written atomically."""
+    """The embedded default: each email becomes an .eml file, written atomically (fsync, rename)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -38,13 +54,13 @@ class FileTransport:
 
     def _write(self, mail_from: str, rcpt: str, data: bytes) -> Delivery:
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(f"X-Envelope-From: <{mail_from}>\r\nX-Envelope-To: <{rcpt}>\r\n".encode())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        final = Path(tmp).with_suffix(".eml")
+        final = self.folder / eml_name(data)
         os.replace(tmp, final)
         return Delivery("sent", f"250 written {final.name}")
 

@@ -1,4 +1,8 @@
-"""Rendering: one strict Jinja2 environment, template triplets (subject, text, HTML), English and French."""
+"""Rendering: one strict Jinja2 environment, template triplets (subject, text, HTML), English and French.
+
+The templates ship inside the package (``mailbridge/templates/<locale>/``, package data in the
+wheel), so a non-editable install finds them; ``templates_dir`` points elsewhere to override them.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
 
 LOCALES = ("en", "fr")
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+PARTS = (".subject.txt", ".txt", ".html")
+REQUIRED = ("notification_full", "notification_minimal", "notice", "forward")  # what build.py renders
 
 
 @dataclass(frozen=True)
@@ -91,9 +97,10 @@ def _one_line(value: str) -> str:
 
 
 class Renderer:
-    def __init__(self, templates_dir: Path = DEFAULT_TEMPLATES) -> None:
+    def __init__(self, templates_dir: Path | None = None) -> None:
+        self.templates_dir = templates_dir or DEFAULT_TEMPLATES
         self.env = Environment(
-            loader=FileSystemLoader(str(templates_dir)),
+            loader=FileSystemLoader(str(self.templates_dir)),
             autoescape=select_autoescape(
                 enabled_extensions=("html",), default_for_string=False, default=False
             ),
@@ -115,3 +122,25 @@ class Renderer:
         lang = locale if locale in LOCALES else "en"
         explanation, advice = NOTICE_TEXTS[lang].get(reason, NOTICE_TEXTS[lang]["empty_message"])
         return self.render("notice", lang, {**context, "explanation": explanation, "advice": advice})
+
+    def names(self) -> list[str]:
+        """Every template triplet found, by name (from the English folder, the fallback locale)."""
+        folder = self.templates_dir / "en"
+        found = {p.name.removesuffix(".subject.txt") for p in folder.glob("*.subject.txt")}
+        return sorted(found | set(REQUIRED))
+
+    def problems(self) -> list[str]:
+        """What cannot be loaded, one short line each (empty when every triplet of every locale
+        compiles): ``/readyz`` and ``serve`` report it instead of failing on the first notification."""
+        if not self.templates_dir.is_dir():
+            return [f"no templates folder at {self.templates_dir}"]
+        found: list[str] = []
+        for lang in LOCALES:
+            for name in self.names():
+                for part in PARTS:
+                    path = f"{lang}/{name}{part}"
+                    try:
+                        self.env.get_template(path)
+                    except TemplateError as exc:
+                        found.append(f"{path}: {type(exc).__name__}: {exc}"[:200])
+        return found

@@ -27,8 +27,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailbridge.domain.db import transaction, writer_gate
-from mailbridge.domain.models import Outbox, OutboxState, utcnow
-from mailbridge.observability import DELIVERIES
+from mailbridge.domain.models import Outbox, OutboxState, Practice, utcnow
+from mailbridge.logs import delivery_attempt
+from mailbridge.observability import DELIVERIES, count_practice_delivery
 from mailbridge.outbound.bounces import hard_failure
 from mailbridge.outbound.build import Builder, Built, Draft, NothingToSend
 from mailbridge.outbound.deliver import Delivery, FileTransport, SmtpTransport, Transport
@@ -99,7 +100,7 @@ class Worker:
         else:
             transport = FileTransport(settings.data_dir / "outbox")
         builder = Builder(
-            renderer=Renderer(settings.templates_dir) if settings.templates_dir else Renderer(),
+            renderer=Renderer(settings.templates_dir),
             tokens=services.tokens,
             keys=KeyStore(settings.data_dir / "dkim"),
             verp_secret=services.verp_secret,
@@ -247,8 +248,8 @@ class Worker:
                 rows = session.scalars(
                     select(Outbox).where(Outbox.id.in_(list(deliveries)), self._still_ours())
                 ).all()
-                for row in rows:  # a row deleted meanwhile (its message erased) has nothing to record
-                    self._record_row(session, row, deliveries[row.id])
+                # a row deleted meanwhile (its message erased) has nothing to record
+                attempts = [self._record_row(session, row, deliveries[row.id]) for row in rows]
         except Exception:
             log.warning("outbox_batch_record_failed", exc_info=True, extra={"rows": len(deliveries)})
             for row_id, delivery in deliveries.items():
@@ -256,6 +257,8 @@ class Worker:
             return
         for delivery in deliveries.values():
             DELIVERIES.labels(delivery.result).inc()
+        for attempt in attempts:  # after the commit: the lines say what is recorded
+            _report(attempt)
 
     def _still_ours(self) -> Any:
         if self._leased_until is None:
@@ -276,14 +279,16 @@ class Worker:
         try:
             with self._writing() as session:
                 row = session.scalar(select(Outbox).where(Outbox.id == row_id, self._still_ours()))
-                if row is not None:
-                    self._record_row(session, row, delivery)
+                attempt = self._record_row(session, row, delivery) if row is not None else None
             DELIVERIES.labels(delivery.result).inc()
+            if attempt is not None:
+                _report(attempt)
         except Exception:
             log.exception("outbox_row_error", extra={"outbox": row_id})
             self._release_after_error(row_id)
 
-    def _record_row(self, session: Session, row: Outbox, delivery: Delivery) -> None:
+    def _record_row(self, session: Session, row: Outbox, delivery: Delivery) -> dict[str, Any]:
+        """Write one attempt's result on its row; returns the fields of its ``delivery_attempt`` line."""
         row.attempts += 1
         row.last_answer = delivery.answer[:512]
         row.lease_until = None
@@ -299,14 +304,25 @@ class Worker:
             log.error("outbox_expired", extra={"outbox": row.id, "attempts": row.attempts})
         else:
             row.next_attempt_at = now + backoff(self.schedule, row.attempts)
+        practice = session.get(Practice, row.practice_id)  # the batch's few practices: identity map
+        return {
+            "outbox_id": row.id,
+            "practice": practice.slug if practice is not None else None,
+            "kind": row.kind.value,
+            "result": delivery.result,
+            "answer": delivery.answer,
+            "attempt": row.attempts,
+            "state": row.state.value,
+        }
 
     def _release_after_error(self, row_id: str) -> None:
         try:
             with self._writing() as session:
                 row = session.scalar(select(Outbox).where(Outbox.id == row_id, self._still_ours()))
-                if row is not None:
-                    self._record_row(session, row, INTERNAL_ERROR)
+                attempt = self._record_row(session, row, INTERNAL_ERROR) if row is not None else None
             DELIVERIES.labels(INTERNAL_ERROR.result).inc()
+            if attempt is not None:
+                _report(attempt)
         except Exception:
             log.warning("outbox_release_failed", extra={"outbox": row_id})
 
@@ -383,6 +399,11 @@ class Worker:
         # Cleared after the wait: a nudge that comes while a batch runs makes the next wait return
         # at once, and one that comes right here is for a row already committed, which run_once finds.
         wake.clear()
+
+
+def _report(attempt: dict[str, Any]) -> None:
+    delivery_attempt(**attempt)
+    count_practice_delivery(attempt["practice"], attempt["result"])
 
 
 def wake_on_commit(sessions: sessionmaker[Session], worker: Worker) -> Any:
