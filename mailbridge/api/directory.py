@@ -73,7 +73,14 @@ def user_out(u: User) -> UserOut:
     )
 
 
-@router.put("/{practice}", response_model=PracticeOut)
+@router.put(
+    "/{practice}",
+    response_model=PracticeOut,
+    description="Create or update a practice. `settings` is merged into the stored settings (JSON Merge "
+    "Patch, RFC 7396): omitted keys keep their value, null clears a key. `settings.dkim_selector` is "
+    "read-only (422 `dkim_selector_read_only` unless left out or unchanged): DKIM keys are managed with "
+    "`mailbridge dkim`, and a settings write can never stop signing.",
+)
 def put_practice(practice: str, body: PracticeIn, svc: ServicesDep, response: Response) -> PracticeOut:
     from pydantic import ValidationError
 

@@ -171,7 +171,7 @@ def dns_check(services: Any, slug: str, as_json: bool) -> int:
 def _print_findings(findings: Sequence[Finding]) -> None:
     for finding in findings:
         record = finding.record
-        line = f"{finding.status:<10} {record.rtype:<3} {record.name}  ({record.note})"
+        line = f"{finding.status:<10} {record.rtype:<3} {record.name}  {record.title}"
         if finding.detail:
             line += f": {finding.detail}"
         print(line)
@@ -187,6 +187,7 @@ def _record_json(record: Any) -> dict[str, Any]:
         "name": record.name,
         "type": record.rtype,
         "value": record.value,
+        "title": record.title,
         "note": record.note,
         "placeholder": record.placeholder,
         "selector": record.selector,

@@ -50,7 +50,8 @@ class Record:
     name: str  # without the root dot
     rtype: Literal["MX", "TXT"]
     value: str
-    note: str
+    title: str  # short: "SPF of the envelope domain"
+    note: str  # why, for the zone file's comment
     placeholder: bool = False  # the value holds a <placeholder> for a setting that is not set
     selector: str | None = None  # DKIM records: the key's selector
 
@@ -91,6 +92,7 @@ def dkim_record(key: DkimKeyInfo) -> Record:
         "TXT",
         key.public_txt,
         f"DKIM key {key.selector} ({key.algorithm}, {key.state})",
+        f"DKIM key {key.selector} ({key.algorithm}, {key.state}): its public half",
         selector=key.selector,
     )
 
@@ -112,42 +114,25 @@ def expected_records(
             reply,
             "MX",
             f"10 {mx_host or MX_PLACEHOLDER}.",
-            "replies and bounces (Return-Path bounce+…@" + reply + ") reach mailbridge",
+            "MX of the reply domain",
+            "MX of the reply domain: replies and bounces (Return-Path bounce+…@"
+            + reply
+            + ") reach mailbridge",
             placeholder=not mx_host,
         )
     ]
     spf_note = "authorises the smarthost; merge into an existing SPF record (one v=spf1 record per name)"
-    if reply == from_domain:
+    spf_names = (
+        {reply: "SPF of the envelope and From domain"}
+        if reply == from_domain
+        else {
+            reply: "SPF of the envelope domain",
+            from_domain: "SPF of the From domain",
+        }
+    )
+    for name, title in spf_names.items():
         records.append(
-            Record(
-                "spf",
-                reply,
-                "TXT",
-                spf_value(spf_include),
-                "SPF of the envelope and From domain: " + spf_note,
-                not spf_include,
-            )
-        )
-    else:
-        records.append(
-            Record(
-                "spf",
-                reply,
-                "TXT",
-                spf_value(spf_include),
-                "SPF of the envelope domain: " + spf_note,
-                not spf_include,
-            )
-        )
-        records.append(
-            Record(
-                "spf",
-                from_domain,
-                "TXT",
-                spf_value(spf_include),
-                "SPF of the From domain: " + spf_note,
-                not spf_include,
-            )
+            Record("spf", name, "TXT", spf_value(spf_include), title, f"{title}: {spf_note}", not spf_include)
         )
     records += [dkim_record(key) for key in keys]
     records.append(
@@ -156,7 +141,8 @@ def expected_records(
             f"_dmarc.{from_domain}",
             "TXT",
             DMARC_VALUE,
-            "DMARC of the From domain (add rua=mailto:… for reports)",
+            "DMARC of the From domain",
+            "DMARC of the From domain (add rua=mailto:… to receive reports)",
         )
     )
     return records
