@@ -522,3 +522,11 @@ def test_dkim_check_activates_only_what_is_published(seeded: Services) -> None:
             ("k1e", DkimKeyState.active, "published"),
         ]
         assert all(r.last_checked_at is not None for r in rows)
+
+
+def test_a_new_from_domain_is_flagged_while_the_old_key_still_signs(seeded: Services, api: Any) -> None:
+    activate_key(seeded)
+    practice = {k: v for k, v in PRACTICE.items() if k != "settings"}
+    moved = api.put(BASE, json=practice | {"notify_from": "notify@acme-new.test"}).json()["dkim"]
+    assert moved["signing"] == "signed"
+    assert "d=acme.test but mail is From acme-new.test: DMARC alignment fails" in moved["detail"]

@@ -151,7 +151,8 @@ class KeyStore:
             if legacy:
                 raise CannotSign(
                     f"DKIM selector {legacy!r} is set but its key is not in the database yet: run "
-                    f"`mailbridge db upgrade` on the node whose DATA_DIR/dkim/{practice.slug}/ holds it"
+                    f"`mailbridge db upgrade` on the node whose DATA_DIR/dkim/{practice.slug}/ holds it "
+                    "(if none does: `mailbridge dkim genkey`, publish, `dkim check`)"
                 )
             return None
         cache_key = tuple(sorted((row.id, row.private_key) for row in active))
@@ -193,6 +194,17 @@ class KeyStore:
             return SigningStatus("cannot_sign", str(why))
         if signer is None:
             return SigningStatus("unsigned", "no active DKIM key: notifications go out unsigned")
+        elsewhere = sorted(
+            {row.domain for row in keys_of(session, practice, [DkimKeyState.active])}
+            - {from_domain(practice)}
+        )
+        if elsewhere:
+            # Still signed, and verifiable, but d= no longer aligns with From (RFC 7489 3.1.1).
+            return SigningStatus(
+                "signed",
+                f"the active key signs as d={', '.join(elsewhere)} but mail is From {from_domain(practice)}: "
+                "DMARC alignment fails; make a key for the new domain (`mailbridge dkim genkey`)",
+            )
         return SigningStatus("signed")
 
     def problems(self, session: Session) -> dict[str, str]:
