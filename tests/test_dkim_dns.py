@@ -530,3 +530,14 @@ def test_a_new_from_domain_is_flagged_while_the_old_key_still_signs(seeded: Serv
     moved = api.put(BASE, json=practice | {"notify_from": "notify@acme-new.test"}).json()["dkim"]
     assert moved["signing"] == "signed"
     assert "d=acme.test but mail is From acme-new.test: DMARC alignment fails" in moved["detail"]
+
+
+def test_a_settings_write_nested_without_end_is_refused_not_a_crash(seeded: Services, api: Any) -> None:
+    """A hostile tenant's settings: the merge recurses per level, so depth is bounded (422, not 500)."""
+    deep: dict[str, Any] = {"x": 1}
+    for _ in range(200):
+        deep = {"x": deep}
+    practice = {k: v for k, v in PRACTICE.items() if k != "settings"}
+    refused = api.put(BASE, json=practice | {"settings": {"brand": deep}})
+    assert refused.status_code == 422 and refused.json()["code"] == "invalid_settings"
+    assert api.get(BASE).json()["settings"]["min_body_chars"] == 10  # nothing stored

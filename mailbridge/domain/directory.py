@@ -77,7 +77,10 @@ def upsert_practice(
     patch = dict(settings)
     if "dkim_selector" in patch:
         _check_dkim_selector(session, practice, patch.pop("dkim_selector"))
-    merged = merge_patch((practice.settings or {}) if practice is not None else {}, patch)
+    try:
+        merged = merge_patch((practice.settings or {}) if practice is not None else {}, patch)
+    except ValueError as exc:
+        raise Invalid("invalid_settings", f"settings: {exc}", "settings") from None
     if merged.get("dkim_selector", "") is None:
         del merged["dkim_selector"]  # a null left by the old full dumps: nothing to keep
     validated = PracticeSettings.model_validate(merged)

@@ -54,20 +54,28 @@ class PracticeSettings(BaseModel):
         return int(self.attachment_max_bytes * 1.37) + 2 * 1024 * 1024
 
 
-def merge_patch(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+#: Objects nested deeper than this in a settings write are refused: no setting needs more than two
+#: levels, and the merge recurses once per level.
+MAX_DEPTH = 16
+
+
+def merge_patch(stored: dict[str, Any], patch: dict[str, Any], depth: int = 0) -> dict[str, Any]:
     """RFC 7396 section 2 applied to two JSON objects: omitted keys kept, ``null`` removes, objects
-    merged recursively, anything else replaced. Neither argument is modified.
+    merged recursively, anything else replaced. Neither argument is modified. Raises ValueError
+    past :data:`MAX_DEPTH` levels.
 
     Written out rather than taken from a package: it is the RFC's ten-line pseudo-code, and the
     packages that implement it either also implement RFC 6902 or are unmaintained.
     """
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"objects nested more than {MAX_DEPTH} levels deep")
     merged = dict(stored)
     for key, value in patch.items():
         if value is None:
             merged.pop(key, None)
         elif isinstance(value, dict):
             current = merged.get(key)
-            merged[key] = merge_patch(current if isinstance(current, dict) else {}, value)
+            merged[key] = merge_patch(current if isinstance(current, dict) else {}, value, depth + 1)
         else:
             merged[key] = value
     return merged

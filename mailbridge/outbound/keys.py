@@ -52,7 +52,10 @@ log = logging.getLogger(__name__)
 SELECTOR = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,60}[a-z0-9])?$")
 #: Keys whose records must be published: the one waiting to be seen, the signing ones, the replaced ones.
 PUBLISHED_STATES = (DkimKeyState.pending, DkimKeyState.active, DkimKeyState.retiring)
-_SIGNING_ALGORITHM = {DkimAlgorithm.rsa: "rsa-sha256", DkimAlgorithm.ed25519: "ed25519-sha256"}
+_SIGNING_ALGORITHM: dict[DkimAlgorithm, Literal["rsa-sha256", "ed25519-sha256"]] = {
+    DkimAlgorithm.rsa: "rsa-sha256",
+    DkimAlgorithm.ed25519: "ed25519-sha256",
+}
 
 
 class CannotSign(Exception):
@@ -173,7 +176,7 @@ class KeyStore:
                     domain=row.domain,
                     selector=row.selector,
                     private_pem=pem,
-                    algorithm="rsa-sha256" if row.algorithm == DkimAlgorithm.rsa else "ed25519-sha256",
+                    algorithm=_SIGNING_ALGORITHM[row.algorithm],
                 )
             )
         try:
