@@ -1,4 +1,4 @@
-"""The ``mailbridge`` command: serve, db upgrade, demo, import, dkim genkey, imap check."""
+"""The ``mailbridge`` command: serve, db upgrade, demo, import, dkim, dns, imap check."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any, TextIO
 
 from mailbridge.settings import Settings, SettingsError, load_settings
 
@@ -55,14 +56,62 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("file", type=Path)
 
-    dkim = sub.add_parser("dkim", parents=[common], help="DKIM keys")
+    dkim = sub.add_parser(
+        "dkim", parents=[common], help="DKIM keys: generate, check in DNS, activate, retire"
+    )
     dkimsub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="DKIM_COMMAND")
     genkey = dkimsub.add_parser(
-        "genkey", help="create a practice's DKIM key and print the DNS TXT record", parents=[common]
+        "genkey",
+        help="create a new pending key under a new selector and print its DNS TXT record",
+        parents=[common],
     )
     genkey.add_argument("--practice", required=True)
-    genkey.add_argument("--selector", default=None, help="default: mb<yyyymm>")
-    genkey.add_argument("--ed25519", action="store_true", help="also create an ed25519 key (RFC 8463)")
+    genkey.add_argument("--selector", default=None, help="default: mb<yyyymm> (then mb<yyyymm>-2, …)")
+    genkey.add_argument(
+        "--ed25519",
+        action="store_true",
+        help="also an ed25519 key under <selector>e (RFC 8463 second signature)",
+    )
+    genkey.add_argument("--force", action="store_true", help="replace a pending key that never signed")
+    listing = dkimsub.add_parser(
+        "list", help="a practice's keys, their state and DNS status", parents=[common]
+    )
+    listing.add_argument("--practice", required=True)
+    listing.add_argument("--json", action="store_true")
+    dkim_check = dkimsub.add_parser(
+        "check",
+        help="look the keys' records up; activate a pending key whose record is published",
+        parents=[common],
+    )
+    dkim_check.add_argument("--practice", required=True)
+    activate = dkimsub.add_parser(
+        "activate", help="sign with this pending key now (the old key becomes retiring)", parents=[common]
+    )
+    activate.add_argument("--practice", required=True)
+    activate.add_argument("selector")
+    retire = dkimsub.add_parser(
+        "retire", help="retire a replaced key (its DNS record may then be removed)", parents=[common]
+    )
+    retire.add_argument("--practice", required=True)
+    retire.add_argument("selector")
+    retire.add_argument(
+        "--force", action="store_true", help="retire the active key too: mail goes out unsigned"
+    )
+
+    dns = sub.add_parser("dns", help="the DNS records a practice publishes", parents=[common])
+    dnssub = dns.add_subparsers(dest="dns_command", required=True, metavar="DNS_COMMAND")
+    records = dnssub.add_parser(
+        "records", help="print every record to publish (MX, SPF, DKIM, DMARC)", parents=[common]
+    )
+    records.add_argument("--practice", required=True)
+    records.add_argument("--json", action="store_true")
+    dns_check = dnssub.add_parser(
+        "check",
+        help="look every record up through the configured resolver; exit 1 if one is not right",
+        parents=[common],
+    )
+    dns_check.add_argument("--practice", required=True)
+    dns_check.add_argument("--json", action="store_true")
 
     imap = sub.add_parser("imap", parents=[common], help="IMAP mailboxes")
     imapsub = imap.add_subparsers(dest="imap_command", required=True, metavar="IMAP_COMMAND")
@@ -158,6 +207,8 @@ def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> 
                     check_agreement(session, services.tokens.fingerprint, services.keyring)
             except Disagreement as exc:
                 return _refuse(str(exc))
+            if _import_disk_keys(services, sys.stderr):
+                return 2
             problems = Renderer(settings.templates_dir).problems()
             if problems:  # every notification would fail: say so now, not at the first one
                 more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -183,7 +234,7 @@ def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> 
                 print(f"mailbridge: {where} upgraded from revision {before} to {after}")
             if after != head_revision(services.engine):
                 return _refuse(f"database is at {after}, the code needs {head_revision(services.engine)}")
-            return 0
+            return _import_disk_keys(services, sys.stdout)
         if args.command == "demo":
             from mailbridge.demo import how_to_try, is_empty, load_demo
 
@@ -223,9 +274,25 @@ def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> 
             print("mailbridge: imported " + ", ".join(f"{v} {k}" for k, v in counts.items()))
             return 0
         if args.command == "dkim":
-            from mailbridge.outbound.keys import genkey_command
+            from mailbridge.dnsrecords import commands as dkim_commands
 
-            return genkey_command(services, args.practice, args.selector, args.ed25519)
+            if args.dkim_command == "genkey":
+                return dkim_commands.dkim_genkey(
+                    services, args.practice, args.selector, args.ed25519, args.force
+                )
+            if args.dkim_command == "list":
+                return dkim_commands.dkim_list(services, args.practice, args.json)
+            if args.dkim_command == "check":
+                return dkim_commands.dkim_check(services, args.practice)
+            if args.dkim_command == "activate":
+                return dkim_commands.dkim_activate(services, args.practice, args.selector)
+            return dkim_commands.dkim_retire(services, args.practice, args.selector, args.force)
+        if args.command == "dns":
+            from mailbridge.dnsrecords import commands as dns_commands
+
+            if args.dns_command == "records":
+                return dns_commands.dns_records(services, args.practice, args.json)
+            return dns_commands.dns_check(services, args.practice, args.json)
         if args.command == "imap":
             from mailbridge.ingress.imap import check_command
 
@@ -245,6 +312,26 @@ def _database(settings: Settings) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _import_disk_keys(services: Any, out: TextIO) -> int:
+    """Keys an older version kept under DATA_DIR/dkim/ move into the database, once (files kept)."""
+    from mailbridge.crypto.keyring import KeyringError
+    from mailbridge.domain.db import transaction
+    from mailbridge.outbound.keys import import_disk_keys
+
+    try:
+        with transaction(services.sessions) as session:
+            moved = import_disk_keys(session, services.keyring, services.settings.data_dir / "dkim")
+    except KeyringError as exc:
+        print(
+            f"mailbridge: master_key: DKIM keys in DATA_DIR/dkim/ not moved into the database: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    for line in moved:
+        print(f"mailbridge: DKIM key {line}", file=out)
+    return 0
 
 
 def _read_key(settings: Settings) -> str:

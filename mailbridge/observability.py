@@ -46,6 +46,24 @@ SMTP_REPLIES = Counter("mailbridge_smtp_replies_total", "SMTP answers by code", 
 DELIVERIES = Counter(
     "mailbridge_deliveries_total", "Outbound deliveries by result", ["result"], registry=REGISTRY
 )
+UNSIGNED = Counter(
+    "mailbridge_notifications_unsigned_total",
+    "Emails sent without a DKIM signature (the practice has no active key), by practice",
+    ["practice"],
+    registry=REGISTRY,
+)
+DKIM_CANNOT_SIGN = Counter(
+    "mailbridge_dkim_cannot_sign_total",
+    "Outbox rows deferred because this node cannot open the practice's DKIM key, by practice",
+    ["practice"],
+    registry=REGISTRY,
+)
+SETTINGS_REFUSED = Counter(
+    "mailbridge_settings_refused_total",
+    "Practice settings writes refused (e.g. one that would change dkim_selector), by key",
+    ["key"],
+    registry=REGISTRY,
+)
 BOUNCES = Counter("mailbridge_bounces_total", "Bounces received", ["kind"], registry=REGISTRY)
 STEP_SECONDS = Histogram(
     "mailbridge_pipeline_step_seconds",
@@ -188,6 +206,12 @@ def readiness(services: Services) -> dict[str, dict[str, Any]]:
     except Exception as exc:  # readiness reports, it does not raise
         checks["database"] = {"ok": False, "error": type(exc).__name__}
     checks["templates"] = _templates_check(services)
+    try:
+        with services.sessions() as session:
+            cannot = services.dkim_keys.problems(session)
+        checks["dkim"] = {"ok": not cannot, "cannot_sign": cannot}
+    except Exception as exc:  # a database fault is reported above
+        checks["dkim"] = {"ok": False, "error": type(exc).__name__}
     if services.settings.smtp_enabled:
         checks["smtp_listener"] = {"ok": services.flags.get("smtp_listening", False)}
     return checks

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,12 @@ def _check_listen(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected host:port, got {value!r}")
     return value
+
+
+# Letters, digits, '-' and '_' (SPF domains such as _spf.example.net), dot-separated labels.
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?)+$"
+)
 
 
 def split_listen(value: str) -> tuple[str, int]:
@@ -75,6 +82,11 @@ class Settings(BaseSettings):
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
     outbox_batch: int = Field(default=50, ge=1, le=1000)  # rows per claim; IN-lists stay small
     worker_enabled: bool = True
+    # What `mailbridge dns records` tells each practice to publish, and `dns check` compares with:
+    # the domain under which the smarthost publishes its SPF (``include:<spf_include>``), and the
+    # host the reply domains' MX points at (Postfix or mailbridge's SMTP). Empty: a placeholder.
+    spf_include: str = ""
+    mx_host: str = ""
 
     # IMAP mailboxes (configured per practice through the API)
     imap_idle_seconds: float = Field(default=25 * 60, gt=0, lt=29 * 60)  # re-IDLE before 29 min (RFC 2177)
@@ -124,6 +136,14 @@ class Settings(BaseSettings):
     @classmethod
     def _smarthost(cls, value: str) -> str:
         return _check_listen(value) if value else value
+
+    @field_validator("spf_include", "mx_host")
+    @classmethod
+    def _host_name(cls, value: str) -> str:
+        value = value.strip().rstrip(".").lower()
+        if value and not _HOST_NAME.match(value):
+            raise ValueError(f"expected a DNS name such as spf.example.net, got {value!r}")
+        return value
 
     @field_validator("dns_nameservers")
     @classmethod

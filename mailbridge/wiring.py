@@ -17,6 +17,7 @@ from mailbridge.crypto.keyring import Keyring, KeyringError, load_master_keys
 from mailbridge.domain.db import make_engine, make_session_factory
 from mailbridge.inbound.dns import NameserverResolver, Resolver
 from mailbridge.inbound.tokens import TokenIssuer
+from mailbridge.outbound.keys import KeyStore
 from mailbridge.settings import Settings, SettingsError
 from mailbridge.storage.blobs import BlobStore, LocalBlobStore
 
@@ -49,6 +50,7 @@ class Services:
     tokens: TokenIssuer
     resolver: Resolver
     keyring: Keyring
+    dkim_keys: KeyStore  # the practices' DKIM signers, from the database (shared by every node)
     verp_secret: bytes
     flags: dict[str, bool] = field(default_factory=dict)  # e.g. smtp_listening, for /readyz
     ingress_handlers: list[Any] = field(default_factory=list)  # for draining at shutdown
@@ -70,13 +72,15 @@ def build_services(settings: Settings, resolver: Resolver | None = None) -> Serv
         )
     except (KeyringError, OSError) as exc:
         raise SettingsError(f"master_key: {exc}") from None
+    keyring = Keyring(masters)
     return Services(
         settings=settings,
         engine=engine,
         sessions=make_session_factory(engine),
         blobs=LocalBlobStore(settings.data_dir / "attachments"),
         tokens=TokenIssuer(secret),
-        keyring=Keyring(masters),
+        keyring=keyring,
+        dkim_keys=KeyStore(keyring),
         resolver=resolver
         or NameserverResolver(settings.dns_nameservers, timeout=settings.dns_timeout_seconds),
         verp_secret=hmac.new(secret, b"verp", hashlib.sha256).digest(),

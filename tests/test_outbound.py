@@ -16,8 +16,7 @@ from sqlalchemy import select, update
 from mailbridge import replies
 from mailbridge.domain.db import transaction
 from mailbridge.domain.models import InboundLog, Outbox, OutboxState, Suppression, User, utcnow
-from mailbridge.outbound.keys import KeyStore
-from mailbridge.outbound.sign import public_txt_value
+from mailbridge.outbound import keys
 from mailbridge.outbound.worker import Worker
 from tests.conftest import make_services, seed
 from tests.mailhelpers import live_server, open_conversation, reply_message, send
@@ -56,17 +55,15 @@ def plain_text(msg: email.message.EmailMessage) -> str:
 
 
 def enable_dkim(services: Any) -> dict[bytes, bytes]:
-    """A practice key on disk, as `mailbridge dkim genkey` makes it; its public half in a static DNS table."""
-    from mailbridge.outbound.sign import generate_rsa_key
+    """A practice key made and activated as `mailbridge dkim genkey` and `dkim activate` do; its
+    public half in a static DNS table."""
+    from mailbridge.domain import directory
 
-    pem = generate_rsa_key(2048)
-    KeyStore(services.settings.data_dir / "dkim").write("acme", "mb1", pem, "rsa")
     with transaction(services.sessions) as session:
-        from mailbridge.domain import directory
-
         p = directory.get_practice(session, "acme")
-        p.settings = {**p.settings, "dkim_selector": "mb1"}
-    return {b"mb1._domainkey.acme.test.": public_txt_value(pem)}
+        (row,) = keys.generate(session, services.keyring, p, selector="mb1")
+        keys.activate(session, p, "mb1")
+        return {b"mb1._domainkey.acme.test.": row.public_txt.encode()}
 
 
 def test_staff_post_notifies_client_dkim_threads_and_reply_comes_back(seeded: Any, api: Any) -> None:

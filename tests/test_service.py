@@ -7,7 +7,7 @@ import smtplib
 import ssl
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import date, timedelta
 from email.policy import SMTP
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,7 @@ def test_unknown_config_key_refused(tmp_path: Path) -> None:
 def test_help_lists_every_command() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("serve", "db", "demo", "import", "dkim", "imap"):
+    for command in ("serve", "db", "demo", "import", "dkim", "dns", "imap"):
         assert command in result.stdout
 
 
@@ -83,7 +83,27 @@ def test_demo_then_dkim_genkey(tmp_path: Path) -> None:
     assert genkey.returncode == 0, genkey.stderr
     assert 's1._domainkey.demo.test. IN TXT "v=DKIM1; k=rsa; p=' in genkey.stdout
     assert "s1e._domainkey.demo.test." in genkey.stdout and "k=ed25519" in genkey.stdout
-    assert oct((tmp_path / "dkim" / "demo" / "s1.rsa.pem").stat().st_mode)[-3:] == "600"
+    assert "dkim check --practice demo" in genkey.stdout  # signing starts once the record is seen
+    assert not (tmp_path / "dkim").exists()  # the keys are in the database (sealed), for every node
+    # Run again (as the old deploy.md did for RSA, then --ed25519): the selector is never overwritten.
+    again = run_cli("dkim", "genkey", "--practice", "demo", "--selector", "s1", env=env)
+    assert again.returncode == 2 and "dkim_selector_exists" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    # Without --selector, each run takes a new one: mb<yyyymm> (then mb<yyyymm>-2, see test_dkim_dns).
+    first = run_cli("dkim", "genkey", "--practice", "demo", env=env)
+    assert f"mb{date.today():%Y%m}._domainkey.demo.test." in first.stdout
+    # --force replaces a key that never signed; a key that signed, never.
+    assert (
+        run_cli("dkim", "genkey", "--practice", "demo", "--selector", "s1", "--force", env=env).returncode
+        == 0
+    )
+    activate = run_cli("dkim", "activate", "--practice", "demo", "s1", env=env)
+    assert activate.returncode == 0 and "s1 (rsa) now signs demo's mail" in activate.stdout
+    forced = run_cli("dkim", "genkey", "--practice", "demo", "--selector", "s1", "--force", env=env)
+    assert forced.returncode == 2 and "dkim_selector_in_use" in forced.stderr
+    listing = run_cli("dkim", "list", "--practice", "demo", env=env)
+    assert listing.returncode == 0 and listing.stdout.startswith("demo: signed")
+    assert "s1 " in listing.stdout and "active" in listing.stdout and "s1e" in listing.stdout
     assert run_cli("dkim", "genkey", "--practice", "nope", env=env).returncode == 2
 
 

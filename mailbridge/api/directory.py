@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
 
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
 from mailbridge.domain.errors import Invalid
 from mailbridge.domain.models import FriendshipState, Practice, User
+from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.observability import SETTINGS_REFUSED
+from mailbridge.outbound.keys import KeyStore, keys_of
 
 from .deps import ServicesDep
 from .schemas import (
     CompanyIn,
     CompanyOut,
+    DkimKeyOut,
+    DkimOut,
     FriendshipIn,
     FriendshipOut,
     PracticeIn,
@@ -24,14 +30,32 @@ from .schemas import (
 router = APIRouter(prefix="/api/v1/practices", tags=["directory"])
 
 
-def practice_out(p: Practice) -> PracticeOut:
+def practice_out(session: Session, store: KeyStore, p: Practice) -> PracticeOut:
+    """The practice with its effective settings (``dkim_selector``: the active RSA key's selector)
+    and its DKIM state as this node sees it."""
+    settings = PracticeSettings.model_validate(p.settings or {}).model_dump(mode="json")
+    settings["dkim_selector"] = directory.active_dkim_selector(session, p)
+    status = store.status(session, p)
+    keys = [
+        DkimKeyOut(
+            selector=k.selector,
+            algorithm=k.algorithm.value,
+            state=k.state.value,
+            dns_status=k.dns_status,
+            created_at=k.created_at,
+            activated_at=k.activated_at,
+            last_checked_at=k.last_checked_at,
+        )
+        for k in keys_of(session, p)
+    ]
     return PracticeOut(
         slug=p.slug,
         name=p.name,
         reply_domain=p.reply_domain,
         notify_from=p.notify_from,
         locale=p.locale,
-        settings=p.settings,
+        settings=settings,
+        dkim=DkimOut(signing=status.signing, detail=status.detail, keys=keys),
     )
 
 
@@ -49,7 +73,14 @@ def user_out(u: User) -> UserOut:
     )
 
 
-@router.put("/{practice}", response_model=PracticeOut)
+@router.put(
+    "/{practice}",
+    response_model=PracticeOut,
+    description="Create or update a practice. `settings` is merged into the stored settings (JSON Merge "
+    "Patch, RFC 7396): omitted keys keep their value, null clears a key. `settings.dkim_selector` is "
+    "read-only (422 `dkim_selector_read_only` unless left out or unchanged): DKIM keys are managed with "
+    "`mailbridge dkim`, and a settings write can never stop signing.",
+)
 def put_practice(practice: str, body: PracticeIn, svc: ServicesDep, response: Response) -> PracticeOut:
     from pydantic import ValidationError
 
@@ -68,14 +99,18 @@ def put_practice(practice: str, body: PracticeIn, svc: ServicesDep, response: Re
             first = exc.errors()[0]
             field = "settings." + ".".join(str(p) for p in first["loc"])
             raise Invalid("invalid_settings", f"{field}: {first['msg']}", field) from None
+        except Invalid as exc:
+            if exc.code == "dkim_selector_read_only":
+                SETTINGS_REFUSED.labels("dkim_selector").inc()
+            raise
         response.status_code = 201 if created else 200
-        return practice_out(row)
+        return practice_out(session, svc.dkim_keys, row)
 
 
 @router.get("/{practice}", response_model=PracticeOut)
 def get_practice(practice: str, svc: ServicesDep) -> PracticeOut:
     with transaction(svc.sessions) as session:
-        return practice_out(directory.get_practice(session, practice))
+        return practice_out(session, svc.dkim_keys, directory.get_practice(session, practice))
 
 
 @router.put("/{practice}/users/{user}", response_model=UserOut)

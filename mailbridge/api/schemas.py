@@ -29,6 +29,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+SETTINGS_DESCRIPTION = (
+    "Merged into the stored settings (JSON Merge Patch, RFC 7396): a key left out keeps its value, "
+    "null clears it (its default applies again), objects such as notify_content merge key by key. "
+    "dkim_selector is read-only (the active RSA key's selector, managed with `mailbridge dkim`): "
+    "a write may leave it out or repeat it unchanged; any other value is refused with 422 "
+    "dkim_selector_read_only."
+)
+
+
 class PracticeIn(Strict):
     name: str = Field(min_length=1, max_length=255)
     reply_domain: str = Field(
@@ -36,7 +45,29 @@ class PracticeIn(Strict):
     )
     notify_from: EmailStr
     locale: Locale = "en"
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = Field(default={}, description=SETTINGS_DESCRIPTION)
+
+
+class DkimKeyOut(BaseModel):
+    selector: str
+    algorithm: Literal["rsa", "ed25519"]
+    state: Literal["pending", "active", "retiring", "retired"]
+    dns_status: str | None = Field(
+        description="published | missing | different | error, at the last `dkim check`"
+    )
+    created_at: datetime
+    activated_at: datetime | None
+    last_checked_at: datetime | None
+
+
+class DkimOut(BaseModel):
+    signing: Literal["signed", "unsigned", "cannot_sign"] = Field(
+        description="signed: every email gets a DKIM signature; unsigned: the practice has no active key "
+        "(emails leave unsigned, counted in mailbridge_notifications_unsigned_total); cannot_sign: this "
+        "node cannot open the practice's key, its emails wait (see detail and /readyz)"
+    )
+    detail: str | None = None
+    keys: list[DkimKeyOut]
 
 
 class PracticeOut(BaseModel):
@@ -45,7 +76,8 @@ class PracticeOut(BaseModel):
     reply_domain: str
     notify_from: str
     locale: str
-    settings: dict[str, Any]
+    settings: dict[str, Any] = Field(description="The effective settings, defaults included")
+    dkim: DkimOut
 
 
 class UserIn(Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,6 +14,9 @@ from mailbridge.domain.models import (
     Company,
     Conversation,
     ConversationKind,
+    DkimAlgorithm,
+    DkimKeyRow,
+    DkimKeyState,
     Favorite,
     Friendship,
     FriendshipState,
@@ -23,7 +27,9 @@ from mailbridge.domain.models import (
     UserAddress,
     UserKind,
 )
-from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.domain.practice_settings import PracticeSettings, merge_patch
+
+log = logging.getLogger(__name__)
 
 
 def get_practice(session: Session, slug: str) -> Practice:
@@ -65,8 +71,19 @@ def upsert_practice(
     locale: str,
     settings: dict[str, Any],
 ) -> tuple[Practice, bool]:
-    validated = PracticeSettings.model_validate(settings)
+    """Create or update a practice; ``settings`` is merged into the stored ones (RFC 7396, see
+    ``practice_settings``): omitted keys keep their value, ``null`` clears a key."""
     practice = session.scalar(select(Practice).where(Practice.slug == slug))
+    patch = dict(settings)
+    if "dkim_selector" in patch:
+        _check_dkim_selector(session, practice, patch.pop("dkim_selector"))
+    try:
+        merged = merge_patch((practice.settings or {}) if practice is not None else {}, patch)
+    except ValueError as exc:
+        raise Invalid("invalid_settings", f"settings: {exc}", "settings") from None
+    if merged.get("dkim_selector", "") is None:
+        del merged["dkim_selector"]  # a null left by the old full dumps: nothing to keep
+    validated = PracticeSettings.model_validate(merged)
     created = practice is None
     if practice is None:
         practice = Practice(slug=slug)
@@ -75,9 +92,56 @@ def upsert_practice(
     practice.reply_domain = reply_domain.lower()
     practice.notify_from = notify_from
     practice.locale = locale
-    practice.settings = validated.model_dump(mode="json", exclude_unset=False)
+    practice.settings = validated.model_dump(mode="json", exclude_unset=True)
     session.flush()
     return practice, created
+
+
+def active_dkim_selector(session: Session, practice: Practice | None) -> str | None:
+    """The selector of the practice's active RSA key: what ``settings.dkim_selector`` shows.
+
+    A selector set by an older version whose key is still on a node's disk (not yet moved into the
+    database by ``mailbridge db upgrade`` on that node) is shown too: notifications wait for it.
+    """
+    if practice is None:
+        return None
+    selector = session.scalar(
+        select(DkimKeyRow.selector).where(
+            DkimKeyRow.practice_id == practice.id,
+            DkimKeyRow.state == DkimKeyState.active,
+            DkimKeyRow.algorithm == DkimAlgorithm.rsa,
+        )
+    )
+    if selector is not None:
+        return selector
+    legacy = (practice.settings or {}).get("dkim_selector")
+    return str(legacy) if legacy else None
+
+
+def _check_dkim_selector(session: Session, practice: Practice | None, value: Any) -> None:
+    """``dkim_selector`` in a settings write: accepted only unchanged (a sync echoing what it read).
+
+    Signing keys are chosen by the key store (``mailbridge dkim check``/``activate``), never by a
+    settings write: a sync that sent null or a stale selector used to stop signing without a word.
+    """
+    current = active_dkim_selector(session, practice)
+    if value == current:
+        return
+    log.warning(
+        "settings_refused",
+        extra={
+            "practice": practice.slug if practice else None,
+            "key": "dkim_selector",
+            "given": str(value)[:64],
+        },
+    )
+    raise Invalid(
+        "dkim_selector_read_only",
+        f"settings.dkim_selector is read-only: it shows the practice's active DKIM key ({current!r}); "
+        "leave it out of the write (keys change with `mailbridge dkim genkey` then `dkim check` or "
+        "`dkim activate`)",
+        "settings.dkim_selector",
+    )
 
 
 def upsert_user(

@@ -109,6 +109,21 @@ class OutboxKind(enum.StrEnum):
     forward = "forward"
 
 
+class DkimKeyState(enum.StrEnum):
+    """pending (its TXT record not seen yet) → active (signs) → retiring (replaced, still published
+    so mail in flight verifies) → retired (its record may be removed). A key never goes back."""
+
+    pending = "pending"
+    active = "active"
+    retiring = "retiring"
+    retired = "retired"
+
+
+class DkimAlgorithm(enum.StrEnum):
+    rsa = "rsa"  # rsa-sha256, RSA-2048: always the first signature
+    ed25519 = "ed25519"  # ed25519-sha256, a second signature beside RSA (RFC 8463)
+
+
 pk_int = Annotated[int, mapped_column(Integer, primary_key=True, autoincrement=True)]
 pk_str = Annotated[str, mapped_column(String(32), primary_key=True, default=new_id)]
 created_at = Annotated[datetime, mapped_column(UTCDateTime(), default=utcnow, nullable=False)]
@@ -503,3 +518,27 @@ class PlatformState(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(255))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class DkimKeyRow(Base):
+    """A practice's DKIM key: the private half sealed with the keyring, so every node signs with it.
+
+    The selector is never reused within a practice (a published record names exactly one key);
+    ``domain`` is the d= the key was made for (the From domain at the time), where its record lives.
+    """
+
+    __tablename__ = "dkim_keys"
+    __table_args__ = (UniqueConstraint("practice_id", "selector"),)
+    id: Mapped[pk_int]
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
+    selector: Mapped[str] = mapped_column(String(63))
+    domain: Mapped[str] = mapped_column(String(255))
+    algorithm: Mapped[DkimAlgorithm] = mapped_column(_enum(DkimAlgorithm))
+    private_key: Mapped[str] = mapped_column(Text)  # sealed: purpose "dkim:<practice>:<selector>:<algorithm>"
+    public_txt: Mapped[str] = mapped_column(Text)  # "v=DKIM1; k=rsa; p=..."
+    state: Mapped[DkimKeyState] = mapped_column(_enum(DkimKeyState), default=DkimKeyState.pending)
+    created_at: Mapped[created_at]
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    dns_status: Mapped[str | None] = mapped_column(String(16), nullable=True)  # published | missing | …

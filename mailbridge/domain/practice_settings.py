@@ -1,8 +1,19 @@
-"""A practice's own settings, validated: limits, notification content, sender-proof strictness."""
+"""A practice's own settings, validated: limits, notification content, sender-proof strictness.
+
+Writes are merges (JSON Merge Patch, RFC 7396): a key left out of a write keeps its stored value,
+``null`` removes it (its default applies again), and an object such as ``notify_content`` is merged
+key by key the same way. A directory sync that only knows some keys cannot reset the others.
+Only the keys a practice set are stored, so a default that changes in a later version applies to
+every practice that never chose otherwise.
+
+``dkim_selector`` is not a setting any more: the practice's signing keys live in the ``dkim_keys``
+table (``mailbridge dkim …``). The API still shows it among the settings (the active RSA selector)
+and accepts it in a write only unchanged; see ``domain.directory.upsert_practice``.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,7 +45,6 @@ class PracticeSettings(BaseModel):
     note_marker: str = "#note"
     operator_address: str | None = None
     notify_delay_seconds: int = Field(default=0, ge=0, le=3600)
-    dkim_selector: str | None = None
 
     @property
     def effective_message_max_bytes(self) -> int:
@@ -42,3 +52,30 @@ class PracticeSettings(BaseModel):
         if self.message_max_bytes is not None:
             return self.message_max_bytes
         return int(self.attachment_max_bytes * 1.37) + 2 * 1024 * 1024
+
+
+#: Objects nested deeper than this in a settings write are refused: no setting needs more than two
+#: levels, and the merge recurses once per level.
+MAX_DEPTH = 16
+
+
+def merge_patch(stored: dict[str, Any], patch: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """RFC 7396 section 2 applied to two JSON objects: omitted keys kept, ``null`` removes, objects
+    merged recursively, anything else replaced. Neither argument is modified. Raises ValueError
+    past :data:`MAX_DEPTH` levels.
+
+    Written out rather than taken from a package: it is the RFC's ten-line pseudo-code, and the
+    packages that implement it either also implement RFC 6902 or are unmaintained.
+    """
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"objects nested more than {MAX_DEPTH} levels deep")
+    merged = dict(stored)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict):
+            current = merged.get(key)
+            merged[key] = merge_patch(current if isinstance(current, dict) else {}, value, depth + 1)
+        else:
+            merged[key] = value
+    return merged

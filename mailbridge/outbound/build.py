@@ -45,6 +45,8 @@ class Built:
     mail_from: str  # VERP envelope sender
     rcpt: str
     message_id: str
+    signed: bool = True  # False: the practice has no DKIM key (counted, see worker)
+    practice: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Draft:
     mail_from: str  # VERP envelope sender
     rcpt: str
     signer: DkimSigner | None
+    practice: str = ""  # its slug, for logs and metrics
     reply: ReplyAddress | None = None
     original: bytes | None = None  # a forward: the mail attached as message/rfc822
 
@@ -99,6 +102,8 @@ class Builder:
     def plan(self, session: Session, row: Outbox, batch: BatchSnapshot) -> Draft:
         """What the row's email says, read from *batch* (and the policy asked now); raises NothingToSend."""
         practice = batch.practices[row.practice_id]
+        # First: a row this node cannot sign for (CannotSign) waits, whatever it would say.
+        signer = self.keys.signer(session, practice, batch.dkim_keys.get(practice.id, []))
         settings = batch.settings(practice)
         reply: ReplyAddress | None = None
         original: bytes | None = None
@@ -113,7 +118,8 @@ class Builder:
             rendered=rendered,
             mail_from=verp_address(self.verp_secret, row.id, practice.reply_domain),
             rcpt=row.to_address,
-            signer=self.keys.signer_for(practice, settings),
+            signer=signer,
+            practice=practice.slug,
             reply=reply,
             original=original,
         )
@@ -138,7 +144,14 @@ class Builder:
             data = _with_original(envelope, draft.rendered, draft.original)
         if draft.signer is not None:
             data = draft.signer.sign(data)
-        return Built(data, draft.mail_from, draft.rcpt, envelope.message_id)
+        return Built(
+            data,
+            draft.mail_from,
+            draft.rcpt,
+            envelope.message_id,
+            signed=draft.signer is not None,
+            practice=draft.practice,
+        )
 
     def _domain(self, practice: Practice) -> str:
         return practice.notify_from.rpartition("@")[2].lower()

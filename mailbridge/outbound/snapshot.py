@@ -20,7 +20,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import conversations as convs
-from mailbridge.domain.models import Conversation, Message, Outbox, OutboxKind, Practice, User
+from mailbridge.domain.models import (
+    Conversation,
+    DkimKeyRow,
+    DkimKeyState,
+    Message,
+    Outbox,
+    OutboxKind,
+    Practice,
+    User,
+)
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.policy.rules import Situation
 
@@ -62,6 +71,7 @@ class BatchSnapshot:
     users: dict[int, User]
     conversations: dict[str, Conversation]
     first_ids: dict[str, str]
+    dkim_keys: dict[int, list[DkimKeyRow]] = field(default_factory=dict)  # practice id → its active keys
     _settings: dict[int, PracticeSettings] = field(default_factory=dict)
     _situations: dict[tuple[str, str], Situation] = field(default_factory=dict)
 
@@ -91,12 +101,21 @@ class BatchSnapshot:
         )
         practice_ids = {r.practice_id for r in rows} | {c.practice_id for c in conversations.values()}
         practices = {p.id: p for p in session.scalars(select(Practice).where(Practice.id.in_(practice_ids)))}
+        # Read with every batch: a key activated on any node signs here from the next batch on.
+        dkim_keys: dict[int, list[DkimKeyRow]] = {}
+        for key in session.scalars(
+            select(DkimKeyRow)
+            .where(DkimKeyRow.practice_id.in_(practice_ids), DkimKeyRow.state == DkimKeyState.active)
+            .order_by(DkimKeyRow.id)
+        ):
+            dkim_keys.setdefault(key.practice_id, []).append(key)
         return cls(
             practices=practices,
             messages=messages,
             users=users,
             conversations=conversations,
             first_ids=first_message_ids(session, conversations),
+            dkim_keys=dkim_keys,
         )
 
     def settings(self, practice: Practice) -> PracticeSettings:

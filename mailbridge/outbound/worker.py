@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,11 +29,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailbridge.domain.db import transaction, writer_gate
 from mailbridge.domain.models import Outbox, OutboxState, Practice, utcnow
 from mailbridge.logs import delivery_attempt
-from mailbridge.observability import DELIVERIES, count_practice_delivery
+from mailbridge.observability import DELIVERIES, DKIM_CANNOT_SIGN, UNSIGNED, count_practice_delivery
 from mailbridge.outbound.bounces import hard_failure
 from mailbridge.outbound.build import Builder, Built, Draft, NothingToSend
 from mailbridge.outbound.deliver import Delivery, FileTransport, SmtpTransport, Transport
-from mailbridge.outbound.keys import KeyStore
+from mailbridge.outbound.keys import CannotSign
 from mailbridge.outbound.render import Renderer
 from mailbridge.outbound.snapshot import BatchSnapshot
 from mailbridge.settings import split_listen
@@ -81,6 +81,7 @@ class Worker:
     _loop: asyncio.AbstractEventLoop | None = None
     _wake: asyncio.Event | None = None
     _leased_until: datetime | None = None  # the lease the last claim wrote on its rows
+    _unsigned_warned: set[str] = field(default_factory=set)  # practices already logged as unsigned
 
     @classmethod
     def from_services(cls, services: Any) -> Worker:
@@ -102,7 +103,7 @@ class Worker:
         builder = Builder(
             renderer=Renderer(settings.templates_dir),
             tokens=services.tokens,
-            keys=KeyStore(settings.data_dir / "dkim"),
+            keys=services.dkim_keys,
             verp_secret=services.verp_secret,
             app_url=settings.app_url,
             loop_value=settings.smtp_hostname,
@@ -220,11 +221,29 @@ class Worker:
             row.last_answer = f"cancelled: {why}"
             row.lease_until = None
             return Prepared(row.id)
+        except CannotSign as why:
+            self._cannot_sign(row, snapshot, str(why))
+            return Prepared(row.id)
         except SQLAlchemyError:
             raise  # the transaction is spoiled: the caller decides
         except Exception:
             log.exception("outbox_row_error", extra={"outbox": row.id})
             return Prepared(row.id, failed=True)
+
+    def _cannot_sign(self, row: Outbox, snapshot: BatchSnapshot, why: str) -> None:
+        """The practice has a DKIM key this node cannot use: the row waits (no attempt counted) for a
+        node that can, or for this one once fixed; never sent unsigned. Expires like any row."""
+        practice = snapshot.practices[row.practice_id].slug
+        now = utcnow()
+        row.lease_until = None
+        row.last_answer = f"deferred: this node cannot DKIM-sign for {practice}: {why}"[:512]
+        if now - row.created_at > self.lifetime:
+            row.state = OutboxState.expired
+            log.error("outbox_expired", extra={"outbox": row.id, "attempts": row.attempts, "reason": why})
+        else:
+            row.next_attempt_at = now + backoff(self.schedule, 1)
+        log.warning("dkim_cannot_sign", extra={"outbox": row.id, "practice": practice, "reason": why})
+        DKIM_CANNOT_SIGN.labels(practice).inc()
 
     def _finish(self, item: Prepared) -> Job:
         if item.draft is None:
@@ -350,13 +369,25 @@ class Worker:
             elif job.built is not None and time.monotonic() > send_until:
                 given_back.append(job.row_id)
             elif job.built is not None:
-                deliveries[job.row_id] = await self._send(job.row_id, job.built)
+                deliveries[job.row_id] = delivery = await self._send(job.row_id, job.built)
+                if delivery.result == "sent" and not job.built.signed:
+                    self._count_unsigned(job.built.practice)
         if deliveries:
             await asyncio.to_thread(self.record, deliveries)
         if given_back:
             log.warning("outbox_lease_running_out", extra={"rows": len(given_back)})
             await asyncio.to_thread(self.release, given_back)
         return len(ids)
+
+    def _count_unsigned(self, practice: str) -> None:
+        """Sent without a DKIM signature (the practice has no key): counted, and said once per process."""
+        UNSIGNED.labels(practice).inc()
+        if practice not in self._unsigned_warned:
+            self._unsigned_warned.add(practice)
+            log.warning(
+                "dkim_unsigned",
+                extra={"practice": practice, "hint": f"mailbridge dkim genkey --practice {practice}"},
+            )
 
     async def _send(self, row_id: str, built: Built) -> Delivery:
         try:
