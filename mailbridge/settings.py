@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
     outbox_batch: int = Field(default=50, ge=1, le=1000)  # rows per claim; IN-lists stay small
     worker_enabled: bool = True
+    # Suppressions (domain/suppressions.py): a soft bounce (mailbox full, a remote MTA giving up on a
+    # 4.X.X condition) suppresses the address once this many were seen, each within soft_bounce_days
+    # of the previous; the suppression ends soft_bounce_days after the last one.
+    soft_bounce_limit: int = Field(default=3, ge=1, le=100)
+    soft_bounce_days: int = Field(default=7, ge=1, le=365)
 
     # IMAP mailboxes (configured per practice through the API)
     imap_idle_seconds: float = Field(default=25 * 60, gt=0, lt=29 * 60)  # re-IDLE before 29 min (RFC 2177)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from mailbridge.domain import suppressions
 from mailbridge.domain.models import (
     Conversation,
     Message,
@@ -21,34 +22,11 @@ from mailbridge.domain.models import (
     UserKind,
     utcnow,
 )
+from mailbridge.logs import redact_address
+from mailbridge.observability import NOTIFICATIONS_SUPPRESSED
 from mailbridge.policy.rules import Situation, can_read
 
 log = logging.getLogger(__name__)
-
-
-def suppressed(session: Session, practice_id: int, address: str) -> bool:
-    return bool(
-        session.scalar(
-            select(Suppression.id).where(
-                Suppression.practice_id == practice_id,
-                Suppression.address == address.lower(),
-                Suppression.suppressed.is_(True),
-            )
-        )
-    )
-
-
-def _suppressed_among(session: Session, practice_id: int, addresses: list[str]) -> set[str]:
-    lowered = [a.lower() for a in addresses]
-    return set(
-        session.scalars(
-            select(Suppression.address).where(
-                Suppression.practice_id == practice_id,
-                Suppression.address.in_(lowered),
-                Suppression.suppressed.is_(True),
-            )
-        ).all()
-    )
 
 
 def enqueue_notifications(
@@ -76,14 +54,13 @@ def enqueue_notifications(
     # One snapshot of the conversation; each recipient is then judged as its actor (same rules, fewer queries).
     base = snapshot if snapshot is not None else situation(session, message.author, conversation)
     people = {person.id: person for person in base.participants}
-    blocked = _suppressed_among(session, practice.id, [u.email for u in recipients])
+    blocked = suppressions.active_among(session, practice.id, [u.email for u in recipients], now)
     for user in recipients:
         if not can_read(replace(base, actor=people[user.id])).allowed:
             continue
-        if user.email.lower() in blocked:
-            log.info(
-                "notification_suppressed", extra={"practice": practice.slug, "reason": "address_suppressed"}
-            )
+        hit = blocked.get(user.email.lower())
+        if hit is not None:  # never a silent drop: a row that says so, with the address, in …/outbound
+            _suppressed_row(session, practice, conversation, message, user.id, user.email, hit)
             continue
         if delay and _coalesce(session, conversation.id, user.id, message.id):
             continue
@@ -101,6 +78,33 @@ def enqueue_notifications(
         created += 1
     session.flush()
     return created
+
+
+def _suppressed_row(
+    session: Session,
+    practice: Practice,
+    conversation: Conversation,
+    message: Message,
+    recipient_id: int,
+    address: str,
+    hit: Suppression,
+) -> None:
+    row = Outbox(
+        practice_id=practice.id,
+        kind=OutboxKind.notification,
+        message_id=message.id,
+        conversation_id=conversation.id,
+        recipient_id=recipient_id,
+        to_address=address,
+        state=OutboxState.suppressed,
+        last_answer=suppressions.describe(hit),
+    )
+    session.add(row)
+    NOTIFICATIONS_SUPPRESSED.labels(hit.reason.value).inc()
+    log.info(
+        "notification_suppressed",
+        extra={"practice": practice.slug, "to": redact_address(address), "reason": hit.reason.value},
+    )
 
 
 def _coalesce(session: Session, conversation_id: str, recipient_id: int, message_id: str) -> bool:
