@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import json
 import logging
 import re
@@ -496,12 +497,29 @@ def _scan_parts(msg: Message) -> _PartScan:
 
 
 def _part_bytes(part: Message) -> bytes:
-    """A text part's decoded bytes, at most ``_TEXT_SCANNED`` of them; never raises."""
-    try:
-        data = part.get_payload(decode=True)
-    except Exception:
+    """A text part's body, transfer-decoded, at most about ``_TEXT_SCANNED`` bytes; never raises.
+
+    By hand rather than ``get_payload(decode=True)``: that reads Content-Transfer-Encoding through
+    the policy's header parser, ≈ 100 µs a call, more than the rest of ``classify`` on an ordinary
+    reply. Here the raw field and the stored body give the same bytes (base64 and quoted-printable
+    by ``binascii``, anything else as it is)."""
+    payload = getattr(part, "_payload", None)
+    if not isinstance(payload, str):
         return b""
-    return data[:_TEXT_SCANNED] if isinstance(data, bytes) else b""
+    encoding = ""
+    for name, value in part.raw_items():
+        if name.strip().lower() == "content-transfer-encoding":
+            encoding = _first_token(str(value))
+            break
+    raw = payload[: _TEXT_SCANNED * 2].encode("utf-8", "surrogateescape")
+    try:
+        if encoding == "base64":
+            raw = binascii.a2b_base64(raw)
+        elif encoding == "quoted-printable":
+            raw = binascii.a2b_qp(raw)
+    except (binascii.Error, ValueError):
+        pass  # as the stdlib does: a body that does not decode is read as it is
+    return raw[:_TEXT_SCANNED]
 
 
 def _arf_type(scan: _PartScan) -> str | None:

@@ -82,19 +82,22 @@ def record_report(
         details["feedback_type"] = result.feedback_type
     if decision.considered:
         details["considered"] = [reason for _rule, reason in decision.considered]
+    # One line per report, whatever the verdict; it names no address (the report's are a stranger's
+    # words, the row's recipient is named, redacted, only when something is counted for them).
+    log.info(
+        "report_judged",
+        extra={
+            "practice": target.practice_id,
+            "rcpt_kind": target.kind,
+            "kind": result.kind,
+            "outbox": row.id if row is not None else None,
+            "effect": decision.effect,
+            "reason": decision.verdict.reason,
+        },
+    )
     if row is not None and target.kind == "bounce":
         row.last_answer = _answer(result, decision)[:512]
         _count(session, row, decision, policy)
-    elif decision.effect == "ignore" and decision.verdict.reason == "not_verp":
-        log.info(
-            "report_ignored",
-            extra={
-                "practice": target.practice_id,
-                "rcpt_kind": target.kind,
-                "kind": result.kind,
-                "reason": "not_verp",
-            },
-        )
     if decision.effect == "ignore":
         BOUNCES.labels("ignored").inc()
     return ReportOutcome(decision.verdict.rule, decision.verdict.reason, details)
