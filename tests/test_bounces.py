@@ -30,8 +30,12 @@ from mailbridge.domain.models import (
     Suppression,
     utcnow,
 )
+from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.housekeeping import purge_suppressions
+from mailbridge.inbound.classify import BouncedRecipient, Classification
+from mailbridge.inbound.envelope import Target
 from mailbridge.observability import REGISTRY
+from mailbridge.outbound.bounces import record_report
 from mailbridge.policy.feedback import Arrival, Failure, judge_report, judge_smarthost, refine_status
 from mailbridge.wiring import Services
 from tests.mailhelpers import LiveServer, live_server, open_conversation, reply_address, send_raw
@@ -584,3 +588,19 @@ def test_refine_status() -> None:
     assert refine_status("5.0.0", "smtp; 450 4.2.1 busy") == "5.0.0"  # another class: not ours to mix
     assert refine_status(None, "550-5.1.1 The email account does not exist") == "5.1.1"
     assert refine_status("5.7.1", "550 5.1.1 x") == "5.7.1"
+
+
+def test_report_for_another_practices_row_counts_for_nobody(seeded: Services) -> None:
+    """The VERP signature covers the row id only: the row must also belong to the practice whose
+    reply domain the report came to, or nothing is counted."""
+    verp, row_id, _ = notify_alice(seeded)
+    report = Classification("bounce", "dsn", (BouncedRecipient(ALICE, True, "5.1.1", None, "failed"),))
+    with transaction(seeded.sessions) as session:
+        practice_id = session.get_one(Outbox, row_id).practice_id
+        elsewhere = Target("bounce", practice_id + 1, verp.replace("acme", "other"), outbox_id=row_id)
+        outcome = record_report(session, elsewhere, report, SuppressionPolicy())
+        assert (outcome.rule, outcome.reason) == ("row_must_exist", "unknown_outbox_row")
+        same = Target("bounce", practice_id, verp, outbox_id=row_id)
+        assert record_report(session, same, report, SuppressionPolicy()).reason == "recipient_unknown"
+    with seeded.sessions() as session:
+        assert [s.address for s in session.scalars(select(Suppression))] == [ALICE]
