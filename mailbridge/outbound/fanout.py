@@ -18,7 +18,6 @@ from mailbridge.domain.models import (
     OutboxKind,
     OutboxState,
     Practice,
-    Suppression,
     UserKind,
     utcnow,
 )
@@ -60,7 +59,17 @@ def enqueue_notifications(
             continue
         hit = blocked.get(user.email.lower())
         if hit is not None:  # never a silent drop: a row that says so, with the address, in …/outbound
-            _suppressed_row(session, practice, conversation, message, user.id, user.email, hit)
+            NOTIFICATIONS_SUPPRESSED.labels(hit.reason.value).inc()
+            _skipped(
+                session,
+                practice,
+                conversation,
+                message,
+                user.id,
+                user.email,
+                hit.reason.value,
+                answer=suppressions.describe(hit),
+            )
             continue
         if delay and _coalesce(session, conversation.id, user.id, message.id):
             continue
@@ -80,30 +89,33 @@ def enqueue_notifications(
     return created
 
 
-def _suppressed_row(
+def _skipped(
     session: Session,
     practice: Practice,
     conversation: Conversation,
     message: Message,
     recipient_id: int,
     address: str,
-    hit: Suppression,
+    reason: str,
+    answer: str | None = None,
 ) -> None:
-    row = Outbox(
-        practice_id=practice.id,
-        kind=OutboxKind.notification,
-        message_id=message.id,
-        conversation_id=conversation.id,
-        recipient_id=recipient_id,
-        to_address=address,
-        state=OutboxState.suppressed,
-        last_answer=suppressions.describe(hit),
-    )
-    session.add(row)
-    NOTIFICATIONS_SUPPRESSED.labels(hit.reason.value).inc()
+    """A participant deliberately not notified (a suppressed address) leaves a row in the delivery log
+    saying so, never sent: ``GET …/outbound?state=suppressed`` shows who and why."""
     log.info(
-        "notification_suppressed",
-        extra={"practice": practice.slug, "to": redact_address(address), "reason": hit.reason.value},
+        "notification_skipped",
+        extra={"practice": practice.slug, "to": redact_address(address), "reason": reason},
+    )
+    session.add(
+        Outbox(
+            practice_id=practice.id,
+            kind=OutboxKind.notification,
+            message_id=message.id,
+            conversation_id=conversation.id,
+            recipient_id=recipient_id,
+            to_address=address,
+            state=OutboxState.suppressed,
+            last_answer=answer or f"skipped: {reason}",
+        )
     )
 
 
