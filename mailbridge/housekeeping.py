@@ -1,4 +1,5 @@
-"""Housekeeping: raw copies of refused mail are kept only for the retention period; crash leftovers go."""
+"""Housekeeping: raw copies of refused mail are kept only for the retention period; crash leftovers and
+expired soft suppressions go."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
+from mailbridge.domain import suppressions
 from mailbridge.domain.db import transaction
 from mailbridge.domain.models import InboundLog, QuarantineItem, utcnow
 from mailbridge.wiring import Services
@@ -47,10 +49,20 @@ def purge_raw(services: Services) -> int:
     return removed
 
 
+def purge_suppressions(services: Services) -> int:
+    """Soft suppressions (and soft counts) whose period ended: gone from the API and the tables."""
+    with transaction(services.sessions) as session:
+        removed = suppressions.purge_expired(session)
+    if removed:
+        log.info("suppressions_expired", extra={"count": removed})
+    return removed
+
+
 async def run_housekeeping(services: Services, stop: asyncio.Event, every: float = 3600.0) -> None:
     while not stop.is_set():
         try:
             await asyncio.to_thread(purge_raw, services)
+            await asyncio.to_thread(purge_suppressions, services)
         except Exception:
             log.warning("housekeeping_failed", exc_info=True)
         with contextlib.suppress(TimeoutError):

@@ -29,6 +29,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 
+from mailbridge.domain import suppressions
 from mailbridge.domain.db import migrations_current
 from mailbridge.domain.models import Outbox, OutboxState, Practice, QuarantineItem, utcnow
 from mailbridge.wiring import Services
@@ -64,7 +65,27 @@ SETTINGS_REFUSED = Counter(
     ["key"],
     registry=REGISTRY,
 )
-BOUNCES = Counter("mailbridge_bounces_total", "Bounces received", ["kind"], registry=REGISTRY)
+BOUNCES = Counter(
+    "mailbridge_bounces_total",
+    "Bounce and complaint reports by verdict: hard, soft, complaint (counted for the row's recipient) or ignored",
+    ["kind"],
+    registry=REGISTRY,
+)
+DELIVERY_REFUSALS = Counter(
+    "mailbridge_delivery_refusals_total",
+    "Notifications refused for a reason of ours (sender policy, sender address, message), never a suppression",
+    ["reason"],
+    registry=REGISTRY,
+)
+NOTIFICATIONS_SUPPRESSED = Counter(
+    "mailbridge_notifications_suppressed_total",
+    "Notifications not sent because their address is suppressed, by suppression reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+SUPPRESSIONS = Gauge(
+    "mailbridge_suppressions", "Addresses suppressed now, by reason", ["reason"], registry=REGISTRY
+)
 STEP_SECONDS = Histogram(
     "mailbridge_pipeline_step_seconds",
     "Pipeline step latency",
@@ -249,6 +270,9 @@ def render_metrics(services: Services) -> tuple[bytes, str]:
         PRACTICE_QUARANTINE_HELD.clear()  # a practice whose queue emptied shows no stale figure
         for slug, count in held:
             PRACTICE_QUARANTINE_HELD.labels(slug).set(count)
+        with services.sessions() as session:
+            for reason, count in suppressions.counts_by_reason(session).items():
+                SUPPRESSIONS.labels(reason).set(count)
     except Exception:  # metrics must render even when the database is down
         pass
     source: Collector = _NodeTotals() if CHILD_SAMPLES else REGISTRY

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     # host the reply domains' MX points at (Postfix or mailbridge's SMTP). Empty: a placeholder.
     spf_include: str = ""
     mx_host: str = ""
+    # Suppressions (domain/suppressions.py): a soft bounce (mailbox full, a remote MTA giving up on a
+    # 4.X.X condition) suppresses the address once this many were seen, each within soft_bounce_days
+    # of the previous; the suppression ends soft_bounce_days after the last one.
+    soft_bounce_limit: int = Field(default=3, ge=1, le=100)
+    soft_bounce_days: int = Field(default=7, ge=1, le=365)
 
     # IMAP mailboxes (configured per practice through the API)
     imap_idle_seconds: float = Field(default=25 * 60, gt=0, lt=29 * 60)  # re-IDLE before 29 min (RFC 2177)

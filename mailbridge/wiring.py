@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailbridge.crypto.keyring import Keyring, KeyringError, load_master_keys
 from mailbridge.domain.db import make_engine, make_session_factory
+from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.inbound.dns import NameserverResolver, Resolver
 from mailbridge.inbound.tokens import TokenIssuer
 from mailbridge.outbound.keys import KeyStore
@@ -99,4 +100,10 @@ def pipeline_deps(services: Services) -> Any:
         trusted_authserv_ids=tuple(settings.trusted_authserv_ids),
         authserv_id=settings.authserv_id,
         loop_value=settings.smtp_hostname,
+        suppression=suppression_policy(settings),
     )
+
+
+def suppression_policy(settings: Settings) -> SuppressionPolicy:
+    """How soft bounces add up and end, from ``soft_bounce_limit`` and ``soft_bounce_days``."""
+    return SuppressionPolicy(soft_limit=settings.soft_bounce_limit, soft_days=settings.soft_bounce_days)

@@ -24,9 +24,19 @@ class SinkHandler:
     received: list[Received] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)  # queued answers for DATA, then 250
     rcpt_answer: str | None = None
+    mail_answer: str | None = None  # e.g. "553 5.7.1 Sender address rejected": refuse our MAIL FROM
     event: threading.Event = field(default_factory=threading.Event)
     delay: float = 0.0  # seconds before each DATA answer: a slow smarthost
     before_answer: Callable[[bytes], None] | None = None  # runs on each message, before the answer
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.mail_answer:
+            return self.mail_answer
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

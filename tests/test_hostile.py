@@ -669,12 +669,15 @@ def test_dsn_with_non_ascii_diagnostic_is_recorded_not_deferred(
     Bug: mailbridge/inbound/classify.py ``_dsn_blocks`` builds the delivery-status fields with
     ``str(v)`` over ``block.raw_items()``; for a message parsed from bytes, every non-ASCII byte of a
     field (a localized MTA's ``Diagnostic-Code``, even valid UTF-8) is a lone surrogate (``\\udcc3``).
-    ``bounces.record_bounce`` → ``note_bounce`` stores it in ``Suppression.reason`` (and, for a VERP
+    ``bounces.record_bounce`` → ``note_bounce`` stored it in ``Suppression.reason`` (and, for a VERP
     bounce, ``Outbox.last_answer``); the flush raises ``UnicodeEncodeError: surrogates not allowed``,
     the pipeline turns it into ``internal_error`` and answers ``451 4.3.0``. The reporting MTA retries
     the same DSN until it expires, and the bounce is never recorded (no suppression, no
     ``email_bouncing``). Expected: ``250``, log row ``bounce``; decode the fields as UTF-8 with
     replacement (``v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")``).
+
+    Since issue 11, a DSN at a reply address is logged and never recorded (``not_verp``); the same
+    diagnostic at a VERP address is stored in the suppression (tests/test_bounces.py).
     """
     address = reply_address(sqlite_services, open_conversation(sqlite_services), "alice")
     dsn = (

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from mailbridge import replies
 from mailbridge.domain.db import transaction
-from mailbridge.domain.models import InboundLog, Outbox, OutboxState, Suppression, User, utcnow
+from mailbridge.domain.models import InboundLog, Outbox, OutboxState, Suppression, utcnow
 from mailbridge.outbound import keys
 from mailbridge.outbound.worker import Worker
 from tests.conftest import make_services, seed
@@ -245,13 +245,19 @@ def test_smarthost_550_fails_without_retry_and_suppresses(seeded: Any) -> None:
     with seeded.sessions() as session:
         row = session.scalars(select(Outbox)).one()
         assert row.state == OutboxState.failed and row.attempts == 1 and "5.1.1" in (row.last_answer or "")
-        assert session.scalars(select(Suppression.address).where(Suppression.suppressed.is_(True))).all() == [
-            "alice@client.test"
-        ]
-        assert session.scalar(select(User.email_bouncing).where(User.email == "alice@client.test")) is True
+        suppressed = session.scalars(select(Suppression).where(Suppression.active.is_(True))).one()
+        assert (suppressed.address, suppressed.reason, suppressed.status) == (
+            "alice@client.test",
+            "hard_bounce",
+            "5.1.1",
+        )
     open_conversation(seeded, kind="company", company="bakery", participants=("alice",), subject="Second")
-    with seeded.sessions() as session:  # a suppressed address gets no new notification rows
-        assert len(session.scalars(select(Outbox)).all()) == 1
+    with seeded.sessions() as session:  # a suppressed address gets a row that says so, never a send
+        second = session.scalars(select(Outbox).where(Outbox.id != row.id)).one()
+        assert second.state == OutboxState.suppressed and second.to_address == "alice@client.test"
+        assert second.last_answer is not None and second.last_answer.startswith(
+            "suppressed: hard_bounce 5.1.1"
+        )
 
 
 def test_no_starttls_means_nothing_sent_in_cleartext(seeded: Any) -> None:
@@ -313,7 +319,12 @@ def test_bounce_to_verp_address_suppresses(seeded: Any) -> None:
         assert client.data(dsn.encode())[0] == 250
         assert client.noop()[0] == 250  # connection still fine
     with seeded.sessions() as session:
-        assert session.scalar(select(User.email_bouncing).where(User.email == "alice@client.test")) is True
+        suppressed = session.scalars(select(Suppression)).one()
+        assert (suppressed.address, suppressed.reason, suppressed.active) == (
+            "alice@client.test",
+            "hard_bounce",
+            True,
+        )
         assert "bounced" in (session.scalars(select(Outbox.last_answer)).one() or "")
 
 

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from mailbridge import __version__
 from mailbridge.wiring import Services
 
-from . import conversations, directory, mailboxes, maillog, problems, routing
+from . import conversations, directory, mailboxes, maillog, problems, routing, suppressions
 from .deps import require_api_key
 
 
@@ -28,6 +28,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(maillog.router, dependencies=secured)
     app.include_router(routing.router, dependencies=secured)
     app.include_router(mailboxes.router, dependencies=secured)
+    app.include_router(suppressions.router, dependencies=secured)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlalchemy.orm import Session
 
-from mailbridge.domain import directory
+from mailbridge.domain import directory, suppressions
 from mailbridge.domain.db import transaction
 from mailbridge.domain.errors import Invalid
 from mailbridge.domain.models import FriendshipState, Practice, User
@@ -59,7 +59,10 @@ def practice_out(session: Session, store: KeyStore, p: Practice) -> PracticeOut:
     )
 
 
-def user_out(u: User) -> UserOut:
+def user_out(session: Session, u: User) -> UserOut:
+    """``email_bouncing`` is derived from the active suppression of the user's primary address: it ends
+    when the suppression is removed or expires, and a new address starts clean."""
+    hit = suppressions.active_for(session, u.practice_id, u.email)
     return UserOut(
         id=u.external_id,
         email=u.email,
@@ -69,7 +72,8 @@ def user_out(u: User) -> UserOut:
         role=u.role.value if u.role else None,
         active=u.active,
         locale=u.locale,
-        email_bouncing=u.email_bouncing,
+        email_bouncing=hit is not None and hit.reason in suppressions.BOUNCING,
+        email_suppression=hit.reason.value if hit is not None else None,
     )
 
 
@@ -119,14 +123,14 @@ def put_user(practice: str, user: str, body: UserIn, svc: ServicesDep, response:
         p = directory.get_practice(session, practice)
         row, created = directory.upsert_user(session, p, user, **body.fields())
         response.status_code = 201 if created else 200
-        return user_out(row)
+        return user_out(session, row)
 
 
 @router.get("/{practice}/users/{user}", response_model=UserOut)
 def get_user(practice: str, user: str, svc: ServicesDep) -> UserOut:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        return user_out(directory.get_user(session, p, user))
+        return user_out(session, directory.get_user(session, p, user))
 
 
 @router.put("/{practice}/companies/{company}", response_model=CompanyOut)

@@ -117,7 +117,10 @@ class UserOut(BaseModel):
     role: str | None
     active: bool
     locale: str
-    email_bouncing: bool
+    email_bouncing: bool  # the primary address bounces (hard, or soft until it expires): ask for a new one
+    email_suppression: str | None = (
+        None  # hard_bounce | soft_bounce | complaint: why it gets no notifications
+    )
 
 
 class CompanyIn(Strict):

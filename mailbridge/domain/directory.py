@@ -170,8 +170,8 @@ def upsert_user(
     if was_kind is not None and was_kind != kind:
         raise Invalid("kind_change", "a user's kind cannot change", "kind")
     primary = email.lower()
-    if user.email and user.email.lower() != primary:
-        user.email_bouncing = False  # a new address gets a fresh start
+    # A new address starts clean by itself: suppressions belong to addresses, not users, and
+    # ``email_bouncing`` is derived from the primary address's (domain/suppressions.py).
     user.email = email
     user.name = name
     user.kind = kind

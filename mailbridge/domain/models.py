@@ -90,6 +90,8 @@ class InboundState(enum.StrEnum):
     quarantined = "quarantined"
     dropped_auto_reply = "dropped_auto_reply"
     bounce = "bounce"
+    complaint = "complaint"
+    ignored = "ignored"  # at a VERP address, but neither a bounce nor a complaint (a person, a challenge)
     duplicate = "duplicate"
     forwarded = "forwarded"
     deferred = "deferred"
@@ -173,7 +175,6 @@ class User(Base):
     kind: Mapped[UserKind] = mapped_column(_enum(UserKind))
     role: Mapped[StaffRole | None] = mapped_column(_enum(StaffRole), nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    email_bouncing: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[created_at]
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -404,17 +405,34 @@ class Outbox(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class SuppressionReason(enum.StrEnum):
+    hard_bounce = "hard_bounce"  # the address or mailbox does not exist: until removed
+    soft_bounce = "soft_bounce"  # repeated temporary failures: expires
+    complaint = "complaint"  # the recipient reported our mail as spam: until removed
+
+
 class Suppression(Base):
+    """An address of a practice that notifications are not sent to, and why (``domain/suppressions``).
+
+    Only a report that arrived at the signed VERP address of a row we sent, or our smarthost's
+    answer for that row, writes one (``policy/feedback``). ``active`` says the address is
+    suppressed (a soft bounce counts first); ``expires_at`` ends a soft one.
+    """
+
     __tablename__ = "suppressions"
     __table_args__ = (UniqueConstraint("practice_id", "address"),)
     id: Mapped[pk_int]
     practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"))
-    address: Mapped[str] = mapped_column(String(320))
-    reason: Mapped[str] = mapped_column(String(255))
-    soft_bounces: Mapped[int] = mapped_column(Integer, default=0)
-    suppressed: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[created_at]
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    address: Mapped[str] = mapped_column(String(320))  # lower-cased
+    reason: Mapped[SuppressionReason] = mapped_column(_enum(SuppressionReason))
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)  # RFC 3463, e.g. 5.1.1
+    diagnostic: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    outbox_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the last row reported on
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class NoticeSent(Base):

@@ -3,8 +3,8 @@
     store_raw → prescan → parse → classify → resolve → sender_proof → authenticate → body
               → policy → attachments → store
 
-Each step may end the run with ``Done`` (accepted but not posted: auto-reply, bounce, duplicate,
-quarantine), ``Rejected`` (5xx) or ``Deferred`` (4xx). Only after the final commit is durable does
+Each step may end the run with ``Done`` (accepted but not posted: auto-reply, bounce, complaint,
+duplicate, quarantine), ``Rejected`` (5xx) or ``Deferred`` (4xx). Only after the final commit is durable does
 ``run`` return 250. Any unexpected exception becomes 451 4.3.0 with the traceback in the log only.
 
 A run uses one database session from start to end, its read transaction ended after every step (no
@@ -54,6 +54,7 @@ from mailbridge.domain.models import (
     utcnow,
 )
 from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.inbound import prescan as prescan_mod
 from mailbridge.inbound.attachments import sanitize_filename
 from mailbridge.inbound.authenticate import AuthResults, authenticate
@@ -141,6 +142,7 @@ class Deps:
     authserv_id: str = "mailbridge"
     loop_value: str = "mailbridge"
     prescan_limits: prescan_mod.PrescanLimits = field(default_factory=prescan_mod.PrescanLimits)
+    suppression: SuppressionPolicy = field(default_factory=SuppressionPolicy)
 
 
 @dataclass
@@ -289,7 +291,12 @@ def parse(ctx: Context) -> None:
 
 
 def classify_mail(ctx: Context) -> None:
-    """Bounces go to bounce processing; auto-replies and loops are accepted and never posted (RFC 3834)."""
+    """Bounces and complaints go to report processing; auto-replies and loops are accepted and never
+    posted (RFC 3834); nothing else arriving at a VERP address is a report, nor a reply.
+
+    Reports are never posted nor answered wherever they arrive; whether one may suppress an address
+    is ``policy.feedback``'s question (only at the signed VERP address of a row we sent).
+    """
     result = classify(
         ctx.msg,
         envelope_from=ctx.envelope.mail_from if ctx.envelope.reverse_path_known else None,
@@ -297,13 +304,23 @@ def classify_mail(ctx: Context) -> None:
         loop_value=ctx.deps.loop_value,
     )
     ctx.classification = result
-    if ctx.envelope.target.kind == "bounce" or result.kind == "bounce":
-        from mailbridge.outbound.bounces import record_bounce
+    target = ctx.envelope.target
+    if result.kind in ("bounce", "complaint"):
+        from mailbridge.outbound.bounces import record_report
 
-        with transaction(ctx.deps.sessions) as session:
-            record_bounce(session, ctx.envelope.target, ctx.msg, result)
-        raise Done(InboundState.bounce, result.reason if result.kind == "bounce" else "verp_bounce")
-    if ctx.envelope.target.kind == "operator":
+        with writer_gate(ctx.deps.sessions), transaction(ctx.deps.sessions) as session:
+            outcome = record_report(session, target, result, ctx.deps.suppression)
+        ctx.rule = outcome.rule
+        ctx.details["report"] = {"classified": result.reason, **outcome.details}
+        state = InboundState.bounce if result.kind == "bounce" else InboundState.complaint
+        raise Done(state, outcome.reason)
+    if target.kind == "bounce":
+        # An out-of-office answer, a challenge-response or a person writing to the Return-Path:
+        # no bounce (issue 11 #4), and no reply either (the VERP address carries no reply token).
+        ctx.rule = "only_reports_count"
+        if result.kind == "human":
+            raise Done(InboundState.ignored, "not_a_report")
+    if target.kind == "operator":
         _forward_to_operator(ctx)
         raise Done(InboundState.forwarded, "operator_mail")
     if result.kind == "auto_reply":

@@ -1,83 +1,165 @@
-"""Bounces: match a DSN to its outbox row via the signed VERP address, record it, suppress bad addresses."""
+"""Bounces, complaints and smarthost refusals: judge them (``policy/feedback``), then record what counts.
+
+Two doors bring news of a notification's fate:
+
+* a report mailed back (a DSN, a heuristic bounce, an ARF complaint, a sending service's JSON
+  notice): :func:`record_report`, from the inbound pipeline's classify step;
+* our smarthost's permanent answer: :func:`record_refusal`, from the delivery worker.
+
+Only what the rules count becomes a suppression, and only of the outbox row's recipient; a failure
+of ours (our sender or message refused) is a WARNING, a metric and the row's ``last_answer``, never a
+suppression. Every report leaves its verdict in the inbound log (rule, reason, details).
+"""
 
 from __future__ import annotations
 
 import logging
-from email.message import EmailMessage
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailbridge.domain.models import Outbox, Suppression, User, UserAddress, utcnow
-from mailbridge.inbound.classify import Classification, parse_bounce
+from mailbridge.domain import suppressions
+from mailbridge.domain.models import Outbox, SuppressionReason
+from mailbridge.domain.suppressions import SuppressionPolicy
+from mailbridge.inbound.classify import BouncedRecipient, Classification
 from mailbridge.inbound.envelope import Target
-from mailbridge.observability import BOUNCES
+from mailbridge.logs import redact_address
+from mailbridge.observability import BOUNCES, DELIVERY_REFUSALS
+from mailbridge.policy.feedback import OURS, Arrival, Decision, Failure, judge_report, judge_smarthost
 
 log = logging.getLogger(__name__)
-SOFT_BOUNCE_LIMIT = 3
+
+_REASONS = {
+    "hard": SuppressionReason.hard_bounce,
+    "soft": SuppressionReason.soft_bounce,
+    "complaint": SuppressionReason.complaint,
+}
 
 
-def _suppression(session: Session, practice_id: int, address: str) -> Suppression:
-    row = session.scalar(
-        select(Suppression).where(Suppression.practice_id == practice_id, Suppression.address == address)
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What the inbound log records of a report: the deciding rule, its reason, and the details."""
+
+    rule: str
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _failure(item: BouncedRecipient) -> Failure:
+    addresses = tuple(a for a in (item.address, item.final_recipient) if a)
+    return Failure(
+        source="dsn",
+        addresses=addresses,
+        action=item.action,
+        status=item.status,
+        diagnostic=item.diagnostic,
+        permanent=item.permanent,
     )
-    if row is None:
-        row = Suppression(
-            practice_id=practice_id, address=address, reason="", soft_bounces=0, suppressed=False
+
+
+def record_report(
+    session: Session, target: Target, result: Classification, policy: SuppressionPolicy
+) -> ReportOutcome:
+    """A report mailed to us (a bounce or a complaint, or anything at all at a VERP address)."""
+    row = session.get(Outbox, target.outbox_id) if target.kind == "bounce" and target.outbox_id else None
+    if row is not None and row.practice_id != target.practice_id:  # signed, but never trust one check
+        row = None
+    arrival = Arrival(
+        target_kind=target.kind,
+        kind=result.kind,
+        row_recipient=row.to_address if row is not None else None,
+        row_kind=row.kind.value if row is not None else None,
+    )
+    decision = judge_report(arrival, [_failure(b) for b in result.bounced])
+    details: dict[str, Any] = {
+        "effect": decision.effect,
+        "named": len(result.bounced),  # how many recipients the report names (never who)
+    }
+    if decision.failure is not None:
+        details["status"] = decision.failure.effective_status
+    if result.feedback_type:
+        details["feedback_type"] = result.feedback_type
+    if decision.considered:
+        details["considered"] = [reason for _rule, reason in decision.considered]
+    # One line per report, whatever the verdict; it names no address (the report's are a stranger's
+    # words, the row's recipient is named, redacted, only when something is counted for them).
+    log.info(
+        "report_judged",
+        extra={
+            "practice": target.practice_id,
+            "rcpt_kind": target.kind,
+            "kind": result.kind,
+            "outbox": row.id if row is not None else None,
+            "effect": decision.effect,
+            "reason": decision.verdict.reason,
+        },
+    )
+    if row is not None and target.kind == "bounce":
+        row.last_answer = _answer(result, decision)[:512]
+        _count(session, row, decision, policy)
+    if decision.effect == "ignore":
+        BOUNCES.labels("ignored").inc()
+    return ReportOutcome(decision.verdict.rule, decision.verdict.reason, details)
+
+
+def record_refusal(
+    session: Session, row: Outbox, stage: str, answer: str, policy: SuppressionPolicy
+) -> Decision:
+    """A permanent answer of our smarthost for *row* (issue 11 #2): a suppression only when it says
+    the recipient's address or mailbox is bad; otherwise a delivery failure of ours, loudly."""
+    decision = judge_smarthost(stage, answer, row.to_address)
+    _count(session, row, decision, policy)
+    return decision
+
+
+def _count(session: Session, row: Outbox, decision: Decision, policy: SuppressionPolicy) -> None:
+    reason = _REASONS.get(decision.effect)
+    if reason is not None:
+        failure = decision.failure
+        entry = suppressions.record(
+            session,
+            row.practice_id,
+            row.to_address,
+            reason,
+            status=failure.effective_status if failure else None,
+            diagnostic=failure.diagnostic if failure else None,
+            outbox_id=row.id,
+            policy=policy,
         )
-        session.add(row)
-    return row
-
-
-def _mark_users(session: Session, practice_id: int, address: str) -> None:
-    """The app learns through the API (``email_bouncing``) that it should ask the user to fix the address."""
-    for user in session.scalars(
-        select(User)
-        .join(UserAddress, UserAddress.user_id == User.id)
-        .where(
-            UserAddress.practice_id == practice_id,
-            UserAddress.address == address,
-            UserAddress.primary.is_(True),
+        BOUNCES.labels(decision.effect).inc()
+        log.info(
+            "address_suppression_counted",
+            extra={
+                "outbox": row.id,
+                "to": redact_address(row.to_address),
+                "reason": reason.value,
+                "rule": decision.verdict.rule,
+                "active": entry.active,
+                "count": entry.count,
+            },
         )
-    ):
-        user.email_bouncing = True
+    elif decision.verdict.reason in OURS:
+        DELIVERY_REFUSALS.labels(decision.verdict.reason).inc()
+        log.warning(
+            "delivery_refused_not_the_recipient",
+            extra={
+                "outbox": row.id,
+                "to": redact_address(row.to_address),
+                "reason": decision.verdict.reason,
+                "rule": decision.verdict.rule,
+                "status": decision.failure.effective_status if decision.failure else None,
+            },
+        )
 
 
-def note_bounce(session: Session, practice_id: int, address: str, permanent: bool, reason: str) -> None:
-    address = address.lower()
-    row = _suppression(session, practice_id, address)
-    row.reason = reason[:255]
-    row.updated_at = utcnow()
-    if permanent:
-        row.suppressed = True
+def _answer(result: Classification, decision: Decision) -> str:
+    """The outbox row's ``last_answer`` after a report about it: what it said and what we made of it."""
+    failure = decision.failure
+    if result.kind == "complaint":
+        said = f"complaint: {result.feedback_type or 'abuse'}"
+    elif failure is not None:
+        said = "bounced: " + " ".join(p for p in (failure.effective_status, failure.diagnostic) if p)
     else:
-        row.soft_bounces += 1
-        row.suppressed = row.soft_bounces >= SOFT_BOUNCE_LIMIT
-    if row.suppressed:
-        _mark_users(session, practice_id, address)
-    BOUNCES.labels("hard" if permanent else "soft").inc()
-
-
-def hard_failure(session: Session, row: Outbox, answer: str) -> None:
-    """A 5xx from the smarthost for the recipient (O8): the same score as an asynchronous hard bounce."""
-    if answer.startswith("55"):
-        note_bounce(session, row.practice_id, row.to_address, True, answer)
-
-
-def record_bounce(session: Session, target: Target, msg: EmailMessage, result: Classification) -> None:
-    """An asynchronous DSN: to our VERP address it names its row; anything else is recorded per recipient."""
-    row = session.get(Outbox, target.outbox_id) if target.outbox_id else None
-    bounced = result.bounced or parse_bounce(msg)
-    if row is not None:
-        permanent = any(b.permanent for b in bounced) if bounced else True
-        row.last_answer = (
-            ("bounced: " + "; ".join(f"{b.status or ''} {b.diagnostic or ''}".strip() for b in bounced))[:512]
-            if bounced
-            else "bounced"
-        )
-        note_bounce(session, row.practice_id, row.to_address, permanent, row.last_answer or "bounce")
-        return
-    for item in bounced:
-        note_bounce(session, target.practice_id, item.address, item.permanent, item.diagnostic or "bounce")
-    if not bounced:
-        log.info("bounce_unmatched", extra={"practice": target.practice_id})
+        said = f"{result.kind} report"
+    return f"{said} [{decision.effect}: {decision.verdict.reason}]"

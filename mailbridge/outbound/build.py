@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from mailbridge.domain import suppressions
 from mailbridge.domain.models import InboundLog, Outbox, OutboxKind, Practice, utcnow
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound.envelope import verp_address
@@ -37,6 +38,14 @@ POLICY_BODY = "x" * 10_000
 
 class NothingToSend(Exception):
     """The row's reason to exist is gone (message deleted, recipient removed): cancel, don't send."""
+
+
+class Suppressed(NothingToSend):
+    """The recipient's address was suppressed after the row was written: not sent, and the row says why."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(text)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,9 @@ class Builder:
         reply: ReplyAddress | None = None
         original: bytes | None = None
         if row.kind == OutboxKind.notification:
+            hit = batch.suppressed.get((row.practice_id, row.to_address.lower()))
+            if hit is not None:
+                raise Suppressed(suppressions.describe(hit), hit.reason.value)
             envelope, rendered, reply = self._notification(session, batch, practice, settings, row)
         elif row.kind == OutboxKind.notice:
             envelope, rendered = self._notice(practice, row)

@@ -18,10 +18,15 @@ import aiosmtplib
 Result = Literal["sent", "temporary", "permanent"]
 
 
+Stage = Literal["connect", "mail", "rcpt", "data", ""]
+
+
 @dataclass(frozen=True)
 class Delivery:
     result: Result
     answer: str
+    # The command the answer was to: a refusal at MAIL FROM is of our sender, never of the recipient.
+    stage: Stage = ""
 
 
 class Transport(Protocol):
@@ -125,15 +130,22 @@ class SmtpTransport:
             code = refused.code if refused else 550
             text = f"{code} {refused.message}" if refused else str(exc)
             await self._reset()
-            return Delivery("permanent" if code >= 500 else "temporary", text[:500])
+            return Delivery("permanent" if code >= 500 else "temporary", text[:500], "rcpt")
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset()
+            stage: Stage = (
+                "mail"
+                if isinstance(exc, aiosmtplib.SMTPSenderRefused)
+                else "data"
+                if isinstance(exc, aiosmtplib.SMTPDataError)
+                else ""
+            )
             return Delivery(
-                "permanent" if exc.code >= 500 else "temporary", f"{exc.code} {exc.message}"[:500]
+                "permanent" if exc.code >= 500 else "temporary", f"{exc.code} {exc.message}"[:500], stage
             )
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             await self._drop()
-            return Delivery("temporary", f"connection: {type(exc).__name__}: {exc}"[:500])
+            return Delivery("temporary", f"connection: {type(exc).__name__}: {exc}"[:500], "connect")
 
     async def _reset(self) -> None:
         if self._client is not None and self._client.is_connected:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from mailbridge.domain import suppressions
 from mailbridge.domain.models import (
     Conversation,
     Message,
@@ -17,38 +18,14 @@ from mailbridge.domain.models import (
     OutboxKind,
     OutboxState,
     Practice,
-    Suppression,
     UserKind,
     utcnow,
 )
+from mailbridge.logs import redact_address
+from mailbridge.observability import NOTIFICATIONS_SUPPRESSED
 from mailbridge.policy.rules import Situation, can_read
 
 log = logging.getLogger(__name__)
-
-
-def suppressed(session: Session, practice_id: int, address: str) -> bool:
-    return bool(
-        session.scalar(
-            select(Suppression.id).where(
-                Suppression.practice_id == practice_id,
-                Suppression.address == address.lower(),
-                Suppression.suppressed.is_(True),
-            )
-        )
-    )
-
-
-def _suppressed_among(session: Session, practice_id: int, addresses: list[str]) -> set[str]:
-    lowered = [a.lower() for a in addresses]
-    return set(
-        session.scalars(
-            select(Suppression.address).where(
-                Suppression.practice_id == practice_id,
-                Suppression.address.in_(lowered),
-                Suppression.suppressed.is_(True),
-            )
-        ).all()
-    )
 
 
 def enqueue_notifications(
@@ -76,7 +53,7 @@ def enqueue_notifications(
     # One snapshot of the conversation; each recipient is then judged as its actor (same rules, fewer queries).
     base = snapshot if snapshot is not None else situation(session, message.author, conversation)
     people = {person.id: person for person in base.participants}
-    blocked = _suppressed_among(session, practice.id, [u.email for u in recipients])
+    blocked = suppressions.active_among(session, practice.id, [u.email for u in recipients], now)
     for user in recipients:
         verdict = can_read(replace(base, actor=people[user.id]))
         if verdict.reason == "account_inactive":
@@ -84,9 +61,18 @@ def enqueue_notifications(
             continue
         if not verdict.allowed:
             continue
-        if user.email.lower() in blocked:
-            log.info(
-                "notification_suppressed", extra={"practice": practice.slug, "reason": "address_suppressed"}
+        hit = blocked.get(user.email.lower())
+        if hit is not None:  # never a silent drop: a row that says so, with the address, in …/outbound
+            NOTIFICATIONS_SUPPRESSED.labels(hit.reason.value).inc()
+            _skipped(
+                session,
+                practice,
+                conversation,
+                message,
+                user.id,
+                user.email,
+                hit.reason.value,
+                answer=suppressions.describe(hit),
             )
             continue
         if delay and _coalesce(session, conversation.id, user.id, message.id):
@@ -115,10 +101,14 @@ def _skipped(
     recipient_id: int,
     address: str,
     reason: str,
+    answer: str | None = None,
 ) -> None:
-    """A participant deliberately not notified (a deactivated staff account) leaves a row in the
-    delivery log saying so, never sent: ``GET …/outbound?state=suppressed`` shows who and why."""
-    log.info("notification_skipped", extra={"practice": practice.slug, "reason": reason})
+    """A participant deliberately not notified (a deactivated account, a suppressed address) leaves a row in the delivery log
+    saying so, never sent: ``GET …/outbound?state=suppressed`` shows who and why."""
+    log.info(
+        "notification_skipped",
+        extra={"practice": practice.slug, "to": redact_address(address), "reason": reason},
+    )
     session.add(
         Outbox(
             practice_id=practice.id,
@@ -128,7 +118,7 @@ def _skipped(
             recipient_id=recipient_id,
             to_address=address,
             state=OutboxState.suppressed,
-            last_answer=f"skipped: {reason}",
+            last_answer=answer or f"skipped: {reason}",
         )
     )
 

@@ -5,6 +5,9 @@ recipient and conversation with its own ``session.get`` cost a query (and an ORM
 per object; here each kind is read once for the batch with ``WHERE id IN (...)`` and kept in plain
 dictionaries. Nothing is cached beyond the batch: every batch reads the current state again.
 
+Which of the rows' addresses are suppressed now is read once for the batch too: a bounce or complaint
+that arrived after a notification was written stops it here (``build.Suppressed``).
+
 The policy question (may this recipient still read the conversation, may they answer it by email)
 is still asked for every row, on state read during this batch: the conversation's snapshot comes
 from ``conversations.situation`` itself, once per conversation, and each recipient is then judged
@@ -20,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import conversations as convs
+from mailbridge.domain import suppressions
 from mailbridge.domain.models import (
     Conversation,
     DkimKeyRow,
@@ -28,6 +32,7 @@ from mailbridge.domain.models import (
     Outbox,
     OutboxKind,
     Practice,
+    Suppression,
     User,
 )
 from mailbridge.domain.practice_settings import PracticeSettings
@@ -72,6 +77,8 @@ class BatchSnapshot:
     conversations: dict[str, Conversation]
     first_ids: dict[str, str]
     dkim_keys: dict[int, list[DkimKeyRow]] = field(default_factory=dict)  # practice id → its active keys
+    # (practice id, lower-cased address) → the suppression that stops a notification to it now
+    suppressed: dict[tuple[int, str], Suppression] = field(default_factory=dict)
     _settings: dict[int, PracticeSettings] = field(default_factory=dict)
     _situations: dict[tuple[str, str], Situation] = field(default_factory=dict)
 
@@ -116,6 +123,9 @@ class BatchSnapshot:
             conversations=conversations,
             first_ids=first_message_ids(session, conversations),
             dkim_keys=dkim_keys,
+            suppressed=suppressions.active_in_batch(
+                session, {(r.practice_id, r.to_address) for r in notifications}
+            ),
         )
 
     def settings(self, practice: Practice) -> PracticeSettings:

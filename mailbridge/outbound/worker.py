@@ -28,15 +28,23 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailbridge.domain.db import transaction, writer_gate
 from mailbridge.domain.models import Outbox, OutboxState, Practice, utcnow
-from mailbridge.logs import delivery_attempt
-from mailbridge.observability import DELIVERIES, DKIM_CANNOT_SIGN, UNSIGNED, count_practice_delivery
-from mailbridge.outbound.bounces import hard_failure
-from mailbridge.outbound.build import Builder, Built, Draft, NothingToSend
+from mailbridge.domain.suppressions import SuppressionPolicy
+from mailbridge.logs import delivery_attempt, redact_address
+from mailbridge.observability import (
+    DELIVERIES,
+    DKIM_CANNOT_SIGN,
+    NOTIFICATIONS_SUPPRESSED,
+    UNSIGNED,
+    count_practice_delivery,
+)
+from mailbridge.outbound.bounces import record_refusal
+from mailbridge.outbound.build import Builder, Built, Draft, NothingToSend, Suppressed
 from mailbridge.outbound.deliver import Delivery, FileTransport, SmtpTransport, Transport
 from mailbridge.outbound.keys import CannotSign
 from mailbridge.outbound.render import Renderer
 from mailbridge.outbound.snapshot import BatchSnapshot
 from mailbridge.settings import split_listen
+from mailbridge.wiring import suppression_policy
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,7 @@ class Worker:
     lease: timedelta
     batch: int = 50
     poll: float = 1.0
+    suppression: SuppressionPolicy = field(default_factory=SuppressionPolicy)
     _loop: asyncio.AbstractEventLoop | None = None
     _wake: asyncio.Event | None = None
     _leased_until: datetime | None = None  # the lease the last claim wrote on its rows
@@ -117,6 +126,7 @@ class Worker:
             lease=timedelta(seconds=settings.outbox_lease_seconds),
             batch=settings.outbox_batch,
             poll=settings.outbox_poll_seconds,
+            suppression=suppression_policy(settings),
         )
 
     @contextlib.contextmanager
@@ -216,6 +226,16 @@ class Worker:
     def _plan(self, session: Session, row: Outbox, snapshot: BatchSnapshot) -> Prepared:
         try:
             return Prepared(row.id, self.builder.plan(session, row, snapshot))
+        except Suppressed as why:  # suppressed since the row was written: said on the row, not sent
+            row.state = OutboxState.suppressed
+            row.last_answer = str(why)[:512]
+            row.lease_until = None
+            NOTIFICATIONS_SUPPRESSED.labels(why.reason).inc()
+            log.info(
+                "notification_suppressed",
+                extra={"outbox": row.id, "to": redact_address(row.to_address), "reason": why.reason},
+            )
+            return Prepared(row.id)
         except NothingToSend as why:
             row.state = OutboxState.failed
             row.last_answer = f"cancelled: {why}"
@@ -317,7 +337,7 @@ class Worker:
             row.sent_at = now
         elif delivery.result == "permanent":
             row.state = OutboxState.failed
-            hard_failure(session, row, delivery.answer)
+            record_refusal(session, row, delivery.stage, delivery.answer, self.suppression)
         elif now - row.created_at > self.lifetime:  # UTCDateTime: always aware
             row.state = OutboxState.expired
             log.error("outbox_expired", extra={"outbox": row.id, "attempts": row.attempts})

@@ -1,0 +1,79 @@
+"""Suppressed addresses of a practice: what bounced or complained, why and until when; and forgetting one.
+
+The full address is shown here (the practice's staff need it to fix a client's record); log lines
+carry it redacted. Removing a suppression lets notifications go again at once, and the user's
+``email_bouncing`` follows (it is derived from these rows).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
+
+from mailbridge.domain import directory, suppressions
+from mailbridge.domain.db import transaction
+from mailbridge.domain.errors import NotFound
+from mailbridge.domain.models import Suppression, SuppressionReason, utcnow
+
+from .deps import ServicesDep
+
+router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["mail"])
+
+
+class SuppressionOut(BaseModel):
+    address: str
+    reason: SuppressionReason
+    active: bool  # notifications to this address are not sent now (a soft bounce counts first)
+    status: str | None  # RFC 3463 status of the report that set the reason, e.g. 5.1.1
+    diagnostic: str | None  # the remote server's or the smarthost's words
+    count: int  # reports counted since first_seen
+    first_seen: datetime
+    last_seen: datetime
+    expires_at: datetime | None  # soft bounces only; hard bounces and complaints last until removed
+    outbox: str | None  # the last notification reported on (GET …/outbound)
+
+
+class SuppressionItems(BaseModel):
+    items: list[SuppressionOut]
+
+
+def suppression_out(row: Suppression) -> SuppressionOut:
+    now = utcnow()
+    live = row.expires_at is None or row.expires_at > now
+    return SuppressionOut(
+        address=row.address,
+        reason=row.reason,
+        active=row.active and live,
+        status=row.status,
+        diagnostic=row.diagnostic,
+        count=row.count,
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        expires_at=row.expires_at,
+        outbox=row.outbox_id,
+    )
+
+
+@router.get("/suppressions", response_model=SuppressionItems)
+def list_suppressions(
+    practice: str,
+    svc: ServicesDep,
+    reason: SuppressionReason | None = None,
+    address: str | None = Query(default=None, max_length=320),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> SuppressionItems:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        rows = suppressions.listing(session, p.id, reason=reason, address=address, limit=limit)
+        return SuppressionItems(items=[suppression_out(r) for r in rows])
+
+
+@router.delete("/suppressions/{address}", status_code=204)
+def delete_suppression(practice: str, address: str, svc: ServicesDep) -> Response:
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        if not suppressions.remove(session, p.id, address):
+            raise NotFound("suppression_not_found", "no suppression for this address", "address")
+    return Response(status_code=204)
