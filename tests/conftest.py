@@ -168,6 +168,7 @@ def seed(services: Services, practice: str = "acme") -> None:
                     {
                         "slug": practice,
                         **PRACTICE,
+                        "domains": [f"{practice}.test"],  # approved by the operator: routes live there
                         "users": USERS,
                         "companies": {"bakery": {"name": "Acme Bakery"}, "garage": {"name": "Garage Ltd"}},
                         "favorites": [
