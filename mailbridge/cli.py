@@ -1,15 +1,20 @@
-"""The ``mailbridge`` command: serve, db upgrade, demo, import, dkim genkey, imap check."""
+"""The ``mailbridge`` command: serve, db upgrade, demo, import, dkim genkey, imap check, keys, domains."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import secrets
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailbridge.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from mailbridge.wiring import Services
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +54,29 @@ def _parser() -> argparse.ArgumentParser:
     genkey.add_argument("--selector", default=None, help="default: mb<yyyymm>")
     genkey.add_argument("--ed25519", action="store_true", help="also create an ed25519 key (RFC 8463)")
 
+    keys = sub.add_parser("keys", help="practice-scoped API keys (the platform key is MAILBRIDGE_API_KEY)")
+    keysub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    create = keysub.add_parser("create", help="create a key for one practice and print it (once)")
+    create.add_argument("--practice", required=True)
+    create.add_argument("--scope", choices=["app", "read"], default="app", help="read: GET only")
+    create.add_argument("--label", default="", help="a note to recognise the key by")
+    listing = keysub.add_parser("list", help="list keys (never the keys themselves)")
+    listing.add_argument("--practice", default=None)
+    revoke = keysub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("id")
+
+    domains = sub.add_parser("domains", help="domains a practice owns besides its reply domain (routes)")
+    domsub = domains.add_subparsers(dest="domains_command", required=True, metavar="DOMAINS_COMMAND")
+    add = domsub.add_parser("add", help="approve a domain for a practice")
+    add.add_argument("--practice", required=True)
+    add.add_argument("domain")
+    remove = domsub.add_parser("remove", help="withdraw an approved domain")
+    remove.add_argument("--practice", required=True)
+    remove.add_argument("domain")
+    remove.add_argument("--force", action="store_true", help="even if routes use it (they receive nothing)")
+    domlist = domsub.add_parser("list", help="the practice's reply domain and approved domains")
+    domlist.add_argument("--practice", required=True)
+
     imap = sub.add_parser("imap", help="IMAP mailboxes")
     imapsub = imap.add_subparsers(dest="imap_command", required=True, metavar="IMAP_COMMAND")
     check = imapsub.add_parser("check", help="connect to a practice's mailboxes and print what is found")
@@ -66,12 +94,30 @@ def _api_key(settings: Settings, generate: bool) -> str:
         raise SettingsError("api_key: not set (MAILBRIDGE_API_KEY); use --generate-api-key to create one")
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
+    try:
+        # 0600 from the first byte, and never through a file someone placed there (O_EXCL)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it meanwhile
+        return path.read_text().strip()
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     return key
 
 
 def main(argv: list[str] | None = None) -> int:
+    # What mailbridge writes (the database, raw mail, attachments, outbox files, keys) is nobody
+    # else's to read: group and others get nothing, whatever the shell's umask. Restored on return
+    # for a caller that runs the command in its own process (tests).
+    previous = os.umask(0o077)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -94,8 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args, settings)
 
 
+def _upgrade(services: Services) -> None:
+    """Migrations, then what they cannot do themselves: seal plaintext mailbox passwords (that needs
+    the master key, which only the running service has)."""
+    from mailbridge.access.credentials import reseal_legacy_passwords
+    from mailbridge.domain.db import upgrade
+
+    upgrade(services.engine)
+    sealed = reseal_legacy_passwords(services.sessions, services.keyring)
+    if sealed:
+        print(f"mailbridge: sealed {sealed} plaintext mailbox password(s)", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from mailbridge.domain.db import transaction, upgrade
+    from mailbridge.domain.db import MigrationRefused, transaction
     from mailbridge.wiring import build_services
 
     try:
@@ -103,6 +161,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     except SettingsError as exc:
         print(f"mailbridge: bad setting: {exc}", file=sys.stderr)
         return 2
+    upgrade = _upgrade
     try:
         if args.command == "serve":
             from mailbridge.crypto.agreement import Disagreement, check_agreement
@@ -110,7 +169,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             from mailbridge.runtime import serve
 
             if args.migrate or services.engine.dialect.name == "sqlite":
-                upgrade(services.engine)
+                upgrade(services)
             if migrations_current(services.engine):
                 try:
                     with transaction(services.sessions) as session:
@@ -126,13 +185,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             serve(services)
             return 0
         if args.command == "db":
-            upgrade(services.engine)
+            upgrade(services)
             print("mailbridge: database is at the newest migration")
             return 0
         if args.command == "demo":
             from mailbridge.demo import how_to_try, is_empty, load_demo
 
-            upgrade(services.engine)
+            upgrade(services)
             with transaction(services.sessions) as session:
                 if args.if_empty and not is_empty(session):
                     print("mailbridge: database already has practices; demo not loaded")
@@ -147,7 +206,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             from mailbridge.directory_import import load_directory
             from mailbridge.domain.errors import DomainError
 
-            upgrade(services.engine)
+            upgrade(services)
             try:
                 data = json.loads(args.file.read_text(encoding="utf-8"))
                 with transaction(services.sessions) as session:
@@ -175,6 +234,25 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             from mailbridge.ingress.imap import check_command
 
             return check_command(services, args.practice)
+        if args.command == "keys":
+            from mailbridge.access import commands
+
+            if args.keys_command == "create":
+                return commands.keys_create(services, args.practice, args.scope, args.label)
+            if args.keys_command == "list":
+                return commands.keys_list(services, args.practice)
+            return commands.keys_revoke(services, args.id)
+        if args.command == "domains":
+            from mailbridge.access import commands
+
+            if args.domains_command == "add":
+                return commands.domains_add(services, args.practice, args.domain)
+            if args.domains_command == "remove":
+                return commands.domains_remove(services, args.practice, args.domain, args.force)
+            return commands.domains_list(services, args.practice)
+        return 2
+    except MigrationRefused as exc:
+        print(f"mailbridge: {exc}", file=sys.stderr)
         return 2
     finally:
         services.close()
