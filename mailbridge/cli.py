@@ -94,15 +94,9 @@ def _api_key(settings: Settings, generate: bool) -> str:
         raise SettingsError("api_key: not set (MAILBRIDGE_API_KEY); use --generate-api-key to create one")
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)
-    try:
-        # 0600 from the first byte, and never through a file someone placed there (O_EXCL)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it meanwhile
-        return path.read_text().strip()
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # 0600 before the first byte
+    with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
     return key
 
 

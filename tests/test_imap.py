@@ -72,12 +72,7 @@ def dovecot() -> Iterator[Dovecot]:
 
 @pytest.fixture
 def svc(tmp_path: Path) -> Iterator[Services]:
-    services = make_services(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'mailbridge.db'}",
-        imap_allow_private_hosts=True,  # the test Dovecot listens on loopback
-        imap_password_envs=["MB_TEST_IMAP_PASSWORD", "DESK_PW"],
-    )
+    services = make_services(tmp_path, f"sqlite:///{tmp_path / 'mailbridge.db'}")
     seed(services)
     with transaction(services.sessions) as session:
         practice = directory.get_practice(session, "acme")

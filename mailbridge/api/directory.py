@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from mailbridge.domain import directory
-from mailbridge.domain import domains as owned
 from mailbridge.domain.db import transaction
 from mailbridge.domain.errors import Invalid
 from mailbridge.domain.models import FriendshipState, Practice, User
@@ -52,29 +49,11 @@ def user_out(u: User) -> UserOut:
     )
 
 
-def _check_notify_from(session: Session, practice: Practice) -> None:
-    """Notifications go out From the practice's own domain (aligned with its reply domain, or one
-    the operator approved), never from any brand it likes. Checked when either value changes."""
-    from mailbridge.inbound.authenticate import organizational_domain
-
-    approved = [d.domain for d in owned.approved_domains(session, practice.id)]
-    if not owned.notify_from_owned(
-        practice.notify_from, practice.reply_domain, approved, organizational_domain
-    ):
-        raise Invalid(
-            "notify_from_not_owned",
-            "notify_from must be in the reply domain's organisational domain or an approved domain",
-            "notify_from",
-        )
-
-
 @router.put("/{practice}", response_model=PracticeOut)
 def put_practice(practice: str, body: PracticeIn, svc: ServicesDep, response: Response) -> PracticeOut:
     from pydantic import ValidationError
 
     with transaction(svc.sessions) as session:
-        before = session.scalar(select(Practice).where(Practice.slug == practice))
-        was = (before.notify_from, before.reply_domain) if before is not None else None
         try:
             row, created = directory.upsert_practice(
                 session,
@@ -89,8 +68,6 @@ def put_practice(practice: str, body: PracticeIn, svc: ServicesDep, response: Re
             first = exc.errors()[0]
             field = "settings." + ".".join(str(p) for p in first["loc"])
             raise Invalid("invalid_settings", f"{field}: {first['msg']}", field) from None
-        if was != (row.notify_from, row.reply_domain):
-            _check_notify_from(session, row)
         response.status_code = 201 if created else 200
         return practice_out(row)
 

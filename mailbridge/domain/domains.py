@@ -12,7 +12,6 @@ domain approved for one practice cannot be another's reply domain (checked here,
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import literal, select, union_all
@@ -168,22 +167,6 @@ def unowned_routes(session: Session, practice_id: int | None = None) -> list[tup
         if reply.get(pid) != domain and (pid, domain) not in approved:
             found.append((pid, address))
     return found
-
-
-def notify_from_owned(
-    notify_from: str,
-    reply_domain: str,
-    approved: Iterable[str],
-    organizational_domain: Callable[[str], str],
-) -> bool:
-    """The From of notifications must be the practice's own: a domain it owns, or one in the same
-    organisational domain as its reply domain (RFC 7489 §3.2 relaxed alignment: ``notify@acme.example``
-    with replies at ``reply.acme.example``). Otherwise a practice could send mail as any brand."""
-    domain = domain_of(notify_from)
-    owned = {reply_domain.lower(), *(d.lower() for d in approved)}
-    if domain in owned:
-        return True
-    return organizational_domain(domain) == organizational_domain(reply_domain)
 
 
 def _like_escape(text: str) -> str:
