@@ -1,4 +1,4 @@
-"""The ``mailbridge`` command: serve, db upgrade, demo, import, dkim, dns, imap check."""
+"""The ``mailbridge`` command: serve, db upgrade, demo, import, dkim, dns, imap check, keys, domains."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mailbridge.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from mailbridge.wiring import Services
 
 CONFIG_HELP = "TOML settings file (also MAILBRIDGE_CONFIG)"
 
@@ -113,6 +116,37 @@ def _parser() -> argparse.ArgumentParser:
     dns_check.add_argument("--practice", required=True)
     dns_check.add_argument("--json", action="store_true")
 
+    keys = sub.add_parser(
+        "keys", parents=[common], help="practice-scoped API keys (the platform key is MAILBRIDGE_API_KEY)"
+    )
+    keysub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    create = keysub.add_parser(
+        "create", help="create a key for one practice and print it (once)", parents=[common]
+    )
+    create.add_argument("--practice", required=True)
+    create.add_argument("--scope", choices=["app", "read"], default="app", help="read: GET only")
+    create.add_argument("--label", default="", help="a note to recognise the key by")
+    key_list = keysub.add_parser("list", help="list keys (never the keys themselves)", parents=[common])
+    key_list.add_argument("--practice", default=None)
+    revoke = keysub.add_parser("revoke", help="revoke a key by its id", parents=[common])
+    revoke.add_argument("id")
+
+    domains = sub.add_parser(
+        "domains", parents=[common], help="domains a practice owns besides its reply domain (routes)"
+    )
+    domsub = domains.add_subparsers(dest="domains_command", required=True, metavar="DOMAINS_COMMAND")
+    add = domsub.add_parser("add", help="approve a domain for a practice", parents=[common])
+    add.add_argument("--practice", required=True)
+    add.add_argument("domain")
+    remove = domsub.add_parser("remove", help="withdraw an approved domain", parents=[common])
+    remove.add_argument("--practice", required=True)
+    remove.add_argument("domain")
+    remove.add_argument("--force", action="store_true", help="even if routes use it (they receive nothing)")
+    domlist = domsub.add_parser(
+        "list", help="the practice's reply domain and approved domains", parents=[common]
+    )
+    domlist.add_argument("--practice", required=True)
+
     imap = sub.add_parser("imap", parents=[common], help="IMAP mailboxes")
     imapsub = imap.add_subparsers(dest="imap_command", required=True, metavar="IMAP_COMMAND")
     check = imapsub.add_parser(
@@ -146,6 +180,17 @@ def _api_key(settings: Settings, generate: bool, config: str | None) -> tuple[st
 
 
 def main(argv: list[str] | None = None) -> int:
+    # What mailbridge writes (the database, raw mail, attachments, outbox files, keys) is nobody
+    # else's to read: group and others get nothing, whatever the shell's umask. Restored on return
+    # for a caller that runs the command in its own process (tests).
+    previous = os.umask(0o077)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     key_origin = ""
     try:
@@ -175,10 +220,23 @@ def _refuse(problem: str) -> int:
     return 2
 
 
+def _upgrade(services: Services) -> tuple[str | None, str | None]:
+    """Migrations, then what they cannot do themselves: seal plaintext mailbox passwords (that needs
+    the master key, which only the running service has). Returns the revisions before and after."""
+    from mailbridge.access.credentials import reseal_legacy_passwords
+    from mailbridge.domain.db import upgrade
+
+    before, after = upgrade(services.engine)
+    sealed = reseal_legacy_passwords(services.sessions, services.keyring)
+    if sealed:
+        print(f"mailbridge: sealed {sealed} plaintext mailbox password(s)", file=sys.stderr)
+    return before, after
+
+
 def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from mailbridge.domain.db import transaction, upgrade
+    from mailbridge.domain.db import MigrationRefused, transaction
     from mailbridge.wiring import build_services
 
     try:
@@ -196,7 +254,7 @@ def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> 
             try:
                 # SQLite is one node's own file: it is always brought up to date (README).
                 if args.migrate or services.engine.dialect.name == "sqlite":
-                    upgrade(services.engine)
+                    _upgrade(services)
                 pending = pending_migrations(services.engine)
             except SQLAlchemyError as exc:
                 return _refuse(f"database: cannot reach {_database(settings)}: {_first_line(exc)}")
@@ -222,7 +280,7 @@ def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> 
             from mailbridge.domain.db import head_revision
 
             try:
-                before, after = upgrade(services.engine)
+                before, after = _upgrade(services)
             except SQLAlchemyError as exc:
                 return _refuse(f"database: cannot reach {_database(settings)}: {_first_line(exc)}")
             where = _database(settings)
@@ -238,7 +296,7 @@ def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> 
         if args.command == "demo":
             from mailbridge.demo import how_to_try, is_empty, load_demo
 
-            upgrade(services.engine)
+            _upgrade(services)
             with transaction(services.sessions) as session:
                 if args.if_empty and not is_empty(session):
                     print("mailbridge: database already has practices; demo not loaded")
@@ -253,7 +311,7 @@ def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> 
             from mailbridge.directory_import import load_directory
             from mailbridge.domain.errors import DomainError
 
-            upgrade(services.engine)
+            _upgrade(services)
             try:
                 data = json.loads(args.file.read_text(encoding="utf-8"))
                 with transaction(services.sessions) as session:
@@ -297,6 +355,25 @@ def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> 
             from mailbridge.ingress.imap import check_command
 
             return check_command(services, args.practice)
+        if args.command == "keys":
+            from mailbridge.access import commands
+
+            if args.keys_command == "create":
+                return commands.keys_create(services, args.practice, args.scope, args.label)
+            if args.keys_command == "list":
+                return commands.keys_list(services, args.practice)
+            return commands.keys_revoke(services, args.id)
+        if args.command == "domains":
+            from mailbridge.access import commands
+
+            if args.domains_command == "add":
+                return commands.domains_add(services, args.practice, args.domain)
+            if args.domains_command == "remove":
+                return commands.domains_remove(services, args.practice, args.domain, args.force)
+            return commands.domains_list(services, args.practice)
+        return 2
+    except MigrationRefused as exc:
+        print(f"mailbridge: {exc}", file=sys.stderr)
         return 2
     finally:
         services.close()

@@ -86,6 +86,7 @@ def _practice(slug: str, lang: str) -> dict[str, Any]:
             ["bob", "acme-bakery"],
         ],
         "friendships": [["dr-smith", "dr-jones", "accepted"]],
+        "domains": [f"{slug}.test"],  # frontdesk@ and billing@ live on the practice's own domain
         "routes": {
             f"frontdesk@{slug}.test": {
                 "roles": ["front_office"],

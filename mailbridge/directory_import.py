@@ -18,6 +18,7 @@ class PracticeImport(PracticeIn):
     companies: dict[str, CompanyIn] = {}
     favorites: list[tuple[str, str]] = []  # (user, company)
     friendships: list[tuple[str, str, str]] = []  # (user_a, user_b, state)
+    domains: list[str] = []  # approved by the operator (who runs the import): routes may use them
     routes: dict[str, dict[str, Any]] = {}
 
 
@@ -29,7 +30,15 @@ class ImportFile(BaseModel):
 def load_directory(session: Session, data: dict[str, Any]) -> dict[str, int]:
     """All or nothing: the caller's transaction rolls back on the first bad row."""
     parsed = ImportFile.model_validate(data)
-    counts = {"practices": 0, "users": 0, "companies": 0, "favorites": 0, "friendships": 0, "routes": 0}
+    counts = {
+        "practices": 0,
+        "users": 0,
+        "companies": 0,
+        "favorites": 0,
+        "friendships": 0,
+        "domains": 0,
+        "routes": 0,
+    }
     for item in parsed.practices:
         practice, _ = directory.upsert_practice(
             session,
@@ -41,6 +50,12 @@ def load_directory(session: Session, data: dict[str, Any]) -> dict[str, int]:
             settings=item.settings,
         )
         counts["practices"] += 1
+        if item.domains:
+            from mailbridge.domain.domains import approve
+
+            for domain in item.domains:
+                approve(session, practice, domain, "import")
+                counts["domains"] += 1
         users = {}
         for ext, u in item.users.items():
             users[ext], _ = directory.upsert_user(session, practice, ext, **u.fields())

@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     # One node polls a mailbox at a time: it holds a lease in the database, renewed every third of
     # this; a node that dies is replaced by another within about this long.
     imap_lease_seconds: float = Field(default=90.0, ge=3)
+    # Environment variables a practice may name as a mailbox's password_env (empty: none; a practice
+    # gives the password itself, stored sealed). Never list a variable holding a secret of ours.
+    imap_password_envs: list[str] = []
+    # Mailbox hosts on loopback, private, link-local or other non-public addresses (the cloud
+    # metadata service, the network behind us) are refused unless this is true.
+    imap_allow_private_hosts: bool = False
 
     # Authentication of inbound mail
     dns_nameservers: list[str] = []  # e.g. ["127.0.0.1:5353"]; empty uses the system resolver
@@ -112,6 +118,7 @@ class Settings(BaseSettings):
 
     # The messaging app
     api_key: str = ""
+    api_docs: bool = False  # serve Swagger UI at /docs (no key; it loads its assets from a public CDN)
     app_url: str = "http://127.0.0.1:8080"  # sign-in links in notifications
 
     templates_dir: Path | None = None  # default: mailbridge/templates/, shipped inside the package
@@ -158,6 +165,24 @@ class Settings(BaseSettings):
             ipaddress.ip_address(host)
             if port and not port.isdigit():
                 raise ValueError(f"bad nameserver port in {item!r}")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: str) -> str:
+        # compared with what arrives in an HTTP header: printable ASCII only
+        if value and not (value.isascii() and value.isprintable() and " " not in value):
+            raise ValueError("must be printable ASCII without spaces")
+        return value
+
+    @field_validator("imap_password_envs")
+    @classmethod
+    def _password_envs(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if name.startswith("MAILBRIDGE_"):
+                raise ValueError(f"{name} is one of mailbridge's own settings, never a mailbox password")
         return value
 
     @field_validator("outbox_retry_schedule")

@@ -20,6 +20,7 @@ from mailbridge.wiring import Services, build_services
 PG_URL = os.environ.get("MAILBRIDGE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 API_KEY = "test-key-" + "x" * 24
+TEST_PASSWORD_ENVS = ["MB_TEST_IMAP_PASSWORD", "MB_TEST_NEW_PASSWORD", "MB_TEST_UNSET_PASSWORD", "DESK_PW"]
 
 # A static DNS table: the tests never ask the machine's resolver. Clients' domains publish SPF for
 # loopback, so mail from 127.0.0.1 passes SPF aligned, as it would from the client's real provider.
@@ -91,7 +92,17 @@ def make_services(tmp_path: Path, database_url: str, **overrides: Any) -> Servic
         database_url=database_url,
         api_key=API_KEY,
         app_url="https://app.example.test",
-        **({"smtp_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0"} | overrides),
+        **(
+            {
+                "smtp_listen": "127.0.0.1:0",
+                "http_listen": "127.0.0.1:0",
+                # the test IMAP servers listen on loopback, and tests name these variables; the
+                # tests of the refusals (test_tenancy*.py) build services without either
+                "imap_allow_private_hosts": True,
+                "imap_password_envs": TEST_PASSWORD_ENVS,
+            }
+            | overrides
+        ),
     )
     services = build_services(settings, resolver=static_resolver())
     upgrade(services.engine)
@@ -169,6 +180,7 @@ def seed(services: Services, practice: str = "acme") -> None:
                     {
                         "slug": practice,
                         **PRACTICE,
+                        "domains": [f"{practice}.test"],  # approved by the operator: routes live there
                         "users": USERS,
                         "companies": {"bakery": {"name": "Acme Bakery"}, "garage": {"name": "Garage Ltd"}},
                         "favorites": [

@@ -515,7 +515,9 @@ def test_t6_token_only_in_the_to_header_is_not_posted(sqlite_services: Services,
     address = reply_address(sqlite_services, conv, "alice")
     msg = reply_message(OWNER, address, "Routed by the envelope, not by this header.")
     assert send(mail, msg, OWNER, "postmaster@reply.acme.test")[0] == 250  # the operator's, not a post
-    assert send(mail, msg, OWNER, "frontdesk@acme.test") == answer(replies.RELAY_DENIED)
+    # the practice's own domain, but no route there; then a domain that is nobody's
+    assert send(mail, msg, OWNER, "frontdesk@acme.test") == answer(replies.UNKNOWN_RECIPIENT)
+    assert send(mail, msg, OWNER, "frontdesk@elsewhere.test") == answer(replies.RELAY_DENIED)
     assert posted(sqlite_services, conv) == []
     assert log_rows(sqlite_services)[0].state == InboundState.forwarded
 

@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from mailbridge.access.credentials import seal_password
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
 from mailbridge.domain.models import InboundLog, InboundState, Mailbox, Message, MessageSource, UserKind
 from mailbridge.ingress import imap
 from mailbridge.ingress.imap import (
+    Access,
     ConfigError,
     Connection,
     MailboxConfig,
@@ -118,12 +120,31 @@ def add_mailbox(svc: Services, dovecot: Dovecot, user: str, name: str = "inbox",
         "routing_address": None,
         "on_done": "move",
     } | over
+    password = values.pop("password")
     with transaction(svc.sessions) as session:
         practice = directory.get_practice(session, "acme")
+        if password is not None:  # as the API stores it: sealed with the practice's data key
+            values["password_sealed"] = seal_password(session, svc.keyring, practice.id, name, password)
         row = Mailbox(practice_id=practice.id, name=name, last_uid=0, status="new", **values)
         session.add(row)
         session.flush()
         return row.id
+
+
+class _Static:
+    def __init__(self, password: str) -> None:
+        self._password = password
+
+    def password(self, mailbox_id: int) -> str:
+        return self._password
+
+    def addresses(self, host: str) -> list[str] | None:
+        return None  # connect by name, as when the operator allows private hosts
+
+
+def static_access(password: str) -> Access:
+    """A connection's outside world for tests that build a Connection by hand."""
+    return Access(_Static(password), _Static(password))
 
 
 def mail(
@@ -246,17 +267,17 @@ def test_mailbox_names_are_quoted_in_modified_utf7() -> None:
 
 def test_plaintext_only_towards_loopback_and_errors_carry_no_secret() -> None:
     box = MailboxConfig(
-        1, 1, "m", "imap.example.com", 143, "none", "u", None, "pw-123", "INBOX", None, "move"
+        1, 1, "m", "imap.example.com", 143, "none", "u", None, "mbs1.dk1.sealed", "INBOX", None, "move"
     )
 
     async def scenario() -> None:
-        connection = Connection(box, FAST, asyncio.Event())
+        connection = Connection(box, FAST, asyncio.Event(), static_access("pw-123"))
         with pytest.raises(ConfigError, match="loopback"):
             await connection.open()
         await connection.close()
 
     asyncio.run(scenario())
-    assert "pw-123" not in repr(box)
+    assert "sealed" not in repr(box)
     assert short_error(OSError("login pw-123 refused"), "pw-123") == "OSError: login *** refused"
     with pytest.raises(ValueError):
         PollerConfig(idle_seconds=30 * 60)
@@ -646,13 +667,17 @@ def test_api_put_get_delete(api: Any) -> None:
 
 
 def test_api_refuses_what_cannot_work(api: Any) -> None:
-    base = {"host": "imap.example.com", "username": "desk@acme.test", "password_env": "DESK_PW"}
+    base = {"host": "imap.example.com", "username": "desk@acme.test", "password": "s3cret-pw"}
     cases = [
         ({**base, "security": "none"}, "plaintext_not_allowed"),
         ({**base, "folder": "Processed"}, "folder_reserved"),
         ({**base, "routing_address": "someone@elsewhere.example"}, "routing_address_unknown"),
-        ({k: v for k, v in base.items() if k != "password_env"}, "password_required"),
-        ({**base, "password": "x"}, "password_ambiguous"),
+        ({k: v for k, v in base.items() if k != "password"}, "password_required"),
+        ({**base, "password_env": "DESK_PW"}, "password_ambiguous"),
+        (
+            {**{k: v for k, v in base.items() if k != "password"}, "password_env": "HOME"},
+            "password_env_not_allowed",
+        ),
         ({**base, "username": "a\r\nb"}, "invalid_request"),
         ({**base, "extra": 1}, "invalid_request"),
     ]
@@ -720,11 +745,11 @@ def test_starttls_is_required_when_configured(dovecot: Dovecot) -> None:
     """The plain test server offers no STARTTLS: the poller refuses rather than log in in clear."""
     user = dovecot.add_user("nostarttls@imap.test")
     box = MailboxConfig(
-        1, 1, "m", "127.0.0.1", dovecot.port, "starttls", user, None, PASSWORD, "INBOX", None, "move"
+        1, 1, "m", "127.0.0.1", dovecot.port, "starttls", user, None, None, "INBOX", None, "move"
     )
 
     async def scenario() -> None:
-        connection = Connection(box, FAST, asyncio.Event())
+        connection = Connection(box, FAST, asyncio.Event(), static_access(PASSWORD))
         with pytest.raises(ConfigError, match="STARTTLS"):
             await connection.open()
         await connection.close()

@@ -1,4 +1,4 @@
-"""The HTTP application: API routes behind the bearer key, plus health, readiness and metrics."""
+"""The HTTP application: API routes behind a key, health and readiness without, metrics behind the platform key."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from fastapi.responses import JSONResponse
 from mailbridge import __version__
 from mailbridge.wiring import Services
 
-from . import conversations, directory, mailboxes, maillog, problems, routing, suppressions
-from .deps import require_api_key
+from . import conversations, directory, domains, mailboxes, maillog, problems, routing, suppressions
+from .deps import require_api_key, require_platform
 
 
 def create_app(services: Services) -> FastAPI:
@@ -17,7 +17,9 @@ def create_app(services: Services) -> FastAPI:
         title="mailbridge",
         version=__version__,
         description="Email gateway for secure practice messaging: directory sync, conversations, mail logs.",
-        docs_url="/docs",
+        # Swagger UI loads its assets from a public CDN and needs no key: off unless the operator
+        # turns it on (api_docs). /openapi.json describes the routes, as README does: served openly.
+        docs_url="/docs" if getattr(services.settings, "api_docs", False) else None,
         redoc_url=None,
     )
     app.state.services = services
@@ -29,20 +31,24 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(routing.router, dependencies=secured)
     app.include_router(mailboxes.router, dependencies=secured)
     app.include_router(suppressions.router, dependencies=secured)
+    app.include_router(domains.router, dependencies=secured)
+    app.include_router(domains.platform_router, dependencies=[Depends(require_platform)])
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], dependencies=secured)
+    @app.get("/readyz", tags=["ops"])
     def readyz() -> Response:
+        """No key (load balancers and orchestrators probe it): booleans, the outbox lag in seconds,
+        and an error class name; nothing about practices, people or mail."""
         from mailbridge.observability import readiness
 
         checks = readiness(services)
         status = 200 if all(c["ok"] for c in checks.values()) else 503
         return JSONResponse({"ready": status == 200, "checks": checks}, status_code=status)
 
-    @app.get("/metrics", tags=["ops"], dependencies=secured)
+    @app.get("/metrics", tags=["ops"], dependencies=[Depends(require_platform)])
     def metrics() -> Response:
         from mailbridge.observability import render_metrics
 

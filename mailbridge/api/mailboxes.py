@@ -1,7 +1,11 @@
 """IMAP mailboxes a practice's mail is fetched from: create or replace, list with their status, delete.
 
-The password is write-only: accepted on PUT, stored, never returned (``has_password`` says whether
-one is set). Prefer ``password_env``, the name of an environment variable read by the poller.
+The password is write-only: accepted on PUT, sealed with the practice's data key, never returned
+(``has_password`` says whether one is set). ``password_env`` names an environment variable and is
+accepted only when the operator lists it in ``imap_password_envs`` (issue 11 #5). The host must be
+public unless the operator allows private hosts (``imap_allow_private_hosts``); it is checked here
+and again on every connection. A new host needs the credentials again: a stored password never
+follows the mailbox to another server.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailbridge.access.credentials import check_env_allowed, seal_password
+from mailbridge.access.egress import EgressPolicy, EgressRefused
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
 from mailbridge.domain.errors import Invalid, NotFound
@@ -104,7 +110,7 @@ def mailbox_out(row: Mailbox) -> MailboxOut:
         security=row.security,
         username=row.username,
         password_env=row.password_env,
-        has_password=bool(row.password),
+        has_password=bool(row.password_sealed or row.password),
         folder=row.folder,
         routing_address=row.routing_address,
         on_done=row.on_done,
@@ -125,7 +131,21 @@ def _get(session: Session, practice: Practice, name: str) -> Mailbox:
     return row
 
 
+def _check_host(svc: Services, host: str) -> None:
+    """Refused when the host is or resolves to a non-public address; a name that does not resolve
+    now is accepted (the poller checks again at every connection and shows the error)."""
+    policy = EgressPolicy(svc.resolver, svc.settings.imap_allow_private_hosts)
+    try:
+        policy.addresses(host)
+    except EgressRefused as exc:
+        if exc.code == "host_not_public":
+            raise Invalid("host_not_public", str(exc), "host") from None
+
+
 def _validate(svc: Services, session: Session, practice: Practice, body: MailboxIn) -> None:
+    _check_host(svc, body.host)
+    if body.password_env is not None:
+        check_env_allowed(body.password_env, svc.settings.imap_password_envs)
     if body.security == "none" and not plaintext_allowed(
         body.host, PollerConfig.from_settings(svc.settings).allow_plaintext
     ):
@@ -159,11 +179,17 @@ def put_mailbox(
         _validate(svc, session, p, body)
         row = session.scalar(select(Mailbox).where(Mailbox.practice_id == p.id, Mailbox.name == name))
         created = row is None
+        given = body.password is not None or body.password_env is not None
+        if not given and (row is None or row.host != body.host):
+            raise Invalid(
+                "password_required",
+                "give the password (stored encrypted) or an allowed password_env; a new host "
+                "needs them again",
+                "password",
+            )
+        if row is not None and not given and row.password_env:
+            check_env_allowed(row.password_env, svc.settings.imap_password_envs)
         if row is None:
-            if body.password is None and body.password_env is None:
-                raise Invalid(
-                    "password_required", "give password_env (preferred) or password", "password_env"
-                )
             row = Mailbox(practice_id=p.id, name=name, last_uid=0, status="new")
             session.add(row)
         elif (row.host, row.username, row.folder) != (body.host, body.username, body.folder):
@@ -175,9 +201,10 @@ def put_mailbox(
         row.routing_address, row.on_done = body.routing_address, body.on_done
         row.trusted_authserv_id = body.trusted_authserv_id
         if body.password_env is not None:
-            row.password_env, row.password = body.password_env, None
+            row.password_env, row.password, row.password_sealed = body.password_env, None, None
         elif body.password is not None:
-            row.password_env, row.password = None, body.password
+            sealed = seal_password(session, svc.keyring, p.id, name, body.password)
+            row.password_env, row.password, row.password_sealed = None, None, sealed
         session.flush()
         response.status_code = 201 if created else 200
         return mailbox_out(row)

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from mailbridge.domain.validators import check_email
+
 Locale = Literal["en", "fr"]
 
-_EMAIL = re.compile(
-    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
-)
-
-
-def _check_email(value: str) -> str:
-    """An addr-spec we can put in a header safely: no spaces, quotes, CR/LF or display names."""
-    if len(value) > 254 or not _EMAIL.match(value) or ".." in value:
-        raise ValueError("not a valid email address")
-    return value
-
-
-EmailStr = Annotated[str, AfterValidator(_check_email)]
+EmailStr = Annotated[str, AfterValidator(check_email)]
 
 
 class Strict(BaseModel):

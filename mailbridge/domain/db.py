@@ -22,12 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
+class MigrationRefused(Exception):
+    """A migration found data it must not guess about; the message says what to fix (nothing changed)."""
+
+
 def make_engine(url: str, busy_timeout: float = 30.0, **kwargs: Any) -> Engine:
     """One engine per process; SQLite gets WAL and FULL sync so a commit survives power loss (250 means stored)."""
     if url.startswith("sqlite"):
         path = make_url(url).database or ""
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_database_file(Path(path))
             # A connection per thread that may want one (the SMTP pipeline pool, the loop's executor,
             # plus the API's): SQLite connections are cheap, and nobody should queue for the pool.
             kwargs.setdefault("pool_size", 32)
@@ -53,6 +58,17 @@ def make_engine(url: str, busy_timeout: float = 30.0, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(url, **kwargs)
+
+
+def private_database_file(path: Path) -> None:
+    """The database holds every practice's mail: created 0600 whatever the umask, and an existing one
+    (or its -wal/-shm, which SQLite creates with the database file's mode) made private again."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))  # 0 bytes: an empty database
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        with contextlib.suppress(FileNotFoundError):
+            if candidate.stat().st_mode & 0o077:
+                candidate.chmod(0o600)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

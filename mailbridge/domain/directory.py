@@ -7,9 +7,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailbridge.domain.errors import Invalid, NotFound
+from mailbridge.domain.domains import check_reply_domain_free
+from mailbridge.domain.errors import Conflict, Invalid, NotFound
 from mailbridge.domain.models import (
     Company,
     Conversation,
@@ -85,15 +87,24 @@ def upsert_practice(
         del merged["dkim_selector"]  # a null left by the old full dumps: nothing to keep
     validated = PracticeSettings.model_validate(merged)
     created = practice is None
+    domain = reply_domain.rstrip(".").lower()
+    check_reply_domain_free(session, practice.id if practice else None, domain)
     if practice is None:
         practice = Practice(slug=slug)
         session.add(practice)
     practice.name = name
-    practice.reply_domain = reply_domain.lower()
+    practice.reply_domain = domain
     practice.notify_from = notify_from
     practice.locale = locale
     practice.settings = validated.model_dump(mode="json", exclude_unset=True)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # two claims at once: the unique index decides, the loser gets 409
+        if "reply_domain" not in str(exc.orig):
+            raise
+        raise Conflict(
+            "reply_domain_taken", f"{domain} is already a domain of another practice", "reply_domain"
+        ) from None
     return practice, created
 
 

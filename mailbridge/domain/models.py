@@ -155,7 +155,8 @@ class Practice(Base):
     id: Mapped[pk_int]
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(255))
-    reply_domain: Mapped[str] = mapped_column(String(255), index=True)
+    # Unique: the domain's mail (replies, routes, postmaster@) belongs to one practice (issue 11 #6).
+    reply_domain: Mapped[str] = mapped_column(String(255), index=True, unique=True)
     notify_from: Mapped[str] = mapped_column(String(320))
     locale: Mapped[str] = mapped_column(String(8), default="en")
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -494,8 +495,14 @@ class Mailbox(Base):
     port: Mapped[int] = mapped_column(Integer, default=993)
     security: Mapped[str] = mapped_column(String(16), default="tls")  # tls | starttls | none
     username: Mapped[str] = mapped_column(String(320))
+    # An environment variable named by the operator's allow-list (``imap_password_envs``) only.
     password_env: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Legacy plaintext from before migration 0004: sealed into ``password_sealed`` by ``db upgrade``,
+    # ``serve`` or the poller's first read, then emptied. Never written with a value any more.
     password: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The password given through the API, sealed with the practice's data key (purpose
+    # ``mailbox:<practice id>:<name>:password``); write-only, opened by the poller when it connects.
+    password_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
     folder: Mapped[str] = mapped_column(String(255), default="INBOX")
     routing_address: Mapped[str | None] = mapped_column(String(320), nullable=True)
     on_done: Mapped[str] = mapped_column(String(16), default="move")  # move | flag
@@ -560,3 +567,34 @@ class DkimKeyRow(Base):
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     dns_status: Mapped[str | None] = mapped_column(String(16), nullable=True)  # published | missing | …
+
+
+class PracticeDomain(Base):
+    """A domain the operator approved for a practice besides its reply domain (routes, postmaster@).
+
+    A domain belongs to at most one practice: unique here, and never another practice's reply domain
+    (checked where either is written: ``domain.domains``)."""
+
+    __tablename__ = "practice_domains"
+    id: Mapped[pk_int]
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
+    domain: Mapped[str] = mapped_column(String(255), unique=True)  # lower-cased, no trailing dot
+    source: Mapped[str] = mapped_column(String(16), default="cli")  # cli | import | api | migration
+    created_at: Mapped[created_at]
+
+
+class ApiKey(Base):
+    """A practice-scoped API key: only the SHA-256 of the key is stored (it is 256 random bits, so a
+    fast hash is enough and the look-up on every request is one indexed read). The global key of
+    the settings (``MAILBRIDGE_API_KEY``) is the only key that reaches every practice."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[pk_str]
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(String(8))  # app | read
+    label: Mapped[str] = mapped_column(String(128), default="")
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to recognise it
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[created_at]
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

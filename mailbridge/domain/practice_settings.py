@@ -13,9 +13,11 @@ and accepts it in a write only unchanged; see ``domain.directory.upsert_practice
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from mailbridge.domain.validators import check_colour, check_email
 
 ContentMode = Literal["full", "minimal"]
 
@@ -43,8 +45,12 @@ class PracticeSettings(BaseModel):
     reply_local_template: str = Field(default="reply+{token}", pattern=r"^[a-z0-9._-]*[+.-]?\{token\}$")
     sender_auth: Literal["from_match", "aligned_required"] = "from_match"
     note_marker: str = "#note"
-    operator_address: str | None = None
+    # Where postmaster@/abuse@ of the practice's own domains are forwarded: an addr-spec, nothing
+    # that could add a header or a second recipient.
+    operator_address: Annotated[str, AfterValidator(check_email)] | None = None
     notify_delay_seconds: int = Field(default=0, ge=0, le=3600)
+    # Accent colour of notification HTML: #rgb or #rrggbb only (never CSS: issue 11 #5).
+    brand_color: Annotated[str, AfterValidator(check_colour)] | None = None
 
     @property
     def effective_message_max_bytes(self) -> int:

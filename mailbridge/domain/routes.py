@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailbridge.domain.domains import OPERATOR_LOCALS, require_owned
 from mailbridge.domain.errors import Invalid, NotFound
 from mailbridge.domain.models import ConversationKind, Practice, Route, StaffRole, User, UserKind
+
+log = logging.getLogger(__name__)
 
 
 class RouteIn(BaseModel):
@@ -20,19 +24,20 @@ class RouteIn(BaseModel):
     unknown_senders: Literal["reject", "triage"] = "reject"
 
 
-def _domain_ok(practice: Practice, address: str) -> None:
+def _domain_ok(session: Session, practice: Practice, address: str) -> None:
     local, at, domain = address.rpartition("@")
-    if not at or not local or "." not in domain:
+    if not at or not local or "." not in domain or any(c in address for c in "\r\n\x00 <>"):
         raise Invalid(
             "invalid_address", "a full address such as frontdesk@acme.example is required", "address"
         )
-    if local.startswith(("postmaster", "abuse")):
+    if local.startswith(OPERATOR_LOCALS):
         raise Invalid("reserved_address", "postmaster@ and abuse@ are reserved", "address")
+    require_owned(session, practice, address)  # never another practice's domain, nor a stranger's
 
 
 def upsert_route(session: Session, practice: Practice, address: str, body: RouteIn) -> tuple[Route, bool]:
     address = address.lower()
-    _domain_ok(practice, address)
+    _domain_ok(session, practice, address)
     if not body.staff and not body.roles:
         raise Invalid("empty_group", "a route needs staff or roles", "staff")
     for ext in body.staff:
@@ -41,7 +46,15 @@ def upsert_route(session: Session, practice: Practice, address: str, body: Route
             raise Invalid("unknown_staff", f"{ext!r} is not a staff member", "staff")
     route = session.scalar(select(Route).where(Route.address == address))
     if route is not None and route.practice_id != practice.id:
-        raise Invalid("address_taken", "this address belongs to another practice", "address")
+        # The domain is this practice's (checked above), so the other practice's route here is one
+        # that receives nothing (left from before ownership, issue 11 #6): the owner takes the address.
+        log.warning(
+            "route_taken_over",
+            extra={"address": address, "from_practice_id": route.practice_id, "practice_id": practice.id},
+        )
+        session.delete(route)
+        session.flush()
+        route = None
     created = route is None
     if route is None:
         route = Route(practice_id=practice.id, address=address)

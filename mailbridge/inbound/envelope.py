@@ -10,6 +10,7 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailbridge.domain.domains import OPERATOR_LOCALS, owner_of
 from mailbridge.domain.models import Practice, Route
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound.tokens import AddressTemplate, TokenIssuer
@@ -21,7 +22,6 @@ from mailbridge.replies import (
 )
 
 TargetKind = Literal["reply", "route", "operator", "bounce"]
-OPERATOR_LOCALS = ("postmaster", "abuse")
 VERP_PREFIX = "bounce"
 
 
@@ -95,39 +95,36 @@ def _decide(
     if parts is None:
         return RecipientDecision(UNKNOWN_RECIPIENT, None, "address_malformed"), None
     local, domain = parts
+    # Only a domain a practice owns is ours, and only that practice's routes count there: a route
+    # another practice put on it (before ownership was enforced) is never looked at (issue 11 #6).
+    owner = owner_of(session, domain)
+    if owner is None:
+        return RecipientDecision(RELAY_DENIED, None, "relay_denied"), None
     full = f"{local}@{domain}"
+    route_id = session.scalar(
+        select(Route.id).where(Route.address == full, Route.practice_id == owner.practice_id)
+    )
+    if route_id is not None:
+        target = Target("route", owner.practice_id, full, route_id=route_id)
+        return RecipientDecision(OK_RECIPIENT, target, "route"), owner.practice
+    if local in OPERATOR_LOCALS:
+        target = Target("operator", owner.practice_id, full)
+        return RecipientDecision(OK_RECIPIENT, target, "operator"), owner.practice
+    if not owner.reply_domain:
+        return RecipientDecision(UNKNOWN_RECIPIENT, None, "unknown_route"), owner.practice
+    practice = owner.practice or session.get_one(Practice, owner.practice_id)
+    return _decide_on_reply_domain(session, issuer, verp_secret, practice, local, domain), practice
 
-    route = session.execute(select(Route.id, Route.practice_id).where(Route.address == full)).first()
-    if route is not None:
-        target = Target("route", route.practice_id, full, route_id=route.id)
-        return RecipientDecision(OK_RECIPIENT, target, "route"), None
 
-    practice = session.scalar(select(Practice).where(Practice.reply_domain == domain))
-    return _decide_on_domain(session, issuer, verp_secret, practice, local, domain), practice
-
-
-def _decide_on_domain(
+def _decide_on_reply_domain(
     session: Session,
     issuer: TokenIssuer,
     verp_secret: bytes,
-    practice: Practice | None,
+    practice: Practice,
     local: str,
     domain: str,
 ) -> RecipientDecision:
     full = f"{local}@{domain}"
-    if practice is None:
-        route_domain = session.scalar(
-            select(Route.practice_id).where(Route.address.like(f"%@{domain}")).limit(1)
-        )
-        if route_domain is not None and local in OPERATOR_LOCALS:
-            return RecipientDecision(OK_RECIPIENT, Target("operator", route_domain, full), "operator")
-        if route_domain is not None:
-            return RecipientDecision(UNKNOWN_RECIPIENT, None, "unknown_route")
-        return RecipientDecision(RELAY_DENIED, None, "relay_denied")
-
-    if local in OPERATOR_LOCALS:
-        return RecipientDecision(OK_RECIPIENT, Target("operator", practice.id, full), "operator")
-
     if local.startswith(VERP_PREFIX + "+"):
         rest = local[len(VERP_PREFIX) + 1 :]
         outbox_id, _, mac = rest.rpartition("-")

@@ -33,13 +33,15 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aioimaplib
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailbridge import replies
+from mailbridge.access.credentials import CredentialError, MailboxCredentials
+from mailbridge.access.egress import EgressPolicy, EgressRefused
 from mailbridge.domain.db import transaction, writer_gate
 from mailbridge.domain.models import InboundLog, InboundState, Mailbox, Practice, new_id
 from mailbridge.inbound import pipeline
@@ -133,8 +135,9 @@ class MailboxConfig:
     port: int
     security: str
     username: str
+    # Only to notice a change (the poller restarts); the password is read when connecting.
     password_env: str | None
-    password: str | None
+    password_sealed: str | None
     folder: str
     routing_address: str | None
     on_done: str
@@ -158,7 +161,7 @@ class MailboxConfig:
             security=row.security,
             username=row.username,
             password_env=row.password_env,
-            password=row.password,
+            password_sealed=row.password_sealed,
             folder=row.folder or "INBOX",
             routing_address=row.routing_address,
             on_done=row.on_done or "move",
@@ -381,13 +384,85 @@ def _header_summary(header: bytes) -> tuple[str | None, str | None]:
 # ---- one IMAP connection -------------------------------------------------------------------------
 
 
+class Credentials(Protocol):
+    def password(self, mailbox_id: int) -> str:
+        """The mailbox's password, read when connecting (blocking); raises ``CredentialError``."""
+        ...
+
+
+class Egress(Protocol):
+    def addresses(self, host: str) -> list[str] | None:
+        """The public addresses to connect to, or None to connect by name (blocking); raises
+        ``EgressRefused``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a connection needs from outside the IMAP protocol: the password, and where it may go."""
+
+    credentials: Credentials
+    egress: Egress
+
+    @classmethod
+    def from_services(cls, services: Services) -> Access:
+        settings = services.settings
+        return cls(
+            MailboxCredentials(
+                services.sessions, services.keyring, getattr(settings, "imap_password_envs", ())
+            ),
+            EgressPolicy(services.resolver, bool(getattr(settings, "imap_allow_private_hosts", False))),
+        )
+
+
+class _PinnedIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]  # aioimaplib is untyped
+    """Connects to the address the egress check passed, not to a fresh look-up of the name (DNS
+    rebinding); TLS still checks the certificate against the configured host name. aioimaplib's
+    ``create_client`` has no ``server_hostname``, hence this two-line override."""
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        *,
+        server_hostname: str,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self._server_hostname = server_hostname
+        super().__init__(host=address, port=port, timeout=timeout, ssl_context=ssl_context)
+
+    def create_client(
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop | None,
+        conn_lost_cb: Callable[[Exception | None], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        local_loop = loop if loop is not None else asyncio.get_running_loop()
+        self.protocol = aioimaplib.IMAP4ClientProtocol(local_loop, conn_lost_cb)
+        self._client_task = local_loop.create_task(
+            local_loop.create_connection(
+                lambda: self.protocol,
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=self._server_hostname if ssl_context is not None else None,
+            )
+        )
+
+
 class Connection:
     """An aioimaplib client with every wait bounded: by a timeout, a lost connection, and ``stop``."""
 
-    def __init__(self, mailbox: MailboxConfig, config: PollerConfig, stop: asyncio.Event) -> None:
+    def __init__(
+        self, mailbox: MailboxConfig, config: PollerConfig, stop: asyncio.Event, access: Access
+    ) -> None:
         self.mailbox = mailbox
         self.config = config
         self.stop = stop
+        self.access = access
         self.lost = asyncio.Event()
         self.client: Any = None
         self.greeted = False
@@ -437,32 +512,38 @@ class Connection:
 
     # -- session set-up
 
-    def _resolve_password(self) -> str:
-        box = self.mailbox
-        if box.password_env:
-            value = os.environ.get(box.password_env)
-            if value:
-                return value
-            if not box.password:
-                raise ConfigError(f"environment variable {box.password_env} is not set")
-        if box.password:
-            return box.password
-        raise ConfigError("no password configured")
+    async def _destination(self) -> str:
+        """The checked address to connect to (or the name, when the operator allows any host)."""
+        try:
+            addresses = await asyncio.to_thread(self.access.egress.addresses, self.mailbox.host)
+        except EgressRefused as exc:
+            if exc.code == "host_not_public":
+                raise ConfigError(str(exc)) from None
+            raise ImapError(str(exc)) from None  # DNS trouble: retried with the usual backoff
+        return addresses[0] if addresses else self.mailbox.host
+
+    async def _password(self) -> str:
+        try:
+            return await asyncio.to_thread(self.access.credentials.password, self.mailbox.id)
+        except CredentialError as exc:
+            raise ConfigError(str(exc)) from None
 
     async def open(self) -> None:
         box = self.mailbox
-        self.password = self._resolve_password()
-        timeout = self.config.timeout_seconds
-        if box.security == "tls":
-            self.client = aioimaplib.IMAP4_SSL(
-                host=box.host, port=box.port, timeout=timeout, ssl_context=self.config.tls_context()
-            )
-        elif box.security in ("starttls", "none"):
-            if box.security == "none" and not plaintext_allowed(box.host, self.config.allow_plaintext):
-                raise ConfigError("plaintext IMAP is only allowed towards loopback hosts")
-            self.client = aioimaplib.IMAP4(host=box.host, port=box.port, timeout=timeout)
-        else:
+        if box.security not in ("tls", "starttls", "none"):
             raise ConfigError(f"unknown security {box.security!r}")
+        if box.security == "none" and not plaintext_allowed(box.host, self.config.allow_plaintext):
+            raise ConfigError("plaintext IMAP is only allowed towards loopback hosts")
+        # Where first, the secret after: nothing is read for a host we will not connect to.
+        destination = await self._destination()
+        self.password = await self._password()
+        self.client = _PinnedIMAP4(
+            destination,
+            box.port,
+            server_hostname=box.host.strip("[]"),
+            timeout=self.config.timeout_seconds,
+            ssl_context=self.config.tls_context() if box.security == "tls" else None,
+        )
         self.client.protocol.conn_lost_cb = self._on_lost
         await self.call(self.client.wait_hello_from_server())
         self.greeted = True
@@ -646,6 +727,7 @@ class MailboxPoller:
         self.config = config
         self.runner: Runner = runner or pipeline.run
         self.deps = pipeline_deps(services)
+        self.access = Access.from_services(services)
         self.stop = asyncio.Event()
         self.phase = "new"  # connecting | syncing | idle | polling | backoff | stopped: for tests and logs
         self.last_uid = mailbox.last_uid
@@ -661,7 +743,7 @@ class MailboxPoller:
     async def run(self) -> None:
         backoff = self.config.backoff_initial
         while not self.stop.is_set():
-            connection = Connection(self.mailbox, self.config, self.stop)
+            connection = Connection(self.mailbox, self.config, self.stop, self.access)
             self._waited = False
             delay = backoff
             try:
@@ -1130,10 +1212,10 @@ class CheckResult:
         return self.error is None and self.messages is not None
 
 
-async def check_mailbox(mailbox: MailboxConfig, config: PollerConfig) -> CheckResult:
+async def check_mailbox(mailbox: MailboxConfig, config: PollerConfig, access: Access) -> CheckResult:
     """Connect, log in, SELECT, count what the poller would read next; changes nothing on the server."""
     result = CheckResult(mailbox.name)
-    connection = Connection(mailbox, config, asyncio.Event())
+    connection = Connection(mailbox, config, asyncio.Event(), access)
     try:
         await connection.open()
         result.connected = result.logged_in = True
@@ -1183,7 +1265,8 @@ def check_command(services: Services, practice_slug: str, config: PollerConfig |
 
     async def check_all() -> list[CheckResult]:
         logging.getLogger("aioimaplib").setLevel(logging.WARNING)
-        return list(await asyncio.gather(*(check_mailbox(m, config) for m in mailboxes)))
+        access = Access.from_services(services)
+        return list(await asyncio.gather(*(check_mailbox(m, config, access) for m in mailboxes)))
 
     results = asyncio.run(check_all())
     for mailbox, result in zip(mailboxes, results, strict=True):

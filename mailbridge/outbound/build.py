@@ -218,9 +218,7 @@ class Builder:
             "reply_allowed": reply is not None,
             "is_first": is_first,
             "coalesced": int((row.payload or {}).get("coalesced", 1)),
-            "brand_color": str(settings.model_extra.get("brand_color", "#3b6ea5"))
-            if settings.model_extra
-            else "#3b6ea5",
+            "brand_color": settings.brand_color or "#3b6ea5",
         }
         if minimal:
             context = {"signin_link": self.app_url.rstrip("/") + "/"}
