@@ -17,12 +17,21 @@ class ExtractedReply:
 
 
 def _normalise(text: str) -> str:
-    """CRLF/CR to LF; (narrow) no-break spaces to plain spaces so matching and output agree."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\xa0", " ").replace("\u202f", " ")
+    """CRLF/CR to LF; (narrow) no-break spaces, and "&nbsp;" left as letters, to plain spaces."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\xa0", " ").replace("\u202f", " ")
+    return v.NBSP_ENTITY.sub(" ", text) if "&" in text else text
 
 
 def _clean(line: str) -> str:
-    return line.translate(v.DROP_ZERO_WIDTH).strip()
+    """The line as analysis reads it: no invisible characters; a line of residue marks is blank."""
+    if v.RESIDUE_LINE.match(line):
+        return ""
+    return v.DROP_INVISIBLE.sub("", line).strip()
+
+
+def _shown(line: str) -> str:
+    """The line as posted: invisible characters and spaces trailing it are residue, never content."""
+    return v.TRAILING_INVISIBLE.sub("", line)
 
 
 def _is_quote(line: str) -> bool:
@@ -80,12 +89,19 @@ def _is_attribution(joined: str) -> bool | None:
     if len(joined) > v.MAX_HEADER_CHARS:
         return None
     ends_with_colon = joined.endswith((":", "："))
+    if ends_with_colon and v.DATE_LED.match(joined) and len(joined) <= 200:
+        # "2016-03-03 17:21 GMT+01:00 Some One:" — a date, a time, a name and a colon: nothing else
+        # is written this way.
+        return True
     if _ends_with_verb(joined):
         if not v.WROTE_END.sub("", joined[-v.VERB_TAIL :]).strip(" -=*>") and len(joined) <= v.VERB_TAIL:
             return None  # a bare "wrote:" with no one who wrote
     elif not ends_with_colon:
         return None
     elif not (v.WROTE_BEFORE_NAME.search(joined) and v.HEADER_OPENER.match(joined)):
+        if v.WROTE_ANYWHERE.search(joined) and v.TIME_OR_YEAR.search(joined) and _has_address(joined):
+            # "Bob <b@x> schrieb am Fr., 28. Apr. 2017 um 11:53 Uhr:" — the verb before the date.
+            return True
         # "2014-10-17 11:28 GMT+03:00 Postmaster <postmaster@x>:" — date + address + colon, no verb.
         dated = v.TIME_OR_YEAR.search(joined) is not None and v.DIGIT.search(joined[:30]) is not None
         return True if dated and _has_address(joined) else None
@@ -106,7 +122,12 @@ def _match_attribution(lines: Sequence[str], i: int) -> _Header | None:
     limit = v.MAX_DATED_HEADER_LINES if dated else v.MAX_HEADER_LINES
     # Only a line that opens like an attribution *and* carries its date may be joined with the next
     # ones: "Am heutigen Tage" above "Am So., 1. Jan. 2023 … schrieb …" is text, then a header.
-    joinable = v.HEADER_OPENER.match(first) is not None and v.DIGIT.search(first) is not None
+    # A name and address before the verb and the date ("Bob <b@x> schrieb am Fr., 28.") may be
+    # joined too: the address and the verb say what the line is.
+    joinable = v.DIGIT.search(first) is not None and (
+        v.HEADER_OPENER.match(first) is not None
+        or (_has_address(first) and v.WROTE_ANYWHERE.search(first) is not None)
+    )
     parts: list[str] = []
     j = i
     while j < len(lines) and j - i < limit:
@@ -226,6 +247,7 @@ class _Scan:
     end: int  # the author's region is lines[:end]; what follows is history
     keep_from: int | None = None  # a forwarded message starts here and stays visible verbatim
     headers: set[int] = field(default_factory=set)  # attribution lines that introduce a '>' block
+    has_content: bool = True  # False: only quotes, their headers and markers (history, nothing new)
 
 
 def _scan(lines: Sequence[str]) -> _Scan:
@@ -243,7 +265,10 @@ def _scan(lines: Sequence[str]) -> _Scan:
             i += 1
             continue
         if v.FORWARD_MARKER.match(line):
-            # A forwarded message is what the author is sending: keep it, as talon does.
+            # Below the author's words, a forwarded message is what they point at: hidden, like
+            # history. Alone, it is what they are sending: kept whole.
+            if has_content:
+                return _Scan(_extend_cut_upwards(lines, i), None, headers)
             return _Scan(i, i, headers)
         header = _match_attribution(lines, i)
         if header is None and _followed_by_quote(lines, i + 1):
@@ -264,9 +289,9 @@ def _scan(lines: Sequence[str]) -> _Scan:
                 return _Scan(_extend_cut_upwards(lines, _footer_start(lines, i)), None, headers)
             i = marker_end
             continue
-        has_content = True
+        has_content = has_content or not _is_rule(line)  # a rule alone is nobody's words
         i += 1
-    return _Scan(len(lines), None, headers)
+    return _Scan(len(lines), None, headers, has_content)
 
 
 def _classify(lines: Sequence[str], end: int, headers: set[int]) -> list[str]:
@@ -303,7 +328,11 @@ def _absorb_lazy_continuations(lines: Sequence[str], kinds: list[str]) -> None:
             j = i
             while j < len(kinds) and kinds[j] == "T" and j - i < 2:
                 j += 1
-            if j < len(kinds) and kinds[j] == "Q" and _continues_quote(lines[i - 1], lines[i]):
+            if (
+                j < len(kinds)
+                and kinds[j] == "Q"
+                and all(_continues_quote(lines[k - 1], lines[k]) for k in range(i, j))
+            ):
                 for k in range(i, j):
                     kinds[k] = "Q"
             i = j
@@ -357,9 +386,20 @@ def _is_name_block(content: Sequence[str]) -> bool:
     return all(_looks_like_name(v.HANDLE.sub("", line)) for line in content)
 
 
-def _is_answer(lines: Sequence[str], segment: _Segment) -> bool:
-    content = _content(lines, segment)
-    return bool(content) and not _is_signoff(content) and not _is_name_block(content)
+def _is_answer(lines: Sequence[str], segments: Sequence[_Segment], n: int) -> bool:
+    """Whether text segment n answers the quote above it.
+
+    Between two quotes, any words are an answer ("> Thursday?\nYes\n> And the form?"); under the
+    last quote, a sign-off or a name block is a signature, not an answer.
+    """
+    content = _content(lines, segments[n])
+    if not content:
+        return False
+    if any(seg.kind == "Q" for seg in segments[n + 1 :]):
+        return True
+    # A lone "Yes" under the only quote is the reply; under a top-posted reply, a name is its signature.
+    signature_possible = _has_text(lines, segments[: max(n - 1, 0)])
+    return not _is_signoff(content) and not (signature_possible and _is_name_block(content))
 
 
 def _is_greeting(lines: Sequence[str], before: Sequence[_Segment]) -> bool:
@@ -370,17 +410,21 @@ def _is_greeting(lines: Sequence[str], before: Sequence[_Segment]) -> bool:
 def _select_visible(lines: Sequence[str], scan: _Scan) -> list[int]:
     """Indices of the author's lines in lines[:scan.end].
 
-    Quotes are dropped, except where an answer is written below them: in an interleaved reply (two
-    or more answers below quotes) and below a quote that the author introduced with a greeting only
-    ("Hi Bob,\n> question\nanswer"). Kept quotes lose their attribution line. A name/title block
-    left under the last quote is a signature.
+    A quote the author answers below is part of what they mean ("> Thursday?" / "Yes"): it stays
+    visible in an interleaved reply (two or more answers below quotes); when the author answered
+    one short point inside the history (a short quote, the answer, then more quoted history); and
+    below a quote the author introduced with a greeting only ("Hi Bob,\n> question\nanswer").
+    Every other quote is history and hidden: the unanswered quotes that trail the last answer, and
+    the whole message quoted above a bottom-posted answer (the conversation already shows it).
+    Kept quotes lose their attribution line. A name/title block left under the last quote is a
+    signature.
     """
     kinds = _classify(lines, scan.end, scan.headers)
     segments = _segments(kinds)
     answered = {
         n
         for n, seg in enumerate(segments[:-1])
-        if seg.kind == "Q" and segments[n + 1].kind == "T" and _is_answer(lines, segments[n + 1])
+        if seg.kind == "Q" and segments[n + 1].kind == "T" and _is_answer(lines, segments, n + 1)
     }
     interleaved = len(answered) >= 2
     last_quote = max((n for n, seg in enumerate(segments) if seg.kind == "Q"), default=-1)
@@ -392,11 +436,21 @@ def _select_visible(lines: Sequence[str], scan: _Scan) -> list[int]:
             if n > last_quote and text_above and content and _is_name_block(content):
                 continue
             visible.extend(seg.lines)
-        elif n in answered and (interleaved or _is_greeting(lines, segments[:n])):
+        elif n in answered and (
+            interleaved or _is_point(lines, segments, n, kinds) or _is_greeting(lines, segments[:n])
+        ):
             visible.extend(_without_attribution(seg.lines, kinds))
         elif _is_citation(segments, n, kinds) and _has_text(lines, segments[:n]):
             visible.extend(seg.lines)
     return visible
+
+
+def _is_point(lines: Sequence[str], segments: Sequence[_Segment], n: int, kinds: Sequence[str]) -> bool:
+    """A short quote answered inside the history: more quoted text follows the answer below it."""
+    quoted = [i for i in segments[n].lines if kinds[i] == "Q" and lines[i].lstrip("> \t")]
+    if not 0 < len(quoted) <= v.MAX_ANSWERED_QUOTE_LINES:
+        return False
+    return any(seg.kind == "Q" for seg in segments[n + 2 :])
 
 
 def _has_text(lines: Sequence[str], segments: Sequence[_Segment]) -> bool:
@@ -498,11 +552,11 @@ def _strip_trailing_noise(lines: Sequence[str], visible: list[int]) -> list[int]
 
 def _join(lines: Sequence[str], indices: Iterable[int]) -> str:
     # Trailing blanks are invisible noise (and format=flowed artefacts), never the author's words.
-    return _trim("\n".join(lines[i].rstrip() for i in indices))
+    return _trim("\n".join(_shown(lines[i]) for i in indices))
 
 
 def _trim(text: str) -> str:
-    return text.strip().lstrip("\ufeff").strip()
+    return v.TRAILING_INVISIBLE.sub("", text).lstrip().lstrip(v.INVISIBLE_CHARS).strip()
 
 
 def extract_reply(text: str) -> ExtractedReply:
@@ -515,12 +569,15 @@ def extract_reply(text: str) -> ExtractedReply:
         visible = [*visible, *range(scan.keep_from, len(lines))]
     else:
         visible = _strip_trailing_noise(lines, visible)
-    if not any(lines[i] for i in visible):
-        # Everything looks quoted: better to show the whole message than to lose it.
-        return ExtractedReply(_join(raw, range(len(raw))), "")
+    history_only = not scan.has_content and any(_is_quote(line) for line in lines)
+    if history_only or not any(lines[i] for i in visible):
+        # Only history (quotes, their headers, markers) and nothing new: nothing to post. The
+        # pipeline answers as for an empty reply; the history stays in the hidden part.
+        return ExtractedReply("", _join(raw, range(len(raw))))
     if scan.keep_from is None:
         start = _signature_start(lines, visible)
-        if start is not None:
-            visible = _strip_trailing_noise(lines, visible[:start])
+        signed = _strip_trailing_noise(lines, visible[:start]) if start is not None else visible
+        if any(lines[i] and not _is_rule(lines[i]) for i in signed):  # a signature is never all there is
+            visible = signed
     kept = set(visible)
     return ExtractedReply(_join(raw, visible), _join(raw, (i for i in range(len(raw)) if i not in kept)))

@@ -15,8 +15,28 @@ MAX_DATED_HEADER_LINES: Final = 6
 VERB_TAIL: Final = 80  # "…het volgende geschreven: ----" fits; a verb is never further from the end
 MAX_SIGNATURE_LINES: Final = 10
 MAX_SIGNATURE_LINE_CHARS: Final = 100
+# A quote of at most this many lines with the author's answer below it is the point answered
+# ("> Thursday?" / "Yes") and stays visible; a longer one is history with a bottom-posted answer.
+MAX_ANSWERED_QUOTE_LINES: Final = 4
 
-DROP_ZERO_WIDTH: Final = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+# Characters that draw nothing: zero-width spaces and joiners, bidi controls, the soft hyphen, word
+# joiners and invisible operators, the byte-order mark. Analysis reads lines without them; the
+# posted text loses them at line ends (inside a line a joiner may belong to an emoji or a script).
+INVISIBLE: Final = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+    "\u2066-\u206f\u3164\ufeff\uffa0"
+)
+DROP_INVISIBLE = re.compile(f"[{INVISIBLE}]")
+INVISIBLE_CHARS: Final = (
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f\ufeff"
+)
+# Left at the end of a reply by mail trackers and clients: Gmail's "ᐧ" mark, an object replacement
+# character where an image was, a blank braille cell.
+RESIDUE_MARKS: Final = "\u1427\ufffc\u2800"
+RESIDUE_LINE = re.compile(f"^[\\s{INVISIBLE}{RESIDUE_MARKS}]*$")
+TRAILING_INVISIBLE = re.compile(f"[\\s{INVISIBLE}]+$")
+# A text/plain body written from HTML by a careless client: "&nbsp;" left as letters.
+NBSP_ENTITY = re.compile(r"&(?:nbsp|#160|#x0*a0);", re.IGNORECASE)
 QUOTE_LINE = re.compile(r"^[ \t]*>")
 BANNER = re.compile(r"<{2,}\s*$")  # ">> click here <<": '>' used as an arrow, not a quote
 # A horizontal rule drawn with punctuation; absorbed into the cut when it sits right above a marker.
@@ -33,9 +53,11 @@ WROTE_VERBS: Final = (
     "hat geschrieben", "geschrieben", "schreef", "het volgende geschreven", "napisał(a)", "napisała",
     "napisał", "napisal", "pisze", "skrev", "skriver", "ha scritto", "scrisse", "kirjoitti", "написал(а)",
     "написала", "написал", "написав", "пишет", "đã viết", "yazdı", "napsal", "napísal", "írta", "a scris",
-    "έγραψε", "kirjutas", "rakstīja", "rašė", "napisao",
+    "έγραψε", "kirjutas", "rakstīja", "rašė", "napisao", "napisal(a)", "je napisal", "je napisao",
+    "написа", "је написао", "пише", "menulis", "va escriure", "skrifaði", "kirjoitti viestin", "ने लिखा",
+    "เขียนว่า", "كتب", "작성", "님이 작성", "schreef het volgende",
 )  # fmt: skip
-CJK_VERBS: Final = ("写道", "寫道", "のメッセージ")
+CJK_VERBS: Final = ("写道", "寫道", "のメッセージ", "님이 작성")
 # Cheap test before the regex: the last word of the line must be the last word of a verb.
 VERB_ENDINGS: Final = tuple({v.split()[-1] for v in WROTE_VERBS} | set(CJK_VERBS))
 WROTE_END = re.compile(
@@ -49,6 +71,19 @@ WROTE_END = re.compile(
 # German, Dutch and Scandinavian clients put the name after the verb: "Am 13.05.2026 schrieb Jan Jansen:".
 WROTE_BEFORE_NAME = re.compile(
     r"(?<![\w-])(?:schrieb|skrev|schreef|kirjoitti)\s+[^:.!?]{1,120}[:：]\s*$", re.IGNORECASE
+)
+# Clients that put the verb before the date: "Bob <b@x> schrieb am Fr., 28. Apr. 2017 um 11:53 Uhr:",
+# "Bob <b@x> ezt írta (időpont: 2017. ápr. 28., P, 11:53):", "Bob <b@x> va escriure el dia …:".
+WROTE_ANYWHERE = re.compile(
+    r"(?<![\w-])(?:" + "|".join(re.escape(v).replace(r"\ ", r"\s+") for v in WROTE_VERBS) + r")(?![\w-])",
+    re.IGNORECASE,
+)
+# Gmail's older numeric form, in every locale: "2016-03-03 17:21 GMT+01:00 Some One <some@one.com>:".
+DATE_LED = re.compile(
+    r"^[\s>*_-]*(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})[,\s]+(?:kl\.?\s*)?"
+    r"\d{1,2}[:.h]\d{2}(?::\d{2})?\s*(?:[ap]\.?m\.?\s*)?(?:(?:gmt|utc)?\s*[+-]\d{1,2}(?::?\d{2})?|gmt|utc|"
+    r"[a-z]{2,5}t)?[,\s]",
+    re.IGNORECASE,
 )
 DIGIT = re.compile(r"\d")
 EMAIL = re.compile(r"[\w.+'-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
@@ -76,12 +111,17 @@ START_FIELDS: Final = (
     r"from|de|von|van|da|od|fra|från|frá|lähettäjä|от|від|发件人|寄件者|寄件人|差出人|kimden|feladó|"
     r"message\s+du|date|datum|fecha|data|dato|дата|日期|sent|envoyé(?:\s+le)?|gesendet|verzonden|"
     r"inviato|enviado(?:\s+el)?|enviada|wysłano|wysłane|sendt|skickat|lähetetty|отправлено|надіслано|"
-    r"发送时间|傳送時間|送信日時|gönderildi|odesláno|elküldve"
+    r"发送时间|傳送時間|送信日時|gönderildi|odesláno|elküldve|보낸\s*사람|보낸\s*날짜|από|στάλθηκε|מאת|נשלח|"
+    r"من|تم\s+الإرسال|de\s+la|trimis|dari|dikirim|từ|đã\s+gửi|จาก|ส่ง|प्रेषक|भेजा\s+गया|enviat|šalje|"
+    r"poslano|pošiljatelj|изпратено|nuo|išsiųsta|nosūtīts|saatja|saadetud|odoslané|sent\s+at"
 )
 OTHER_FIELDS: Final = (
     r"to|cc|bcc|subject|reply-to|à|a|objet|sujet|copie\s+à|cc|an|betreff|kopie|aan|onderwerp|oggetto|"
     r"para|asunto|assunto|do|temat|dw|til|emne|kopi|till|ämne|kopia|vastaanottaja|aihe|кому|тема|"
-    r"копия|收件人|主题|抄送|收件者|主旨|副本|宛先|件名|kime|konu|komu|předmět|címzett|tárgy"
+    r"копия|收件人|主题|抄送|收件者|主旨|副本|宛先|件名|kime|konu|komu|předmět|címzett|tárgy|받는\s*사람|"
+    r"참조|제목|προς|κοιν|θέμα|אל|עותק|נושא|إلى|نسخة|الموضوع|către|subiect|kepada|subjek|perihal|"
+    r"đến|chủ\s+đề|ถึง|เรื่อง|प्रति|विषय|per\s+a|assumpte|prima|predmet|za|zadeva|до|относно|kam|"
+    r"tēma|adressaat|teema|efni|til"
 )
 FIELD = re.compile(
     rf"^[ \t]*\*{{0,2}}[ \t]*(?:(?P<start>{START_FIELDS})|(?P<other>{OTHER_FIELDS}))[ \t]*\*{{0,2}}"
@@ -102,13 +142,21 @@ ORIGINAL_NAMES: Final = (
     r"mensaje\s+original|mensagem\s+original|oorspronkelijk\s+bericht|origineel\s+bericht|"
     r"originalmeddelande|ursprungligt\s+meddelande|alkuperäinen\s+viesti|исходное\s+сообщение|"
     r"оригинальное\s+сообщение|wiadomość\s+oryginalna|oryginalna\s+wiadomość|původní\s+zpráva|"
-    r"eredeti\s+üzenet|原始邮件|原始郵件|元のメッセージ"
+    r"eredeti\s+üzenet|原始邮件|原始郵件|元のメッセージ|원본\s+메시지|αρχικό\s+μήνυμα|הודעה\s+מקורית|"
+    r"الرسالة\s+الأصلية|mesaj\s+original|orijinal\s+ileti|orijinal\s+mesaj|pesan\s+asli|thư\s+gốc|"
+    r"ข้อความต้นฉบับ|missatge\s+original|izvorna\s+poruka|izvirno\s+sporočilo|оригинално\s+съобщение|"
+    r"початкове\s+повідомлення|вихідне\s+повідомлення|pôvodná\s+správa|pradinis\s+laiškas|"
+    r"sākotnējais\s+ziņojums|algne\s+sõnum|upprunaleg\s+skilaboð"
 )
 FORWARD_NAMES: Final = (
     r"forwarded\s+message|forwarded\s+e-?mail|message\s+transféré|message\s+transmis|"
     r"weitergeleitete\s+nachricht|doorgestuurd\s+bericht|mensaje\s+reenviado|messaggio\s+inoltrato|"
     r"mensagem\s+encaminhada|vidarebefordrat\s+meddelande|videresendt\s+meddelelse|"
-    r"videresendt\s+melding|przekazana\s+wiadomość|пересылаемое\s+сообщение|转发的邮件|転送されたメッセージ"
+    r"videresendt\s+melding|przekazana\s+wiadomość|wiadomość\s+przekazana\s+dalej|пересылаемое\s+сообщение|"
+    r"пересланий\s+лист|转发的邮件|轉寄的郵件|転送されたメッセージ|전달된\s+메시지|välitetty\s+viesti|"
+    r"iletilen\s+ileti|přeposlaná\s+zpráva|továbbított\s+üzenet|προωθημένο\s+μήνυμα|"
+    r"הודעה\s+שהועברה|رسالة\s+مُ?عاد\s+توجيهها|mesaj\s+redirecționat|pesan\s+terusan|"
+    r"thư\s+được\s+chuyển\s+tiếp|missatge\s+reenviat|mensaje\s+reenviado"
 )
 DASHES = r"[-=_*~—–]{2,}"
 ORIGINAL_MARKER = re.compile(
@@ -119,7 +167,9 @@ FORWARD_MARKER = re.compile(
     rf"^\s*(?:{DASHES}\s*(?:{FORWARD_NAMES})\s*[:：]?\s*{DASHES}|"
     r"(?:begin\s+forwarded\s+message|début\s+du\s+message\s+réexpédié|anfang\s+der\s+weitergeleiteten\s+"
     r"nachricht|inizio\s+messaggio\s+inoltrato|comienzo\s+del\s+mensaje\s+reenviado|"
-    r"início\s+da\s+mensagem\s+reencaminhada)\s*[:：])\s*$",
+    r"início\s+da\s+mensagem\s+reencaminhada|início\s+da\s+mensagem\s+encaminhada|"
+    r"inicio\s+del\s+mensaje\s+reenviado|begin\s+doorgestuurd\s+bericht|vidarebefordrat\s+brev|"
+    r"start\s+på\s+videresendt\s+(?:besked|melding)|以下是转发的邮件|転送されたメッセージ)\s*[:：])\s*$",
     re.IGNORECASE,
 )
 # Help desks and forums write a marker into their notifications and read only what is above it.
