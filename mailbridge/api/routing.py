@@ -70,7 +70,11 @@ def release(
 ) -> MessageOut:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        return message_out(quarantine.release(session, svc.blobs, p, item, body.client, as_))
+        return message_out(
+            quarantine.release(
+                session, svc.blobs, p, item, body.client, as_, fingerprint_key=svc.fingerprint_key
+            )
+        )
 
 
 @router.post("/quarantine/{item}/discard", status_code=204)

@@ -7,16 +7,29 @@ an HTML reply at its client's quote container, and sanitises what may be shown.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from html import escape
 from html.parser import HTMLParser
 from typing import Final
 
 import nh3
 
+from mailbridge.domain.fingerprint import Fingerprint
 from mailbridge.inbound.trim import vocabulary as v
+from mailbridge.inbound.trim.own import cut_own_copy
 from mailbridge.inbound.trim.text import ExtractedReply, extract_reply
 
-__all__ = ["ExtractedReply", "extract_reply", "extract_reply_from_html", "html_to_text", "sanitize_html"]
+__all__ = [
+    "ExtractedReply",
+    "ReplyBody",
+    "extract_reply",
+    "extract_reply_from_html",
+    "html_to_text",
+    "reply_body",
+    "sanitize_html",
+    "visible_part_html",
+]
 
 # --------------------------------------------------------------------------------------------------
 # HTML
@@ -347,17 +360,186 @@ def _split_signatures(text: str) -> tuple[str, str]:
     return "".join(kept), "\n".join(s.strip() for s in signatures if s.strip())
 
 
-def extract_reply_from_html(html: str) -> ExtractedReply:
-    """Cut an HTML reply at the client's quote container, then extract the reply from the text."""
+def extract_reply_from_html(
+    html: str, *, sent: Sequence[Fingerprint] = (), key: bytes = b""
+) -> ExtractedReply:
+    """Cut an HTML reply at the client's quote container, then extract the reply from the text.
+
+    With ``sent`` (the notifications the reply answers), the quoted copy of ours is cut first,
+    exactly, wherever the client put it; the container is the fallback.
+    """
+    return _html_reply(html, sent, key)[0]
+
+
+def _html_reply(html: str, sent: Sequence[Fingerprint], key: bytes) -> tuple[ExtractedReply, bool]:
+    """The reply, and whether our own notification's copy was found and cut."""
     marked = _render(html, find_quotes=True)
+    if sent:
+        unsigned, signature = _split_signatures(marked.replace(_CUT, ""))
+        own = cut_own_copy(_tidy(unsigned), sent, key)
+        if own is not None:
+            return ExtractedReply(own.visible, "\n\n".join(h for h in (own.hidden, signature) if h)), True
     head, _, quoted = marked.partition(_CUT)
     visible_html, signature = _split_signatures(head)
     if not _tidy(visible_html):
         # The container held everything (e.g. an Exchange reply section alone): keep it all.
-        return extract_reply(_tidy(_SENTINELS.sub("", marked)))
+        return extract_reply(_tidy(_SENTINELS.sub("", marked))), False
     reply = extract_reply(_tidy(visible_html))
     hidden = [reply.hidden, signature, _tidy(_SENTINELS.sub("", quoted))]
-    return ExtractedReply(reply.visible, "\n\n".join(h for h in hidden if h))
+    return ExtractedReply(reply.visible, "\n\n".join(h for h in hidden if h)), False
+
+
+# --------------------------------------------------------------------------------------------------
+# The visible part of an HTML reply, as HTML (what was trimmed never reaches body_html)
+# --------------------------------------------------------------------------------------------------
+
+_UNSEEN = re.compile(f"[\\s>{v.INVISIBLE}{v.RESIDUE_MARKS}]+")
+_RENDERED_ONLY = re.compile(r"[-\d.]*")  # what the renderer adds itself: list bullets and numbers, rules
+
+
+def _squash(text: str) -> str:
+    """Text compared without spacing, quote marks and invisible characters."""
+    return _UNSEEN.sub("", text.replace("\xa0", " "))
+
+
+def _prefix_of(raw: str, length: int) -> str:
+    """The shortest start of ``raw`` whose squashed form is ``length`` characters long."""
+    count = 0
+    for index, char in enumerate(raw):
+        if count == length:
+            return raw[:index]
+        count += len(_squash(char))
+    return raw
+
+
+def _in_order(root: _Node) -> list[_Node]:
+    """Every node in document order, what is never rendered left out."""
+    order: list[_Node] = []
+    stack = list(reversed(root.children))
+    while stack:
+        node = stack.pop()
+        if node.tag in _SKIPPED_TAGS:
+            continue
+        order.append(node)
+        stack.extend(reversed(node.children))
+    return order
+
+
+def _kept_text(order: Sequence[_Node], visible: str) -> dict[int, str]:
+    """The text nodes (by id) that spell ``visible`` in document order, with the text each keeps.
+
+    A node is kept only when its words come next in ``visible``, so nothing that was trimmed can
+    come back, whatever the markup; a node cut in two by the extraction keeps its first part.
+    """
+    target = _squash(visible)
+    kept: dict[int, str] = {}
+    position = 0
+    for node in order:
+        if position >= len(target):
+            break
+        if node.tag != "#text":
+            continue
+        chunk = _squash(node.text)
+        if not chunk:
+            continue
+        ahead = target.find(chunk, position, position + len(chunk) + 12)
+        if ahead >= 0 and _RENDERED_ONLY.fullmatch(target[position:ahead]):
+            kept[id(node)] = node.text
+            position = ahead + len(chunk)
+        elif chunk.startswith(target[position:]):
+            kept[id(node)] = _prefix_of(node.text, len(target) - position)
+            position = len(target)
+    return kept
+
+
+def _has_words(node: _Node) -> bool:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current.tag == "#text" and _squash(current.text):
+            return True
+        if current.tag not in _SKIPPED_TAGS:
+            stack.extend(current.children)
+    return False
+
+
+def _attributes(node: _Node) -> str:
+    return "".join(f' {name}="{escape(value, quote=True)}"' for name, value in node.attrs.items())
+
+
+def visible_part_html(html: str, visible: str) -> str | None:
+    """The sanitised HTML of what is visible: the text nodes that make up ``visible``, and the markup
+    around them (paragraphs, emphasis, links, lists). Quoted history, signatures and our own
+    notification, trimmed from the text, are absent; None when nothing is visible."""
+    if not _squash(visible):
+        return None
+    root = _parse_html(html)
+    order = _in_order(root)
+    kept = _kept_text(order, visible)
+    if not kept:
+        return None
+    index = {id(node): n for n, node in enumerate(order)}
+    spots = [index[key] for key in kept]
+    first, last = min(spots), max(spots)
+    holds: set[int] = set()  # elements with a kept text node inside
+    for node in order:
+        if id(node) in kept:
+            parent = node.parent
+            while parent is not None and id(parent) not in holds:
+                holds.add(id(parent))
+                parent = parent.parent
+    out: list[str] = []
+
+    def write(node: _Node) -> None:
+        for child in node.children:
+            spot = index.get(id(child))
+            if spot is None:
+                continue
+            if child.tag == "#text":
+                if id(child) in kept:
+                    out.append(escape(kept[id(child)], quote=False))
+                elif first < spot < last and not _squash(child.text):
+                    out.append(escape(child.text, quote=False))  # spacing between kept words
+            elif child.tag in _VOID_TAGS:
+                if first < spot < last:
+                    out.append(f"<{child.tag}{_attributes(child)}>")
+            elif id(child) in holds or (first < spot < last and not _has_words(child)):
+                # An element around kept words, or an empty spacer between them ("<div><br></div>").
+                out.append(f"<{child.tag}{_attributes(child)}>")
+                write(child)
+                out.append(f"</{child.tag}>")
+
+    write(root)
+    return sanitize_html("".join(out))
+
+
+# --------------------------------------------------------------------------------------------------
+# One call for a message's body: text first, else HTML (with its visible part as HTML)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplyBody:
+    visible: str  # what is posted
+    hidden: str  # what was trimmed, kept hidden
+    html: str | None  # an HTML-only message: the sanitised HTML of the visible part, nothing more
+    own_copy: bool = False  # the quoted copy of a notification we sent was found and cut
+
+
+def reply_body(
+    text: str | None, html: str | None, *, sent: Sequence[Fingerprint] = (), key: bytes = b""
+) -> ReplyBody:
+    """Prefer text/plain, else HTML; cut our own quoted notification first when ``sent`` names it."""
+    if text and text.strip():
+        own = cut_own_copy(text, sent, key) if sent else None
+        reply = own if own is not None else extract_reply(text)
+        return ReplyBody(reply.visible.strip(), reply.hidden, None, own is not None)
+    if html:
+        reply, own_copy = _html_reply(html, sent, key)
+        return ReplyBody(
+            reply.visible.strip(), reply.hidden, visible_part_html(html, reply.visible), own_copy
+        )
+    return ReplyBody("", "", None)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from mailbridge import replies
 from mailbridge.domain import conversations as convs
 from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction, writer_gate
+from mailbridge.domain.fingerprint import Fingerprint
 from mailbridge.domain.models import (
     Conversation,
     ConversationKind,
@@ -55,8 +56,9 @@ from mailbridge.domain.models import (
 )
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound import prescan as prescan_mod
+from mailbridge.inbound.answered import answered_fingerprints, message_ids
 from mailbridge.inbound.authenticate import AuthResults, authenticate
-from mailbridge.inbound.body import extract_reply, extract_reply_from_html, sanitize_html
+from mailbridge.inbound.body import reply_body, visible_part_html
 from mailbridge.inbound.classify import Classification, classify
 from mailbridge.inbound.dns import Resolver
 from mailbridge.inbound.envelope import Target
@@ -136,6 +138,7 @@ class Deps:
     authserv_id: str = "mailbridge"
     loop_value: str = "mailbridge"
     prescan_limits: prescan_mod.PrescanLimits = field(default_factory=prescan_mod.PrescanLimits)
+    fingerprint_key: bytes = b""  # the worker's key for the hashes of sent notifications
 
 
 @dataclass
@@ -399,28 +402,51 @@ def _ip(peer: str | None) -> str | None:
 
 
 def extract_body(ctx: Context) -> None:
-    """Prefer text/plain, else HTML converted to text; keep the trimmed quote and signature hidden."""
+    """Prefer text/plain, else HTML converted to text; keep the trimmed quote and signature hidden.
+
+    A reply's quoted copy of the notification it answers is cut first, exactly (inbound/trim/own.py);
+    an HTML-only message keeps, as HTML, only its visible part: what was trimmed stays hidden.
+    """
     parsed = ctx.parsed
     assert parsed is not None
-    if parsed.text and parsed.text.strip():
-        extracted = extract_reply(parsed.text)
-    elif parsed.html:
-        extracted = extract_reply_from_html(parsed.html)
-        ctx.body_html = sanitize_html(parsed.html)
-    else:
-        extracted = extract_reply("")
-    body = extracted.visible.strip()
+    sent = _answered(ctx)
+    extracted = reply_body(parsed.text, parsed.html, sent=sent, key=ctx.deps.fingerprint_key)
+    if sent:
+        ctx.details["own_copy"] = extracted.own_copy
+    body = extracted.visible
+    body_html = extracted.html
     marker = ctx.settings.note_marker
     if ctx.sender is not None and ctx.sender.kind == UserKind.staff and marker:
         first, _, rest = body.partition("\n")
         if first.strip().lower() == marker.lower():
             ctx.internal = True
             body = rest.strip()
+            body_html = visible_part_html(parsed.html, body) if body_html and parsed.html else None
     ctx.body = body
+    ctx.body_html = body_html
     ctx.hidden = extracted.hidden or None
     if not body and not parsed.attachments:
         ctx.notice_reason = "empty_message"
         raise Rejected(replies.EMPTY_MESSAGE, "empty_message")
+
+
+def _answered(ctx: Context) -> list[Fingerprint]:
+    """What the notifications this reply answers said (fingerprints), for the exact cut of our copy."""
+    target = ctx.envelope.target
+    if target.kind != "reply" or target.user_id is None or target.conversation_id is None:
+        return []
+    if ctx.practice_id is None:
+        return []
+    references = message_ids(header_text(ctx.msg, "In-Reply-To"), header_text(ctx.msg, "References"))
+    return list(
+        answered_fingerprints(
+            ctx.db,
+            practice_id=ctx.practice_id,
+            recipient_id=target.user_id,
+            conversation_id=target.conversation_id,
+            references=references,
+        )
+    )
 
 
 def sender_policy(ctx: Context) -> None:

@@ -25,7 +25,8 @@ from mailbridge.domain.models import (
     utcnow,
 )
 from mailbridge.domain.practice_settings import PracticeSettings
-from mailbridge.inbound.body import extract_reply, extract_reply_from_html, sanitize_html
+from mailbridge.inbound.answered import answered_fingerprints, message_ids
+from mailbridge.inbound.body import reply_body
 from mailbridge.inbound.parse import header_text, parse_mail
 from mailbridge.storage.blobs import BlobStore
 from mailbridge.storage.intake import intake_uploads
@@ -61,6 +62,7 @@ def release(
     item_id: str,
     client_ext: str | None,
     actor_ext: str,
+    fingerprint_key: bytes = b"",
 ) -> Message:
     """A held reply posts into its conversation as its sender; held route mail opens one with the chosen client."""
     item = get_item(session, practice, item_id)
@@ -71,11 +73,21 @@ def release(
     if not inbound.raw_path or not Path(inbound.raw_path).exists():
         raise Conflict("raw_expired", "the held message is no longer kept")
     parsed = parse_mail(Path(inbound.raw_path).read_bytes())
-    extracted = (
-        extract_reply(parsed.text)
-        if parsed.text and parsed.text.strip()
-        else extract_reply_from_html(parsed.html or "")
+    sent = (
+        answered_fingerprints(
+            session,
+            practice_id=practice.id,
+            recipient_id=_sender(session, practice, item.from_address).id,
+            conversation_id=item.conversation_id,
+            references=message_ids(
+                header_text(parsed.message, "In-Reply-To"), header_text(parsed.message, "References")
+            ),
+        )
+        if item.conversation_id
+        else ()
     )
+    # The same body the pipeline would post: our quoted notification cut, only the visible HTML.
+    extracted = reply_body(parsed.text, parsed.html, sent=sent, key=fingerprint_key)
     settings = PracticeSettings.model_validate(practice.settings or {})
     if item.conversation_id:
         conversation = session.get_one(Conversation, item.conversation_id)
@@ -87,7 +99,7 @@ def release(
             conversation,
             author,
             body=intake.with_withheld_line(extracted.visible.strip()),
-            body_html=sanitize_html(parsed.html) if parsed.html and not parsed.text else None,
+            body_html=extracted.html,
             hidden_text=extracted.hidden or None,
             source=MessageSource.email,
             attachments=intake.accepted,

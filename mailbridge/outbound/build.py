@@ -16,9 +16,11 @@ import email.policy
 from dataclasses import dataclass, replace
 from email.headerregistry import Address
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
+from mailbridge.domain.fingerprint import fingerprint
 from mailbridge.domain.models import InboundLog, Outbox, OutboxKind, Practice, utcnow
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound.envelope import verp_address
@@ -76,6 +78,8 @@ class Draft:
     signer: DkimSigner | None
     reply: ReplyAddress | None = None
     original: bytes | None = None  # a forward: the mail attached as message/rfc822
+    # A notification: what it says, as word-run hashes, so that a reply's quoted copy is cut exactly.
+    fingerprint: dict[str, Any] | None = None
 
     @property
     def message_id(self) -> str:
@@ -90,6 +94,7 @@ class Builder:
     verp_secret: bytes
     app_url: str
     loop_value: str
+    fingerprint_key: bytes = b""
 
     def build(self, session: Session, row: Outbox, snapshot: BatchSnapshot | None = None) -> Built:
         """Signed bytes for one row: the three steps in a row (the worker spreads them over a batch)."""
@@ -102,8 +107,9 @@ class Builder:
         settings = batch.settings(practice)
         reply: ReplyAddress | None = None
         original: bytes | None = None
+        sent: dict[str, Any] | None = None
         if row.kind == OutboxKind.notification:
-            envelope, rendered, reply = self._notification(session, batch, practice, settings, row)
+            envelope, rendered, reply, sent = self._notification(session, batch, practice, settings, row)
         elif row.kind == OutboxKind.notice:
             envelope, rendered = self._notice(practice, row)
         else:
@@ -116,6 +122,7 @@ class Builder:
             signer=self.keys.signer_for(practice, settings),
             reply=reply,
             original=original,
+            fingerprint=sent,
         )
 
     def reply_token(self, session: Session, draft: Draft) -> str | None:
@@ -150,7 +157,7 @@ class Builder:
         practice: Practice,
         settings: PracticeSettings,
         row: Outbox,
-    ) -> tuple[Envelope, Rendered, ReplyAddress | None]:
+    ) -> tuple[Envelope, Rendered, ReplyAddress | None, dict[str, Any]]:
         message = batch.messages.get(row.message_id) if row.message_id else None
         recipient = batch.users.get(row.recipient_id) if row.recipient_id is not None else None
         if message is None or message.deleted_at is not None or recipient is None:
@@ -219,7 +226,16 @@ class Builder:
             list_unsubscribe=None if minimal else preferences,
             loop_value=self.loop_value,
         )
-        return env, rendered, reply
+        sent = fingerprint(
+            self.fingerprint_key,
+            text=rendered.text,
+            html=rendered.html,
+            body="" if minimal else message.body,
+            sender=from_name or "",
+            address=practice.notify_from,
+            subject=rendered.subject,
+        )
+        return env, rendered, reply, sent.to_json()
 
     def _notice(self, practice: Practice, row: Outbox) -> tuple[Envelope, Rendered]:
         payload = row.payload or {}

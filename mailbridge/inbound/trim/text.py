@@ -581,3 +581,33 @@ def extract_reply(text: str) -> ExtractedReply:
             visible = signed
     kept = set(visible)
     return ExtractedReply(_join(raw, visible), _join(raw, (i for i in range(len(raw)) if i not in kept)))
+
+
+# ---- shared with the cut of our own notification (own.py) -------------------------------------------
+
+
+def split_lines(text: str) -> tuple[list[str], list[str]]:
+    """``(raw, cleaned)`` lines as :func:`extract_reply` reads them (glued attributions split)."""
+    raw = _split_glued_headers(_normalise(text).split("\n"))
+    return raw, [_clean(line) for line in raw]
+
+
+def is_quote(line: str) -> bool:
+    return _is_quote(line)
+
+
+def is_rule(line: str) -> bool:
+    return _is_rule(line)
+
+
+def has_address(line: str) -> bool:
+    return _has_address(line)
+
+
+def ends_like_attribution(line: str) -> bool:
+    """A line that closes a reply header: "…:" or "… wrote" in any of the known languages."""
+    return line.endswith((":", "：")) or _ends_with_verb(line)
+
+
+def join_lines(lines: Sequence[str], indices: Iterable[int]) -> str:
+    return _join(lines, indices)
