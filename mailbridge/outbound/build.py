@@ -226,16 +226,14 @@ class Builder:
             list_unsubscribe=None if minimal else preferences,
             loop_value=self.loop_value,
         )
-        sent = fingerprint(
+        sent = notification_fingerprint(
             self.fingerprint_key,
-            text=rendered.text,
-            html=rendered.html,
+            rendered,
             body="" if minimal else message.body,
-            sender=from_name or "",
-            address=practice.notify_from,
-            subject=rendered.subject,
+            from_name=from_name,
+            notify_from=practice.notify_from,
         )
-        return env, rendered, reply, sent.to_json()
+        return env, rendered, reply, sent
 
     def _notice(self, practice: Practice, row: Outbox) -> tuple[Envelope, Rendered]:
         payload = row.payload or {}
@@ -277,6 +275,22 @@ class Builder:
             loop_value=self.loop_value,
         )
         return env, rendered, raw
+
+
+def notification_fingerprint(
+    key: bytes, rendered: Rendered, *, body: str, from_name: str | None, notify_from: str
+) -> dict[str, Any]:
+    """What a notification said, as the outbox row keeps it: word-run hashes of its text and HTML,
+    the body's runs apart, and the words a client puts in its quote header (From and Subject)."""
+    return fingerprint(
+        key,
+        text=rendered.text,
+        html=rendered.html,
+        body=body,
+        sender=from_name or "",
+        address=notify_from,
+        subject=rendered.subject,
+    ).to_json()
 
 
 def _with_original(envelope: Envelope, rendered: Rendered, raw: bytes) -> bytes:

@@ -138,14 +138,22 @@ def _tokens(lines: Sequence[str]) -> list[list[str]]:
 
 
 def _copy_start(reading: _Reading) -> int | None:
-    """The first line of the copy: our frame's first kept line, else the first line of ours."""
-    ours = [i for i in range(len(reading.lines)) if reading.ours(i)]
+    """The first line of the copy: our frame's first kept line, else the first line of ours.
+
+    A header field that repeats our subject ("Subject: You have a new secure message") is the
+    client's quote header, not the copy.
+    """
+    ours = [i for i in range(len(reading.lines)) if reading.ours(i) and not _is_field(reading, i)]
     if not ours or sum(reading.covered[i] for i in ours) < MIN_MATCHED_WORDS:
         return None
     for i in ours:
         if not reading.body(i) and sum(reading.covered[j] for j in ours if j >= i) >= MIN_MATCHED_WORDS:
             return i
     return ours[0]
+
+
+def _is_field(reading: _Reading, i: int) -> bool:
+    return v.FIELD.match(_QUOTE_PREFIX.sub("", reading.lines[i])) is not None
 
 
 def _header_like(reading: _Reading, i: int) -> tuple[bool, bool]:
@@ -203,6 +211,17 @@ def _answered_lines(reading: _Reading, run_start: int, copy_start: int) -> list[
     return sorted(kept)
 
 
+def _answer_piece(reading: _Reading, answered: Sequence[int], run_start: int, run_end: int) -> str:
+    """The answered lines (as quotes) and the answer, with the blank lines the author left between."""
+    shown: list[str] = []
+    for i in range(answered[0] if answered else run_start, run_end):
+        if i in answered:
+            shown.append(_shown_as_quote(reading, i))
+        elif i >= run_start or (not reading.lines[i] and not reading.quoted[i]):
+            shown.append(reading.raw[i])
+    return t.join_lines(shown, range(len(shown)))
+
+
 def _inline_answers(reading: _Reading, copy_start: int, copy_end: int) -> list[tuple[int, int]]:
     """Runs [start, end) of unquoted lines, not ours, that the author typed inside the copy."""
     runs: list[tuple[int, int]] = []
@@ -252,9 +271,7 @@ def cut_own_copy(text: str, sent: Sequence[Fingerprint], key: bytes) -> Extracte
     kept: set[int] = set()
     for run_start, run_end in _inline_answers(reading, start, end):
         answered = _answered_lines(reading, run_start, start)
-        quoted = "\n".join(_shown_as_quote(reading, i) for i in answered)
-        typed = t.join_lines(reading.raw, range(run_start, run_end))
-        pieces.append(f"{quoted}\n{typed}" if quoted else typed)
+        pieces.append(_answer_piece(reading, answered, run_start, run_end))
         kept.update(answered)
         kept.update(range(run_start, run_end))
     # Under the whole copy: a bottom-posted answer (its signature trimmed), without the copy.

@@ -439,7 +439,7 @@ def _select_visible(lines: Sequence[str], scan: _Scan) -> list[int]:
         elif n in answered and (
             interleaved or _is_point(lines, segments, n, kinds) or _is_greeting(lines, segments[:n])
         ):
-            visible.extend(_without_attribution(seg.lines, kinds))
+            visible.extend(_without_attribution(lines, seg.lines, kinds))
         elif _is_citation(segments, n, kinds) and _has_text(lines, segments[:n]):
             visible.extend(seg.lines)
     return visible
@@ -467,16 +467,26 @@ def _is_citation(segments: Sequence[_Segment], n: int, kinds: Sequence[str]) -> 
     return following.kind == "Q" and kinds[following.lines[0]] == "H"
 
 
-def _without_attribution(indices: Iterable[int], kinds: Sequence[str]) -> list[int]:
+def _without_attribution(lines: Sequence[str], indices: Sequence[int], kinds: Sequence[str]) -> list[int]:
+    """A kept quote without its attribution (above it, or quoted inside it as Apple Mail writes it)."""
     kept: list[int] = []
     after_header = False
     for i in indices:
-        if kinds[i] == "H" or (after_header and kinds[i] == "B"):
+        quoted_header = kinds[i] == "Q" and _is_attribution(lines[i].lstrip("> \t")) is not None
+        if (
+            kinds[i] == "H"
+            or quoted_header
+            or (after_header and (kinds[i] == "B" or _is_blank_quote(lines[i])))
+        ):
             after_header = True
             continue
         after_header = False
         kept.append(i)
     return kept
+
+
+def _is_blank_quote(line: str) -> bool:
+    return not line.lstrip("> \t")
 
 
 def _is_contact(line: str) -> bool:

@@ -202,7 +202,15 @@ SENT_FROM = (
 )
 MOBILE_FOOTER = re.compile(
     r"^[\s–-]*(?:" + SENT_FROM + DEVICE + r"|"
-    r"(?:get|download|télécharge[zr]?|scarica|descarga|baixe|hol\s+dir)\s+outlook\s+" + DEVICE + r"|"
+    # Outlook mobile's footer in each language: "Get Outlook for iOS", "Obtener Outlook para iOS",
+    # "Outlook für iOS herunterladen", "iOS 版 Outlook を入手", "获取适用于 iOS 的 Outlook".
+    r"(?:get|download|télécharge[zr]?|obtenir|scarica|descarga[r]?|obtener|obter\s+o|baixe|baixar|"
+    r"hol\s+dir|holen\s+sie\s+sich|pobierz(?:\s+aplikację)?|hämta|hent|lataa|получить|скачать)\s+outlook\s+"
+    + DEVICE
+    + r"|"
+    r"outlook\s+(?:für|voor|för|for)\s+" + DEVICE_WORD + r"(?:\s+" + DEVICE_WORD + r")?\s+"
+    r"(?:herunterladen|downloaden|beziehen|hämta|hent)|"
+    r"(?:ios|android)\s*版\s*outlook\S{0,300}\s*を入手|获取适用于\s*(?:ios|android)\s*的\s*outlook\S{0,300}|"
     r"von\s+meinem\s+" + DEVICE + r"\s+gesendet|"
     r"[\w ]{1,30}から送信|发自我的\s*[\w ]{1,30}|從我的\s*[\w ]{1,30}\s*傳送|"
     r"sent\s+with\s+" + DEVICE + r"|via\s+(?:mobile|iphone|android)"
