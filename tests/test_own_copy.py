@@ -35,7 +35,11 @@ CONTEXT = {
 RENDERED = Renderer().render("notification_full", "en", CONTEXT)
 SENT = Fingerprint.from_json(
     notification_fingerprint(
-        KEY, RENDERED, body=BODY, from_name="Dr Alex Smith via Acme Counselling", notify_from="notify@acme.test"
+        KEY,
+        RENDERED,
+        body=BODY,
+        from_name="Dr Alex Smith via Acme Counselling",
+        notify_from="notify@acme.test",
     )
 )
 assert SENT is not None
@@ -67,7 +71,9 @@ def test_fingerprint_keeps_no_text_and_round_trips() -> None:
 
 def test_fingerprint_is_keyed() -> None:
     """Without the deployment's key the hashes match nothing: another key finds no copy."""
-    other = fingerprint(b"x" * 32, text=TEXT, html=RENDERED.html, body=BODY, sender="", address="", subject="")
+    other = fingerprint(
+        b"x" * 32, text=TEXT, html=RENDERED.html, body=BODY, sender="", address="", subject=""
+    )
     assert cut_own_copy(f"Yes.\n\n{HEADER}\n{quote(TEXT)}", [other], KEY) is None
 
 
@@ -93,7 +99,10 @@ UNKNOWN_HEADERS = [
 
 @pytest.mark.parametrize("header", UNKNOWN_HEADERS)
 def test_any_quote_header_goes_with_our_copy(header: str) -> None:
-    assert cut(f"Tuesday works for me.\n\nAlice\n\n{header}\n\n{quote(TEXT)}\n") == "Tuesday works for me.\n\nAlice"
+    assert (
+        cut(f"Tuesday works for me.\n\nAlice\n\n{header}\n\n{quote(TEXT)}\n")
+        == "Tuesday works for me.\n\nAlice"
+    )
 
 
 def test_unquoted_copy_without_any_header() -> None:
@@ -144,7 +153,9 @@ def test_an_answer_repeating_the_question_stays() -> None:
 
 def test_no_copy_no_cut() -> None:
     """A reply that quotes nothing of ours is left to the generic rules."""
-    assert cut_own_copy("Tuesday works.\n\nOn Mon, Bob <b@x.example> wrote:\n> unrelated", [SENT], KEY) is None
+    assert (
+        cut_own_copy("Tuesday works.\n\nOn Mon, Bob <b@x.example> wrote:\n> unrelated", [SENT], KEY) is None
+    )
     assert cut_own_copy("Tuesday works.", [], KEY) is None
 
 

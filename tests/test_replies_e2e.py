@@ -108,9 +108,7 @@ def test_reply_quoting_our_notification_is_cut_exactly(seeded: Any, live: Any) -
         ]
     )
     reply_to = str(note["Reply-To"])
-    answer = reply_message(
-        "alice@client.test", reply_to, body, headers={"In-Reply-To": note["Message-ID"]}
-    )
+    answer = reply_message("alice@client.test", reply_to, body, headers={"In-Reply-To": note["Message-ID"]})
     assert send(live, answer, "alice@client.test", reply_to)[0] == 250
     message = posted(seeded, conv)[-1]
     assert message.body == (
@@ -179,7 +177,10 @@ def test_forward_alone_is_posted_and_below_text_is_hidden(seeded: Any, live: Any
         "---------- Forwarded message ---------\nFrom: Lab <lab@lab.example>\nDate: Mon, Jan 6, 2025 at 9:14 AM\n"
         "Subject: Results\nTo: Alice <alice@client.test>\n\nYour blood test results are normal."
     )
-    assert send(live, reply_message("alice@client.test", address, forward), "alice@client.test", address)[0] == 250
+    assert (
+        send(live, reply_message("alice@client.test", address, forward), "alice@client.test", address)[0]
+        == 250
+    )
     assert posted(seeded, conv)[-1].body == forward
     with_text = reply_message("alice@client.test", address, f"For our appointment.\n\n{forward}")
     assert send(live, with_text, "alice@client.test", address)[0] == 250
@@ -194,7 +195,27 @@ def test_history_only_is_refused_as_empty(seeded: Any, live: Any) -> None:
         "On Mon, Jan 6, 2025 at 9:14 AM Dr Alex Smith <notify@acme.test> wrote:\n"
         "> Shall we meet on Tuesday?\n>\n> On Sun, Jan 5, 2025 Alice <alice@client.test> wrote:\n>> Hello\n"
     )
-    code, text = send(live, reply_message("alice@client.test", address, history), "alice@client.test", address)
-    assert (code, text.decode()) == (replies.EMPTY_MESSAGE.code, f"{replies.EMPTY_MESSAGE.enhanced} Empty message")
+    code, text = send(
+        live, reply_message("alice@client.test", address, history), "alice@client.test", address
+    )
+    assert (code, text.decode()) == (
+        replies.EMPTY_MESSAGE.code,
+        f"{replies.EMPTY_MESSAGE.enhanced} Empty message",
+    )
     assert len(posted(seeded, conv)) == 1  # only the opening message
     assert last_log(seeded).reason == "empty_message"
+
+
+def test_deleting_a_message_forgets_what_was_sent(seeded: Any, api: Any) -> None:
+    """The fingerprint of a notification goes with the message it carried (seed 003: deletion erases)."""
+    conv = open_conversation(seeded, kind="company", company="bakery", body="Zorblax results are in.")
+    notifications_to(seeded, "alice@client.test")
+    with seeded.sessions() as session:
+        row = session.scalars(select(Outbox).where(Outbox.conversation_id == conv)).one()
+        assert row.sent_fingerprint is not None
+        message_id = row.message_id
+    assert api.delete(f"{BASE}/messages/{message_id}", params={"as": "dr-smith"}).status_code == 204
+    with seeded.sessions() as session:
+        assert session.scalars(
+            select(Outbox.sent_fingerprint).where(Outbox.conversation_id == conv)
+        ).all() == [None]
