@@ -233,7 +233,8 @@ class _Walker:
         encoding = str(headers.get("Content-Transfer-Encoding", "7bit")).strip().lower()
         if headers.get_content_maintype() == "message":
             encoding = "8bit"  # an attached message stays whole and opaque (M8)
-        attachment = _is_attachment(headers)
+        # A multipart without a boundary parameter is read as text, as clients show it (parse.py).
+        attachment = headers.get_content_maintype() != "multipart" and _is_attachment(headers)
         path: Path | None = None
         if attachment:
             fd, name = tempfile.mkstemp(dir=self.spool_dir, suffix=".part")
@@ -259,7 +260,8 @@ class _Walker:
 
     def _keep(self, headers: EmailMessage, data: bytes, path: Path | None) -> None:
         content_type = headers.get_content_type()
-        if path is None and content_type == "text/plain" and self.result.text is None:
+        text = content_type == "text/plain" or headers.get_content_maintype() == "multipart"
+        if path is None and text and self.result.text is None:
             self.result.text = _decode_text(data, headers)
         elif path is None and content_type == "text/html" and self.result.html is None:
             self.result.html = _decode_text(data, headers)
