@@ -15,6 +15,7 @@ permanently deleted message takes its rows with it.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import unicodedata
@@ -22,7 +23,6 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import unescape
-from html.parser import HTMLParser
 from typing import Any, Final
 
 VERSION: Final = 1
@@ -39,46 +39,18 @@ def words(text: str) -> list[str]:
     return _WORD.findall(_URL.sub(" ", folded))
 
 
-class _Text(HTMLParser):
-    """The text of an HTML rendering, in order; what a reader never sees (head, style) left out."""
-
-    _HIDDEN = frozenset({"head", "style", "script", "title", "template"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.hidden = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.hidden += tag in self._HIDDEN
-        self.parts.append(" ")
-
-    def handle_endtag(self, tag: str) -> None:
-        self.hidden -= tag in self._HIDDEN and self.hidden > 0
-        self.parts.append(" ")
-
-    def handle_data(self, data: str) -> None:
-        if not self.hidden:
-            self.parts.append(data)
+# Our own templates' HTML (well formed; every value in it escaped by Jinja): what a reader never
+# sees goes whole, every other tag becomes a space.
+_UNSEEN_BLOCK = re.compile(r"<(head|style|script|title|template)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
 
 
 def html_words(html: str) -> list[str]:
-    parser = _Text()
-    parser.feed(html)
-    parser.close()
-    return words(unescape("".join(parser.parts)))
+    return words(unescape(_TAG.sub(" ", _UNSEEN_BLOCK.sub(" ", html))))
 
 
 def run_hash(key: bytes, run: Sequence[str]) -> int:
-    digest = hashlib.blake2b(" ".join(run).encode("utf-8"), digest_size=4, key=key[:64])
-    return int.from_bytes(digest.digest(), "big")
-
-
-def hashes(key: bytes, tokens: Sequence[str]) -> list[int]:
-    """The hash of every run of N consecutive words (a shorter text: one run of all its words)."""
-    if len(tokens) < N:
-        return [run_hash(key, tokens)] if tokens else []
-    return [run_hash(key, tokens[i : i + N]) for i in range(min(len(tokens) - N + 1, MAX_RUNS))]
+    return _hash(key, " ".join(run))
 
 
 def _find(tokens: Sequence[str], part: Sequence[str]) -> int:
@@ -145,37 +117,54 @@ def _unpack(value: Any) -> frozenset[int]:
     return frozenset(packed)
 
 
-def _split(key: bytes, tokens: Sequence[str], body: Sequence[str]) -> tuple[set[int], set[int]]:
-    """Runs of a rendering, split into those inside the body's span and those of the frame only."""
+def _split(tokens: Sequence[str], body: Sequence[str]) -> tuple[set[str], set[str]]:
+    """Runs of a rendering (as text), split into those touching the body's span and the frame's."""
     start = _find(tokens, body)
     end = start + len(body) if start >= 0 else -1
-    frame: set[int] = set()
-    carried: set[int] = set()
+    frame: set[str] = set()
+    carried: set[str] = set()
     if len(tokens) < N:
-        (carried if start >= 0 else frame).update(hashes(key, tokens))
+        if tokens:
+            (carried if start >= 0 else frame).add(" ".join(tokens))
         return frame, carried
-    for i, value in enumerate(hashes(key, tokens)):
+    for i in range(min(len(tokens) - N + 1, MAX_RUNS)):
         touches_body = start >= 0 and i < end and i + N > start
-        (carried if touches_body else frame).add(value)
+        (carried if touches_body else frame).add(" ".join(tokens[i : i + N]))
     return frame, carried
 
 
 def fingerprint(
     key: bytes, *, text: str, html: str, body: str, sender: str, address: str, subject: str
 ) -> Fingerprint:
-    """The fingerprint of one rendered notification (text and HTML) that carried ``body``."""
+    """The fingerprint of one rendered notification (text and HTML) that carried ``body``.
+
+    The same rendering repeats for every recipient of a message: the last ones are remembered.
+    """
+    return _fingerprint(key, text, html, body, sender, address, subject)
+
+
+@functools.lru_cache(maxsize=256)
+def _fingerprint(
+    key: bytes, text: str, html: str, body: str, sender: str, address: str, subject: str
+) -> Fingerprint:
     body_words = words(body)
-    frame: set[int] = set()
-    carried: set[int] = set()
+    frame: set[str] = set()
+    carried: set[str] = set()
     text_words = words(text)
     for tokens in (text_words, html_words(html)):
-        f, b = _split(key, tokens, body_words)
+        f, b = _split(tokens, body_words)
         frame |= f
         carried |= b
     hint_words = {w for w in words(f"{sender} {address} {subject}") if len(w) > 1}
     return Fingerprint(
-        frame=frozenset(frame - carried),
-        body=frozenset(carried),
-        hints=frozenset(run_hash(key, [w]) for w in hint_words),
+        frame=frozenset(_hash(key, run) for run in frame - carried),
+        body=frozenset(_hash(key, run) for run in carried),
+        hints=frozenset(_hash(key, w) for w in hint_words),
         size=len(text_words),
+    )
+
+
+def _hash(key: bytes, joined: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(joined.encode("utf-8"), digest_size=4, key=key[:64]).digest(), "big"
     )

@@ -55,7 +55,9 @@ class _Reading:
     line_words: list[int]  # words per line
     covered: list[int]  # words of ours per line
     carried: list[int]  # of those, words of the message body
-    hinted: list[int]  # words of the quote header hints (sender, address, subject)
+    tokens: list[list[str]]  # words per line
+    hints: frozenset[int]  # hashes of the words a quote header names (sender, address, subject)
+    key: bytes
 
     def ours(self, i: int) -> bool:
         return self.line_words[i] > 0 and self.covered[i] >= MIN_LINE_COVERAGE * self.line_words[i]
@@ -70,24 +72,44 @@ class _Reading:
     def author(self, i: int) -> bool:
         return self.line_words[i] > 0 and not self.ours(i)
 
+    def hinted(self, i: int) -> int:
+        """How many different words of our From and Subject line i names (read only near the copy)."""
+        return len({w for w in self.tokens[i] if run_hash(self.key, [w]) in self.hints})
+
+
+@dataclass(frozen=True)
+class _Words:
+    """The reply's words in one row, which line each comes from, and the hash of every run."""
+
+    flat: list[str]
+    owner: list[int]
+    hits: list[int]
+
+    @classmethod
+    def of(cls, tokens: Sequence[Sequence[str]], key: bytes) -> _Words:
+        flat = [w for line_tokens in tokens for w in line_tokens]
+        owner = [i for i, line_tokens in enumerate(tokens) for _ in line_tokens]
+        if len(flat) < N:
+            hits = [run_hash(key, flat)] if flat else []
+        else:
+            hits = [run_hash(key, flat[k : k + N]) for k in range(len(flat) - N + 1)]
+        return cls(flat, owner, hits)
+
 
 def _read(
-    raw: list[str], lines: list[str], tokens: list[list[str]], fingerprint: Fingerprint, key: bytes
+    raw: list[str],
+    lines: list[str],
+    tokens: list[list[str]],
+    reply: _Words,
+    fingerprint: Fingerprint,
+    key: bytes,
 ) -> _Reading:
-    flat: list[str] = []
-    owner: list[int] = []
-    for i, line_tokens in enumerate(tokens):
-        flat.extend(line_tokens)
-        owner.extend([i] * len(line_tokens))
-    covered, carried = _matches(flat, fingerprint, key)
+    covered, carried = _matches(reply, fingerprint)
     per_line = [0] * len(lines)
     per_line_body = [0] * len(lines)
-    for k, i in enumerate(owner):
+    for k, i in enumerate(reply.owner):
         per_line[i] += covered[k]
         per_line_body[i] += carried[k]
-    hinted = [
-        len({w for w in line_tokens if run_hash(key, [w]) in fingerprint.hints}) for line_tokens in tokens
-    ]
     return _Reading(
         raw=raw,
         lines=lines,
@@ -95,19 +117,21 @@ def _read(
         line_words=[len(x) for x in tokens],
         covered=per_line,
         carried=per_line_body,
-        hinted=hinted,
+        tokens=tokens,
+        hints=fingerprint.hints,
+        key=key,
     )
 
 
-def _matches(flat: Sequence[str], fingerprint: Fingerprint, key: bytes) -> tuple[list[bool], list[bool]]:
+def _matches(reply: _Words, fingerprint: Fingerprint) -> tuple[list[bool], list[bool]]:
     """Per word: inside a run of ours (at least MIN_RUN_WORDS long), and whether that run is the body's."""
+    flat, hits = reply.flat, reply.hits
     covered = [False] * len(flat)
     carried = [False] * len(flat)
     if len(flat) < N:
-        if flat and run_hash(key, flat) in fingerprint.runs:
+        if hits and hits[0] in fingerprint.runs:
             covered = [True] * len(flat)
         return covered, carried
-    hits = [run_hash(key, flat[k : k + N]) for k in range(len(flat) - N + 1)]
     runs = fingerprint.runs
     found = [value in runs for value in hits]
     k = 0
@@ -163,7 +187,7 @@ def _header_like(reading: _Reading, i: int) -> tuple[bool, bool]:
         return False, False
     if v.FIELD.match(line) or v.ORIGINAL_MARKER.match(line) or v.FORWARD_MARKER.match(line):
         return True, True
-    if reading.hinted[i] >= 2:
+    if reading.hinted(i) >= 2:
         return True, True
     if _SENTENCE_END.search(line):
         return False, False
@@ -245,9 +269,10 @@ def _inline_answers(reading: _Reading, copy_start: int, copy_end: int) -> list[t
 def _best(text: str, sent: Sequence[Fingerprint], key: bytes) -> _Reading | None:
     raw, lines = t.split_lines(text)
     tokens = _tokens(lines)
+    reply = _Words.of(tokens, key)
     best: _Reading | None = None
     for fingerprint in sent:
-        reading = _read(raw, lines, tokens, fingerprint, key)
+        reading = _read(raw, lines, tokens, reply, fingerprint, key)
         if best is None or sum(reading.covered) > sum(best.covered):
             best = reading
     return best
