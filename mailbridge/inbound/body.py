@@ -341,9 +341,9 @@ def _tidy(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
-def _render(html: str, *, find_quotes: bool) -> str:
+def _render(html: str | _Node, *, find_quotes: bool) -> str:
     out = _TextBuilder()
-    _Renderer(find_quotes=find_quotes).render(_parse_html(html), out)
+    _Renderer(find_quotes=find_quotes).render(_parse_html(html) if isinstance(html, str) else html, out)
     return _tidy(out.value())
 
 
@@ -371,7 +371,7 @@ def extract_reply_from_html(
     return _html_reply(html, sent, key)[0]
 
 
-def _html_reply(html: str, sent: Sequence[Fingerprint], key: bytes) -> tuple[ExtractedReply, bool]:
+def _html_reply(html: str | _Node, sent: Sequence[Fingerprint], key: bytes) -> tuple[ExtractedReply, bool]:
     """The reply, and whether our own notification's copy was found and cut."""
     marked = _render(html, find_quotes=True)
     if sent:
@@ -446,7 +446,7 @@ def _kept_text(order: Sequence[_Node], visible: str) -> dict[int, str]:
         if ahead >= 0 and _RENDERED_ONLY.fullmatch(target[position:ahead]):
             kept[id(node)] = node.text
             position = ahead + len(chunk)
-        elif chunk.startswith(target[position:]):
+        elif len(chunk) >= len(target) - position and chunk.startswith(target[position:]):
             kept[id(node)] = _prefix_of(node.text, len(target) - position)
             position = len(target)
     return kept
@@ -471,9 +471,12 @@ def visible_part_html(html: str, visible: str) -> str | None:
     """The sanitised HTML of what is visible: the text nodes that make up ``visible``, and the markup
     around them (paragraphs, emphasis, links, lists). Quoted history, signatures and our own
     notification, trimmed from the text, are absent; None when nothing is visible."""
+    return _visible_html(_parse_html(html), visible)
+
+
+def _visible_html(root: _Node, visible: str) -> str | None:
     if not _squash(visible):
         return None
-    root = _parse_html(html)
     order = _in_order(root)
     kept = _kept_text(order, visible)
     if not kept:
@@ -535,10 +538,9 @@ def reply_body(
         reply = own if own is not None else extract_reply(text)
         return ReplyBody(reply.visible.strip(), reply.hidden, None, own is not None)
     if html:
-        reply, own_copy = _html_reply(html, sent, key)
-        return ReplyBody(
-            reply.visible.strip(), reply.hidden, visible_part_html(html, reply.visible), own_copy
-        )
+        root = _parse_html(html)  # read once: rendering never changes the tree
+        reply, own_copy = _html_reply(root, sent, key)
+        return ReplyBody(reply.visible.strip(), reply.hidden, _visible_html(root, reply.visible), own_copy)
     return ReplyBody("", "", None)
 
 

@@ -41,7 +41,7 @@ MIN_LINE_COVERAGE: Final = 0.6  # a line is ours when most of its words are
 # three words of the question ("Yes, Tuesday at 10 works") is still the author's.
 MIN_RUN_WORDS: Final = N + 1
 MAX_HEADER_LINES: Final = 8  # Outlook's block: rule, From, Sent, To, Cc, Subject (+ wrapped lines)
-MAX_WORDS: Final = 200_000  # a longer reply is read up to here
+MAX_WORDS: Final = 50_000  # a longer reply is read up to here (about 300 KB of text)
 
 _QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+[ \t]?")
 _SENTENCE_END = re.compile(r"[.!?…]\s*$")
@@ -170,9 +170,11 @@ def _copy_start(reading: _Reading) -> int | None:
     ours = [i for i in range(len(reading.lines)) if reading.ours(i) and not _is_field(reading, i)]
     if not ours or sum(reading.covered[i] for i in ours) < MIN_MATCHED_WORDS:
         return None
+    remaining = sum(reading.covered[i] for i in ours)  # words of ours from line i on
     for i in ours:
-        if not reading.body(i) and sum(reading.covered[j] for j in ours if j >= i) >= MIN_MATCHED_WORDS:
+        if not reading.body(i) and remaining >= MIN_MATCHED_WORDS:
             return i
+        remaining -= reading.covered[i]
     return ours[0]
 
 

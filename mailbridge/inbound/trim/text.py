@@ -24,6 +24,8 @@ def _normalise(text: str) -> str:
 
 def _clean(line: str) -> str:
     """The line as analysis reads it: no invisible characters; a line of residue marks is blank."""
+    if line.isascii():  # every invisible character and residue mark is outside ASCII
+        return line.strip()
     if v.RESIDUE_LINE.match(line):
         return ""
     return v.DROP_INVISIBLE.sub("", line).strip()
@@ -31,7 +33,7 @@ def _clean(line: str) -> str:
 
 def _shown(line: str) -> str:
     """The line as posted: invisible characters and spaces trailing it are residue, never content."""
-    return v.TRAILING_INVISIBLE.sub("", line)
+    return line.rstrip() if line.isascii() else v.TRAILING_INVISIBLE.sub("", line)
 
 
 def _is_quote(line: str) -> bool:
