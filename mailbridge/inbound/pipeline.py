@@ -160,6 +160,7 @@ class Context:
     from_address: str = ""
     conversation_id: str | None = None
     auth: AuthResults | None = None
+    answered: list[Fingerprint] = field(default_factory=list)  # what the answered notifications said
     body: str = ""
     body_html: str | None = None
     hidden: str | None = None
@@ -340,6 +341,9 @@ def resolve_sender(ctx: Context) -> None:
             raise Rejected(replies.SENDER_MISMATCH, "reply_user_mismatch")
         ctx.sender = owner
         ctx.notice_to = (owner.id, owner.locale)
+        # What the notifications this reply answers said, read in this step's transaction (one
+        # round trip fewer than a step of its own); extract_body cuts their quoted copy.
+        ctx.answered = _answered(ctx)
     elif target.kind == "route":
         users = (
             session.scalars(
@@ -409,7 +413,7 @@ def extract_body(ctx: Context) -> None:
     """
     parsed = ctx.parsed
     assert parsed is not None
-    sent = _answered(ctx)
+    sent = ctx.answered
     extracted = reply_body(parsed.text, parsed.html, sent=sent, key=ctx.deps.fingerprint_key)
     if sent:
         ctx.details["own_copy"] = extracted.own_copy
