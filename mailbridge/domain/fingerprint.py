@@ -120,17 +120,16 @@ def _unpack(value: Any) -> frozenset[int]:
 def _split(tokens: Sequence[str], body: Sequence[str]) -> tuple[set[str], set[str]]:
     """Runs of a rendering (as text), split into those touching the body's span and the frame's."""
     start = _find(tokens, body)
-    end = start + len(body) if start >= 0 else -1
-    frame: set[str] = set()
-    carried: set[str] = set()
     if len(tokens) < N:
-        if tokens:
-            (carried if start >= 0 else frame).add(" ".join(tokens))
-        return frame, carried
-    for i in range(min(len(tokens) - N + 1, MAX_RUNS)):
-        touches_body = start >= 0 and i < end and i + N > start
-        (carried if touches_body else frame).add(" ".join(tokens[i : i + N]))
-    return frame, carried
+        runs = {" ".join(tokens)} if tokens else set()
+        return (set(), runs) if start >= 0 else (runs, set())
+    limited = tokens[: MAX_RUNS + N - 1]
+    runs_list = [" ".join(run) for run in zip(*(limited[k:] for k in range(N)), strict=False)]
+    if start < 0:
+        return set(runs_list), set()
+    # Run i covers words i .. i + N - 1: it touches the body when it overlaps [start, start + len).
+    first, last = max(0, start - N + 1), start + len(body)
+    return set(runs_list[:first]) | set(runs_list[last:]), set(runs_list[first:last])
 
 
 def fingerprint(
