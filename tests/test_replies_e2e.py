@@ -219,3 +219,28 @@ def test_deleting_a_message_forgets_what_was_sent(seeded: Any, api: Any) -> None
         assert session.scalars(
             select(Outbox.sent_fingerprint).where(Outbox.conversation_id == conv)
         ).all() == [None]
+
+
+def test_released_html_reply_shows_only_its_visible_part(seeded: Any, live: Any, api: Any) -> None:
+    """Finding 11.8 through the other door that posts mail: quarantine release builds the same body."""
+    from tests.mailhelpers import add_client
+
+    add_client(seeded, "finn", "finn@nodns.test")  # no SPF, no DKIM: a private reply waits for staff
+    conv = open_conversation(seeded, participants=("finn",), body="Zorblax plan attached, please confirm.")
+    address = reply_address(seeded, conv, "finn")
+    msg = EmailMessage()
+    msg["From"] = "finn@nodns.test"
+    msg["To"] = address
+    msg["Subject"] = "Re: plan"
+    msg.set_content(
+        '<p>Confirmed, thank you.</p><div class="gmail_signature">Finn<br>555 0142</div>'
+        '<div class="gmail_quote">On Mon, Dr Alex Smith wrote:<blockquote class="gmail_quote">'
+        "Zorblax plan attached, please confirm.</blockquote></div>",
+        subtype="html",
+    )
+    assert send(live, msg, "finn@nodns.test", address)[0] == 250
+    [held] = api.get(f"{BASE}/quarantine", params={"state": "held"}).json()["items"]
+    released = api.post(f"{BASE}/quarantine/{held['id']}/release", params={"as": "dr-smith"}, json={})
+    assert released.status_code == 201, released.text
+    assert released.json()["body"] == "Confirmed, thank you."
+    assert released.json()["body_html"] == "<p>Confirmed, thank you.</p>"
