@@ -394,3 +394,12 @@ def test_html_only_history_posts_nothing() -> None:
     )
     assert extract_reply_from_html(html) == ExtractedReply("", extract_reply_from_html(html).hidden)
     assert "Can you come Thursday?" in extract_reply_from_html(html).hidden
+
+
+def test_header_glued_to_the_first_quoted_line() -> None:
+    """HTML flattened to text puts the header and the quoted text on one line (Yahoo on Android)."""
+    text = "Yes.\n\nOn Mon, Jan 6, 2025 at 9:14 AM Alice <alice@example.com> wrote: Can you come on Tuesday?"
+    reply = extract_reply(text)
+    assert reply.visible == "Yes." and "Can you come on Tuesday?" in reply.hidden
+    prose = "On Monday, Jan 6 I wrote: please call me at 10:30 or write to bob@example.com"
+    assert extract_reply(prose).visible == prose  # no address in a header: a sentence

@@ -45,7 +45,8 @@ def _is_rule(line: str) -> bool:
 
 
 def _split_glued_headers(lines: list[str]) -> list[str]:
-    """Put an attribution that a client glued to the author's last line on a line of its own."""
+    """Put an attribution that a client glued to the author's last line, or to the first quoted
+    line after it ("On …, Bob <b@x> wrote: Can you come?"), on a line of its own."""
     out: list[str] = []
     for i, line in enumerate(lines):
         if "on" in line.lower() and len(line) <= v.MAX_HEADER_CHARS and _ends_attribution(lines, i):
@@ -53,8 +54,21 @@ def _split_glued_headers(lines: list[str]) -> list[str]:
             if glued and v.WORD_CHAR.search(glued["before"]) and v.TIME_OR_YEAR.search(glued["header"]):
                 out.extend((glued["before"], glued["header"]))
                 continue
-        out.append(line)
+        out.extend(_split_header_from_quote(line))
     return out
+
+
+def _split_header_from_quote(line: str) -> tuple[str, ...]:
+    # Only a dated header with an address: "On Monday I wrote: call me" stays a sentence.
+    if _is_quote(line) or not v.ON_DATE.match(line) or "@" not in line[: v.MAX_HEADER_CHARS]:
+        return (line,)
+    verb = v.WROTE_COLON.search(line, 0, v.MAX_HEADER_CHARS)
+    if verb is None or not line[verb.end() :].strip():
+        return (line,)
+    header = line[: verb.end()].rstrip()
+    if _is_attribution(header) is not True or not v.TIME_OR_YEAR.search(header) or not _has_address(header):
+        return (line,)
+    return header, line[verb.end() :].strip()
 
 
 def _ends_attribution(lines: Sequence[str], i: int) -> bool:

@@ -85,6 +85,11 @@ DATE_LED = re.compile(
     r"[a-z]{2,5}t)?[,\s]",
     re.IGNORECASE,
 )
+# "… wrote:" with more text after it on the same line (a header glued to the first quoted line).
+WROTE_COLON = re.compile(
+    r"(?<![\w-])(?:" + "|".join(re.escape(v).replace(r"\ ", r"\s+") for v in WROTE_VERBS) + r")\s*[:：]",
+    re.IGNORECASE,
+)
 DIGIT = re.compile(r"\d")
 EMAIL = re.compile(r"[\w.+'-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
 TIME_OR_YEAR = re.compile(r"\d{1,2}[:.h]\d{2}|(?<!\d)(?:19|20)\d{2}(?!\d)|\d{4}年")
