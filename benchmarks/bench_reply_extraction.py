@@ -8,6 +8,11 @@ Per corpus: exact match of the visible reply after strip (the corpus's own compa
 whitespace-free for talon's HTML cases, Markdown-aware for Discourse), the same after whitespace
 folding, and the transcribed contains/regex assertions as pass/fail. Every library gets the same
 cases in the same run; HTML-only cases reach the text-only libraries through our html_to_text.
+
+The last table is the own-notification corpus (benchmarks/own_corpus.py): replies to the project's
+own notifications, quoted as real clients quote them, built in the run (no shared data needed).
+"mailbridge own-cut" knows what was sent (the fingerprint the worker keeps); "mailbridge" is the
+generic extractor alone, as for any other mail.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmarks.corpora import Corpus, ReplyCase, corpora_root, exact_match, folded_match, load_all
-from mailbridge.inbound.body import extract_reply, extract_reply_from_html, html_to_text
+from benchmarks.own_corpus import KEY, OwnCase, cases
+from mailbridge.inbound.body import extract_reply, extract_reply_from_html, html_to_text, reply_body
 
 Extractor = Callable[[ReplyCase], tuple[str, str]]
 
@@ -147,6 +153,26 @@ def score(corpus: Corpus, extractor: Extractor) -> Score:
     return result
 
 
+def own_corpus() -> tuple[Corpus, dict[str, OwnCase]]:
+    """The own-notification corpus as scored cases (exact after strip), with each case's fingerprint."""
+    corpus = Corpus("own-notification")
+    by_id: dict[str, OwnCase] = {}
+    for case in cases():
+        by_id[case.case_id] = case
+        corpus.cases.append(
+            ReplyCase(corpus.name, case.case_id, text=case.text, html=case.html, expected=case.expected)
+        )
+    return corpus, by_id
+
+
+def own_cut(by_id: dict[str, OwnCase]) -> Extractor:
+    def run(case: ReplyCase) -> tuple[str, str]:
+        body = reply_body(case.text, case.html, sent=[by_id[case.case_id].sent], key=KEY)
+        return body.visible, body.hidden
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     root = corpora_root()
     if root is None:
         print(
-            "corpora not found (../shared/corpora or $MAILBRIDGE_CORPORA): nothing to score", file=sys.stderr
+            "corpora not found (../shared/corpora or $MAILBRIDGE_CORPORA): shared corpora not scored",
+            file=sys.stderr,
         )
-        return 2
     extractors: dict[str, Extractor] = {"mailbridge": mailbridge_extract}
     for name, factory in (
         ("email-reply-parser", _email_reply_parser),
@@ -177,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     ours: dict[str, Score] = {}
-    for corpus in load_all(root):
+    for corpus in load_all(root) if root is not None else []:
         if args.corpus and corpus.name not in args.corpus:
             continue
         for name, extractor in extractors.items():
@@ -185,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
             if name == "mailbridge":
                 ours[corpus.name] = result
             print(f"{corpus.name:<27} {name:<19} {result.row()}")
+        print()
+    own, by_id = own_corpus()
+    if not args.corpus or own.name in args.corpus:
+        for name, extractor in {"mailbridge own-cut": own_cut(by_id), **extractors}.items():
+            result = score(own, extractor)
+            if name in ("mailbridge own-cut", "mailbridge"):
+                ours[f"{own.name} ({name})"] = result
+            print(f"{own.name:<27} {name:<19} {result.row()}")
         print()
     if args.failures:
         for corpus_name, result in ours.items():

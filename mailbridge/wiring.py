@@ -53,6 +53,8 @@ class Services:
     keyring: Keyring
     dkim_keys: KeyStore  # the practices' DKIM signers, from the database (shared by every node)
     verp_secret: bytes
+    # Keys the word-run hashes of sent notifications (domain/fingerprint.py), derived like verp_secret.
+    fingerprint_key: bytes = b""
     flags: dict[str, bool] = field(default_factory=dict)  # e.g. smtp_listening, for /readyz
     ingress_handlers: list[Any] = field(default_factory=list)  # for draining at shutdown
 
@@ -85,6 +87,7 @@ def build_services(settings: Settings, resolver: Resolver | None = None) -> Serv
         resolver=resolver
         or NameserverResolver(settings.dns_nameservers, timeout=settings.dns_timeout_seconds),
         verp_secret=hmac.new(secret, b"verp", hashlib.sha256).digest(),
+        fingerprint_key=hmac.new(secret, b"notification-fingerprint", hashlib.sha256).digest(),
     )
 
 
@@ -101,6 +104,7 @@ def pipeline_deps(services: Services) -> Any:
         authserv_id=settings.authserv_id,
         loop_value=settings.smtp_hostname,
         suppression=suppression_policy(settings),
+        fingerprint_key=services.fingerprint_key,
     )
 
 

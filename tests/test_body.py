@@ -20,6 +20,7 @@ from mailbridge.inbound.body import (
     html_to_text,
     sanitize_html,
 )
+from mailbridge.inbound.trim.vocabulary import DROP_INVISIBLE
 
 # ------------------------------------------------------------------------------ plain text -------
 
@@ -170,7 +171,8 @@ CASES: list[tuple[str, str, str]] = [
         "Got it, thanks.\n\nBest regards,\nJane",
         "Got it, thanks.\n\nBest regards,\nJane",
     ),
-    ("forward_is_content", FORWARDED, FORWARDED),
+    ("forward_below_text_is_hidden", FORWARDED, "FYI"),
+    ("forward_alone_is_content", FORWARDED.split("\n", 2)[2], FORWARDED.split("\n", 2)[2]),
     (
         "german",
         "Ja, passt.\n\nAm Mo., 6. Jan. 2025 um 09:14 Uhr schrieb Alice <alice@praxis.example>:\n\n> Dienstag?",
@@ -237,8 +239,10 @@ def test_real_content_is_not_trimmed(text: str) -> None:
     assert extract_reply(text) == ExtractedReply(text, "")
 
 
-def test_everything_quoted_returns_the_message() -> None:
-    assert extract_reply("> only a quote\n> nothing else\n").visible == "> only a quote\n> nothing else"
+def test_only_history_posts_nothing() -> None:
+    assert extract_reply("> only a quote\n> nothing else\n") == ExtractedReply(
+        "", "> only a quote\n> nothing else"
+    )
 
 
 @pytest.mark.parametrize("text", ["", "   \n\n", "\r\n"])
@@ -403,6 +407,18 @@ _FRAGMENTS = [
 ]
 
 
+# What a person writes, as opposed to quotes, quote headers, markers and footers: a message with
+# one such line must keep visible text; a message with none (only history) may post nothing.
+_NOT_PROSE = frozenset(_FRAGMENTS) - {"Hello Bob,", "Thanks, see you then.", "  indented text  "}
+
+
+def _is_prose(line: str) -> bool:
+    # Starting with a capital or a digit: a lower-case line between two quotes is a quoted line
+    # that the client re-wrapped ("> … pharetra d\nignissim odio?\n>").
+    line = DROP_INVISIBLE.sub("", line).strip()
+    return (line[:1].isupper() or line[:1].isdigit()) and line not in _NOT_PROSE
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=30), max_size=25), st.sampled_from(["\n", "\r\n"])
@@ -410,11 +426,13 @@ _FRAGMENTS = [
 def test_never_loses_the_message(lines: list[str], newline: str) -> None:
     text = newline.join(lines)
     reply = extract_reply(text)
-    if text.strip():
+    rows = text.replace("\r", "\n").split("\n")
+    if any(_is_prose(row) for row in rows) and not any(row.lstrip().startswith(">") for row in rows):
+        # With quotes, a message may be history only (see test_reply_shapes); without, never.
         assert reply.visible.strip(), "a message with content must keep visible text"
     # Every word of the input survives, visible or hidden.
-    words = set(re.findall(r"\w+", text))
-    assert words <= set(re.findall(r"\w+", reply.visible + "\n" + reply.hidden))
+    words = set(re.findall(r"\w+", DROP_INVISIBLE.sub("", text)))
+    assert words <= set(re.findall(r"\w+", DROP_INVISIBLE.sub("", reply.visible + "\n" + reply.hidden)))
 
 
 # ------------------------------------------------------------------------------ corpora ---------

@@ -92,7 +92,9 @@ def get_quarantined(practice: str, item: str, svc: ServicesDep) -> dict[str, Any
     """One item with what a release would post now (text, hidden part, internal flag, file verdicts)."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        return quarantine.describe(session, p, item, svc.settings.data_dir / "spool")
+        return quarantine.describe(
+            session, p, item, svc.settings.data_dir / "spool", fingerprint_key=svc.fingerprint_key
+        )
 
 
 @router.post("/quarantine/{item}/release", status_code=201, response_model=ReleasedOut)
@@ -124,6 +126,7 @@ def release(
             spool_dir=svc.settings.data_dir / "spool",
             client_ext=body.client,
             new_contact=quarantine.NewContact(spec.external_id, spec.name, spec.locale) if spec else None,
+            fingerprint_key=svc.fingerprint_key,
         )
         contact = done.contact
         out = ReleasedOut(

@@ -383,7 +383,11 @@ class Outbox(Base):
     """The transactional outbox: one row per email to send, written with the message that caused it."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_due", "state", "next_attempt_at"),
+        # A reply finds the notifications its author received in the conversation (own-copy cut).
+        Index("ix_outbox_conversation_recipient", "conversation_id", "recipient_id"),
+    )
     id: Mapped[pk_str]
     practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
     kind: Mapped[OutboxKind] = mapped_column(_enum(OutboxKind))
@@ -402,6 +406,8 @@ class Outbox(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_answer: Mapped[str | None] = mapped_column(String(512), nullable=True)
     message_id_header: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Keyed word-run hashes of what a notification said (domain/fingerprint.py), never its text.
+    sent_fingerprint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[created_at]
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 

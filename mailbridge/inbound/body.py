@@ -1,749 +1,35 @@
-"""Reply extraction: split an inbound body into the author's new text and the trimmed history/signature."""
+"""Reply extraction: split an inbound body into the author's new text and the trimmed history/signature.
+
+The plain-text rules live in :mod:`mailbridge.inbound.trim`; this module renders HTML to text, cuts
+an HTML reply at its client's quote container, and sanitises what may be shown.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from html import escape
 from html.parser import HTMLParser
 from typing import Final
 
 import nh3
 
-__all__ = ["ExtractedReply", "extract_reply", "extract_reply_from_html", "html_to_text", "sanitize_html"]
-
-
-@dataclass(frozen=True)
-class ExtractedReply:
-    """The author's new text, and what was trimmed from it (kept so a reader can expand it)."""
-
-    visible: str  # the new text the author wrote, trimmed
-    hidden: str  # what was trimmed (quoted history, signature), kept but hidden
-
-
-# --------------------------------------------------------------------------------------------------
-# Vocabulary. Everything is matched on one line (or a few joined lines) at a time, with bounded
-# quantifiers only, so a pathological body (multi-megabyte lines of '>') stays linear.
-# --------------------------------------------------------------------------------------------------
-
-_MAX_HEADER_CHARS: Final = 400  # a reply header longer than this is prose, not a header
-_MAX_HEADER_LINES: Final = 3  # clients wrap "On <date>, <name> <addr> wrote:" over at most 3 lines
-_MAX_DATED_HEADER_LINES: Final = 6
-_VERB_TAIL: Final = 80  # "…het volgende geschreven: ----" fits; a verb is never further from the end
-_MAX_SIGNATURE_LINES: Final = 10
-_MAX_SIGNATURE_LINE_CHARS: Final = 100
-
-_DROP_ZERO_WIDTH: Final = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
-_QUOTE_LINE = re.compile(r"^[ \t]*>")
-_BANNER = re.compile(r"<{2,}\s*$")  # ">> click here <<": '>' used as an arrow, not a quote
-# A horizontal rule drawn with punctuation; absorbed into the cut when it sits right above a marker.
-_RULE_LINE = re.compile(r"^[-_=*~—–#+.]{2,}$")
-_UNDERSCORES = re.compile(r"_{2,}")
-_WORD_CHAR = re.compile(r"\w")
-_HANDLE = re.compile(r"\s@\S+")  # "@stekosteko" after a name
-_LEADING_PUNCTUATION = re.compile(r"^\W+")
-_SIG_DELIMITER = re.compile(r"^--[ \t]?$")  # RFC 3676 "-- " (many clients drop the trailing space)
-
-# Verbs that end an attribution line: "..., Bob <bob@x> wrote:" in the languages seen in real mail.
-_WROTE_VERBS: Final = (
-    "wrote", "writes", "sent", "a écrit", "a ecrit", "écrit", "escribió", "escribio", "escreveu", "schrieb",
-    "hat geschrieben", "geschrieben", "schreef", "het volgende geschreven", "napisał(a)", "napisała",
-    "napisał", "napisal", "pisze", "skrev", "skriver", "ha scritto", "scrisse", "kirjoitti", "написал(а)",
-    "написала", "написал", "написав", "пишет", "đã viết", "yazdı", "napsal", "napísal", "írta", "a scris",
-    "έγραψε", "kirjutas", "rakstīja", "rašė", "napisao",
-)  # fmt: skip
-_CJK_VERBS: Final = ("写道", "寫道", "のメッセージ")
-# Cheap test before the regex: the last word of the line must be the last word of a verb.
-_VERB_ENDINGS: Final = tuple({v.split()[-1] for v in _WROTE_VERBS} | set(_CJK_VERBS))
-_WROTE_END = re.compile(
-    r"(?:(?<![\w-])(?:"
-    + "|".join(re.escape(v).replace(r"\ ", r"\s+") for v in _WROTE_VERBS)
-    + ")|"
-    + "|".join(_CJK_VERBS)
-    + r")\s*[:：]?\s*[-=*]*\s*$",
-    re.IGNORECASE,
-)
-# German, Dutch and Scandinavian clients put the name after the verb: "Am 13.05.2026 schrieb Jan Jansen:".
-_WROTE_BEFORE_NAME = re.compile(
-    r"(?<![\w-])(?:schrieb|skrev|schreef|kirjoitti)\s+[^:.!?]{1,120}[:：]\s*$", re.IGNORECASE
-)
-_DIGIT = re.compile(r"\d")
-_EMAIL = re.compile(r"[\w.+'-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
-_TIME_OR_YEAR = re.compile(r"\d{1,2}[:.h]\d{2}|(?<!\d)(?:19|20)\d{2}(?!\d)|\d{4}年")
-# The first line of an attribution starts with a connective ("On", "Le", "Am", ...) or a date.
-_HEADER_OPENER = re.compile(
-    r"^[\s>*_-]*(?:(?:on|le|el|am|op|w\s+dniu|dnia|den|på|il|in\s+data|em|vào|pada|dne|dňa|"
-    r"kl\.|в|у|在|於)\s|\S{0,12}\s*\d)",
-    re.IGNORECASE,
-)
-_ON_DATE = re.compile(
-    r"^[\s*_-]*on\s+(?:mon|tue|wed|thu|fri|sat|sun|jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|\d)",
-    re.IGNORECASE,
-)
-# "reply On Wed, Apr 4, 2012 at 3:59 PM, bob@example.com wrote:" — the client glued the attribution to
-# the author's last line; split it so the author's words survive.
-_GLUED_ON = re.compile(
-    r"^(?P<before>.*?\S)[ \t-]*(?P<header>\bOn\s+(?:mon|tue|wed|thu|fri|sat|sun|jan|feb|mar|apr|may|jun|jul"
-    r"|aug|sep|oct|nov|dec|\d).{5,300})$",
-    re.IGNORECASE,
-)
-
-# Outlook-style header blocks ("From: … Sent: … To: … Subject:") in the languages of the corpora.
-_START_FIELDS: Final = (
-    r"from|de|von|van|da|od|fra|från|frá|lähettäjä|от|від|发件人|寄件者|寄件人|差出人|kimden|feladó|"
-    r"message\s+du|date|datum|fecha|data|dato|дата|日期|sent|envoyé(?:\s+le)?|gesendet|verzonden|"
-    r"inviato|enviado(?:\s+el)?|enviada|wysłano|wysłane|sendt|skickat|lähetetty|отправлено|надіслано|"
-    r"发送时间|傳送時間|送信日時|gönderildi|odesláno|elküldve"
-)
-_OTHER_FIELDS: Final = (
-    r"to|cc|bcc|subject|reply-to|à|a|objet|sujet|copie\s+à|cc|an|betreff|kopie|aan|onderwerp|oggetto|"
-    r"para|asunto|assunto|do|temat|dw|til|emne|kopi|till|ämne|kopia|vastaanottaja|aihe|кому|тема|"
-    r"копия|收件人|主题|抄送|收件者|主旨|副本|宛先|件名|kime|konu|komu|předmět|címzett|tárgy"
-)
-_FIELD = re.compile(
-    rf"^[ \t]*\*{{0,2}}[ \t]*(?:(?P<start>{_START_FIELDS})|(?P<other>{_OTHER_FIELDS}))[ \t]*\*{{0,2}}"
-    r"[ \t]*[:：]",
-    re.IGNORECASE,
-)
-
-_INLINE_FIELD = re.compile(
-    r"\s(?:from|date|sent|to|subject|cc|von|gesendet|betreff|datum|envoyé|objet|sujet|van|verzonden|"
-    r"onderwerp|inviato|oggetto|enviado|asunto|para|fra|sendt|emne|från|skickat|ämne|temat|от|тема|кому)"
-    r"[ \t]*[:：]",
-    re.IGNORECASE,
-)
-_ORIGINAL_NAMES: Final = (
-    r"original\s+message|reply\s+message|original\s+e-?mail|ursprüngliche\s+nachricht|"
-    r"antwort\s+nachricht|originalnachricht|oprindelig\s+meddelelse|oprindelig\s+besked|"
-    r"opprinnelig\s+melding|message\s+d'origine|message\s+original|messaggio\s+originale|"
-    r"mensaje\s+original|mensagem\s+original|oorspronkelijk\s+bericht|origineel\s+bericht|"
-    r"originalmeddelande|ursprungligt\s+meddelande|alkuperäinen\s+viesti|исходное\s+сообщение|"
-    r"оригинальное\s+сообщение|wiadomość\s+oryginalna|oryginalna\s+wiadomość|původní\s+zpráva|"
-    r"eredeti\s+üzenet|原始邮件|原始郵件|元のメッセージ"
-)
-_FORWARD_NAMES: Final = (
-    r"forwarded\s+message|forwarded\s+e-?mail|message\s+transféré|message\s+transmis|"
-    r"weitergeleitete\s+nachricht|doorgestuurd\s+bericht|mensaje\s+reenviado|messaggio\s+inoltrato|"
-    r"mensagem\s+encaminhada|vidarebefordrat\s+meddelande|videresendt\s+meddelelse|"
-    r"videresendt\s+melding|przekazana\s+wiadomość|пересылаемое\s+сообщение|转发的邮件|転送されたメッセージ"
-)
-_DASHES = r"[-=_*~—–]{2,}"
-_ORIGINAL_MARKER = re.compile(
-    rf"^\s*(?:{_DASHES}\s*(?:{_ORIGINAL_NAMES})\s*[:：]?\s*{_DASHES}|(?:{_ORIGINAL_NAMES})\s*[:：]?\s*{_DASHES})\s*$",
-    re.IGNORECASE,
-)
-_FORWARD_MARKER = re.compile(
-    rf"^\s*(?:{_DASHES}\s*(?:{_FORWARD_NAMES})\s*[:：]?\s*{_DASHES}|"
-    r"(?:begin\s+forwarded\s+message|début\s+du\s+message\s+réexpédié|anfang\s+der\s+weitergeleiteten\s+"
-    r"nachricht|inizio\s+messaggio\s+inoltrato|comienzo\s+del\s+mensaje\s+reenviado|"
-    r"início\s+da\s+mensagem\s+reencaminhada)\s*[:：])\s*$",
-    re.IGNORECASE,
-)
-# Help desks and forums write a marker into their notifications and read only what is above it.
-_REPLY_ABOVE = re.compile(
-    r"(?:reply|respond|write|type|answer)\w*\s+(?:\w+\s+){0,3}above\s+this\s+line|"
-    r"(?:oberhalb|über)\s+dieser\s+zeile|au-dessus\s+de\s+(?:cette|la)\s+ligne|"
-    r"por\s+encima\s+de\s+esta\s+l[ií]nea|sopra\s+questa\s+riga|boven\s+deze\s+regel|"
-    r"ovanför\s+denna\s+rad|over\s+denne\s+linje|powyżej\s+tej\s+linii",
-    re.IGNORECASE,
-)
-# Notification digests append the conversation under a heading ("---\n*Previous Replies*").
-_HISTORY_HEADING = re.compile(
-    r"^(?P<open>[*_#\s]*)(?:previous\s+(?:replies|messages|discussion|posts|conversation)|earlier\s+messages|"
-    r"conversation\s+history|message\s+history|vorherige\s+antworten|frühere\s+nachrichten|"
-    r"réponses\s+précédentes|messages\s+précédents|historique\s+de\s+la\s+conversation|"
-    r"respuestas\s+anteriores|mensajes\s+anteriores|risposte\s+precedenti|eerdere\s+antwoorden|"
-    r"vorige\s+berichten)[*_:\s]*$",
-    re.IGNORECASE,
-)
-_MAILING_LIST_FOOTER = re.compile(r"mailing\s+list\s*$|^to\s+unsubscribe\b", re.IGNORECASE)
-
-# "Sent from my iPhone" and friends: a whole line, a short device name without sentence punctuation.
-_DEVICE_WORD = r"(?:[\w'’&+./@()-]{1,40}(?:<[^>\s]{1,300}>)?|<[^>\s]{1,300}>)"  # "TypeApp<http://…>"
-_DEVICE = rf"{_DEVICE_WORD}(?:\s+{_DEVICE_WORD}){{0,7}}"
-_SENT_FROM = (
-    r"(?:sent|envoyé|enviado|gesendet|inviato|verzonden|verstuurd|skickat|sendt|lähetetty|wysłane|"
-    r"odesláno|отправлено|надіслано)\s+"
-    r"(?:from|via|with|using|de|depuis|à\s+partir\s+de|von|mit|über|da|dal|dal\s+mio|van|vanaf|met|"
-    r"från|fra|med|z|ze|с|з|desde|do)\s+"
-)
-_MOBILE_FOOTER = re.compile(
-    r"^[\s–-]*(?:" + _SENT_FROM + _DEVICE + r"|"
-    r"(?:get|download|télécharge[zr]?|scarica|descarga|baixe|hol\s+dir)\s+outlook\s+" + _DEVICE + r"|"
-    r"von\s+meinem\s+" + _DEVICE + r"\s+gesendet|"
-    r"[\w ]{1,30}から送信|发自我的\s*[\w ]{1,30}|從我的\s*[\w ]{1,30}\s*傳送|"
-    r"sent\s+with\s+" + _DEVICE + r"|via\s+(?:mobile|iphone|android)"
-    r")\s*[.!]?\s*$",
-    re.IGNORECASE,
-)
-# Longer carrier footers ("Sent via the Samsung Galaxy S® 5, an AT&T 4G LTE smartphone"): allowed
-# when a device or mail app is named before any comma, so "Sent from my desk, is much easier than
-# my mobile phone." stays a sentence.
-_DEVICE_FOOTER = re.compile(
-    r"^[\s–-]*" + _SENT_FROM + r"[^,\n]{0,40}?\b(?:iphone|ipad|ipod|android|blackberry|samsung|galaxy|"
-    r"mobile|phone|smartphone|tablet|device|htc|nokia|huawei|xiaomi|pixel|motorola|outlook|mail|gmail|"
-    r"yahoo|aol|airmail|mailbox|spark|proton\w*|bluemail|typeapp|handy|mobiltelefon|téléphone|"
-    r"portable|móvil|celular|telefono|cellulare)\b.{0,80}$",
-    re.IGNORECASE,
-)
-
-# Closing formulas that open a signature block ("Regards,\nJane Doe\nCEO"). "Thanks" and "Cheers"
-# are deliberately absent: they usually carry meaning ("Thanks, that fixed it") and stay visible.
-_VALEDICTION = re.compile(
-    r"^\s*(?:(?:(?:best|kind|warm|warmest|many|with\s+kind|with\s+best)\s+)?regards|"
-    r"best|sincerely|yours\s+(?:truly|sincerely|faithfully)|respectfully|best\s+wishes|all\s+the\s+best|"
-    r"cordialement|bien\s+cordialement|très\s+cordialement|bien\s+à\s+vous|salutations(?:\s+distinguées)?|"
-    r"meilleures\s+salutations|sincères\s+salutations|mit\s+freundlichen\s+gr(?:ü|ue|u)(?:ß|ss)en|"
-    r"freundliche\s+gr(?:ü|u)(?:ß|ss)e|viele\s+gr(?:ü|u)(?:ß|ss)e|beste\s+gr(?:ü|u)(?:ß|ss)e|"
-    r"liebe\s+gr(?:ü|u)(?:ß|ss)e|herzliche\s+gr(?:ü|u)(?:ß|ss)e|mfg|lg|vg|"
-    r"met\s+vriendelijke\s+groet(?:en)?|vriendelijke\s+groet(?:en)?|groeten|hartelijke\s+groet(?:en)?|"
-    r"pozdrawiam(?:\s+serdecznie)?|z\s+poważaniem|z\s+powazaniem|serdecznie\s+pozdrawiam|"
-    r"med\s+venlig(?:e)?\s+hilsen?|venlig\s+hilsen|hilsen|mvh|kh|med\s+vänlig(?:a)?\s+hälsning(?:ar)?|"
-    r"vänliga\s+hälsningar|med\s+vennlig\s+hilsen|vennlig\s+hilsen|ystävällisin\s+terveisin|terveisin|"
-    r"cordiali\s+saluti|distinti\s+saluti|saluti|un\s+saluto|atentamente|saludos(?:\s+cordiales)?|"
-    r"un\s+saludo|cordialmente|atenciosamente|abraços|cumprimentos|с\s+уважением|"
-    r"с\s+наилучшими\s+пожеланиями)"
-    r"\s*[,.!]?\s*$",
-    re.IGNORECASE,
-)
-# First words of a short closing ("Regards, Roman", "Thanks!") — used to tell a sign-off from an answer.
-_SIGNOFF_START = re.compile(
-    r"^\s*(?:regards|best|kind\s+regards|thanks|thank\s+you|cheers|sincerely|cordialement|merci|"
-    r"bien\s+à\s+vous|grüße|gruß|mfg|groeten|pozdrawiam|hilsen|mvh|saluti|saludos|abraços|спасибо)\b",
-    re.IGNORECASE,
-)
-_GREETING = re.compile(
-    r"^\s*(?:hi|hello|hey|dear|good\s+(?:morning|afternoon|evening)|bonjour|bonsoir|salut|cher|chère|"
-    r"hallo|liebe|lieber|sehr\s+geehrte|guten\s+(?:tag|morgen|abend)|moin|hej|hei|hola|estimad[oa]|"
-    r"buongiorno|ciao|caro|cara|olá|oi|prezado|beste|geachte|dzień\s+dobry|cześć|witam|szanown[ya]|"
-    r"привет|здравствуйте|добрый\s+день|уважаем)\b",
-    re.IGNORECASE,
-)
-_PHONE = re.compile(r"(?<![\w/])\+?\(?\d[\d\s().-]{5,22}\d(?![\w/])")
-_URL = re.compile(r"https?://|www\.", re.IGNORECASE)
-_CONTACT_LABEL = re.compile(
-    r"^\W{0,3}(?:skype|linkedin|twitter|github|tel|phone|mobile|mob|cell|fax|office|direct|tél|"
-    r"téléphone|portable|mobil|handy|telefon)\b",
-    re.IGNORECASE,
-)
-_ABBREVIATION = re.compile(r"(?:\w+\.){2,}|[A-Z][a-z]{0,2}\.")
-_POSTSCRIPT = re.compile(r"^\s*p\.?\s?s\.?\b", re.IGNORECASE)
-
-
-# --------------------------------------------------------------------------------------------------
-# Plain text
-# --------------------------------------------------------------------------------------------------
-
-
-def _normalise(text: str) -> str:
-    """CRLF/CR to LF; (narrow) no-break spaces to plain spaces so matching and output agree."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\xa0", " ").replace("\u202f", " ")
-
-
-def _clean(line: str) -> str:
-    return line.translate(_DROP_ZERO_WIDTH).strip()
-
-
-def _is_quote(line: str) -> bool:
-    return _QUOTE_LINE.match(line) is not None
-
-
-def _is_rule(line: str) -> bool:
-    return _RULE_LINE.match(line) is not None
-
-
-def _split_glued_headers(lines: list[str]) -> list[str]:
-    """Put an attribution that a client glued to the author's last line on a line of its own."""
-    out: list[str] = []
-    for i, line in enumerate(lines):
-        if "on" in line.lower() and len(line) <= _MAX_HEADER_CHARS and _ends_attribution(lines, i):
-            glued = _GLUED_ON.match(line) if not _is_quote(line) else None
-            if glued and _WORD_CHAR.search(glued["before"]) and _TIME_OR_YEAR.search(glued["header"]):
-                out.extend((glued["before"], glued["header"]))
-                continue
-        out.append(line)
-    return out
-
-
-def _ends_attribution(lines: Sequence[str], i: int) -> bool:
-    # The "wrote:" may come a few wrapped lines later ("…, at 12:47 PM,\n Example <\naddr>wrote:").
-    for j in range(i, min(i + _MAX_HEADER_LINES + 1, len(lines))):
-        if (j > i and not lines[j].strip()) or len(lines[j]) > _MAX_HEADER_CHARS:
-            return False
-        if _ends_with_verb(lines[j]):
-            return True
-    return False
-
-
-@dataclass(frozen=True)
-class _Header:
-    end: int  # exclusive line index
-    strong: bool  # carries a date or an address: safe to cut even when no '>' quote follows
-
-
-def _header_continuation(line: str) -> bool:
-    # "> wrote:" / ">:" — a wrapped attribution whose tail a client prefixed with '>'.
-    return bool(line) and (not _is_quote(line) or (len(line) <= 12 and line.endswith(":")))
-
-
-def _ends_with_verb(text: str) -> bool:
-    # The verb closes the line: searching only the tail keeps this linear on long lines.
-    tail = text[-_VERB_TAIL:]
-    if not tail.rstrip(" \t:：-=*").lower().endswith(_VERB_ENDINGS):
-        return False
-    return _WROTE_END.search(tail) is not None
-
-
-def _is_attribution(joined: str) -> bool | None:
-    """None when not an attribution; else whether it is strong (has a date/time or an address)."""
-    if len(joined) > _MAX_HEADER_CHARS:
-        return None
-    ends_with_colon = joined.endswith((":", "："))
-    if _ends_with_verb(joined):
-        if not _WROTE_END.sub("", joined[-_VERB_TAIL:]).strip(" -=*>") and len(joined) <= _VERB_TAIL:
-            return None  # a bare "wrote:" with no one who wrote
-    elif not ends_with_colon:
-        return None
-    elif not (_WROTE_BEFORE_NAME.search(joined) and _HEADER_OPENER.match(joined)):
-        # "2014-10-17 11:28 GMT+03:00 Postmaster <postmaster@x>:" — date + address + colon, no verb.
-        dated = _TIME_OR_YEAR.search(joined) is not None and _DIGIT.search(joined[:30]) is not None
-        return True if dated and _has_address(joined) else None
-    return _has_address(joined) or _DIGIT.search(joined) is not None
-
-
-def _has_address(text: str) -> bool:
-    return "@" in text and _EMAIL.search(text) is not None
-
-
-def _match_attribution(lines: Sequence[str], i: int) -> _Header | None:
-    first = lines[i]
-    if len(first) > _MAX_HEADER_CHARS:
-        return None
-    # "On Tue, Apr 11, 2017 at 10:07 PM John Smith\n\n<\nmailto:…>\n> wrote:" (Polymail) spreads a
-    # dated attribution over blank lines; only such a dated opener may reach that far.
-    dated = _ON_DATE.match(first) is not None
-    limit = _MAX_DATED_HEADER_LINES if dated else _MAX_HEADER_LINES
-    # Only a line that opens like an attribution *and* carries its date may be joined with the next
-    # ones: "Am heutigen Tage" above "Am So., 1. Jan. 2023 … schrieb …" is text, then a header.
-    joinable = _HEADER_OPENER.match(first) is not None and _DIGIT.search(first) is not None
-    parts: list[str] = []
-    j = i
-    while j < len(lines) and j - i < limit:
-        if j > i:
-            if dated and not lines[j]:
-                j += 1
-                continue
-            if not joinable or not _header_continuation(lines[j]):
-                break
-        parts.append(lines[j].lstrip(">").strip() if j > i else lines[j])
-        strong = _is_attribution(" ".join(parts))
-        if strong is not None:
-            return _Header(j + 1, strong)
-        j += 1
-    return None
-
-
-def _match_date_email_line(lines: Sequence[str], i: int) -> _Header | None:
-    # "2011/4/7 Nathan <support@example.com>" with no colon: only trusted when a quote follows it.
-    line = lines[i]
-    if len(line) <= _MAX_HEADER_CHARS and _DIGIT.match(line) and _has_address(line):
-        return _Header(i + 1, False)
-    return None
-
-
-def _next_content(lines: Sequence[str], i: int) -> int:
-    while i < len(lines) and not lines[i]:
-        i += 1
-    return i
-
-
-def _followed_by_quote(lines: Sequence[str], end: int) -> bool:
-    nxt = _next_content(lines, end)
-    return nxt < len(lines) and _is_quote(lines[nxt])
-
-
-def _field_block_end(lines: Sequence[str], i: int) -> int | None:
-    """End of an Outlook header block starting at line i, or None."""
-    first_line = lines[i]
-    first = _FIELD.match(first_line)
-    if first is None:
-        return None
-    # HTML flattened "<b>From: bob@x</b> <b>Date: …</b>" onto one line.
-    fields = 1 + len(_INLINE_FIELD.findall(first_line, first.end()))
-    has_start = first["start"] is not None
-    continuation = 0
-    j = i + 1
-    while j < len(lines) and j - i <= 12:
-        line = lines[j]
-        if not line:
-            break
-        match = _FIELD.match(line)
-        if match:
-            fields += 1
-            has_start = has_start or match["start"] is not None
-            continuation = 0
-        else:
-            continuation += 1  # a wrapped "From: Name <\naddress>" or a long subject
-            if continuation > 2:
-                break
-        j += 1
-    if fields >= 2 and has_start and (first["start"] is not None or fields >= 3):
-        return j
-    return None
-
-
-def _is_history_heading(lines: Sequence[str], i: int) -> bool:
-    heading = _HISTORY_HEADING.match(lines[i])
-    if heading is None:
-        return False
-    if heading["open"].strip():  # emphasised ("*Previous Replies*", "## Earlier messages")
-        return True
-    k = i - 1
-    while k >= 0 and not lines[k]:
-        k -= 1
-    return k >= 0 and _is_rule(lines[k])
-
-
-def _is_mailing_list_footer(lines: Sequence[str], i: int) -> bool:
-    # Mailman: a row of underscores, then "<list> mailing list", address, listinfo URL.
-    if not _UNDERSCORES.fullmatch(lines[i]):
-        return False
-    nxt = _next_content(lines, i + 1)
-    return nxt < len(lines) and nxt - i <= 2 and _MAILING_LIST_FOOTER.search(lines[nxt]) is not None
-
-
-def _cut_marker_end(lines: Sequence[str], i: int) -> int | None:
-    """If a marker after which everything is history starts at line i, the end of the marker."""
-    line = lines[i]
-    short = len(line) <= 200
-    if short and (_ORIGINAL_MARKER.match(line) or _SIG_DELIMITER.match(line)):
-        return i + 1
-    if short and (_MOBILE_FOOTER.match(line) or _DEVICE_FOOTER.match(line) or _REPLY_ABOVE.search(line)):
-        return i + 1
-    if short and (_is_history_heading(lines, i) or _is_mailing_list_footer(lines, i)):
-        return i + 1
-    return _field_block_end(lines, i)
-
-
-def _footer_start(lines: Sequence[str], i: int) -> int:
-    # "Jane Doe\nSent from my iPhone" set apart by a blank line is one mobile signature block.
-    is_footer = _MOBILE_FOOTER.match(lines[i]) or _DEVICE_FOOTER.match(lines[i])
-    if is_footer and i >= 3 and not lines[i - 2] and _looks_like_name(lines[i - 1]) and any(lines[: i - 2]):
-        return i - 1
-    return i
-
-
-def _extend_cut_upwards(lines: Sequence[str], cut: int) -> int:
-    # Blank lines and rules ("-----", "_____") right above a marker belong to the quoted part.
-    while cut > 0 and (not lines[cut - 1] or _is_rule(lines[cut - 1])) and not _is_quote(lines[cut - 1]):
-        cut -= 1
-    return cut
-
-
-@dataclass
-class _Scan:
-    end: int  # the author's region is lines[:end]; what follows is history
-    keep_from: int | None = None  # a forwarded message starts here and stays visible verbatim
-    headers: set[int] = field(default_factory=set)  # attribution lines that introduce a '>' block
-
-
-def _scan(lines: Sequence[str]) -> _Scan:
-    """Find where the author's text ends, and which attribution lines belong to '>' blocks.
-
-    A marker with no author text above it is ignored: a body that starts with a header block is a
-    forward without comment, and its content is the message.
-    """
-    headers: set[int] = set()
-    has_content = False
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if not line or _is_quote(line):
-            i += 1
-            continue
-        if _FORWARD_MARKER.match(line):
-            # A forwarded message is what the author is sending: keep it, as talon does.
-            return _Scan(i, i, headers)
-        header = _match_attribution(lines, i)
-        if header is None and _followed_by_quote(lines, i + 1):
-            header = _match_date_email_line(lines, i)
-        if header is not None:
-            if _followed_by_quote(lines, header.end):
-                headers.update(range(i, header.end))
-                i = header.end
-                continue
-            if header.strong:
-                if has_content:
-                    return _Scan(_extend_cut_upwards(lines, i), None, headers)
-                i = header.end
-                continue
-        marker_end = _cut_marker_end(lines, i)
-        if marker_end is not None:
-            if has_content:
-                return _Scan(_extend_cut_upwards(lines, _footer_start(lines, i)), None, headers)
-            i = marker_end
-            continue
-        has_content = True
-        i += 1
-    return _Scan(len(lines), None, headers)
-
-
-def _classify(lines: Sequence[str], end: int, headers: set[int]) -> list[str]:
-    """One letter per line: T(ext), Q(uote), H(eader of a quote), B(lank)."""
-    kinds: list[str] = []
-    for i in range(end):
-        if i in headers:
-            kinds.append("H")
-        elif not lines[i]:
-            kinds.append("B")
-        else:
-            kinds.append("Q" if _is_quote(lines[i]) else "T")
-    _absorb_lazy_continuations(lines, kinds)
-    _release_decorations(lines, kinds)
-    return kinds
-
-
-def _continues_quote(previous: str, line: str) -> bool:
-    """Whether ``line`` is the wrapped tail of the quoted ``previous`` line rather than an answer."""
-    first = line[:1]
-    if (first.isalpha() and first.islower()) or not first.isalnum():
-        return True  # "ignissim odio?", "_nonce=3dd518)": a word or URL cut in two
-    quoted = previous.lstrip(" \t>")
-    return len(quoted) >= 60 and not quoted.endswith((".", "!", "?", ":", ";"))
-
-
-def _absorb_lazy_continuations(lines: Sequence[str], kinds: list[str]) -> None:
-    # A quoted line re-wrapped by the client loses its '>' ("> … pharetra d\nignissim odio?\n>"):
-    # one or two unprefixed lines squeezed between quote lines are still the quote — unless they
-    # read as an answer typed between two quoted lines ("> Question?\nYes.\n> Next?").
-    i = 0
-    while i < len(kinds):
-        if kinds[i] == "T" and i > 0 and kinds[i - 1] == "Q":
-            j = i
-            while j < len(kinds) and kinds[j] == "T" and j - i < 2:
-                j += 1
-            if j < len(kinds) and kinds[j] == "Q" and _continues_quote(lines[i - 1], lines[i]):
-                for k in range(i, j):
-                    kinds[k] = "Q"
-            i = j
-        else:
-            i += 1
-
-
-def _release_decorations(lines: Sequence[str], kinds: list[str]) -> None:
-    # A lone banner line glued inside text (">>> >>> http://x <<<") uses '>' as an arrow, not a quote.
-    for i in range(1, len(kinds) - 1):
-        if kinds[i] == "Q" and kinds[i - 1] == "T" and kinds[i + 1] == "T" and _BANNER.search(lines[i]):
-            kinds[i] = "T"
-
-
-@dataclass
-class _Segment:
-    kind: str  # "T" (author text) or "Q" (quote, with its attribution)
-    lines: list[int] = field(default_factory=list)
-
-
-def _segments(kinds: Sequence[str]) -> list[_Segment]:
-    """Group lines; blank lines stay with the segment above (as talon does when it cuts a quote)."""
-    segments: list[_Segment] = []
-    for i, kind in enumerate(kinds):
-        if kind == "B":
-            if not segments:
-                segments.append(_Segment("T"))
-            segments[-1].lines.append(i)
-            continue
-        seg_kind = "Q" if kind in ("Q", "H") else "T"
-        # An attribution opens a new quote: what was quoted above it is not that history.
-        opens_history = kind == "H" and (i == 0 or kinds[i - 1] != "H")
-        if not segments or segments[-1].kind != seg_kind or opens_history:
-            segments.append(_Segment(seg_kind))
-        segments[-1].lines.append(i)
-    return segments
-
-
-def _content(lines: Sequence[str], segment: _Segment) -> list[str]:
-    return [lines[i] for i in segment.lines if lines[i]]
-
-
-def _is_signoff(content: Sequence[str]) -> bool:
-    return 0 < len(content) <= 2 and _SIGNOFF_START.match(content[0]) is not None
-
-
-def _is_name_block(content: Sequence[str]) -> bool:
-    # "Stefano Costa @stekosteko / Editor, Journal of Open Archaeology Data" under a quote: a signature.
-    if not content or len(content) > 4 or _is_signoff(content):
-        return False
-    return all(_looks_like_name(_HANDLE.sub("", line)) for line in content)
-
-
-def _is_answer(lines: Sequence[str], segment: _Segment) -> bool:
-    content = _content(lines, segment)
-    return bool(content) and not _is_signoff(content) and not _is_name_block(content)
-
-
-def _is_greeting(lines: Sequence[str], before: Sequence[_Segment]) -> bool:
-    content = [line for seg in before if seg.kind == "T" for line in _content(lines, seg)]
-    return len(content) == 1 and (_GREETING.match(content[0]) is not None or content[0].endswith(","))
-
-
-def _select_visible(lines: Sequence[str], scan: _Scan) -> list[int]:
-    """Indices of the author's lines in lines[:scan.end].
-
-    Quotes are dropped, except where an answer is written below them: in an interleaved reply (two
-    or more answers below quotes) and below a quote that the author introduced with a greeting only
-    ("Hi Bob,\n> question\nanswer"). Kept quotes lose their attribution line. A name/title block
-    left under the last quote is a signature.
-    """
-    kinds = _classify(lines, scan.end, scan.headers)
-    segments = _segments(kinds)
-    answered = {
-        n
-        for n, seg in enumerate(segments[:-1])
-        if seg.kind == "Q" and segments[n + 1].kind == "T" and _is_answer(lines, segments[n + 1])
-    }
-    interleaved = len(answered) >= 2
-    last_quote = max((n for n, seg in enumerate(segments) if seg.kind == "Q"), default=-1)
-    text_above = any(seg.kind == "T" and _content(lines, seg) for seg in segments[: max(last_quote, 0)])
-    visible: list[int] = []
-    for n, seg in enumerate(segments):
-        if seg.kind == "T":
-            content = _content(lines, seg)
-            if n > last_quote and text_above and content and _is_name_block(content):
-                continue
-            visible.extend(seg.lines)
-        elif n in answered and (interleaved or _is_greeting(lines, segments[:n])):
-            visible.extend(_without_attribution(seg.lines, kinds))
-        elif _is_citation(segments, n, kinds) and _has_text(lines, segments[:n]):
-            visible.extend(seg.lines)
-    return visible
-
-
-def _has_text(lines: Sequence[str], segments: Sequence[_Segment]) -> bool:
-    return any(seg.kind == "T" and _content(lines, seg) for seg in segments)
-
-
-def _is_citation(segments: Sequence[_Segment], n: int, kinds: Sequence[str]) -> bool:
-    # "Reply\n> a line I quote\n\nOn <date>, Bob wrote:\n> history": the history starts at the
-    # attribution; a quote the author placed above it is part of the reply.
-    seg = segments[n]
-    if seg.kind != "Q" or kinds[seg.lines[0]] == "H" or n + 1 >= len(segments):
-        return False
-    following = segments[n + 1]
-    return following.kind == "Q" and kinds[following.lines[0]] == "H"
-
-
-def _without_attribution(indices: Iterable[int], kinds: Sequence[str]) -> list[int]:
-    kept: list[int] = []
-    after_header = False
-    for i in indices:
-        if kinds[i] == "H" or (after_header and kinds[i] == "B"):
-            after_header = True
-            continue
-        after_header = False
-        kept.append(i)
-    return kept
-
-
-def _is_contact(line: str) -> bool:
-    if _has_address(line) or _URL.search(line) or _CONTACT_LABEL.match(line):
-        return True
-    phone = _PHONE.search(line)
-    return phone is not None and sum(c.isdigit() for c in phone.group()) >= 7
-
-
-def _looks_like_name(line: str) -> bool:
-    """A name or title line: short, and its longer words capitalised ("Jane Doe", "Head of Sales")."""
-    words = line.split()
-    if not 1 <= len(words) <= 6 or len(line) > 60 or line.endswith((":", ",", "?", "!")):
-        return False
-    # "Sure." / "Yes, at 10." are answers; "Ph.D." / "Jr." / "Inc." end names and titles.
-    if line.endswith(".") and (len(words) == 1 or not _ABBREVIATION.fullmatch(words[-1])):
-        return False
-    letters = [w for w in (_LEADING_PUNCTUATION.sub("", w) for w in words) if w[:1].isalpha()]
-    if not letters or not letters[0][0].isupper():
-        return False
-    return all(w[0].isupper() for w in letters if len(w) >= 4)
-
-
-def _is_sentence(line: str) -> bool:
-    words = len(line.split())
-    return words >= 9 or (words >= 5 and line.endswith((".", "!", "?")))
-
-
-def _signature_start(lines: Sequence[str], visible: Sequence[int]) -> int | None:
-    """Position in ``visible`` where a trailing signature block starts, or None.
-
-    Two shapes are recognised, walking up from the end while the tail stays short:
-    a closing formula on its own line ("Regards," + name/title lines), and a contact block
-    (a name or a rule, then lines with at least two of phone / e-mail / URL) — "John Doe, FCLS /
-    Mailgun Inc / 555-941-0697" alone has one contact line and stays visible.
-    """
-    content_positions = [p for p, i in enumerate(visible) if lines[i]]
-    if len(content_positions) < 2:
-        return None
-    first_content = content_positions[0]
-    best: int | None = None
-    tail_lines = contacts = 0
-    prose = False
-    for p in range(len(visible) - 1, first_content, -1):
-        line = lines[visible[p]]
-        if not line:
-            continue
-        if len(line) > _MAX_SIGNATURE_LINE_CHARS or _is_quote(lines[visible[p]]) or _POSTSCRIPT.match(line):
-            break
-        tail_lines += 1
-        if tail_lines > _MAX_SIGNATURE_LINES:
-            break
-        contacts += _is_contact(line)
-        prose = prose or _is_sentence(line)
-        if _VALEDICTION.match(line):
-            # "Regards,\nJane" is part of the message; "Regards,\nJane Doe\nOffice manager" is a signature.
-            if tail_lines >= 3:
-                best = p
-            continue
-        opens_block = not lines[visible[p - 1]] or _is_rule(lines[visible[p - 1]])
-        if not prose and contacts >= 2 and opens_block and (_looks_like_name(line) or _is_rule(line)):
-            best = p
-    return best
-
-
-def _strip_trailing_noise(lines: Sequence[str], visible: list[int]) -> list[int]:
-    # Trailing blank lines and rules left by a cut carry nothing.
-    end = len(visible)
-    while end > 0 and (not lines[visible[end - 1]] or _is_rule(lines[visible[end - 1]])):
-        end -= 1
-    return visible[:end]
-
-
-def _join(lines: Sequence[str], indices: Iterable[int]) -> str:
-    # Trailing blanks are invisible noise (and format=flowed artefacts), never the author's words.
-    return _trim("\n".join(lines[i].rstrip() for i in indices))
-
-
-def _trim(text: str) -> str:
-    return text.strip().lstrip("\ufeff").strip()
-
-
-def extract_reply(text: str) -> ExtractedReply:
-    """Split a plain-text body into what the author wrote and the quoted history/signature."""
-    raw = _split_glued_headers(_normalise(text).split("\n"))
-    lines = [_clean(line) for line in raw]  # analysis reads cleaned lines; the output keeps raw ones
-    scan = _scan(lines)
-    visible = _select_visible(lines, scan)
-    if scan.keep_from is not None:
-        visible = [*visible, *range(scan.keep_from, len(lines))]
-    else:
-        visible = _strip_trailing_noise(lines, visible)
-    if not any(lines[i] for i in visible):
-        # Everything looks quoted: better to show the whole message than to lose it.
-        return ExtractedReply(_join(raw, range(len(raw))), "")
-    if scan.keep_from is None:
-        start = _signature_start(lines, visible)
-        if start is not None:
-            visible = _strip_trailing_noise(lines, visible[:start])
-    kept = set(visible)
-    return ExtractedReply(_join(raw, visible), _join(raw, (i for i in range(len(raw)) if i not in kept)))
-
+from mailbridge.domain.fingerprint import Fingerprint
+from mailbridge.inbound.trim import vocabulary as v
+from mailbridge.inbound.trim.own import cut_own_copy
+from mailbridge.inbound.trim.text import ExtractedReply, extract_reply
+
+__all__ = [
+    "ExtractedReply",
+    "ReplyBody",
+    "extract_reply",
+    "extract_reply_from_html",
+    "html_to_text",
+    "reply_body",
+    "sanitize_html",
+    "visible_part_html",
+]
 
 # --------------------------------------------------------------------------------------------------
 # HTML
@@ -1018,8 +304,8 @@ _ID_CONTAINERS: Final = (
     "aolmsgpart",
 )
 _CLASS_CONTAINER = re.compile(r"(?:^|_)(?:gmail_quote|moz-cite-prefix|protonmail_quote)|yahoo_quoted")
-_FIELD_START = re.compile(rf"^\s*(?:{_START_FIELDS})\s*[:：]", re.IGNORECASE)
-_FORWARD_START = re.compile(rf"^\W*(?:{_FORWARD_NAMES})", re.IGNORECASE)
+_FIELD_START = re.compile(rf"^\s*(?:{v.START_FIELDS})\s*[:：]", re.IGNORECASE)
+_FORWARD_START = re.compile(rf"^\W*(?:{v.FORWARD_NAMES})", re.IGNORECASE)
 
 
 def _is_quote_container(node: _Node) -> bool:
@@ -1055,9 +341,9 @@ def _tidy(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
-def _render(html: str, *, find_quotes: bool) -> str:
+def _render(html: str | _Node, *, find_quotes: bool) -> str:
     out = _TextBuilder()
-    _Renderer(find_quotes=find_quotes).render(_parse_html(html), out)
+    _Renderer(find_quotes=find_quotes).render(_parse_html(html) if isinstance(html, str) else html, out)
     return _tidy(out.value())
 
 
@@ -1074,17 +360,188 @@ def _split_signatures(text: str) -> tuple[str, str]:
     return "".join(kept), "\n".join(s.strip() for s in signatures if s.strip())
 
 
-def extract_reply_from_html(html: str) -> ExtractedReply:
-    """Cut an HTML reply at the client's quote container, then extract the reply from the text."""
+def extract_reply_from_html(
+    html: str, *, sent: Sequence[Fingerprint] = (), key: bytes = b""
+) -> ExtractedReply:
+    """Cut an HTML reply at the client's quote container, then extract the reply from the text.
+
+    With ``sent`` (the notifications the reply answers), the quoted copy of ours is cut first,
+    exactly, wherever the client put it; the container is the fallback.
+    """
+    return _html_reply(html, sent, key)[0]
+
+
+def _html_reply(html: str | _Node, sent: Sequence[Fingerprint], key: bytes) -> tuple[ExtractedReply, bool]:
+    """The reply, and whether our own notification's copy was found and cut."""
     marked = _render(html, find_quotes=True)
+    if sent:
+        unsigned, signature = _split_signatures(marked.replace(_CUT, ""))
+        own = cut_own_copy(_tidy(unsigned), sent, key)
+        if own is not None:
+            return ExtractedReply(own.visible, "\n\n".join(h for h in (own.hidden, signature) if h)), True
     head, _, quoted = marked.partition(_CUT)
     visible_html, signature = _split_signatures(head)
     if not _tidy(visible_html):
         # The container held everything (e.g. an Exchange reply section alone): keep it all.
-        return extract_reply(_tidy(_SENTINELS.sub("", marked)))
+        return extract_reply(_tidy(_SENTINELS.sub("", marked))), False
     reply = extract_reply(_tidy(visible_html))
     hidden = [reply.hidden, signature, _tidy(_SENTINELS.sub("", quoted))]
-    return ExtractedReply(reply.visible, "\n\n".join(h for h in hidden if h))
+    return ExtractedReply(reply.visible, "\n\n".join(h for h in hidden if h)), False
+
+
+# --------------------------------------------------------------------------------------------------
+# The visible part of an HTML reply, as HTML (what was trimmed never reaches body_html)
+# --------------------------------------------------------------------------------------------------
+
+_UNSEEN = re.compile(f"[\\s>{v.INVISIBLE}{v.RESIDUE_MARKS}]+")
+_RENDERED_ONLY = re.compile(r"[-\d.]*")  # what the renderer adds itself: list bullets and numbers, rules
+
+
+def _squash(text: str) -> str:
+    """Text compared without spacing, quote marks and invisible characters."""
+    return _UNSEEN.sub("", text.replace("\xa0", " "))
+
+
+def _prefix_of(raw: str, length: int) -> str:
+    """The shortest start of ``raw`` whose squashed form is ``length`` characters long."""
+    count = 0
+    for index, char in enumerate(raw):
+        if count == length:
+            return raw[:index]
+        count += len(_squash(char))
+    return raw
+
+
+def _in_order(root: _Node) -> list[_Node]:
+    """Every node in document order, what is never rendered left out."""
+    order: list[_Node] = []
+    stack = list(reversed(root.children))
+    while stack:
+        node = stack.pop()
+        if node.tag in _SKIPPED_TAGS:
+            continue
+        order.append(node)
+        stack.extend(reversed(node.children))
+    return order
+
+
+def _kept_text(order: Sequence[_Node], visible: str) -> dict[int, str]:
+    """The text nodes (by id) that spell ``visible`` in document order, with the text each keeps.
+
+    A node is kept only when its words come next in ``visible``, so nothing that was trimmed can
+    come back, whatever the markup; a node cut in two by the extraction keeps its first part.
+    """
+    target = _squash(visible)
+    kept: dict[int, str] = {}
+    position = 0
+    for node in order:
+        if position >= len(target):
+            break
+        if node.tag != "#text":
+            continue
+        chunk = _squash(node.text)
+        if not chunk:
+            continue
+        ahead = target.find(chunk, position, position + len(chunk) + 12)
+        if ahead >= 0 and _RENDERED_ONLY.fullmatch(target[position:ahead]):
+            kept[id(node)] = node.text
+            position = ahead + len(chunk)
+        elif len(chunk) >= len(target) - position and chunk.startswith(target[position:]):
+            kept[id(node)] = _prefix_of(node.text, len(target) - position)
+            position = len(target)
+    return kept
+
+
+def _has_words(node: _Node) -> bool:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current.tag == "#text" and _squash(current.text):
+            return True
+        if current.tag not in _SKIPPED_TAGS:
+            stack.extend(current.children)
+    return False
+
+
+def _attributes(node: _Node) -> str:
+    return "".join(f' {name}="{escape(value, quote=True)}"' for name, value in node.attrs.items())
+
+
+def visible_part_html(html: str, visible: str) -> str | None:
+    """The sanitised HTML of what is visible: the text nodes that make up ``visible``, and the markup
+    around them (paragraphs, emphasis, links, lists). Quoted history, signatures and our own
+    notification, trimmed from the text, are absent; None when nothing is visible."""
+    return _visible_html(_parse_html(html), visible)
+
+
+def _visible_html(root: _Node, visible: str) -> str | None:
+    if not _squash(visible):
+        return None
+    order = _in_order(root)
+    kept = _kept_text(order, visible)
+    if not kept:
+        return None
+    index = {id(node): n for n, node in enumerate(order)}
+    spots = [index[key] for key in kept]
+    first, last = min(spots), max(spots)
+    holds: set[int] = set()  # elements with a kept text node inside
+    for node in order:
+        if id(node) in kept:
+            parent = node.parent
+            while parent is not None and id(parent) not in holds:
+                holds.add(id(parent))
+                parent = parent.parent
+    out: list[str] = []
+
+    def write(node: _Node) -> None:
+        for child in node.children:
+            spot = index.get(id(child))
+            if spot is None:
+                continue
+            if child.tag == "#text":
+                if id(child) in kept:
+                    out.append(escape(kept[id(child)], quote=False))
+                elif first < spot < last and not _squash(child.text):
+                    out.append(escape(child.text, quote=False))  # spacing between kept words
+            elif child.tag in _VOID_TAGS:
+                if first < spot < last:
+                    out.append(f"<{child.tag}{_attributes(child)}>")
+            elif id(child) in holds or (first < spot < last and not _has_words(child)):
+                # An element around kept words, or an empty spacer between them ("<div><br></div>").
+                out.append(f"<{child.tag}{_attributes(child)}>")
+                write(child)
+                out.append(f"</{child.tag}>")
+
+    write(root)
+    return sanitize_html("".join(out))
+
+
+# --------------------------------------------------------------------------------------------------
+# One call for a message's body: text first, else HTML (with its visible part as HTML)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplyBody:
+    visible: str  # what is posted
+    hidden: str  # what was trimmed, kept hidden
+    html: str | None  # an HTML-only message: the sanitised HTML of the visible part, nothing more
+    own_copy: bool = False  # the quoted copy of a notification we sent was found and cut
+
+
+def reply_body(
+    text: str | None, html: str | None, *, sent: Sequence[Fingerprint] = (), key: bytes = b""
+) -> ReplyBody:
+    """Prefer text/plain, else HTML; cut our own quoted notification first when ``sent`` names it."""
+    if text and text.strip():
+        own = cut_own_copy(text, sent, key) if sent else None
+        reply = own if own is not None else extract_reply(text)
+        return ReplyBody(reply.visible.strip(), reply.hidden, None, own is not None)
+    if html:
+        root = _parse_html(html)  # read once: rendering never changes the tree
+        reply, own_copy = _html_reply(root, sent, key)
+        return ReplyBody(reply.visible.strip(), reply.hidden, _visible_html(root, reply.visible), own_copy)
+    return ReplyBody("", "", None)
 
 
 # --------------------------------------------------------------------------------------------------

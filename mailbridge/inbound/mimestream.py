@@ -193,13 +193,20 @@ class _Walker:
         """Consume one part (its body) up to an enclosing delimiter; return that delimiter, or None at EOF."""
         boundary = headers.get_boundary() if headers.get_content_maintype() == "multipart" else None
         if boundary and depth < 50:
-            return self.multipart(boundary.encode("ascii", "replace"), boundaries, depth)
+            return self.multipart(headers, boundary.encode("ascii", "replace"), boundaries, depth)
         return self.leaf(headers, boundaries)
 
-    def multipart(self, boundary: bytes, boundaries: list[bytes], depth: int) -> tuple[int, bool] | None:
+    def multipart(
+        self, headers: EmailMessage, boundary: bytes, boundaries: list[bytes], depth: int
+    ) -> tuple[int, bool] | None:
         inner = [*boundaries, boundary]
         mine = len(inner) - 1
-        found = self.skip(inner)  # preamble
+        # The preamble is kept (bounded) in case no delimiter ever comes: then the body is the text,
+        # as mail clients show a multipart whose boundary is missing (see parse.py).
+        preamble = _Sink(str(headers.get("Content-Transfer-Encoding", "7bit")).strip().lower(), None)
+        found = self.skip(inner, preamble)
+        if found is None and self.result.text is None and self.result.html is None:
+            self.result.text = _decode_text(preamble.close(), headers)
         while found is not None and found[0] == mine and not found[1]:
             headers = _HEADER_PARSER.parsebytes(_read_headers(self.lines), headersonly=True)
             assert isinstance(headers, EmailMessage)
@@ -213,18 +220,21 @@ class _Walker:
             return self.skip(boundaries)
         return found  # an enclosing delimiter ended us early (feedparser does the same)
 
-    def skip(self, boundaries: list[bytes]) -> tuple[int, bool] | None:
+    def skip(self, boundaries: list[bytes], keep: _Sink | None = None) -> tuple[int, bool] | None:
         while line := self.lines.next():
             found = _delimiter(line, boundaries)
             if found is not None:
                 return found
+            if keep is not None and keep.size <= TEXT_LIMIT:
+                keep.feed(line)
         return None
 
     def leaf(self, headers: EmailMessage, boundaries: list[bytes]) -> tuple[int, bool] | None:
         encoding = str(headers.get("Content-Transfer-Encoding", "7bit")).strip().lower()
         if headers.get_content_maintype() == "message":
             encoding = "8bit"  # an attached message stays whole and opaque (M8)
-        attachment = _is_attachment(headers)
+        # A multipart without a boundary parameter is read as text, as clients show it (parse.py).
+        attachment = headers.get_content_maintype() != "multipart" and _is_attachment(headers)
         path: Path | None = None
         if attachment:
             fd, name = tempfile.mkstemp(dir=self.spool_dir, suffix=".part")
@@ -250,7 +260,8 @@ class _Walker:
 
     def _keep(self, headers: EmailMessage, data: bytes, path: Path | None) -> None:
         content_type = headers.get_content_type()
-        if path is None and content_type == "text/plain" and self.result.text is None:
+        text = content_type == "text/plain" or headers.get_content_maintype() == "multipart"
+        if path is None and text and self.result.text is None:
             self.result.text = _decode_text(data, headers)
         elif path is None and content_type == "text/html" and self.result.html is None:
             self.result.html = _decode_text(data, headers)

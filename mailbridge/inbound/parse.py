@@ -2,6 +2,11 @@
 
 The corpora in ../shared/corpora contain dozens of messages on which a naive ``get_content()``
 raises; every accessor here falls back to a lossy decode instead of failing the message.
+
+A multipart whose boundary never appears in its body is shown by mail clients as what it is:
+text. The stdlib leaves such a part with its body as one string; here its parts are recovered when
+the body carries them under another delimiter, and otherwise the body becomes the text (its
+transfer encoding and charset decoded), so a person's words are never refused as an empty message.
 """
 
 from __future__ import annotations
@@ -9,12 +14,14 @@ from __future__ import annotations
 import email
 import email.policy
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.policy import EmailPolicy
 
+from mailbridge.inbound import prescan
 from mailbridge.storage.intake import Upload
 
 _POLICY = email.policy.default
@@ -145,12 +152,63 @@ def _attachment_bytes(part: Message) -> bytes:
     return payload if isinstance(payload, bytes) else b""
 
 
+# A delimiter line ("--" + RFC 2046 bchars) directly followed by a part's header block.
+_DELIMITER_THEN_HEADERS = re.compile(
+    rb"^--([0-9A-Za-z'()+_,./:=?-]{1,70})[ \t]*\r?\n(?:[!-9;-~]{1,76}:[^\n]*\r?\n){0,10}?"
+    rb"content-(?:type|transfer-encoding|disposition):",
+    re.IGNORECASE | re.MULTILINE,
+)
+_LOOKS_LIKE_HTML = re.compile(r"^\s*(?:<!doctype\s+html|<html|<head|<body|<div|<p[\s>]|<table|<meta)", re.I)
+
+
+def _broken_multipart(part: Message, depth: int) -> Message | str | None:
+    """A multipart whose boundary is missing: its parts under the delimiter actually used, or its text.
+
+    Returns the re-parsed multipart when the body holds parts under another delimiter, else the body
+    decoded as text, else None. The recovered structure passes the same pre-scan as a whole message
+    (depth, parts, header sizes) before it is parsed, and recovery nests at most three times.
+    """
+    body = part.get_payload(decode=True)
+    if not isinstance(body, bytes) or not body.strip():
+        return None
+    found = _DELIMITER_THEN_HEADERS.search(body)
+    if found is not None and depth < 3 and body.count(b"--" + found.group(1)) >= 2:
+        head = b'Content-Type: %s; boundary="%s"\r\n\r\n' % (
+            part.get_content_type().encode("ascii", "replace"),
+            found.group(1),
+        )
+        limits = prescan.PrescanLimits(require_crlf=False)
+        if prescan.prescan(head + body, limits).ok:
+            recovered = parse_bytes(head + body)
+            if recovered.is_multipart():
+                return recovered
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return body.decode(charset, errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
+
+
 def parse_mail(raw: bytes) -> ParsedMail:
     msg = parse_bytes(raw)
     parsed = ParsedMail(message=msg, defects=[type(d).__name__ for d in msg.defects])
-    for part in _leaves(msg):
+    _collect(parsed, msg, 0)
+    return parsed
+
+
+def _collect(parsed: ParsedMail, root: Message, depth: int) -> None:
+    for part in _leaves(root):
         parsed.defects.extend(type(d).__name__ for d in getattr(part, "defects", ()))
         content_type = part.get_content_type()
+        if part.get_content_maintype() == "multipart":  # a multipart left as one string: broken
+            recovered = _broken_multipart(part, depth)
+            if isinstance(recovered, Message):
+                _collect(parsed, recovered, depth + 1)
+            elif recovered is not None and _LOOKS_LIKE_HTML.match(recovered):
+                parsed.html = parsed.html if parsed.html is not None else recovered
+            elif recovered is not None:
+                parsed.text = parsed.text if parsed.text is not None else recovered.replace("\r\n", "\n")
+            continue
         filename = _filename(part)
         attachment = _is_attachment(content_type, (part.get_content_disposition() or "").lower(), filename)
         if not attachment and content_type == "text/plain" and parsed.text is None:
@@ -167,4 +225,3 @@ def parse_mail(raw: bytes) -> ParsedMail:
                     content_id=str(content_id).strip("<> ") if content_id else None,
                 )
             )
-    return parsed

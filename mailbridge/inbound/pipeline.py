@@ -19,7 +19,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from email.message import EmailMessage
@@ -34,6 +34,7 @@ from mailbridge import replies
 from mailbridge.domain import conversations as convs
 from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction, writer_gate
+from mailbridge.domain.fingerprint import Fingerprint
 from mailbridge.domain.models import (
     Conversation,
     ConversationKind,
@@ -56,9 +57,10 @@ from mailbridge.domain.models import (
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.inbound import prescan as prescan_mod
+from mailbridge.inbound.answered import answered_fingerprints, message_ids
 from mailbridge.inbound.attachments import sanitize_filename
 from mailbridge.inbound.authenticate import AuthResults, authenticate
-from mailbridge.inbound.body import extract_reply, extract_reply_from_html, sanitize_html
+from mailbridge.inbound.body import reply_body, visible_part_html
 from mailbridge.inbound.classify import Classification, classify
 from mailbridge.inbound.dns import Resolver
 from mailbridge.inbound.envelope import Target
@@ -143,6 +145,7 @@ class Deps:
     loop_value: str = "mailbridge"
     prescan_limits: prescan_mod.PrescanLimits = field(default_factory=prescan_mod.PrescanLimits)
     suppression: SuppressionPolicy = field(default_factory=SuppressionPolicy)
+    fingerprint_key: bytes = b""  # the worker's key for the hashes of sent notifications
 
 
 @dataclass
@@ -164,6 +167,7 @@ class Context:
     from_address: str = ""
     conversation_id: str | None = None
     auth: AuthResults | None = None
+    answered: list[Fingerprint] = field(default_factory=list)  # what the answered notifications said
     body: str = ""
     body_html: str | None = None
     hidden: str | None = None
@@ -369,6 +373,9 @@ def resolve_sender(ctx: Context) -> None:
             raise Rejected(replies.SENDER_MISMATCH, "reply_user_mismatch")
         ctx.sender = owner
         ctx.notice_to = (owner.id, owner.locale)
+        # What the notifications this reply answers said, read in this step's transaction (one
+        # round trip fewer than a step of its own); extract_body cuts their quoted copy.
+        ctx.answered = _answered(ctx)
     elif target.kind == "route":
         users = (
             session.scalars(
@@ -445,41 +452,73 @@ class Post:
     body_html: str | None
     hidden: str | None
     internal: bool
+    own_copy: bool | None = None  # whether our quoted notification was found (None: none to look for)
 
 
-def derive_post(parsed: ParsedMail, sender: User | None, note_marker: str) -> Post:
+def derive_post(
+    parsed: ParsedMail,
+    sender: User | None,
+    note_marker: str,
+    sent: Sequence[Fingerprint] = (),
+    key: bytes = b"",
+) -> Post:
     """Prefer text/plain, else HTML converted to text; keep the trimmed quote and signature hidden.
 
-    A staff member's reply whose first line is the practice's note marker (``#note``) becomes an
-    internal note without that line: visible to staff only, never notified to clients.
+    A reply's quoted copy of the notification it answers (*sent*: what we sent, as fingerprints) is
+    cut first, exactly (inbound/trim/own.py); an HTML-only message keeps, as HTML, only its visible
+    part: what was trimmed stays hidden. A staff member's reply whose first line is the practice's
+    note marker (``#note``) becomes an internal note without that line: visible to staff only, never
+    notified to clients.
     """
-    body_html = None
-    if parsed.text and parsed.text.strip():
-        extracted = extract_reply(parsed.text)
-    elif parsed.html:
-        extracted = extract_reply_from_html(parsed.html)
-        body_html = sanitize_html(parsed.html)
-    else:
-        extracted = extract_reply("")
-    body = extracted.visible.strip()
+    extracted = reply_body(parsed.text, parsed.html, sent=sent, key=key)
+    body = extracted.visible
+    body_html = extracted.html
     internal = False
     if sender is not None and sender.kind == UserKind.staff and note_marker:
         first, _, rest = body.partition("\n")
         if first.strip().lower() == note_marker.lower():
             internal = True
             body = rest.strip()
-    return Post(body=body, body_html=body_html, hidden=extracted.hidden or None, internal=internal)
+            body_html = visible_part_html(parsed.html, body) if body_html and parsed.html else None
+    return Post(
+        body=body,
+        body_html=body_html,
+        hidden=extracted.hidden or None,
+        internal=internal,
+        own_copy=extracted.own_copy if sent else None,
+    )
 
 
 def extract_body(ctx: Context) -> None:
     """The reply's text (``derive_post``); no text and no file is refused."""
     parsed = ctx.parsed
     assert parsed is not None
-    post = derive_post(parsed, ctx.sender, ctx.settings.note_marker)
+    post = derive_post(parsed, ctx.sender, ctx.settings.note_marker, ctx.answered, ctx.deps.fingerprint_key)
+    if post.own_copy is not None:
+        ctx.details["own_copy"] = post.own_copy
     ctx.body, ctx.body_html, ctx.hidden, ctx.internal = post.body, post.body_html, post.hidden, post.internal
     if not post.body and not parsed.attachments:
         ctx.notice_reason = "empty_message"
         raise Rejected(replies.EMPTY_MESSAGE, "empty_message")
+
+
+def _answered(ctx: Context) -> list[Fingerprint]:
+    """What the notifications this reply answers said (fingerprints), for the exact cut of our copy."""
+    target = ctx.envelope.target
+    if target.kind != "reply" or target.user_id is None or target.conversation_id is None:
+        return []
+    if ctx.practice_id is None:
+        return []
+    references = message_ids(header_text(ctx.msg, "In-Reply-To"), header_text(ctx.msg, "References"))
+    return list(
+        answered_fingerprints(
+            ctx.db,
+            practice_id=ctx.practice_id,
+            recipient_id=target.user_id,
+            conversation_id=target.conversation_id,
+            references=references,
+        )
+    )
 
 
 def sender_policy(ctx: Context) -> None:

@@ -32,6 +32,7 @@ from mailbridge.domain import conversations as convs
 from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction
 from mailbridge.domain.errors import Conflict, Invalid, NotFound
+from mailbridge.domain.fingerprint import Fingerprint
 from mailbridge.domain.models import (
     AuditEvent,
     InboundLog,
@@ -49,6 +50,7 @@ from mailbridge.domain.models import (
 )
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.domain.routes import group_members
+from mailbridge.inbound.answered import answered_fingerprints, message_ids
 from mailbridge.inbound.mimestream import STREAM_THRESHOLD
 from mailbridge.inbound.parse import ParsedMail, header_text, single_from
 from mailbridge.inbound.pipeline import Post, body_hash, derive_post, open_from_route, parse_stored, post_key
@@ -143,7 +145,9 @@ def list_items(session: Session, practice: Practice, state: str) -> list[dict[st
     return [item_out(r, decisions.get(r.id)) for r in rows]
 
 
-def describe(session: Session, practice: Practice, item_id: str, spool_dir: Path) -> dict[str, object]:
+def describe(
+    session: Session, practice: Practice, item_id: str, spool_dir: Path, fingerprint_key: bytes = b""
+) -> dict[str, object]:
     """One item with what a release would post now: the visible text, the hidden part, the internal
     flag, and each file's verdict (nothing is stored; the console shows this beside the actions)."""
     item = get_item(session, practice, item_id)
@@ -158,7 +162,8 @@ def describe(session: Session, practice: Practice, item_id: str, spool_dir: Path
             if item.conversation_id
             else _known_client(session, practice, item.from_address)
         )
-        post = derive_post(parsed, sender, settings.note_marker)
+        sent = _answered(session, practice, item, parsed, sender)
+        post = derive_post(parsed, sender, settings.note_marker, sent, fingerprint_key)
         files = [
             {
                 "filename": verdict.filename,
@@ -204,6 +209,7 @@ def release(
     spool_dir: Path,
     client_ext: str | None = None,
     new_contact: NewContact | None = None,
+    fingerprint_key: bytes = b"",
 ) -> Released:
     """Post the held mail as the pipeline would have, judged now, in the caller's transaction.
 
@@ -230,8 +236,19 @@ def release(
             if author is None:
                 raise Conflict("token_revoked", "the reply address this mail was sent to is no longer valid")
             reply_key = post_key(f"t{inbound.token_id}", message_id, digest)
+            sent = _answered(session, practice, item, parsed, author)
             message = _release_reply(
-                session, blobs, practice, item, author, parsed, settings, source, reply_key
+                session,
+                blobs,
+                practice,
+                item,
+                author,
+                parsed,
+                settings,
+                source,
+                reply_key,
+                sent,
+                fingerprint_key,
             )
             contact, created = None, False
         else:
@@ -304,9 +321,11 @@ def _release_reply(
     settings: PracticeSettings,
     source: MessageSource,
     key: str,
+    sent: Sequence[Fingerprint] = (),
+    fingerprint_key: bytes = b"",
 ) -> Message:
     conversation = convs.get_conversation(session, practice, str(item.conversation_id))
-    post = _post(parsed, author, settings)
+    post = _post(parsed, author, settings, sent, fingerprint_key)
     # The pipeline's policy step, on what is true now (before any file is stored).
     verdict = can_post(
         convs.post_situation(
@@ -382,8 +401,34 @@ def _release_route(
     )
 
 
-def _post(parsed: ParsedMail, sender: User, settings: PracticeSettings) -> Post:
-    post = derive_post(parsed, sender, settings.note_marker)
+def _answered(
+    session: Session, practice: Practice, item: QuarantineItem, parsed: ParsedMail, author: User | None
+) -> list[Fingerprint]:
+    """What the notifications a held reply answers said (the pipeline's own-copy cut needs them)."""
+    if not item.conversation_id or author is None:
+        return []
+    references = message_ids(
+        header_text(parsed.message, "In-Reply-To"), header_text(parsed.message, "References")
+    )
+    return list(
+        answered_fingerprints(
+            session,
+            practice_id=practice.id,
+            recipient_id=author.id,
+            conversation_id=item.conversation_id,
+            references=references,
+        )
+    )
+
+
+def _post(
+    parsed: ParsedMail,
+    sender: User,
+    settings: PracticeSettings,
+    sent: Sequence[Fingerprint] = (),
+    fingerprint_key: bytes = b"",
+) -> Post:
+    post = derive_post(parsed, sender, settings.note_marker, sent, fingerprint_key)
     if not post.body and not parsed.attachments:
         raise Invalid("empty_message", "the held message has no text and no files", None)
     return post

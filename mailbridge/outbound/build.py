@@ -16,10 +16,12 @@ import email.policy
 from dataclasses import dataclass, replace
 from email.headerregistry import Address
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import suppressions
+from mailbridge.domain.fingerprint import fingerprint
 from mailbridge.domain.models import InboundLog, Outbox, OutboxKind, Practice, utcnow
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound.envelope import verp_address
@@ -88,6 +90,8 @@ class Draft:
     practice: str = ""  # its slug, for logs and metrics
     reply: ReplyAddress | None = None
     original: bytes | None = None  # a forward: the mail attached as message/rfc822
+    # A notification: what it says, as word-run hashes, so that a reply's quoted copy is cut exactly.
+    fingerprint: dict[str, Any] | None = None
 
     @property
     def message_id(self) -> str:
@@ -102,6 +106,7 @@ class Builder:
     verp_secret: bytes
     app_url: str
     loop_value: str
+    fingerprint_key: bytes = b""
 
     def build(self, session: Session, row: Outbox, snapshot: BatchSnapshot | None = None) -> Built:
         """Signed bytes for one row: the three steps in a row (the worker spreads them over a batch)."""
@@ -116,11 +121,12 @@ class Builder:
         settings = batch.settings(practice)
         reply: ReplyAddress | None = None
         original: bytes | None = None
+        sent: dict[str, Any] | None = None
         if row.kind == OutboxKind.notification:
             hit = batch.suppressed.get((row.practice_id, row.to_address.lower()))
             if hit is not None:
                 raise Suppressed(suppressions.describe(hit), hit.reason.value)
-            envelope, rendered, reply = self._notification(session, batch, practice, settings, row)
+            envelope, rendered, reply, sent = self._notification(session, batch, practice, settings, row)
         elif row.kind == OutboxKind.notice:
             envelope, rendered = self._notice(practice, row)
         else:
@@ -134,6 +140,7 @@ class Builder:
             practice=practice.slug,
             reply=reply,
             original=original,
+            fingerprint=sent,
         )
 
     def reply_token(self, session: Session, draft: Draft) -> str | None:
@@ -175,7 +182,7 @@ class Builder:
         practice: Practice,
         settings: PracticeSettings,
         row: Outbox,
-    ) -> tuple[Envelope, Rendered, ReplyAddress | None]:
+    ) -> tuple[Envelope, Rendered, ReplyAddress | None, dict[str, Any]]:
         message = batch.messages.get(row.message_id) if row.message_id else None
         recipient = batch.users.get(row.recipient_id) if row.recipient_id is not None else None
         if message is None or message.deleted_at is not None or recipient is None:
@@ -242,7 +249,14 @@ class Builder:
             list_unsubscribe=None if minimal else preferences,
             loop_value=self.loop_value,
         )
-        return env, rendered, reply
+        sent = notification_fingerprint(
+            self.fingerprint_key,
+            rendered,
+            body="" if minimal else message.body,
+            from_name=from_name,
+            notify_from=practice.notify_from,
+        )
+        return env, rendered, reply, sent
 
     def _notice(self, practice: Practice, row: Outbox) -> tuple[Envelope, Rendered]:
         payload = row.payload or {}
@@ -284,6 +298,22 @@ class Builder:
             loop_value=self.loop_value,
         )
         return env, rendered, raw
+
+
+def notification_fingerprint(
+    key: bytes, rendered: Rendered, *, body: str, from_name: str | None, notify_from: str
+) -> dict[str, Any]:
+    """What a notification said, as the outbox row keeps it: word-run hashes of its text and HTML,
+    the body's runs apart, and the words a client puts in its quote header (From and Subject)."""
+    return fingerprint(
+        key,
+        text=rendered.text,
+        html=rendered.html,
+        body=body,
+        sender=from_name or "",
+        address=notify_from,
+        subject=rendered.subject,
+    ).to_json()
 
 
 def _with_original(envelope: Envelope, rendered: Rendered, raw: bytes) -> bytes:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import null, select, update
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import suppressions
@@ -169,8 +169,14 @@ def enqueue_email(
 
 
 def cancel_pending(session: Session, message_ids: Sequence[str]) -> None:
-    """A deleted message must not go out by email afterwards."""
+    """A deleted message must not go out by email afterwards, nor leave the fingerprint of what was
+    sent about it (the word-run hashes a reply's quoted copy is recognised by)."""
     if message_ids:
+        session.execute(
+            update(Outbox)
+            .where(Outbox.message_id.in_(list(message_ids)), Outbox.sent_fingerprint.is_not(None))
+            .values(sent_fingerprint=null())
+        )
         session.execute(
             update(Outbox)
             .where(Outbox.message_id.in_(list(message_ids)), Outbox.state == OutboxState.pending)

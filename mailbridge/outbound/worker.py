@@ -116,6 +116,7 @@ class Worker:
             verp_secret=services.verp_secret,
             app_url=settings.app_url,
             loop_value=settings.smtp_hostname,
+            fingerprint_key=services.fingerprint_key,
         )
         return cls(
             sessions=services.sessions,
@@ -220,6 +221,8 @@ class Worker:
                         if item.draft is not None:
                             item.token = self.builder.reply_token(session, item.draft)
                             row.message_id_header = item.draft.message_id
+                            if item.draft.fingerprint is not None:
+                                row.sent_fingerprint = item.draft.fingerprint
                     session.commit()
             return planned
 
