@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,6 +19,7 @@ from mailbridge.domain.models import (
     QuarantineItem,
     Route,
     User,
+    UserAddress,
     UserKind,
     utcnow,
 )
@@ -29,6 +28,7 @@ from mailbridge.inbound.body import extract_reply, extract_reply_from_html, sani
 from mailbridge.inbound.parse import header_text, parse_mail
 from mailbridge.storage.blobs import BlobStore
 from mailbridge.storage.intake import intake_uploads
+from mailbridge.storage.raw import forget_raw, read_raw
 
 
 def get_item(session: Session, practice: Practice, item_id: str) -> QuarantineItem:
@@ -60,17 +60,18 @@ def release(
     practice: Practice,
     item_id: str,
     client_ext: str | None,
-    actor_ext: str,
+    actor_ext: str | None,
 ) -> Message:
-    """A held reply posts into its conversation as its sender; held route mail opens one with the chosen client."""
+    """A held reply posts into its conversation as its sender; held route mail opens one with the chosen client.
+
+    *actor_ext* is the staff member deciding (the API's ``as``); None when an operator of the console
+    decides, whom the console has authorised and audits itself."""
     item = get_item(session, practice, item_id)
-    actor = directory.get_user(session, practice, actor_ext, "as")
-    if actor.kind != UserKind.staff:
+    actor = directory.get_user(session, practice, actor_ext, "as") if actor_ext is not None else None
+    if actor is not None and actor.kind != UserKind.staff:
         raise Invalid("staff_only", "only staff review quarantined mail", "as")
     inbound = session.get_one(InboundLog, item.inbound_id)
-    if not inbound.raw_path or not Path(inbound.raw_path).exists():
-        raise Conflict("raw_expired", "the held message is no longer kept")
-    parsed = parse_mail(Path(inbound.raw_path).read_bytes())
+    parsed = parse_mail(read_raw(inbound))
     extracted = (
         extract_reply(parsed.text)
         if parsed.text and parsed.text.strip()
@@ -101,7 +102,7 @@ def release(
         route = session.scalar(select(Route).where(Route.address == item.route_address))
         from mailbridge.domain.routes import group_members
 
-        members = group_members(session, route) if route else [actor]
+        members = group_members(session, route) if route else [actor] if actor else []
         intake = intake_uploads(blobs, settings, parsed.attachments, client.locale)
         _, message = convs.create_conversation(
             session,
@@ -130,14 +131,43 @@ def discard(session: Session, practice: Practice, item_id: str) -> None:
     item.decided_at = utcnow()
     inbound = session.get(InboundLog, item.inbound_id)
     if inbound is not None and inbound.raw_path:
-        Path(inbound.raw_path).unlink(missing_ok=True)
-        inbound.raw_path = None
+        forget_raw(inbound)
         inbound.reason = "discarded_by_staff"
 
 
-def _sender(session: Session, practice: Practice, address: str) -> User:
-    from mailbridge.domain.models import UserAddress
+def new_contact(session: Session, practice: Practice, address: str, name: str) -> User:
+    """A client created on the spot for a stranger's enquiry to a route, so it can be released to them.
 
+    The external id is ``contact-`` and a random suffix; the messaging app finds the new client in
+    its next directory sync (or the API) and may merge it with a record of its own."""
+    from mailbridge.domain.models import new_id
+
+    address = address.strip().lower()
+    if "@" not in address or any(c in address for c in " \r\n<>"):
+        raise Invalid("invalid_address", "not an email address", "address")
+    existing = session.scalar(
+        select(User)
+        .join(UserAddress, UserAddress.user_id == User.id)
+        .where(UserAddress.practice_id == practice.id, UserAddress.address == address)
+    )
+    if existing is not None:
+        raise Conflict("contact_exists", f"{existing.external_id} already has this address")
+    user, _ = directory.upsert_user(
+        session,
+        practice,
+        f"contact-{new_id()[:12]}",
+        email=address,
+        alt_emails=[],
+        name=(name.strip() or address)[:255],
+        kind=UserKind.client,
+        role=None,
+        active=True,
+        locale=practice.locale,
+    )
+    return user
+
+
+def _sender(session: Session, practice: Practice, address: str) -> User:
     user = session.scalar(
         select(User)
         .join(UserAddress, UserAddress.user_id == User.id)

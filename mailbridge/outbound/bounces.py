@@ -81,3 +81,24 @@ def record_bounce(session: Session, target: Target, msg: EmailMessage, result: C
         note_bounce(session, target.practice_id, item.address, item.permanent, item.diagnostic or "bounce")
     if not bounced:
         log.info("bounce_unmatched", extra={"practice": target.practice_id})
+
+
+def unsuppress(session: Session, practice_id: int, address: str) -> bool:
+    """Deliveries to *address* resume: its bounce record is forgotten and its users no longer flagged.
+
+    The console's un-suppress calls this one function (the bounce model is being reworked: this is
+    where it points). Returns False when the address was not suppressed."""
+    address = address.strip().lower()
+    row = session.scalar(
+        select(Suppression).where(Suppression.practice_id == practice_id, Suppression.address == address)
+    )
+    if row is None:
+        return False
+    session.delete(row)
+    for user in session.scalars(
+        select(User)
+        .join(UserAddress, UserAddress.user_id == User.id)
+        .where(UserAddress.practice_id == practice_id, UserAddress.address == address)
+    ):
+        user.email_bouncing = False
+    return True
