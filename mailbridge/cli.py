@@ -1,4 +1,4 @@
-"""The ``mailbridge`` command: serve, db upgrade, demo, import, dkim genkey, imap check."""
+"""The ``mailbridge`` command: serve, db upgrade, demo, import, dkim genkey, imap check, operator."""
 
 from __future__ import annotations
 
@@ -48,6 +48,25 @@ def _parser() -> argparse.ArgumentParser:
     genkey.add_argument("--practice", required=True)
     genkey.add_argument("--selector", default=None, help="default: mb<yyyymm>")
     genkey.add_argument("--ed25519", action="store_true", help="also create an ed25519 key (RFC 8463)")
+
+    op = sub.add_parser("operator", help="console operator accounts (argon2id passwords)")
+    opsub = op.add_subparsers(dest="operator_command", required=True, metavar="OPERATOR_COMMAND")
+    add = opsub.add_parser(
+        "add", help="create an operator; prints a generated password unless --password-stdin"
+    )
+    add.add_argument("name")
+    add.add_argument("--practice", action="append", help="a practice the operator may see (repeatable)")
+    add.add_argument("--all-practices", action="store_true", help="every practice, present and future")
+    add.add_argument("--content", action="store_true", help="may read what mail says (subjects, bodies, raw)")
+    add.add_argument("--email", default=None, help="the operator's address (test notifications)")
+    add.add_argument("--locale", default="en", choices=["en", "fr"])
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    opsub.add_parser("list", help="operators, their practices and rights")
+    remove = opsub.add_parser("remove", help="delete an operator (its sessions end; its audit rows stay)")
+    remove.add_argument("name")
+    reset = opsub.add_parser("reset-password", help="a new password; every session of the account ends")
+    reset.add_argument("name")
+    reset.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
     imap = sub.add_parser("imap", help="IMAP mailboxes")
     imapsub = imap.add_subparsers(dest="imap_command", required=True, metavar="IMAP_COMMAND")
@@ -171,6 +190,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             from mailbridge.outbound.keys import genkey_command
 
             return genkey_command(services, args.practice, args.selector, args.ed25519)
+        if args.command == "operator":
+            from mailbridge.console.accounts import operator_command
+
+            upgrade(services.engine)
+            return operator_command(services, args)
         if args.command == "imap":
             from mailbridge.ingress.imap import check_command
 

@@ -6,6 +6,7 @@ from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 
 from mailbridge import __version__
+from mailbridge.console import create_console
 from mailbridge.wiring import Services
 
 from . import conversations, directory, mailboxes, maillog, problems, routing
@@ -28,6 +29,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(maillog.router, dependencies=secured)
     app.include_router(routing.router, dependencies=secured)
     app.include_router(mailboxes.router, dependencies=secured)
+    if services.settings.console_enabled:
+        app.mount("/console", create_console(services))  # its own sessions, never the API key
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

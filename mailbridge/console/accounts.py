@@ -174,7 +174,9 @@ def ensure_demo_operator(session: Session, secrets_dir: Path) -> tuple[str, str]
         return DEMO_OPERATOR, password
     password = generate_password()
     if operator is None:
-        add_operator(session, DEMO_OPERATOR, password, all_practices=True, content=True, email="demo@demo.test")
+        add_operator(
+            session, DEMO_OPERATOR, password, all_practices=True, content=True, email="demo@demo.test"
+        )
     else:
         operator.password_hash = hash_password(password)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +225,11 @@ def operator_command(services: Services, args: argparse.Namespace) -> int:
                     scope = "all practices" if operator.all_practices else ", ".join(slugs) or "(none)"
                     rights = "content" if operator.content_rights else "no content"
                     state = " disabled" if operator.disabled else ""
-                    last = operator.last_login_at.strftime("%Y-%m-%d %H:%M") if operator.last_login_at else "never"
+                    last = (
+                        operator.last_login_at.strftime("%Y-%m-%d %H:%M")
+                        if operator.last_login_at
+                        else "never"
+                    )
                     print(f"{operator.name}\t{scope}\t{rights}{state}\tlast sign-in {last}")
             return 0
         if command == "remove":

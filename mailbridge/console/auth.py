@@ -172,7 +172,9 @@ def blocked_for(session: Session, keys: tuple[str, ...], now: datetime | None = 
     """Seconds until every key may try again; 0 when none is blocked."""
     now = now or utcnow()
     rows = session.scalars(select(LoginThrottle).where(LoginThrottle.key.in_(list(keys)))).all()
-    waits = [(r.blocked_until - now).total_seconds() for r in rows if r.blocked_until and r.blocked_until > now]
+    waits = [
+        (r.blocked_until - now).total_seconds() for r in rows if r.blocked_until and r.blocked_until > now
+    ]
     return math.ceil(max(waits)) if waits else 0
 
 

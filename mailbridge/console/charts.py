@@ -7,6 +7,7 @@ script, and pygal's own tooltip script (fetched from a CDN by default) is switch
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 import pygal
 from pygal.style import Style
@@ -87,7 +88,9 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def latency(title: str, unit: str, samples: Sequence[tuple[object, float]], bucket_of: Callable[[object], str]) -> str:
+def latency(title: str, unit: str, samples: Sequence[tuple[datetime, float]]) -> str:
+    """p50 and p99 per hour or day (None where no reply arrived)."""
+    fmt = "%Y-%m-%d %H" if unit == "hour" else "%Y-%m-%d"
     chart = _config(pygal.Line(), title)
     keys = buckets(unit)
     labels = _labels(unit)
@@ -95,7 +98,7 @@ def latency(title: str, unit: str, samples: Sequence[tuple[object, float]], buck
     chart.x_labels_major = _major(unit, labels)
     grouped: dict[str, list[float]] = {}
     for received, seconds in samples:
-        grouped.setdefault(bucket_of(received), []).append(seconds)
+        grouped.setdefault(received.astimezone(UTC).strftime(fmt), []).append(seconds)
     chart.add("p50", [round(percentile(grouped[k], 50), 2) if k in grouped else None for k in keys])
     chart.add("p99", [round(percentile(grouped[k], 99), 2) if k in grouped else None for k in keys])
     return str(chart.render_data_uri())

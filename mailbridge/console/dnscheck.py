@@ -52,7 +52,10 @@ def _domain(practice: Practice) -> str:
 
 def _key_files(data_dir: Path, practice: Practice, selector: str) -> list[tuple[str, str, Path]]:
     folder = data_dir / "dkim" / practice.slug
-    pairs = [(selector, "rsa", folder / f"{selector}.rsa.pem"), (selector + "e", "ed25519", folder / f"{selector}.ed25519.pem")]
+    pairs = [
+        (selector, "rsa", folder / f"{selector}.rsa.pem"),
+        (selector + "e", "ed25519", folder / f"{selector}.ed25519.pem"),
+    ]
     return [p for p in pairs if p[2].exists()]
 
 
@@ -71,7 +74,15 @@ def expected(practice: Practice, smtp_hostname: str, data_dir: Path) -> tuple[li
             records.append(Record("DKIM", "TXT", f"{selector}._domainkey.{domain}", value))
             created = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
             keys.append(KeyInfo(selector, algorithm, created, (utcnow() - created).days))
-    records.append(Record("DMARC", "TXT", f"_dmarc.{domain}", f"v=DMARC1; p=quarantine; rua=mailto:dmarc@{domain}", exact=False))
+    records.append(
+        Record(
+            "DMARC",
+            "TXT",
+            f"_dmarc.{domain}",
+            f"v=DMARC1; p=quarantine; rua=mailto:dmarc@{domain}",
+            exact=False,
+        )
+    )
     return records, keys
 
 
@@ -98,8 +109,8 @@ def check(record: Record, resolver: Resolver) -> Record:
         keys = [t for t in texts if "p=" in t]
         if not keys:
             return replace(record, status="missing", found=tuple(texts))
-        wanted = _tags(record.value).get("p")
-        same = any(_tags(t).get("p") == wanted for t in keys)
+        key = _tags(record.value).get("p", "")
+        same = any(_tags(t).get("p") == key for t in keys)
         return replace(record, status="published" if same else "different", found=tuple(keys))
     prefix = "v=spf1" if record.purpose == "SPF" else "v=dmarc1"
     matching = [t for t in texts if t.lower().startswith(prefix)]

@@ -55,7 +55,9 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
         return None
 
 
-def _after(time_col: Any, id_col: Any, cursor: str | None, numeric_id: bool = False) -> ColumnElement[bool] | None:
+def _after(
+    time_col: Any, id_col: Any, cursor: str | None, numeric_id: bool = False
+) -> ColumnElement[bool] | None:
     point = decode_cursor(cursor)
     if point is None:
         return None
@@ -96,7 +98,15 @@ class InboundFilter:
 
     def active(self) -> bool:
         return any(
-            (self.state, self.reason, self.address, self.message_id, self.conversation, self.since, self.until)
+            (
+                self.state,
+                self.reason,
+                self.address,
+                self.message_id,
+                self.conversation,
+                self.since,
+                self.until,
+            )
         )
 
 
@@ -130,7 +140,9 @@ def inbound_query(practice_id: int, f: InboundFilter) -> Select[Any]:
     return query
 
 
-def inbound_page(session: Session, practice_id: int, f: InboundFilter, cursor: str | None, limit: int = PAGE) -> Page:
+def inbound_page(
+    session: Session, practice_id: int, f: InboundFilter, cursor: str | None, limit: int = PAGE
+) -> Page:
     query = inbound_query(practice_id, f)
     after = _after(InboundLog.received_at, InboundLog.id, cursor)
     if after is not None:
@@ -226,9 +238,13 @@ def timeline(
     limit: int = TIMELINE_LIMIT,
 ) -> list[Event]:
     """Everything that came in and went out for one address, Message-ID or conversation, newest first."""
-    f = InboundFilter(address=address, message_id=message_id, conversation=conversation, since=since, until=until)
+    f = InboundFilter(
+        address=address, message_id=message_id, conversation=conversation, since=since, until=until
+    )
     inbound = session.scalars(
-        inbound_query(practice_id, f).order_by(InboundLog.received_at.desc(), InboundLog.id.desc()).limit(limit)
+        inbound_query(practice_id, f)
+        .order_by(InboundLog.received_at.desc(), InboundLog.id.desc())
+        .limit(limit)
     ).all()
     events = _inbound_events(inbound, base)
     out = select(Outbox).where(Outbox.practice_id == practice_id)
@@ -245,7 +261,9 @@ def timeline(
             out = out.where(Outbox.created_at >= since)
         if until:
             out = out.where(Outbox.created_at < until)
-        rows = session.scalars(out.where(or_(*conditions)).order_by(Outbox.created_at.desc()).limit(limit)).all()
+        rows = session.scalars(
+            out.where(or_(*conditions)).order_by(Outbox.created_at.desc()).limit(limit)
+        ).all()
         events += _outbox_events(rows)
     held = select(QuarantineItem).where(QuarantineItem.practice_id == practice_id)
     if address or conversation:
@@ -254,7 +272,9 @@ def timeline(
             match.append(QuarantineItem.from_address == address.strip().lower())
         if conversation:
             match.append(QuarantineItem.conversation_id == conversation)
-        for item in session.scalars(held.where(or_(*match)).order_by(QuarantineItem.created_at.desc()).limit(limit)):
+        for item in session.scalars(
+            held.where(or_(*match)).order_by(QuarantineItem.created_at.desc()).limit(limit)
+        ):
             events.append(
                 Event(
                     at=item.decided_at or item.created_at,
@@ -290,8 +310,12 @@ def timeline(
 # ---- quarantine, deliveries, audit ----------------------------------------------------------------
 
 
-def quarantine_page(session: Session, practice_id: int, state: str, cursor: str | None, limit: int = PAGE) -> Page:
-    query = select(QuarantineItem).where(QuarantineItem.practice_id == practice_id, QuarantineItem.state == state)
+def quarantine_page(
+    session: Session, practice_id: int, state: str, cursor: str | None, limit: int = PAGE
+) -> Page:
+    query = select(QuarantineItem).where(
+        QuarantineItem.practice_id == practice_id, QuarantineItem.state == state
+    )
     after = _after(QuarantineItem.created_at, QuarantineItem.id, cursor)
     if after is not None:
         query = query.where(after)
@@ -304,7 +328,9 @@ def quarantine_item(session: Session, practice_id: int, item_id: str) -> Quarant
     return item if item is not None and item.practice_id == practice_id else None
 
 
-def outbox_page(session: Session, practice_id: int, state: str | None, cursor: str | None, limit: int = PAGE) -> Page:
+def outbox_page(
+    session: Session, practice_id: int, state: str | None, cursor: str | None, limit: int = PAGE
+) -> Page:
     query = select(Outbox).where(Outbox.practice_id == practice_id)
     if state == "deferred":
         query = query.where(Outbox.state == OutboxState.pending, Outbox.attempts > 0)
@@ -408,7 +434,9 @@ def audit_for(session: Session, practice_id: int, kind: str, target_id: str) -> 
 
 
 def mailboxes(session: Session, practice_id: int) -> list[Mailbox]:
-    return list(session.scalars(select(Mailbox).where(Mailbox.practice_id == practice_id).order_by(Mailbox.name)))
+    return list(
+        session.scalars(select(Mailbox).where(Mailbox.practice_id == practice_id).order_by(Mailbox.name))
+    )
 
 
 # ---- counts for the overview's charts -------------------------------------------------------------
@@ -503,7 +531,9 @@ def latencies(session: Session, practice_id: int, unit: str) -> list[tuple[datet
         .order_by(InboundLog.received_at.desc())
         .limit(LATENCY_SAMPLES)
     ).all()
-    return [(received, max(0.0, (sent - received).total_seconds())) for received, sent in rows]
+    return [
+        (received, max(0.0, (sent - received).total_seconds())) for received, sent in rows if sent is not None
+    ]
 
 
 def waiting_quarantine(session: Session, practice_id: int) -> tuple[int, datetime | None]:
