@@ -149,16 +149,24 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print("mailbridge: database is at the newest migration")
             return 0
         if args.command == "demo":
-            from mailbridge.demo import how_to_try, is_empty, load_demo
+            from mailbridge.console.accounts import ensure_demo_operator
+            from mailbridge.demo import how_to_try, is_empty, load_demo, load_demo_mail
 
             upgrade(services.engine)
             with transaction(services.sessions) as session:
-                if args.if_empty and not is_empty(session):
-                    print("mailbridge: database already has practices; demo not loaded")
-                    return 0
-                load_demo(session)
+                loaded = not (args.if_empty and not is_empty(session))
+                if loaded:
+                    load_demo(session)
+            if loaded:
+                load_demo_mail(services)
+            else:
+                print("mailbridge: database already has practices; demo not loaded")
+            with transaction(services.sessions) as session:
+                name, password = ensure_demo_operator(session, settings.data_dir / "secrets")
             key = settings.api_key or _read_key(settings)
-            print(how_to_try(settings.http_listen, settings.smtp_listen, key))
+            if loaded:
+                print(how_to_try(settings.http_listen, settings.smtp_listen, key))
+            print(f"Console: http://{settings.http_listen}/console/  sign in as {name} / {password}")
             return 0
         if args.command == "import":
             from pydantic import ValidationError
