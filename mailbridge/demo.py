@@ -307,7 +307,7 @@ def load_demo_mail(services: Any) -> list[str]:
     ]
     if verp:
         messages.append(("127.0.0.1", "", verp, _dsn("", verp, "dr.jones@demo.test")))
-    outcomes = []
+    outcomes: list[str] = []
     for peer, mail_from, rcpt, raw in messages:
         with services.sessions() as session:
             decision = decide_recipient(session, services.tokens, services.verp_secret, rcpt)

@@ -58,7 +58,12 @@ class LiveStack:
             self.smtp_port = self.smtp.sockets[0].getsockname()[1]
             self.tasks.append(start_worker(self.services, self.stop_event))
             config = uvicorn.Config(
-                create_app(self.services), host="127.0.0.1", port=0, log_config=None, lifespan="off", access_log=False
+                create_app(self.services),
+                host="127.0.0.1",
+                port=0,
+                log_config=None,
+                lifespan="off",
+                access_log=False,
             )
             self.http = uvicorn.Server(config)
             self.tasks.append(asyncio.create_task(self.http.serve()))

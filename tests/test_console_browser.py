@@ -36,7 +36,10 @@ class World:
         import httpx
 
         return httpx.request(
-            method, f"{self.base}/api/v1/practices/acme{path}", headers={"Authorization": f"Bearer {API_KEY}"}, **kwargs
+            method,
+            f"{self.base}/api/v1/practices/acme{path}",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            **kwargs,
         )
 
     def page(self, name: str = "ops") -> Any:
@@ -44,7 +47,9 @@ class World:
         page = context.new_page()
         page.problems = []  # dialogs, console errors, uncaught exceptions: none may happen
         page.on("dialog", lambda d: (page.problems.append(f"dialog: {d.message}"), d.dismiss()))
-        page.on("console", lambda m: page.problems.append(f"console: {m.text}") if m.type == "error" else None)
+        page.on(
+            "console", lambda m: page.problems.append(f"console: {m.text}") if m.type == "error" else None
+        )
         page.on("pageerror", lambda e: page.problems.append(f"pageerror: {e}"))
         assert sign_in(page, self.base, name, PASSWORD).status == 303
         return page
@@ -97,7 +102,12 @@ def test_release_a_held_reply_with_hostile_text_shown_as_text(world: World) -> N
     msg["Subject"] = SCRIPT.format("subject")
     msg["Message-ID"] = "<hostile.1@nospf.test>"
     msg.set_content(f"Thursday then. {SCRIPT.format('body')}")
-    msg.add_attachment(b"%PDF-1.4\n%%EOF\n", maintype="application", subtype="pdf", filename="<img src=x onerror=alert('file')>.pdf")
+    msg.add_attachment(
+        b"%PDF-1.4\n%%EOF\n",
+        maintype="application",
+        subtype="pdf",
+        filename="<img src=x onerror=alert('file')>.pdf",
+    )
     code, _ = send(world.stack, msg, "erin@nospf.test", rcpt)
     assert code == 250
     item = _held(world, "auth_not_aligned")
@@ -128,13 +138,19 @@ def test_release_a_held_reply_with_hostile_text_shown_as_text(world: World) -> N
 
 
 def test_discard_and_a_form_without_its_token_is_refused(world: World) -> None:
-    world.api("PUT", "/routes/frontdesk@acme.test", json={"roles": ["front_office"], "unknown_senders": "triage"})
+    world.api(
+        "PUT", "/routes/frontdesk@acme.test", json={"roles": ["front_office"], "unknown_senders": "triage"}
+    )
     for n in (1, 2):
-        stranger = reply_message(f"stranger{n}@client.test", "frontdesk@acme.test", "I need an appointment.", subject="Hello")
+        stranger = reply_message(
+            f"stranger{n}@client.test", "frontdesk@acme.test", "I need an appointment.", subject="Hello"
+        )
         assert send(world.stack, stranger, f"stranger{n}@client.test", "frontdesk@acme.test")[0] == 250
     with world.services.sessions() as session:
         first, second = session.scalars(
-            select(QuarantineItem).where(QuarantineItem.reason == "unknown_sender").order_by(QuarantineItem.from_address)
+            select(QuarantineItem)
+            .where(QuarantineItem.reason == "unknown_sender")
+            .order_by(QuarantineItem.from_address)
         ).all()
 
     page = world.page()
@@ -165,7 +181,13 @@ def test_reprocess_after_fixing_the_clients_address(world: World) -> None:
     with world.services.sessions() as session:
         row = session.scalar(select(InboundLog).where(InboundLog.reason == "reply_user_mismatch"))
         assert row is not None
-    fix = {"email": "bob@client.test", "alt_emails": ["bob.other@client.test"], "name": "Bob Durand", "kind": "client", "locale": "fr"}
+    fix = {
+        "email": "bob@client.test",
+        "alt_emails": ["bob.other@client.test"],
+        "name": "Bob Durand",
+        "kind": "client",
+        "locale": "fr",
+    }
     assert world.api("PUT", "/users/bob", json=fix).status_code == 200
 
     page = world.page()
