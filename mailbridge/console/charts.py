@@ -35,8 +35,8 @@ def _config(chart: pygal.Graph, title: str) -> pygal.Graph:
     chart.config.js = []  # no tooltip script from a CDN; the image is static
     chart.config.title = title
     chart.config.style = STYLE
-    chart.config.width = 640
-    chart.config.height = 300
+    chart.config.width = 600
+    chart.config.height = 280
     chart.config.legend_at_bottom = True
     chart.config.legend_at_bottom_columns = 4
     chart.config.show_minor_x_labels = False

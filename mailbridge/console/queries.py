@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, func, literal_column, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from mailbridge.domain.models import (
@@ -140,6 +140,18 @@ def inbound_query(practice_id: int, f: InboundFilter) -> Select[Any]:
     return query
 
 
+def newest_first(session: Session, time_col: Any, id_col: Any, selective: bool) -> tuple[Any, Any]:
+    """ORDER BY time DESC, id DESC; with a selective filter on SQLite, by an expression instead.
+
+    SQLite's planner, without statistics, walks the (practice, time) index to avoid a sort and
+    tests every row against an address or a Message-ID: half a second at 100,000 rows. Ordering by
+    ``time || ''`` (the same text, so the same order) lets it use the address or Message-ID index
+    and sort the few matching rows. PostgreSQL's planner has statistics and needs no such help."""
+    if selective and session.get_bind().dialect.name == "sqlite":
+        return time_col.op("||")(literal_column("''")).desc(), id_col.desc()
+    return time_col.desc(), id_col.desc()
+
+
 def inbound_page(
     session: Session, practice_id: int, f: InboundFilter, cursor: str | None, limit: int = PAGE
 ) -> Page:
@@ -147,7 +159,8 @@ def inbound_page(
     after = _after(InboundLog.received_at, InboundLog.id, cursor)
     if after is not None:
         query = query.where(after)
-    query = query.order_by(InboundLog.received_at.desc(), InboundLog.id.desc())
+    selective = bool(f.address or f.message_id or f.conversation)
+    query = query.order_by(*newest_first(session, InboundLog.received_at, InboundLog.id, selective))
     return _page(session, query, limit, "received_at")
 
 
@@ -243,7 +256,7 @@ def timeline(
     )
     inbound = session.scalars(
         inbound_query(practice_id, f)
-        .order_by(InboundLog.received_at.desc(), InboundLog.id.desc())
+        .order_by(*newest_first(session, InboundLog.received_at, InboundLog.id, True))
         .limit(limit)
     ).all()
     events = _inbound_events(inbound, base)
@@ -262,7 +275,7 @@ def timeline(
         if until:
             out = out.where(Outbox.created_at < until)
         rows = session.scalars(
-            out.where(or_(*conditions)).order_by(Outbox.created_at.desc()).limit(limit)
+            out.where(or_(*conditions)).order_by(*newest_first(session, Outbox.created_at, Outbox.id, True)).limit(limit)
         ).all()
         events += _outbox_events(rows)
     held = select(QuarantineItem).where(QuarantineItem.practice_id == practice_id)
