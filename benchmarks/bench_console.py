@@ -32,7 +32,16 @@ from mailbridge.api.app import create_app
 from mailbridge.console.accounts import add_operator
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
-from mailbridge.domain.models import InboundLog, InboundState, Outbox, OutboxKind, OutboxState, QuarantineItem, new_id, utcnow
+from mailbridge.domain.models import (
+    InboundLog,
+    InboundState,
+    Outbox,
+    OutboxKind,
+    OutboxState,
+    QuarantineItem,
+    new_id,
+    utcnow,
+)
 from tests.conftest import make_services, pg_url_for, seed
 
 STATES = [
@@ -140,7 +149,10 @@ def run(services: Any, n: int, repeat: int, label: str) -> list[list[Any]]:
     form = client.get("/console/login").text
     token = re.search(r'name="login_token" value="([^"]+)"', form)
     assert token is not None
-    client.post("/console/login", data={"name": "bench", "password": "bench-password-long", "login_token": token.group(1)})
+    client.post(
+        "/console/login",
+        data={"name": "bench", "password": "bench-password-long", "login_token": token.group(1)},
+    )
     deep = client.get("/console/p/acme/inbound").text
     for _ in range(40):  # walk 40 pages in: the cursor of page 41
         found = re.search(r'href="/console/p/acme/inbound\?cursor=([^"&]+)"', deep)
@@ -164,7 +176,15 @@ def run(services: Any, n: int, repeat: int, label: str) -> list[list[Any]]:
     for name, path in pages:
         server_ms(client, path)  # warm
         times = [server_ms(client, path) for _ in range(repeat)]
-        out.append([label, name, f"{statistics.median(times):.1f}", f"{percentile(times, 95):.1f}", "yes" if percentile(times, 95) < 200 else "NO"])
+        out.append(
+            [
+                label,
+                name,
+                f"{statistics.median(times):.1f}",
+                f"{percentile(times, 95):.1f}",
+                "yes" if percentile(times, 95) < 200 else "NO",
+            ]
+        )
     print(f"{label}: filled {n} inbound rows in {fill_s:.1f} s", file=sys.stderr)
     return out
 

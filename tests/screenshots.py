@@ -47,13 +47,17 @@ def main(out: Path) -> None:
             name, password = ensure_demo_operator(session, Path(tmp) / "secrets")
         with services.sessions() as session:
             refused = session.scalar(select(InboundLog.id).where(InboundLog.reason == "reply_user_mismatch"))
-            held = session.scalar(select(QuarantineItem.id).where(QuarantineItem.reason == "auth_not_aligned"))
+            held = session.scalar(
+                select(QuarantineItem.id).where(QuarantineItem.reason == "auth_not_aligned")
+            )
         with live_stack(services) as stack, chromium() as browser:
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             sign_in(page, stack.url, name, password)
             for title, path in PAGES:
                 page.goto(f"{stack.url}/console/p/demo{path.format(refused=refused, held=held)}")
-                page.screenshot(path=str(out / f"{title}.png"), full_page=title in ("overview", "inbound-detail"))
+                page.screenshot(
+                    path=str(out / f"{title}.png"), full_page=title in ("overview", "inbound-detail")
+                )
             page.goto(f"{stack.url}/console/audit")
             page.screenshot(path=str(out / "audit.png"))
             page.goto(f"{stack.url}/console/login")

@@ -275,7 +275,9 @@ def timeline(
         if until:
             out = out.where(Outbox.created_at < until)
         rows = session.scalars(
-            out.where(or_(*conditions)).order_by(*newest_first(session, Outbox.created_at, Outbox.id, True)).limit(limit)
+            out.where(or_(*conditions))
+            .order_by(*newest_first(session, Outbox.created_at, Outbox.id, True))
+            .limit(limit)
         ).all()
         events += _outbox_events(rows)
     held = select(QuarantineItem).where(QuarantineItem.practice_id == practice_id)
