@@ -5,11 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-# Product needs libmagic; the tests also use real peers (Postfix tools, swaks, Dovecot, OpenDKIM).
+# Product needs libmagic; the tests also use real peers (Postfix tools, swaks, Dovecot, OpenDKIM, and
+# Chromium for the console, driven by Playwright with executable_path: no browser is downloaded).
 SYSTEM_PACKAGES := libmagic1
-TEST_SYSTEM_PACKAGES := libmagic1 postfix swaks libnet-ssleay-perl dovecot-imapd opendkim-tools
+TEST_SYSTEM_PACKAGES := libmagic1 postfix swaks libnet-ssleay-perl dovecot-imapd opendkim-tools chromium
 
-.PHONY: run test lint typecheck bench system-deps test-system-deps clean
+.PHONY: run test lint typecheck bench reasons screenshots system-deps test-system-deps clean
 
 run: $(STAMP) system-deps
 	@$(BIN)/mailbridge db upgrade
@@ -28,6 +29,14 @@ typecheck: $(TEST_STAMP)
 
 bench: $(TEST_STAMP) test-system-deps
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
+
+# docs/reasons.md from the reason catalogue (a test fails when it is out of date).
+reasons: $(STAMP)
+	$(BIN)/python -m mailbridge.reasons > docs/reasons.md
+
+# PNGs of every console page, with the demo data, into docs/console/ (shown in docs/console.md).
+screenshots: $(TEST_STAMP) test-system-deps
+	$(BIN)/python -m tests.screenshots docs/console
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

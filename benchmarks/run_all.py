@@ -48,6 +48,14 @@ BENCHES = (
     Bench("latency", "benchmarks.bench_latency", (), ("--quick",), 240, "reply → notification latency"),
     Bench("dkim", "benchmarks.bench_dkim", (), ("-n", "300"), 180, "DKIM signing speed"),
     Bench(
+        "console",
+        "benchmarks.bench_console",
+        ("--postgres",),
+        ("-n", "20000", "--repeat", "5"),
+        420,
+        "console pages' server time at 100,000 inbound rows",
+    ),
+    Bench(
         "reply_extraction",
         "benchmarks.bench_reply_extraction",
         (),

@@ -1,4 +1,4 @@
-"""The ``mailbridge`` command: serve, db upgrade, demo, import, dkim, dns, imap check, keys, domains."""
+"""The ``mailbridge`` command: serve, db upgrade, demo, import, dkim, dns, imap check, keys, domains, operator."""
 
 from __future__ import annotations
 
@@ -147,6 +147,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     domlist.add_argument("--practice", required=True)
 
+    op = sub.add_parser("operator", parents=[common], help="console operator accounts (argon2id passwords)")
+    opsub = op.add_subparsers(dest="operator_command", required=True, metavar="OPERATOR_COMMAND")
+    op_add = opsub.add_parser(
+        "add",
+        help="create an operator; prints a generated password unless --password-stdin",
+        parents=[common],
+    )
+    op_add.add_argument("name")
+    op_add.add_argument("--practice", action="append", help="a practice the operator may see (repeatable)")
+    op_add.add_argument("--all-practices", action="store_true", help="every practice, present and future")
+    op_add.add_argument(
+        "--content", action="store_true", help="may read what mail says (subjects, bodies, raw)"
+    )
+    op_add.add_argument("--email", default=None, help="the operator's address (test notifications)")
+    op_add.add_argument("--locale", default="en", choices=["en", "fr"])
+    op_add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    opsub.add_parser("list", help="operators, their practices and rights", parents=[common])
+    op_remove = opsub.add_parser(
+        "remove", help="delete an operator (its sessions end; its audit rows stay)", parents=[common]
+    )
+    op_remove.add_argument("name")
+    reset = opsub.add_parser(
+        "reset-password", help="a new password; every session of the account ends", parents=[common]
+    )
+    reset.add_argument("name")
+    reset.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
     imap = sub.add_parser("imap", parents=[common], help="IMAP mailboxes")
     imapsub = imap.add_subparsers(dest="imap_command", required=True, metavar="IMAP_COMMAND")
     check = imapsub.add_parser(
@@ -294,16 +321,24 @@ def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> 
                 return _refuse(f"database is at {after}, the code needs {head_revision(services.engine)}")
             return _import_disk_keys(services, sys.stdout)
         if args.command == "demo":
-            from mailbridge.demo import how_to_try, is_empty, load_demo
+            from mailbridge.console.accounts import ensure_demo_operator
+            from mailbridge.demo import how_to_try, is_empty, load_demo, load_demo_mail
 
             _upgrade(services)
             with transaction(services.sessions) as session:
-                if args.if_empty and not is_empty(session):
-                    print("mailbridge: database already has practices; demo not loaded")
-                    return 0
-                load_demo(session)
+                loaded = not (args.if_empty and not is_empty(session))
+                if loaded:
+                    load_demo(session)
+            if loaded:
+                load_demo_mail(services)
+            else:
+                print("mailbridge: database already has practices; demo not loaded")
+            with transaction(services.sessions) as session:
+                name, password = ensure_demo_operator(session, settings.data_dir / "secrets")
             key = settings.api_key or _read_key(settings)
-            print(how_to_try(settings.http_listen, settings.smtp_listen, key))
+            if loaded:
+                print(how_to_try(settings.http_listen, settings.smtp_listen, key))
+            print(f"Console: http://{settings.http_listen}/console/  sign in as {name} / {password}")
             return 0
         if args.command == "import":
             from pydantic import ValidationError
@@ -351,6 +386,11 @@ def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> 
             if args.dns_command == "records":
                 return dns_commands.dns_records(services, args.practice, args.json)
             return dns_commands.dns_check(services, args.practice, args.json)
+        if args.command == "operator":
+            from mailbridge.console.accounts import operator_command
+
+            _upgrade(services)
+            return operator_command(services, args)
         if args.command == "imap":
             from mailbridge.ingress.imap import check_command
 

@@ -123,6 +123,17 @@ class Settings(BaseSettings):
 
     templates_dir: Path | None = None  # default: mailbridge/templates/, shipped inside the package
 
+    # The operator console (/console/ on the HTTP listener; docs/console.md)
+    console_enabled: bool = True
+    console_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)  # a session unused this long ends
+    console_session_hours: int = Field(default=12, ge=1, le=24 * 30)  # and ends this long after sign-in
+    console_login_max_failures: int = Field(default=5, ge=1)  # per account, within the window
+    console_login_max_failures_per_address: int = Field(default=20, ge=1)  # per client address
+    console_login_window_seconds: int = Field(default=900, ge=1)  # failures counted, and blocked, this long
+    # Proxies in front whose X-Forwarded-For / X-Forwarded-Proto are believed (the client's address for
+    # throttling, https for the Secure cookie flag). Addresses or networks; empty: no proxy is believed.
+    console_trusted_proxies: list[str] = []
+
     # Housekeeping
     raw_retention_days: int = Field(default=30, ge=0)
     log_json: bool = False
@@ -137,7 +148,7 @@ class Settings(BaseSettings):
     def _listen(cls, value: str) -> str:
         return _check_listen(value)
 
-    @field_validator("smtp_xforward_hosts")
+    @field_validator("smtp_xforward_hosts", "console_trusted_proxies")
     @classmethod
     def _xforward_hosts(cls, value: list[str]) -> list[str]:
         for item in value:

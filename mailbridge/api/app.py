@@ -6,6 +6,7 @@ from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 
 from mailbridge import __version__
+from mailbridge.console import create_console
 from mailbridge.wiring import Services
 
 from . import conversations, directory, domains, mailboxes, maillog, problems, routing, suppressions
@@ -33,6 +34,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(suppressions.router, dependencies=secured)
     app.include_router(domains.router, dependencies=secured)
     app.include_router(domains.platform_router, dependencies=[Depends(require_platform)])
+    if services.settings.console_enabled:
+        app.mount("/console", create_console(services))  # its own sessions, never the API key
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

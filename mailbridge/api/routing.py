@@ -13,7 +13,8 @@ from mailbridge.domain.db import transaction
 from mailbridge.domain.domains import domain_of, owns
 from mailbridge.domain.errors import Conflict
 from mailbridge.domain.models import QuarantineItem, Route
-from mailbridge.domain.routes import RouteIn, get_route, route_out, upsert_route
+from mailbridge.domain.routes import RouteIn, route_out, upsert_route
+from mailbridge.domain.routes import delete_route as remove_route
 from mailbridge.inbound import quarantine
 
 from .deps import ServicesDep, message_out
@@ -76,7 +77,7 @@ def list_routes(practice: str, svc: ServicesDep) -> Items:
 def delete_route(practice: str, address: str, svc: ServicesDep) -> Response:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        session.delete(get_route(session, p, address))
+        remove_route(session, p, address)
     return Response(status_code=204)
 
 

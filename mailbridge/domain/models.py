@@ -350,6 +350,16 @@ class InboundLog(Base):
     """Every inbound email, accepted or refused, with the rule that decided and why."""
 
     __tablename__ = "inbound_log"
+    # The console's lists and searches: keyset pages by (received_at, id), an address, a Message-ID,
+    # a conversation or a reply token, each within one practice (docs/benchmarks.md: 100,000 rows).
+    __table_args__ = (
+        Index("ix_inbound_log_practice_received", "practice_id", "received_at", "id"),
+        Index("ix_inbound_log_practice_from", "practice_id", "from_header"),
+        Index("ix_inbound_log_practice_mail_from", "practice_id", "mail_from"),
+        Index("ix_inbound_log_practice_msgid", "practice_id", "message_id_header"),
+        Index("ix_inbound_log_conversation", "conversation_id"),
+        Index("ix_inbound_log_token", "token_id"),
+    )
     id: Mapped[pk_str]
     practice_id: Mapped[int | None] = mapped_column(
         ForeignKey("practices.id", ondelete="CASCADE"), index=True
@@ -387,6 +397,9 @@ class Outbox(Base):
         Index("ix_outbox_due", "state", "next_attempt_at"),
         # A reply finds the notifications its author received in the conversation (own-copy cut).
         Index("ix_outbox_conversation_recipient", "conversation_id", "recipient_id"),
+        Index("ix_outbox_practice_created", "practice_id", "created_at", "id"),
+        Index("ix_outbox_practice_to", "practice_id", "to_address"),
+        Index("ix_outbox_message", "message_id"),
     )
     id: Mapped[pk_str]
     practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
@@ -472,6 +485,10 @@ class QuarantineItem(Base):
     """Mail held for staff review: never visible to a client, never auto-replied."""
 
     __tablename__ = "quarantine"
+    __table_args__ = (
+        Index("ix_quarantine_practice_state_created", "practice_id", "state", "created_at"),
+        Index("ix_quarantine_inbound", "inbound_id"),
+    )
     id: Mapped[pk_str]
     practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
     inbound_id: Mapped[str] = mapped_column(ForeignKey("inbound_log.id", ondelete="CASCADE"))
@@ -604,3 +621,85 @@ class ApiKey(Base):
     created_at: Mapped[created_at]
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Operator(Base):
+    """A person who runs the practice's mail through the console (not a directory user).
+
+    Scope: the practices listed in ``operator_practices``, or every practice with ``all_practices``.
+    ``content_rights``: may read what mail says (subjects, bodies, the raw message); without it the
+    console shows how mail was handled, never what it says (docs/console.md)."""
+
+    __tablename__ = "operators"
+    id: Mapped[pk_int]
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))  # argon2id, PHC string
+    all_practices: Mapped[bool] = mapped_column(Boolean, default=False)
+    content_rights: Mapped[bool] = mapped_column(Boolean, default=False)
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)  # "send a test to me"
+    locale: Mapped[str] = mapped_column(String(8), default="en")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[created_at]
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class OperatorPractice(Base):
+    __tablename__ = "operator_practices"
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id", ondelete="CASCADE"), primary_key=True)
+    practice_id: Mapped[int] = mapped_column(
+        ForeignKey("practices.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class OperatorSession(Base):
+    """A console sign-in, server-side so that logout and idle expiry hold on every node.
+
+    ``id`` is the SHA-256 of the cookie's random token: the database never holds a usable cookie."""
+
+    __tablename__ = "operator_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    peer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[created_at]
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())  # absolute limit, whatever the activity
+
+
+class LoginThrottle(Base):
+    """Failed console sign-ins per account and per address, in the database so every node sees them."""
+
+    __tablename__ = "console_login_throttle"
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)  # account:NAME | address:IP
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class OperatorAudit(Base):
+    """What an operator did in the console, and when: sign-ins, releases, discards, edits.
+
+    A table of its own: ``audit_events`` names a directory user and always a practice, while an
+    operator is not a directory user and a sign-in belongs to no practice. The operator's name is
+    kept with the row, so the history survives the account's removal. Never content."""
+
+    __tablename__ = "operator_audit"
+    __table_args__ = (
+        Index("ix_operator_audit_practice_created", "practice_id", "created_at", "id"),
+        Index("ix_operator_audit_created", "created_at", "id"),
+        Index("ix_operator_audit_target", "target_kind", "target_id"),
+    )
+    id: Mapped[pk_int]
+    created_at: Mapped[created_at]
+    operator_id: Mapped[int | None] = mapped_column(
+        ForeignKey("operators.id", ondelete="SET NULL"), nullable=True
+    )
+    operator_name: Mapped[str] = mapped_column(String(64))
+    practice_id: Mapped[int | None] = mapped_column(
+        ForeignKey("practices.id", ondelete="CASCADE"), nullable=True
+    )
+    action: Mapped[str] = mapped_column(String(64))
+    target_kind: Mapped[str] = mapped_column(String(32), default="")
+    target_id: Mapped[str] = mapped_column(String(320), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    peer: Mapped[str | None] = mapped_column(String(64), nullable=True)

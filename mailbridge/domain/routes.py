@@ -76,6 +76,10 @@ def get_route(session: Session, practice: Practice, address: str) -> Route:
     return route
 
 
+def delete_route(session: Session, practice: Practice, address: str) -> None:
+    session.delete(get_route(session, practice, address))
+
+
 def route_for_address(session: Session, address: str) -> Route | None:
     return session.scalar(select(Route).where(Route.address == address.lower()))
 
