@@ -173,8 +173,9 @@ def how_to_try(http_listen: str, smtp_listen: str, api_key: str) -> str:
 # ---- demo mail: something on every console page ---------------------------------------------------
 
 DEMO_DNS = {
-    # Clients' provider: SPF passes for loopback only, so a reply "from elsewhere" is not aligned.
-    "client.test": ["v=spf1 ip4:127.0.0.1 -all"],
+    # Clients' provider: SPF passes for loopback only, and soft-fails elsewhere (``~all``): a reply
+    # "from elsewhere" is not aligned, so it is held for staff rather than refused as an SPF fail.
+    "client.test": ["v=spf1 ip4:127.0.0.1 ~all"],
 }
 
 

@@ -180,6 +180,7 @@ def seed(services: Services, practice: str = "acme") -> None:
                     {
                         "slug": practice,
                         **PRACTICE,
+                        "reply_domain": f"reply.{practice}.test",  # one practice per reply domain
                         "domains": [f"{practice}.test"],  # approved by the operator: routes live there
                         "users": USERS,
                         "companies": {"bakery": {"name": "Acme Bakery"}, "garage": {"name": "Garage Ltd"}},
