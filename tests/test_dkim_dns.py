@@ -252,6 +252,9 @@ def test_every_node_signs_and_one_that_cannot_open_the_key_leaves_the_mail_waiti
             ready = client.get("/readyz")
             assert ready.status_code == 503
             assert "acme" in ready.json()["checks"]["dkim"]["cannot_sign"]
+            public = client.get("/readyz", headers={"Authorization": ""})  # a probe: a count, no name
+            assert public.status_code == 503 and public.json()["checks"]["dkim"] == {"ok": False, "count": 1}
+            assert "acme" not in public.text
             shown = client.get(BASE).json()["dkim"]
             assert shown["signing"] == "cannot_sign" and "cannot open DKIM key" in shown["detail"]
         assert readiness(node_b)["dkim"] == {"ok": True, "cannot_sign": {}}

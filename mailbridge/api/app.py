@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from mailbridge import __version__
+from mailbridge.access.apikeys import is_platform_key
 from mailbridge.console import create_console
 from mailbridge.wiring import Services
 
@@ -42,14 +43,18 @@ def create_app(services: Services) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"])
-    def readyz() -> Response:
+    def readyz(request: Request) -> Response:
         """No key (load balancers and orchestrators probe it): booleans, the outbox lag in seconds,
-        and an error class name; nothing about practices, people or mail."""
-        from mailbridge.observability import readiness
+        counts and an error class name; nothing about practices, people or mail. With the platform
+        key, the details an operator acts on (which practices this node cannot sign for)."""
+        from mailbridge.observability import public_readiness, readiness
 
         checks = readiness(services)
         status = 200 if all(c["ok"] for c in checks.values()) else 503
-        return JSONResponse({"ready": status == 200, "checks": checks}, status_code=status)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        operator = scheme.lower() == "bearer" and is_platform_key(given.strip(), services.settings.api_key)
+        shown = checks if operator else public_readiness(checks)
+        return JSONResponse({"ready": status == 200, "checks": shown}, status_code=status)
 
     @app.get("/metrics", tags=["ops"], dependencies=[Depends(require_platform)])
     def metrics() -> Response:

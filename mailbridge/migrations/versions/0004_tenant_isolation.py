@@ -1,7 +1,7 @@
 """tenant isolation: unique reply domains, approved domains, sealed mailbox passwords, scoped API keys
 
 Revision ID: 0004
-Revises: 0003
+Revises: 0002
 Create Date: 2026-12-05
 
 What it does with existing data (docs/security.md, "Upgrading"):
@@ -37,7 +37,7 @@ from alembic import op
 from mailbridge.domain.db import MigrationRefused
 
 revision = "0004"
-down_revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """outbox: the fingerprint of what a notification said, and the index a reply finds it by
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0003
 Create Date: 2026-12-04
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
