@@ -189,7 +189,7 @@ def mailbox_row(svc: Services, mailbox_id: int) -> Mailbox:
         return row
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> float:
+async def until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> float:
     """Wait for a condition checked in a thread (it may query Dovecot or the database); return the time taken."""
     started = time.monotonic()
     while True:
