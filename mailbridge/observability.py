@@ -49,6 +49,12 @@ OUTBOX_AGE = Gauge(
 IMAP_STATUS = Gauge(
     "mailbridge_imap_mailbox_up", "IMAP mailbox connected (1) or failing (0)", ["mailbox"], registry=REGISTRY
 )
+STORAGE_ERRORS = Counter(
+    "mailbridge_storage_errors_total",
+    "Object store operations that failed (raw mail, attachments), by action",
+    ["action"],
+    registry=REGISTRY,
+)
 
 OUTBOX_LAG_LIMIT = timedelta(minutes=15)
 
@@ -130,6 +136,11 @@ def readiness(services: Services) -> dict[str, dict[str, Any]]:
         checks["outbox_lag"] = {"ok": age < OUTBOX_LAG_LIMIT.total_seconds(), "seconds": round(age, 1)}
     except Exception as exc:  # readiness reports, it does not raise
         checks["database"] = {"ok": False, "error": type(exc).__name__}
+    try:  # every node reads and writes the same objects: a store it cannot reach makes it unready
+        services.vault.check()
+        checks["object_storage"] = {"ok": True}
+    except Exception as exc:
+        checks["object_storage"] = {"ok": False, "error": str(exc)[:200]}
     if services.settings.smtp_enabled:
         checks["smtp_listener"] = {"ok": services.flags.get("smtp_listening", False)}
     return checks

@@ -95,7 +95,7 @@ def _create_conversation(
         author = directory.get_user(session, p, body.author, "author")
         company = directory.get_company(session, p, body.company, "company") if body.company else None
         people = [directory.get_user(session, p, ext, "participants") for ext in body.participants]
-        intake: Intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale)
+        intake: Intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale, p.id)
         text = intake.with_withheld_line(body.body)
         conversation, message = convs.create_conversation(
             session,
@@ -132,7 +132,7 @@ def _post_message(
         p = directory.get_practice(session, practice)
         author = directory.get_user(session, p, body.author, "author")
         conversation = convs.get_conversation(session, p, conversation_id)
-        intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale)
+        intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale, p.id)
         message = convs.post_message(
             session,
             p,
@@ -212,8 +212,11 @@ def delete_message(practice: str, message: str, svc: ServicesDep, as_: str = Que
 
 def _after_erasure(svc: Any, orphans: list[str]) -> None:
     """Once the deletion is committed: the files no row references, and the database's journal."""
-    for sha in orphans:
-        svc.blobs.delete(sha)
+    for ref in orphans:  # attachment objects and raw copies no row names any more
+        try:
+            svc.vault.delete(ref)
+        except OSError:
+            log.warning("erased_object_delete_failed", extra={"ref": ref}, exc_info=True)
     if not flush_journal(svc.engine):
         log.warning(
             "journal_checkpoint_busy: deleted content stays in the SQLite WAL until the next checkpoint"
@@ -252,11 +255,11 @@ def download_attachment(
         _readable(session, p, message.conversation_id, actor)  # raises unless the actor may read it
         if message.internal and actor.kind.value != "staff":
             raise NotFound("attachment_not_found", "attachment not found")
-        sha, filename, size = row.sha256, row.filename, row.size
+        ref, filename, size = row.storage_key or row.sha256, row.filename, row.size
         content_type = row.content_type
 
     def chunks() -> Iterator[bytes]:
-        with svc.blobs.open(sha) as handle:
+        with svc.blobs.open(ref) as handle:
             while block := handle.read(256 * 1024):
                 yield block
 

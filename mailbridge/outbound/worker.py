@@ -105,6 +105,7 @@ class Worker:
             verp_secret=services.verp_secret,
             app_url=settings.app_url,
             loop_value=settings.smtp_hostname,
+            vault=services.vault,
         )
         return cls(
             sessions=services.sessions,
