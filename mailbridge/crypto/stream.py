@@ -175,6 +175,9 @@ class DecryptingReader(_Reader):
         self._index = 0
         self._ahead = self._exact(SEGMENT + TAG)
         self._finished = False
+        # The first segment is checked now: a swapped or damaged object fails at open, before any
+        # byte of it is handed out (a download answers with an error instead of a cut stream).
+        self._buffer += self._more() or b""
 
     def _exact(self, size: int) -> bytes:
         block = bytearray()
