@@ -7,6 +7,7 @@ uploads included). Credentials are dummies set in the environment, as an operato
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -70,3 +71,75 @@ def s3_peer() -> Iterator[S3Peer]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+class StallingProxy:
+    """A TCP proxy to the S3 server that, once armed, stops forwarding a request's bytes after
+    ``stall_after`` bytes: an upload hangs half-sent, so a test can kill the uploader mid-upload."""
+
+    def __init__(self, upstream_port: int, stall_after: int = 1024 * 1024) -> None:
+        import socket
+        import threading
+
+        self.upstream_port = upstream_port
+        self.stall_after = stall_after
+        self.armed = threading.Event()
+        self.stalled = threading.Event()
+        self.closing = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.thread = threading.Thread(target=self._accept, daemon=True, name="stalling-proxy")
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.closing.set()
+        self.thread.join(2)
+        self.sock.close()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closing.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            for args in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=args, daemon=True).start()
+
+    def _pipe(self, source: Any, target: Any, requests: bool) -> None:
+        import time
+
+        sent_since_armed = 0
+        source.settimeout(0.2)
+        try:
+            while not self.closing.is_set():
+                try:
+                    data = source.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                if requests and self.armed.is_set():
+                    sent_since_armed += len(data)
+                    if sent_since_armed > self.stall_after:
+                        self.stalled.set()
+                        while not self.closing.is_set():  # hold the upload open, half-sent
+                            time.sleep(0.05)
+                        break
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.close()
