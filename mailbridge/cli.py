@@ -53,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     imapsub = imap.add_subparsers(dest="imap_command", required=True, metavar="IMAP_COMMAND")
     check = imapsub.add_parser("check", help="connect to a practice's mailboxes and print what is found")
     check.add_argument("--practice", required=True)
+
+    keys = sub.add_parser("keys", help="encryption keys")
+    keysub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+    rotate = keysub.add_parser(
+        "rotate-master", help="re-wrap every data key under a new master key (objects untouched)"
+    )
+    rotate.add_argument(
+        "--prepare", action="store_true", help="add the next key as accepted first (several nodes)"
+    )
     return parser
 
 
@@ -175,6 +184,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             from mailbridge.ingress.imap import check_command
 
             return check_command(services, args.practice)
+        if args.command == "keys" and args.keys_command == "rotate-master":
+            from mailbridge.crypto.rotation import rotate_master_command
+
+            return rotate_master_command(services, prepare=args.prepare)
         return 2
     finally:
         services.close()

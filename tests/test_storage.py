@@ -335,3 +335,58 @@ def test_a_row_cannot_name_a_file_outside_the_inbound_directory(tmp_path: Path) 
     legacy.write_bytes(b"From: a@b.test\r\n\r\nold")
     assert services.vault.read_bytes(str(legacy)).endswith(b"old")
     services.close()
+
+
+# ---- master-key rotation ----------------------------------------------------------------------------
+
+
+def test_rotate_master_rewraps_data_keys_and_leaves_objects_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailbridge.cli import main
+    from mailbridge.crypto.agreement import Disagreement, check_agreement
+    from mailbridge.crypto.keyring import Keyring, parse_master_keys
+    from mailbridge.crypto.rotation import PREPARED
+    from mailbridge.domain.db import transaction
+    from mailbridge.domain.models import DataKey
+
+    database_url = f"sqlite:///{tmp_path / 'mailbridge.db'}"
+    services = make_services(tmp_path, database_url)
+    seed(services)
+    with transaction(services.sessions) as session:
+        check_agreement(session, services.tokens.fingerprint, services.keyring)
+    conv = open_conversation(services)
+    address = reply_address(services, conv, "alice")
+    msg = with_files(
+        reply_message("alice@client.test", address, "Attached, as promised."),
+        [("a.pdf", "application/pdf", fm.pdf())],
+    )
+    with live_server(services) as server:
+        assert send(server, msg, "alice@client.test", address)[0] == 250
+    with services.sessions() as session:
+        file = session.scalars(select(Attachment)).one()
+    objects = services.settings.data_dir / "objects"
+    sealed_before = (objects / str(file.storage_key)).read_bytes()
+    key_file = services.settings.data_dir / "secrets" / "master.key"
+    old = parse_master_keys(key_file.read_text())[0]
+    services.close()
+
+    monkeypatch.setenv("MAILBRIDGE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("MAILBRIDGE_DATABASE_URL", database_url)
+    monkeypatch.delenv("MAILBRIDGE_MASTER_KEY", raising=False)
+    assert main(["keys", "rotate-master", "--prepare"]) == 0
+    prepared = parse_master_keys(key_file.read_text())
+    assert prepared[0] == old and len(prepared) == 2 and PREPARED in key_file.read_text()
+    assert main(["keys", "rotate-master"]) == 0
+    rotated = parse_master_keys(key_file.read_text())
+    assert rotated == [prepared[1], old]  # the prepared key promoted, the old one kept as previous
+
+    services = make_services(tmp_path, database_url)
+    with services.sessions() as session:
+        assert {k.master_id for k in session.scalars(select(DataKey))} == {rotated[0].id}
+        with pytest.raises(Disagreement, match="master_key"):  # a node still on the old key alone
+            check_agreement(session, services.tokens.fingerprint, Keyring([old]))
+        check_agreement(session, services.tokens.fingerprint, Keyring([rotated[0]]))
+    assert (objects / str(file.storage_key)).read_bytes() == sealed_before  # not re-encrypted
+    assert services.blobs.open(str(file.storage_key)).read() == fm.pdf()
+    services.close()
