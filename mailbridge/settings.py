@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     imap_reload_seconds: float = Field(default=60.0, gt=0)  # mailboxes added through the API start by then
     imap_timeout_seconds: float = Field(default=60.0, gt=0)
     imap_allow_plaintext: bool = False  # plain IMAP to a non-loopback host
+    # OAuth2 token endpoints on private, loopback or link-local addresses (and plain http to them):
+    # refused unless the operator allows it (a practice chooses the URL: SSRF otherwise).
+    oauth_allow_private_endpoints: bool = False
 
     # Authentication of inbound mail
     dns_nameservers: list[str] = []  # e.g. ["127.0.0.1:5353"]; empty uses the system resolver
