@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 # Product needs libmagic; the tests also use real peers (Postfix tools, swaks, Dovecot, OpenDKIM).
 SYSTEM_PACKAGES := libmagic1
-TEST_SYSTEM_PACKAGES := libmagic1 postfix swaks libnet-ssleay-perl dovecot-imapd opendkim-tools
+TEST_SYSTEM_PACKAGES := libmagic1 postfix swaks libnet-ssleay-perl dovecot-imapd opendkim-tools sqlite3 rsync
 
 .PHONY: run test lint typecheck bench system-deps test-system-deps clean
 
