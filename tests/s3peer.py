@@ -57,6 +57,9 @@ def s3_peer() -> Iterator[S3Peer]:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:  # pragma: no cover - moto[server] is a test dependency
         pytest.fail(f"moto[server] is a test dependency: {exc}")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     saved = {name: os.environ.get(name) for name in CREDENTIALS}
     os.environ.update(CREDENTIALS)  # the AWS chain, as boto3 reads it for mailbridge's own client
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

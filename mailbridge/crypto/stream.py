@@ -72,11 +72,12 @@ def ciphertext_size(plain_size: int, key_id: str) -> int:
 
 
 class _Reader(io.RawIOBase):
-    """``read(n)`` over a generator of byte strings, holding at most one segment beyond what was asked."""
+    """``read(n)`` over a generator of segments (≤ 64 KiB each): one copy of what is returned, and
+    at most part of one segment held back for the next read."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # what a subclass produced ahead (its first segment) or held back
         self._done = False
 
     def readable(self) -> bool:
@@ -86,20 +87,26 @@ class _Reader(io.RawIOBase):
         raise NotImplementedError
 
     def read(self, size: int | None = -1) -> bytes:
-        want = -1 if size is None else size
-        while not self._done and (want < 0 or len(self._buffer) < want):
+        want = -1 if size is None or size < 0 else size
+        pieces: list[bytes] = []
+        have = 0
+        if self._buffer:
+            pieces.append(bytes(self._buffer))
+            have = len(self._buffer)
+            self._buffer.clear()
+        while not self._done and (want < 0 or have < want):
             piece = self._more()
             if piece is None:
                 self._done = True
-            else:
-                self._buffer += piece
-        if want < 0 or want >= len(self._buffer):
-            out = bytes(self._buffer)
-            self._buffer.clear()
-            return out
-        out = bytes(self._buffer[:want])
-        del self._buffer[:want]
-        return out
+                break
+            pieces.append(piece)
+            have += len(piece)
+        if want >= 0 and have > want:  # the overshoot is within the last piece
+            last = pieces[-1]
+            keep = len(last) - (have - want)
+            self._buffer += last[keep:]
+            pieces[-1] = last[:keep]
+        return b"".join(pieces)
 
     def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
         data = self.read(len(target))

@@ -215,6 +215,10 @@ class S3ObjectStore:
             max_concurrency=PART_CONCURRENCY,
             use_threads=True,
         )
+        # An encrypting reader is not seekable: s3transfer reads its parts into memory, up to this
+        # many at once (default 10 × 8 MiB); bounded to what is being sent (s3transfer's setting,
+        # not among boto3's constructor arguments).
+        self._transfer.max_in_memory_upload_chunks = PART_CONCURRENCY
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
