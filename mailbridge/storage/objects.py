@@ -152,7 +152,9 @@ class LocalObjectStore:
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self.root
-        for dirpath, dirnames, filenames in os.walk(base):
+        top = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = base / top if top and (base / top).is_dir() else base  # walk only under the prefix
+        for dirpath, dirnames, filenames in os.walk(start):
             dirnames[:] = sorted(d for d in dirnames if d != ".tmp")
             for name in sorted(filenames):
                 path = Path(dirpath) / name

@@ -24,7 +24,7 @@ import hmac
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -57,12 +57,18 @@ class KeyringSource:
     sessions: Any  # sessionmaker[Session]
 
     def current(self, practice_id: int | None) -> OpenDataKey:
+        cached = self.keyring.cached_data_key(practice_id)  # the hot path: no database, no gate
+        if cached is not None:
+            return cached
         from mailbridge.domain.db import transaction, writer_gate
 
         with writer_gate(self.sessions), transaction(self.sessions) as session:
             return self.keyring.data_key(session, practice_id)
 
     def by_id(self, key_id: str) -> OpenDataKey:
+        cached = self.keyring.cached_by_id(key_id)
+        if cached is not None:
+            return cached
         with self.sessions() as session:
             return self.keyring.data_key_by_id(session, key_id)
 
@@ -227,6 +233,3 @@ def sha256_file(path: Path) -> tuple[str, int]:
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
-
-
-Opener = Callable[[str], BinaryIO]
