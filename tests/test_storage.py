@@ -390,3 +390,35 @@ def test_rotate_master_rewraps_data_keys_and_leaves_objects_alone(
     assert (objects / str(file.storage_key)).read_bytes() == sealed_before  # not re-encrypted
     assert services.blobs.open(str(file.storage_key)).read() == fm.pdf()
     services.close()
+
+
+def test_rows_written_before_object_storage_are_still_read(tmp_path: Path) -> None:
+    """After the upgrade: an attachment row without a storage key is the file named by its hash in
+    DATA_DIR/attachments; a held reply's raw_path under DATA_DIR/inbound is read from there."""
+    from fastapi.testclient import TestClient
+
+    from mailbridge.api.app import create_app
+    from mailbridge.domain.db import transaction
+
+    services = make_services(tmp_path, f"sqlite:///{tmp_path / 'mailbridge.db'}")
+    seed(services)
+    conv = open_conversation(services)
+    address = reply_address(services, conv, "alice")
+    pdf = fm.pdf()
+    msg = with_files(
+        reply_message("alice@client.test", address, "Old style."), [("old.pdf", "application/pdf", pdf)]
+    )
+    with live_server(services) as server:
+        assert send(server, msg, "alice@client.test", address)[0] == 250
+    with transaction(services.sessions) as session:
+        file = session.scalars(select(Attachment)).one()
+        services.vault.delete(str(file.storage_key))
+        legacy = services.settings.data_dir / "attachments" / file.sha256[:2] / file.sha256[2:4] / file.sha256
+        legacy.parent.mkdir(parents=True)
+        legacy.write_bytes(pdf)
+        file.storage_key = None
+        attachment_id = file.id
+    with TestClient(create_app(services), headers={"Authorization": f"Bearer {API_KEY}"}) as api:
+        got = api.get(f"{BASE}/attachments/{attachment_id}?as=dr-smith")
+        assert got.status_code == 200 and got.content == pdf
+    services.close()
