@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # Product needs libmagic; the tests also use real peers (Postfix tools, swaks, Dovecot, OpenDKIM, and
 # Chromium for the console, driven by Playwright with executable_path: no browser is downloaded).
 SYSTEM_PACKAGES := libmagic1
-TEST_SYSTEM_PACKAGES := libmagic1 postfix swaks libnet-ssleay-perl dovecot-imapd opendkim-tools chromium
+TEST_SYSTEM_PACKAGES := libmagic1 postfix swaks libnet-ssleay-perl dovecot-imapd opendkim-tools chromium sqlite3 rsync
 
 .PHONY: run test lint typecheck bench reasons screenshots system-deps test-system-deps clean
 

@@ -13,6 +13,10 @@ by 20 concurrent senders, (a) one connection per message and (b) reused connecti
 * mailbridge's ingress (``runtime.start_ingress``, worker off) on SQLite, then on PostgreSQL, as one
   process (the default) and as one process per CPU (``smtp_processes``, SO_REUSEPORT).
 
+Then, on SQLite with one process and reused connections, the same load once per storage variant
+(``harness.STORAGE_VARIANTS``: raw copies and attachments on local disk or in S3 — moto's server on
+loopback — encrypted or not), each with a fresh database, in the same run.
+
 Server and load generator each run in their own process; the generator (an asyncio client over
 raw sockets) is the same for every row. Latency is end-of-DATA → reply, measured by the client
 from writing the final "." to reading the answer. Afterwards every 250 is checked against the
@@ -29,6 +33,7 @@ import time
 from dataclasses import dataclass
 
 from benchmarks.harness import (
+    STORAGE_VARIANTS,
     LoadResult,
     Mail,
     Thread,
@@ -40,6 +45,7 @@ from benchmarks.harness import (
     postgres_available,
     replies,
     seed_practice,
+    storage_settings,
     table,
 )
 
@@ -83,6 +89,7 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
     warm = 40
     rows: list[Row] = []
     breakdown: list[Row] = []
+    storage_rows: list[Row] = []
     calibration: list[str] = []
     mails_seed = 0
 
@@ -153,6 +160,23 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
                         result = _load(server.port, fresh(threads, n), reuse, limit)
                         breakdown.append(Row(f"{label} (stubbed)", _mode(reuse), result, None, base.rate))
 
+        # Storage and encryption: the default (local disk, encrypted) beside the other variants.
+        for label, s3, encrypted in STORAGE_VARIANTS:
+            with backend("sqlite", "mbingress") as b:
+                threads = seed_practice(b, CONVERSATIONS)
+                with (
+                    storage_settings(s3, encrypted) as overrides,
+                    mailbridge_server(b.root, b.url, **overrides) as server,
+                ):
+                    _load(server.port, fresh(threads, warm), reuse=True)
+                    base = _load(bare.port, fresh(dummy, n), True, limit)
+                    before, logged_before = count_posted(b)
+                    result = _load(server.port, fresh(threads, n), True, limit)
+                    after, logged = count_posted(b)
+                    storage_rows.append(
+                        Row(label, _mode(True), result, after - before, base.rate, logged - logged_before)
+                    )
+
     out = [
         f"Ingress: up to {n:,} replies of ~5.3 KB per row (at most {limit:.0f} s), {CONCURRENCY} concurrent "
         "senders, asyncio raw-socket load generator in its own process; the bare server is one "
@@ -175,6 +199,28 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
         ),
     ]
     out.extend(calibration)
+    if storage_rows:
+        out.append(
+            "Storage and encryption (SQLite, one process, reused connections): where raw copies and "
+            "attachments go, encrypted or not; each with a fresh database, baseline measured just before"
+        )
+        out.append(
+            table(
+                ["raw mail and attachments", "msg/s", "vs baseline", "p50 ms", "p99 ms", "answers", "posted"],
+                [
+                    [
+                        r.server,
+                        r.result.rate,
+                        f"{r.result.rate / (r.baseline or 1):.2f}",
+                        percentile(r.result.latencies, 50) * 1e3,
+                        percentile(r.result.latencies, 99) * 1e3,
+                        r.result.codes_text(),
+                        "-" if r.posted is None else f"{r.posted:,}",
+                    ]
+                    for r in storage_rows
+                ],
+            )
+        )
     if breakdown:
         out.append(
             "Breakdown (diagnostic, SQLite, one process): the pipeline, then also the RCPT decision, "
@@ -189,7 +235,7 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
                 ],
             )
         )
-    for r in rows:
+    for r in rows + storage_rows:
         if r.posted is not None and not r.posted == r.logged == r.result.ok:
             out.append(
                 f"MISMATCH {r.server} {r.mode}: {r.result.ok} answered 250, {r.posted} messages posted, "

@@ -41,10 +41,10 @@ class Bench:
 
 
 BENCHES = (
-    Bench("ingress", "benchmarks.bench_ingress", (), ("--quick",), 420, "SMTP ingress throughput"),
+    Bench("ingress", "benchmarks.bench_ingress", (), ("--quick",), 720, "SMTP ingress throughput"),
     Bench("steps", "benchmarks.bench_steps", ("--postgres",), ("-n", "50"), 180, "pipeline cost per step"),
     Bench("outbound", "benchmarks.bench_outbound", (), ("--quick",), 420, "notification delivery throughput"),
-    Bench("memory", "benchmarks.bench_memory", (), ("--quick",), 300, "peak memory for a 100 MB attachment"),
+    Bench("memory", "benchmarks.bench_memory", (), ("--quick",), 900, "peak memory for a 100 MB attachment"),
     Bench("latency", "benchmarks.bench_latency", (), ("--quick",), 240, "reply → notification latency"),
     Bench("dkim", "benchmarks.bench_dkim", (), ("-n", "300"), 180, "DKIM signing speed"),
     Bench(

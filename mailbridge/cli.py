@@ -117,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     dns_check.add_argument("--json", action="store_true")
 
     keys = sub.add_parser(
-        "keys", parents=[common], help="practice-scoped API keys (the platform key is MAILBRIDGE_API_KEY)"
+        "keys",
+        parents=[common],
+        help="practice-scoped API keys (the platform key is MAILBRIDGE_API_KEY); the master key's rotation",
     )
     keysub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
     create = keysub.add_parser(
@@ -130,6 +132,14 @@ def _parser() -> argparse.ArgumentParser:
     key_list.add_argument("--practice", default=None)
     revoke = keysub.add_parser("revoke", help="revoke a key by its id", parents=[common])
     revoke.add_argument("id")
+    rotate = keysub.add_parser(
+        "rotate-master",
+        help="re-wrap every data key under a new master key (objects untouched)",
+        parents=[common],
+    )
+    rotate.add_argument(
+        "--prepare", action="store_true", help="add the next key as accepted first (several nodes)"
+    )
 
     domains = sub.add_parser(
         "domains", parents=[common], help="domains a practice owns besides its reply domain (routes)"
@@ -395,6 +405,10 @@ def _run(args: argparse.Namespace, settings: Settings, key_origin: str = "") -> 
             from mailbridge.ingress.imap import check_command
 
             return check_command(services, args.practice)
+        if args.command == "keys" and args.keys_command == "rotate-master":
+            from mailbridge.crypto.rotation import rotate_master_command
+
+            return rotate_master_command(services, prepare=args.prepare)
         if args.command == "keys":
             from mailbridge.access import commands
 

@@ -135,6 +135,13 @@ def count_practice_delivery(practice: str | None, result: str) -> None:
     PRACTICE_DELIVERIES.labels(practice or "-", result).inc()
 
 
+STORAGE_ERRORS = Counter(
+    "mailbridge_storage_errors_total",
+    "Object store operations that failed (raw mail, attachments), by action",
+    ["action"],
+    registry=REGISTRY,
+)
+
 OUTBOX_LAG_LIMIT = timedelta(minutes=15)
 
 # The latest counters and histograms of each extra SMTP process (ingress.cluster), by slot.
@@ -233,6 +240,11 @@ def readiness(services: Services) -> dict[str, dict[str, Any]]:
         checks["dkim"] = {"ok": not cannot, "cannot_sign": cannot}
     except Exception as exc:  # a database fault is reported above
         checks["dkim"] = {"ok": False, "error": type(exc).__name__}
+    try:  # every node reads and writes the same objects: a store it cannot reach makes it unready
+        services.vault.check()
+        checks["object_storage"] = {"ok": True}
+    except Exception as exc:
+        checks["object_storage"] = {"ok": False, "error": str(exc)[:200]}
     if services.settings.smtp_enabled:
         checks["smtp_listener"] = {"ok": services.flags.get("smtp_listening", False)}
     return checks

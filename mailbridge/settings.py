@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     # The master key that wraps every practice's data key (MAILBRIDGE_MASTER_KEY, when set, wins):
     # default DATA_DIR/secrets/master.key, created on first start. Every node needs the same one.
     master_key_file: Path | None = None
+    # Raw mail and attachments (every node must reach the same store): file:///path, or
+    # s3://bucket/prefix with credentials and region from the AWS chain; empty: DATA_DIR/objects.
+    storage_url: str = ""
+    s3_endpoint_url: str = ""  # an S3-compatible server (MinIO, Ceph RGW, R2, GCS); empty: AWS
+    # Raw mail and attachments sealed with the practice's data key (AES-256-GCM, streamed).
+    encryption_at_rest: bool = True
 
     # Listeners
     smtp_listen: str = "127.0.0.1:2525"
@@ -108,6 +114,9 @@ class Settings(BaseSettings):
     # Mailbox hosts on loopback, private, link-local or other non-public addresses (the cloud
     # metadata service, the network behind us) are refused unless this is true.
     imap_allow_private_hosts: bool = False
+    # OAuth2 token endpoints on private, loopback or link-local addresses (and plain http to them):
+    # refused unless the operator allows it (a practice chooses the URL: SSRF otherwise).
+    oauth_allow_private_endpoints: bool = False
 
     # Authentication of inbound mail
     dns_nameservers: list[str] = []  # e.g. ["127.0.0.1:5353"]; empty uses the system resolver
@@ -201,6 +210,20 @@ class Settings(BaseSettings):
     def _schedule(cls, value: list[int]) -> list[int]:
         if not value or any(v <= 0 for v in value):
             raise ValueError("must be a non-empty list of positive seconds")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        if value and not (value.startswith("file:///") or (value.startswith("s3://") and len(value) > 5)):
+            raise ValueError("expected file:///path or s3://bucket/prefix")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
         return value
 
     @field_validator("database_url")

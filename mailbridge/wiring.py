@@ -20,7 +20,9 @@ from mailbridge.inbound.dns import NameserverResolver, Resolver
 from mailbridge.inbound.tokens import TokenIssuer
 from mailbridge.outbound.keys import KeyStore
 from mailbridge.settings import Settings, SettingsError
-from mailbridge.storage.blobs import BlobStore, LocalBlobStore
+from mailbridge.storage.blobs import BlobStore, ObjectBlobStore
+from mailbridge.storage.objects import open_store
+from mailbridge.storage.vault import KeyringSource, Vault
 
 
 def _load_secret(path: Path, env_value: str) -> bytes:
@@ -52,6 +54,7 @@ class Services:
     resolver: Resolver
     keyring: Keyring
     dkim_keys: KeyStore  # the practices' DKIM signers, from the database (shared by every node)
+    vault: Vault  # raw mail and attachments in the object store, encrypted when configured
     verp_secret: bytes
     # Keys the word-run hashes of sent notifications (domain/fingerprint.py), derived like verp_secret.
     fingerprint_key: bytes = b""
@@ -75,15 +78,28 @@ def build_services(settings: Settings, resolver: Resolver | None = None) -> Serv
         )
     except (KeyringError, OSError) as exc:
         raise SettingsError(f"master_key: {exc}") from None
+    sessions = make_session_factory(engine)
     keyring = Keyring(masters)
+    try:
+        objects = open_store(settings.storage_url, settings.data_dir, settings.s3_endpoint_url)
+    except ValueError as exc:
+        raise SettingsError(f"storage_url: {exc}") from None
+    vault = Vault(
+        objects,
+        KeyringSource(keyring, sessions) if settings.encryption_at_rest else None,
+        spool_dir=settings.data_dir / "spool",
+        legacy_blobs=settings.data_dir / "attachments",
+        legacy_raw=settings.data_dir / "inbound",
+    )
     return Services(
         settings=settings,
         engine=engine,
-        sessions=make_session_factory(engine),
-        blobs=LocalBlobStore(settings.data_dir / "attachments"),
+        sessions=sessions,
+        blobs=ObjectBlobStore(vault),
         tokens=TokenIssuer(secret),
         keyring=keyring,
         dkim_keys=KeyStore(keyring),
+        vault=vault,
         resolver=resolver
         or NameserverResolver(settings.dns_nameservers, timeout=settings.dns_timeout_seconds),
         verp_secret=hmac.new(secret, b"verp", hashlib.sha256).digest(),
@@ -98,6 +114,7 @@ def pipeline_deps(services: Services) -> Any:
     return Deps(
         sessions=services.sessions,
         blobs=services.blobs,
+        vault=services.vault,
         resolver=services.resolver,
         raw_dir=settings.data_dir / "inbound",
         trusted_authserv_ids=tuple(settings.trusted_authserv_ids),

@@ -16,6 +16,7 @@ from mailbridge.domain.models import Base
 from mailbridge.inbound.dns import StaticResolver
 from mailbridge.settings import load_settings
 from mailbridge.wiring import Services, build_services
+from tests.s3peer import s3_peer  # noqa: F401 (a session fixture: one S3 server on loopback)
 
 PG_URL = os.environ.get("MAILBRIDGE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"

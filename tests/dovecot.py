@@ -55,9 +55,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
 class Dovecot:
     """One Dovecot master process; ``users`` maps login → password (``{PLAIN}`` in the passwd file)."""
 
-    def __init__(self, root: Path, *, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self, root: Path, *, tls: tuple[Path, Path] | None = None, oauth2_introspection: str | None = None
+    ) -> None:
         self.root = root
-        self.tls = tls  # (certificate chain PEM, private key PEM): enables STARTTLS and an imaps listener
+        self.tls = tls
+        # An RFC 7662 introspection URL: XOAUTH2 and OAUTHBEARER validated by Dovecot's oauth2 passdb.
+        self.oauth2_introspection = oauth2_introspection  # (certificate chain PEM, private key PEM): enables STARTTLS and an imaps listener
         self.port = 0
         self.imaps_port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -96,6 +100,20 @@ class Dovecot:
             ssl = f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\nssl_min_protocol = TLSv1.2\n"
         else:
             ssl = "ssl = no\n"
+        mechanisms, oauth2, userdb_extra, passwd_mechanisms = "plain login", "", "", ""
+        if self.oauth2_introspection:
+            mechanisms = "plain login xoauth2 oauthbearer"
+            (root / "oauth2.conf.ext").write_text(
+                f"introspection_mode = post\nintrospection_url = {self.oauth2_introspection}\n"
+                "force_introspection = yes\nusername_attribute = username\n"
+                "active_attribute = active\nactive_value = true\n"
+            )
+            userdb_extra = " allow_all_users=yes"  # the oauth2 passdb cannot answer user lookups (doveadm)
+            passwd_mechanisms = "  mechanisms = plain login\n"
+            oauth2 = (
+                f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                f"  args = {root}/oauth2.conf.ext\n}}\n"
+            )
         self.conf.write_text(
             f"""protocols = imap
 listen = 127.0.0.1
@@ -104,17 +122,17 @@ state_dir = {root}/state
 log_path = {self.log}
 info_log_path = {self.log}
 {ssl}disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_failure_delay = 0
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
-passdb {{
+{oauth2}passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {root}/passwd.d/%u
+{passwd_mechanisms}  args = scheme=PLAIN username_format=%u {root}/passwd.d/%u
 }}
 userdb {{
   driver = static
-  args = uid={mail_user} gid={mail_group} home={root}/home/%u
+  args = uid={mail_user} gid={mail_group} home={root}/home/%u{userdb_extra}
 }}
 service imap-login {{
   inet_listener imap {{
@@ -276,12 +294,14 @@ def skip_without_dovecot() -> None:
 
 
 @contextlib.contextmanager
-def running_dovecot(*, tls: tuple[Path, Path] | None = None) -> Iterator[Dovecot]:
+def running_dovecot(
+    *, tls: tuple[Path, Path] | None = None, oauth2_introspection: str | None = None
+) -> Iterator[Dovecot]:
     """A started server in a fresh world-traversable directory (the mail user must reach its maildir)."""
     skip_without_dovecot()
     root = Path(tempfile.mkdtemp(prefix="mailbridge-dovecot-"))
     os.chmod(root, 0o755)
-    server = Dovecot(root, tls=tls)
+    server = Dovecot(root, tls=tls, oauth2_introspection=oauth2_introspection)
     try:
         server.start()
         yield server

@@ -69,14 +69,15 @@ def test_real_files_stored_by_hash_and_downloadable(seeded: Any, api: Any, door:
         ("photo.png", "image/png", hashlib.sha256(png).hexdigest()),
         ("copy-of-receipt.pdf", "application/pdf", hashlib.sha256(pdf).hexdigest()),
     ]
-    blobs = [
-        p
-        for p in (seeded.settings.data_dir / "attachments").rglob("*")
-        if p.is_file() and ".tmp" not in p.parts
-    ]
-    assert sorted(p.name for p in blobs) == sorted(
-        {hashlib.sha256(pdf).hexdigest(), hashlib.sha256(png).hexdigest()}
-    )
+    # One object per distinct content in the practice, encrypted, named by neither path nor plain hash.
+    stored = sorted(info.key for info in seeded.vault.objects.list("att/"))
+    keys = [a.storage_key for a in posted.attachments]
+    assert len(stored) == 2 and sorted(set(keys)) == stored and keys[0] == keys[2]
+    for key in stored:
+        assert key.startswith("att/") and key.endswith(".mbe")
+        assert hashlib.sha256(pdf).hexdigest() not in key and hashlib.sha256(png).hexdigest() not in key
+        with seeded.vault.objects.get(key) as handle:
+            assert pdf[:200] not in handle.read()
     download = api.get(f"{BASE}/attachments/{posted.attachments[0].id}?as=dr-smith")
     assert download.status_code == 200 and download.content == pdf
     assert download.headers["content-disposition"].startswith("attachment;")
@@ -265,9 +266,11 @@ def test_deleting_a_message_removes_unshared_blobs(seeded: Any, api: Any) -> Non
         data={"payload": json.dumps({"author": "dr-smith", "body": "Again, the PDF."})},
         files=[("attachments", ("again.pdf", io.BytesIO(pdf), "application/pdf"))],
     ).json()
+    with seeded.sessions() as session:
+        key_of = {a.sha256: a.storage_key for a in session.scalars(select(Attachment))}
     assert api.delete(f"{BASE}/messages/{first['messages'][0]['id']}?as=dr-smith").status_code == 204
-    assert not seeded.blobs.exists(hashlib.sha256(png).hexdigest())  # only the first message had it
-    assert seeded.blobs.exists(hashlib.sha256(pdf).hexdigest())  # still referenced by the second
+    assert not seeded.blobs.exists(key_of[hashlib.sha256(png).hexdigest()])  # only the first message had it
+    assert seeded.blobs.exists(key_of[hashlib.sha256(pdf).hexdigest()])  # still referenced by the second
     with seeded.sessions() as session:
         assert session.scalars(select(Attachment.message_id)).all() == [second["id"]]
 

@@ -46,6 +46,12 @@ def world(tmp_path: Path) -> Iterator[tuple[Services, Any, Any]]:
     services.close()
 
 
+def stored_raw(services: Any, word: str) -> list[str]:
+    """Raw copies in the object store (decrypted through the vault) that contain *word*."""
+    keys = [info.key for info in services.vault.objects.list("raw/")]
+    return [key for key in keys if word.encode() in services.vault.read_bytes(key)]
+
+
 def files_containing(root: Path, word: str) -> list[str]:
     needle = word.encode()
     return sorted(
@@ -117,12 +123,16 @@ def test_deleting_a_conversation_discards_and_erases_mail_still_held_for_it(worl
     refused = reply_message("dr.smith@acme.test", address, f"#note\n{HIDDEN_WORD}")
     refused.replace_header("From", "someone@elsewhere.test")  # not the token owner: refused, kept a while
     assert send(server, refused, UNALIGNED, address)[0] == 550
-    assert files_containing(data, HIDDEN_WORD)
+    # Both raw copies are kept, sealed (encryption at rest): the word is in them, in no file in clear.
+    assert len(stored_raw(services, HIDDEN_WORD)) == 2
+    assert files_containing(data, HIDDEN_WORD) == []
 
     assert api.delete(f"{BASE}/conversations/{conv}?as=dr-smith").status_code == 204
 
     for word in WORDS:
         assert files_containing(data, word) == [], word
+    assert stored_raw(services, HIDDEN_WORD) == []
+    assert list(services.vault.objects.list("raw/")) == []
     assert api.get(f"{BASE}/quarantine").json()["items"] == []
     (discarded,) = api.get(f"{BASE}/quarantine?state=discarded").json()["items"]
     assert (
@@ -130,5 +140,5 @@ def test_deleting_a_conversation_discards_and_erases_mail_still_held_for_it(worl
     )
     with services.sessions() as session:
         rows = session.scalars(select(InboundLog)).all()
-        assert [(r.raw_path, r.from_header) for r in rows] == [(None, None), (None, None)]
+        assert [(r.raw_ref, r.from_header) for r in rows] == [(None, None), (None, None)]
         assert session.get_one(QuarantineItem, item).state == "discarded"

@@ -334,7 +334,7 @@ def assert_nothing_half_written(services: Any, conversation_id: str) -> None:
             files = session.scalars(select(Attachment).where(Attachment.message_id == message.id)).all()
             assert len(files) == (1 if number % 25 == 0 else 0), number
             for file in files:
-                with services.blobs.open(file.sha256) as handle:
+                with services.blobs.open(file.storage_key or file.sha256) as handle:
                     content = handle.read()
                 assert (hashlib.sha256(content).hexdigest(), len(content)) == (file.sha256, file.size)
 

@@ -49,7 +49,7 @@ def held(api: Any, state: str = "held") -> list[dict[str, Any]]:
 def raw_path_of(services: Any, item_id: str) -> str | None:
     with services.sessions() as session:
         item = session.get_one(QuarantineItem, item_id)
-        return session.get_one(InboundLog, item.inbound_id).raw_path
+        return session.get_one(InboundLog, item.inbound_id).raw_ref
 
 
 def audit_rows(services: Any) -> list[tuple[str, str | None, str, str]]:
@@ -106,7 +106,7 @@ def test_released_staff_note_stays_internal(seeded: Any, api: Any, live: Any) ->
         ("remote.rdp", False, "executable"),
     ]
     raw = raw_path_of(seeded, item["id"])
-    assert raw is not None and Path(raw).is_file()
+    assert raw is not None and seeded.vault.exists(raw)
 
     released = api.post(f"{BASE}/quarantine/{item['id']}/release?as=frontdesk", json={})
     assert released.status_code == 201, released.text
@@ -303,7 +303,7 @@ def test_discard_needs_a_staff_actor_and_is_audited(seeded: Any, api: Any, triag
     (discarded,) = held(api, "discarded")
     assert discarded["decided_by"] == "staff:frontdesk" and discarded["decided_at"] is not None
     assert audit_rows(seeded) == [("quarantine_discarded", "staff:frontdesk", "quarantine", item["id"])]
-    assert raw is not None and not Path(raw).exists() and raw_path_of(seeded, item["id"]) is None
+    assert raw is not None and not seeded.vault.exists(raw) and raw_path_of(seeded, item["id"]) is None
     assert api.post(f"{url}?as=frontdesk").json()["code"] == "already_decided"
     assert api.get(f"{BASE}/quarantine?state=bogus").json()["code"] == "invalid_state"
 

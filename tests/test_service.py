@@ -193,12 +193,12 @@ def test_raw_mail_purged_after_retention(seeded: Any) -> None:
             address,
         )
     with seeded.sessions() as session:
-        raw = session.scalars(select(InboundLog.raw_path).where(InboundLog.raw_path.is_not(None))).one()
-    assert Path(raw).exists()
+        raw = session.scalars(select(InboundLog.raw_ref).where(InboundLog.raw_ref.is_not(None))).one()
+    assert seeded.vault.exists(raw)
     assert purge_raw(seeded) == 0  # still within the retention period
     with transaction(seeded.sessions) as session:
         session.execute(update(InboundLog).values(received_at=utcnow() - timedelta(days=31)))
-    assert purge_raw(seeded) == 1 and not Path(raw).exists()
+    assert purge_raw(seeded) == 1 and not seeded.vault.exists(raw)
 
 
 def test_logs_never_carry_tokens_or_bodies(seeded: Any, capfd: pytest.CaptureFixture[str]) -> None:

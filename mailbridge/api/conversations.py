@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -13,11 +13,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from mailbridge.crypto.keyring import KeyringError
 from mailbridge.domain import conversations as convs
 from mailbridge.domain import directory
 from mailbridge.domain.db import flush_journal, transaction
-from mailbridge.domain.errors import Forbidden, Invalid, NotFound
+from mailbridge.domain.errors import Damaged, Forbidden, Invalid, NotFound, Unavailable
 from mailbridge.domain.models import Attachment, ConversationKind, Message, MessageSource
+from mailbridge.storage.blobs import BlobNotFoundError
 from mailbridge.storage.intake import Intake, Upload, intake_uploads
 
 from .deps import ServicesDep, conversation_out, message_out
@@ -95,7 +97,7 @@ def _create_conversation(
         author = directory.get_user(session, p, body.author, "author")
         company = directory.get_company(session, p, body.company, "company") if body.company else None
         people = [directory.get_user(session, p, ext, "participants") for ext in body.participants]
-        intake: Intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale)
+        intake: Intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale, p.id)
         text = intake.with_withheld_line(body.body)
         conversation, message = convs.create_conversation(
             session,
@@ -132,7 +134,7 @@ def _post_message(
         p = directory.get_practice(session, practice)
         author = directory.get_user(session, p, body.author, "author")
         conversation = convs.get_conversation(session, p, conversation_id)
-        intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale)
+        intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale, p.id)
         message = convs.post_message(
             session,
             p,
@@ -212,8 +214,11 @@ def delete_message(practice: str, message: str, svc: ServicesDep, as_: str = Que
 
 def _after_erasure(svc: Any, orphans: list[str]) -> None:
     """Once the deletion is committed: the files no row references, and the database's journal."""
-    for sha in orphans:
-        svc.blobs.delete(sha)
+    for ref in orphans:  # attachment objects and raw copies no row names any more
+        try:
+            svc.vault.delete(ref)
+        except OSError:
+            log.warning("erased_object_delete_failed", extra={"ref": ref}, exc_info=True)
     if not flush_journal(svc.engine):
         log.warning(
             "journal_checkpoint_busy: deleted content stays in the SQLite WAL until the next checkpoint"
@@ -252,11 +257,13 @@ def download_attachment(
         _readable(session, p, message.conversation_id, actor)  # raises unless the actor may read it
         if message.internal and actor.kind.value != "staff":
             raise NotFound("attachment_not_found", "attachment not found")
-        sha, filename, size = row.sha256, row.filename, row.size
+        ref, filename, size = row.storage_key or row.sha256, row.filename, row.size
         content_type = row.content_type
 
+    handle = _open_stored(svc, ref, attachment)
+
     def chunks() -> Iterator[bytes]:
-        with svc.blobs.open(sha) as handle:
+        with handle:
             while block := handle.read(256 * 1024):
                 yield block
 
@@ -273,6 +280,23 @@ def download_attachment(
             "Cache-Control": "private, no-store",
         },
     )
+
+
+def _open_stored(svc: Any, ref: str, attachment: str) -> BinaryIO:
+    """Open before answering, so a missing or tampered object is a clean error, not a cut download.
+    (Each 64 KiB segment is authenticated before it is sent; a fault further in cuts the stream.)"""
+    try:
+        return cast(BinaryIO, svc.blobs.open(ref))
+    except (BlobNotFoundError, KeyringError) as exc:
+        log.warning("attachment_unreadable", extra={"attachment": attachment, "error": str(exc)[:200]})
+        raise Damaged(
+            "attachment_unreadable", "the stored file is missing or failed its integrity check"
+        ) from exc
+    except OSError as exc:
+        log.warning(
+            "attachment_storage_unavailable", extra={"attachment": attachment, "error": str(exc)[:200]}
+        )
+        raise Unavailable("storage_unavailable", "the file store cannot be reached; retry later") from exc
 
 
 def content_disposition(filename: str) -> str:

@@ -2,7 +2,8 @@
 
 The password is write-only: accepted on PUT, sealed with the practice's data key, never returned
 (``has_password`` says whether one is set); ``password_env`` only from the operator's allow-list; the
-host must be public. The rules live in ``mailbridge.ingress.mailboxes``, shared with the console.
+host must be public; ``auth: "oauth2"`` keeps its secrets sealed and write-only too. The rules live
+in ``mailbridge.ingress.mailboxes``, shared with the console.
 """
 
 from __future__ import annotations

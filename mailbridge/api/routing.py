@@ -93,9 +93,7 @@ def get_quarantined(practice: str, item: str, svc: ServicesDep) -> dict[str, Any
     """One item with what a release would post now (text, hidden part, internal flag, file verdicts)."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        return quarantine.describe(
-            session, p, item, svc.settings.data_dir / "spool", fingerprint_key=svc.fingerprint_key
-        )
+        return quarantine.describe(session, p, item, svc.vault, fingerprint_key=svc.fingerprint_key)
 
 
 @router.post("/quarantine/{item}/release", status_code=201, response_model=ReleasedOut)
@@ -124,7 +122,7 @@ def release(
             p,
             item,
             actor,
-            spool_dir=svc.settings.data_dir / "spool",
+            vault=svc.vault,
             client_ext=body.client,
             new_contact=quarantine.NewContact(spec.external_id, spec.name, spec.locale) if spec else None,
             fingerprint_key=svc.fingerprint_key,
@@ -139,7 +137,7 @@ def release(
             if contact is not None
             else None,
         )
-    quarantine.forget_raw(svc.sessions, [done.inbound_id])
+    quarantine.forget_raw(svc.sessions, svc.vault, [done.inbound_id])
     return out
 
 
@@ -151,5 +149,5 @@ def discard(
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         inbound_id = quarantine.discard(session, p, item, quarantine.staff_actor(session, p, as_))
-    quarantine.forget_raw(svc.sessions, [inbound_id])
+    quarantine.forget_raw(svc.sessions, svc.vault, [inbound_id])
     return Response(status_code=204)

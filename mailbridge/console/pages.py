@@ -27,7 +27,7 @@ from mailbridge.domain.routes import RouteIn, delete_route, upsert_route
 from mailbridge.inbound import quarantine, reprocess
 from mailbridge.ingress.mailboxes import MailboxIn, delete_mailbox, upsert_mailbox
 from mailbridge.outbound.render import LOCALES, NOTICE_TEXTS
-from mailbridge.storage.raw import raw_available, read_raw
+from mailbridge.storage.raw import raw_available, read_raw_head
 from mailbridge.wiring import pipeline_deps
 
 from . import auth, charts, dnscheck, queries, samples
@@ -240,7 +240,7 @@ def inbound_detail(request: Request, svc: ServicesDep, ctx: PracticeCtx, row_id:
             else []
         )
         history = queries.audit_for(session, ctx.practice.id, "inbound", row.id)
-    raw = read_raw(row) if raw_available(row) else None
+    raw = read_raw_head(svc.vault, row, MAX_RAW_SHOWN)
     headers = _headers(raw, ctx.content) if raw is not None else []
     raw_text = raw[:MAX_RAW_SHOWN].decode("utf-8", "replace") if raw is not None and ctx.content else None
     return page(
@@ -255,7 +255,7 @@ def inbound_detail(request: Request, svc: ServicesDep, ctx: PracticeCtx, row_id:
         raw_text=raw_text,
         raw_kept=raw is not None,
         raw_truncated=raw is not None and len(raw) > MAX_RAW_SHOWN,
-        can_reprocess=reprocess.can_reprocess(row),
+        can_reprocess=reprocess.can_reprocess(svc.vault, row),
         flash=_flash(request),
     )
 
@@ -268,7 +268,7 @@ def reprocess_row(
     assert ctx.practice is not None
     try:
         outcome = reprocess.reprocess(
-            pipeline_deps(svc), svc.tokens, svc.verp_secret, ctx.practice.id, row_id
+            pipeline_deps(svc), svc.tokens, svc.verp_secret, svc.vault, ctx.practice.id, row_id
         )
     except DomainError as exc:
         if exc.status == 404:
@@ -342,13 +342,11 @@ def quarantine_detail(request: Request, svc: ServicesDep, ctx: PracticeCtx, item
         kind = _conversation_kind(session, item)
     visible = hidden = subject = None
     files: list[dict[str, Any]] = []
-    if item.state == "held" and inbound is not None and raw_available(inbound):
+    if item.state == "held" and inbound is not None and raw_available(svc.vault, inbound):
         # What a release would post now, through the one derivation the pipeline uses (nothing stored).
         with svc.sessions() as session:
             practice = directory.get_practice(session, ctx.practice.slug)
-            shown = quarantine.describe(
-                session, practice, item.id, svc.settings.data_dir / "spool", svc.fingerprint_key
-            )
+            shown = quarantine.describe(session, practice, item.id, svc.vault, svc.fingerprint_key)
         files = [
             {"filename": f["filename"] or "(no name)", "type": f["content_type"], "size": f["size"]}
             for f in cast(list[dict[str, Any]], shown.get("attachments") or [])
@@ -385,7 +383,7 @@ def _release(svc: Any, ctx: Ctx, item_id: str, mode: str, client: str, name: str
             practice,
             item_id,
             domain_audit.Actor.operator(ctx.operator.name),
-            spool_dir=svc.settings.data_dir / "spool",
+            vault=svc.vault,
             client_ext=(client.strip() or None) if mode == "client" else None,
             new_contact=quarantine.NewContact(name=name.strip() or None) if mode == "contact" else None,
             fingerprint_key=svc.fingerprint_key,
@@ -400,7 +398,7 @@ def _release(svc: Any, ctx: Ctx, item_id: str, mode: str, client: str, name: str
             {"mode": mode, "client": contact, "message": done.message.id},
         )
         message_id, inbound_id = done.message.id, done.inbound_id
-    quarantine.forget_raw(svc.sessions, [inbound_id])
+    quarantine.forget_raw(svc.sessions, svc.vault, [inbound_id])
     return message_id
 
 
@@ -432,7 +430,7 @@ def _discard(svc: Any, ctx: Ctx, item_id: str) -> None:
             session, practice, item_id, domain_audit.Actor.operator(ctx.operator.name)
         )
         record(session, ctx, "discard", "quarantine", item_id)
-    quarantine.forget_raw(svc.sessions, [inbound_id])
+    quarantine.forget_raw(svc.sessions, svc.vault, [inbound_id])
 
 
 @router.post(P + "/quarantine/{item_id}/discard")

@@ -160,6 +160,16 @@ class Keyring:
             self._current[practice_id] = opened.id
         return opened
 
+    def cached_data_key(self, practice_id: int | None) -> OpenDataKey | None:
+        """The practice's current data key if this process has opened it already (no database)."""
+        with self._lock:
+            key_id = self._current.get(practice_id)
+            return self._open.get(key_id) if key_id is not None else None
+
+    def cached_by_id(self, key_id: str) -> OpenDataKey | None:
+        with self._lock:
+            return self._open.get(key_id)
+
     def data_key_by_id(self, session: Session, key_id: str) -> OpenDataKey:
         with self._lock:
             cached = self._open.get(key_id)

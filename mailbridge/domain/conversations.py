@@ -52,6 +52,7 @@ class NewAttachment:
     size: int
     sha256: str
     content_id: str | None = None
+    storage_key: str | None = None  # the blob store's reference (None: the legacy hash-named file)
 
 
 class PolicyDenied(Forbidden):
@@ -306,6 +307,7 @@ def _write_message(
                 size=item.size,
                 sha256=item.sha256,
                 content_id=item.content_id,
+                storage_key=item.storage_key,
             )
         )
     session.add(message)
@@ -364,7 +366,7 @@ def first_message(session: Session, conversation_id: str) -> Message | None:
 
 def _erase(session: Session, message: Message) -> list[str]:
     """Remove the content for good (seed 003: deletion is permanent); return the blobs it referenced."""
-    hashes = [a.sha256 for a in message.attachments]
+    hashes = [a.storage_key or a.sha256 for a in message.attachments]
     message.body = ""
     message.body_html = None
     message.hidden_text = None
@@ -373,12 +375,26 @@ def _erase(session: Session, message: Message) -> list[str]:
     return hashes
 
 
-def unreferenced(session: Session, hashes: Sequence[str]) -> list[str]:
-    """Blobs no remaining attachment row points at; the caller deletes them after the commit."""
-    if not hashes:
+def unreferenced(session: Session, refs: Sequence[str]) -> list[str]:
+    """Blobs no remaining attachment row points at; the caller deletes them after the commit.
+
+    A reference is the row's ``storage_key``, or its bare SHA-256 for files stored before object storage."""
+    if not refs:
         return []
-    still = set(session.scalars(select(Attachment.sha256).where(Attachment.sha256.in_(list(hashes)))).all())
-    return sorted(set(hashes) - still)
+    keys = [r for r in refs if "/" in r]
+    legacy = [r for r in refs if "/" not in r]
+    still: set[str] = set()
+    if keys:
+        still |= set(session.scalars(select(Attachment.storage_key).where(Attachment.storage_key.in_(keys))))
+    if legacy:
+        still |= set(
+            session.scalars(
+                select(Attachment.sha256).where(
+                    Attachment.sha256.in_(legacy), Attachment.storage_key.is_(None)
+                )
+            )
+        )
+    return sorted(set(refs) - still)
 
 
 def delete_message(session: Session, practice: Practice, message_id: str, actor: User) -> list[str]:
@@ -391,13 +407,13 @@ def delete_message(session: Session, practice: Practice, message_id: str, actor:
     if actor.kind != UserKind.staff or message.author_id != actor.id:
         raise Forbidden("not_author", "only the staff member who sent a message may delete it")
     hashes = _erase(session, message)
-    erasure.for_messages(session, [message.id])
+    raw = erasure.for_messages(session, [message.id])
     audit.record(session, practice, "message_deleted", audit.Actor.staff(actor), "message", message.id)
     from mailbridge.outbound.fanout import cancel_pending
 
     cancel_pending(session, message_ids=[message.id])
     session.flush()
-    return unreferenced(session, hashes)
+    return unreferenced(session, hashes) + raw
 
 
 def delete_conversation(
@@ -421,10 +437,10 @@ def delete_conversation(
     revoke_for_conversations(session, [conversation.id])
     cancel_pending(session, message_ids=[m.id for m in messages])
     who = audit.Actor.staff(actor)
-    erasure.for_conversation(session, practice, conversation.id, [m.id for m in messages], who)
+    raw = erasure.for_conversation(session, practice, conversation.id, [m.id for m in messages], who)
     audit.record(session, practice, "conversation_deleted", who, "conversation", conversation.id)
     session.flush()
-    return unreferenced(session, hashes)
+    return unreferenced(session, hashes) + raw
 
 
 def add_participant(session: Session, conversation: Conversation, user: User) -> None:

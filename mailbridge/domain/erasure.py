@@ -9,16 +9,16 @@ the attachment blobs no row references any more; this module erases the rest. Wh
 shape of what happened (when, which door, the decision and its reason, sizes) and the audit rows,
 never text written by a person.
 
-Raw files are unlinked inside the caller's transaction, before its commit: if the commit then fails,
-the content is still in the database and the deletion can be repeated, whereas a file left behind
-after a committed deletion would be found by nobody.
+Raw copies live in the object store (``storage.vault``), which any node reads. The rows stop
+naming them in the caller's transaction, and the caller deletes the objects once it committed
+(``for_messages``/``for_conversation`` return their references): a row never names a missing
+object, and an object left behind by a crash between the commit and the delete is named by no row,
+which the housekeeping sweep removes.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
-from pathlib import Path
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -29,23 +29,27 @@ from mailbridge.domain.models import InboundLog, Practice, QuarantineItem, Reply
 ERASED = {"erased": True}
 
 
-def _unlink(path: str | None) -> None:
-    if path:
-        with contextlib.suppress(OSError):
-            Path(path).unlink(missing_ok=True)
-
-
 def erase_item(item: QuarantineItem) -> None:
     item.from_address = ""
     item.subject = ""
     item.summary = None
 
 
-def erase_rows(session: Session, rows: Sequence[InboundLog]) -> list[QuarantineItem]:
-    """Erase what these inbound rows and their quarantine items hold of the mail; returns those items."""
+def raw_refs(row: InboundLog) -> list[str]:
+    """The stored raw copies a row names (the object, and a pre-upgrade path)."""
+    return [ref for ref in (row.raw_ref, row.raw_path) if ref]
+
+
+def erase_rows(
+    session: Session, rows: Sequence[InboundLog], raw: list[str] | None = None
+) -> list[QuarantineItem]:
+    """Erase what these inbound rows and their quarantine items hold of the mail; returns those items.
+    The raw copies' references are appended to *raw*, to delete after the commit."""
     for row in rows:
-        _unlink(row.raw_path)
+        if raw is not None:
+            raw.extend(raw_refs(row))
         row.raw_path = None
+        row.raw_ref = None
         row.mail_from = ""
         row.from_header = None
         row.message_id_header = None
@@ -60,14 +64,17 @@ def erase_rows(session: Session, rows: Sequence[InboundLog]) -> list[QuarantineI
     return items
 
 
-def for_messages(session: Session, message_ids: Sequence[str]) -> None:
-    """A deleted message's own email: the inbound rows that posted it (a released reply included)."""
+def for_messages(session: Session, message_ids: Sequence[str]) -> list[str]:
+    """A deleted message's own email: the inbound rows that posted it (a released reply included).
+    Returns the raw copies to delete after the commit."""
     if not message_ids:
-        return
+        return []
     rows = session.scalars(
         select(InboundLog).where(InboundLog.posted_message_id.in_(list(message_ids)))
     ).all()
-    erase_rows(session, rows)
+    raw: list[str] = []
+    erase_rows(session, rows, raw)
+    return raw
 
 
 def for_conversation(
@@ -76,7 +83,7 @@ def for_conversation(
     conversation_id: str,
     message_ids: Sequence[str],
     actor: audit.Actor,
-) -> None:
+) -> list[str]:
     """Every email that was, or tried to be, part of a deleted conversation: posted, refused or held.
 
     Refused replies are found through their reply token (the log row names the token, not the
@@ -95,7 +102,8 @@ def for_conversation(
     rows = session.scalars(
         select(InboundLog).where(InboundLog.practice_id == practice.id, or_(*conditions))
     ).all()
-    for item in erase_rows(session, rows):
+    raw: list[str] = []
+    for item in erase_rows(session, rows, raw):
         if item.state == "held":
             item.state = "discarded"
             item.decided_at = utcnow()
@@ -108,3 +116,4 @@ def for_conversation(
                 item.id,
                 {"cause": "conversation_deleted"},
             )
+    return raw

@@ -30,3 +30,15 @@ class Forbidden(DomainError):
 
 class Conflict(DomainError):
     status = 409
+
+
+class Damaged(DomainError):
+    """Stored content that is missing or fails authentication: a fault for the operator, never garbage."""
+
+    status = 500
+
+
+class Unavailable(DomainError):
+    """A dependency (the object store) cannot be reached now: retry later."""
+
+    status = 503

@@ -307,6 +307,9 @@ class Attachment(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     content_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The object's reference (``att/<practice>/<name>[.mbe]``, storage.vault); None for files
+    # stored before object storage, found by sha256 in DATA_DIR/attachments.
+    storage_key: Mapped[str | None] = mapped_column(String(512), nullable=True, index=True)
     message: Mapped[Message] = relationship(back_populates="attachments")
 
 
@@ -382,7 +385,10 @@ class InboundLog(Base):
     smtp_reply: Mapped[str | None] = mapped_column(String(255), nullable=True)
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     raw_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Rows written before object storage: an absolute path under DATA_DIR/inbound (read, never written).
     raw_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # The raw copy in the object store (``raw/<practice>/<day>/<id>[.mbe]``), while it is kept.
+    raw_ref: Mapped[str | None] = mapped_column(String(512), nullable=True)
     posted_message_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     conversation_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # per-attachment verdicts etc.
@@ -526,6 +532,12 @@ class Mailbox(Base):
     # The password given through the API, sealed with the practice's data key (purpose
     # ``mailbox:<practice id>:<name>:password``); write-only, opened by the poller when it connects.
     password_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # password (LOGIN) | oauth2 (SASL XOAUTH2 or OAUTHBEARER with a token from ``oauth``'s endpoint)
+    auth: Mapped[str] = mapped_column(String(16), default="password", server_default="password")
+    # provider, mechanism, token_url, client_id, tenant, scope: nothing secret (ingress.oauth)
+    oauth: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # client secret, refresh token or certificate key: sealed JSON, never returned by the API
+    oauth_secret: Mapped[str | None] = mapped_column(Text, nullable=True)
     folder: Mapped[str] = mapped_column(String(255), default="INBOX")
     routing_address: Mapped[str | None] = mapped_column(String(320), nullable=True)
     on_done: Mapped[str] = mapped_column(String(16), default="move")  # move | flag

@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, joinedload
 
 from mailbridge import replies
+from mailbridge.crypto.keyring import KeyringError
 from mailbridge.domain import conversations as convs
 from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction, writer_gate
@@ -72,6 +73,7 @@ from mailbridge.policy.rules import can_post
 from mailbridge.replies import Deferred, Rejected, SmtpReply
 from mailbridge.storage.blobs import BlobStore
 from mailbridge.storage.intake import Intake, TooManyAttachments, intake_uploads
+from mailbridge.storage.vault import Vault, raw_key
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +139,9 @@ class Deps:
 
     sessions: Any  # sessionmaker[Session]
     blobs: BlobStore
+    vault: Vault  # the raw copy goes to the object store, which every node reads
     resolver: Resolver
-    raw_dir: Path
+    raw_dir: Path  # this node's working copies while a run lasts
     own_addresses: frozenset[str] = frozenset()
     trusted_authserv_ids: tuple[str, ...] = ()
     authserv_id: str = "mailbridge"
@@ -152,9 +155,11 @@ class Deps:
 class Context:
     deps: Deps
     envelope: Envelope
-    raw_path: Path
+    raw_path: Path  # the local working copy (parsers and DKIM read a file)
     size: int
     inbound_id: str = ""
+    raw_ref: str | None = None  # the raw copy in the object store, as the inbound row names it
+    raw_forgotten: bool = False  # a committed final state no longer names the raw copy: delete it
     raw: bytes = b""
     parsed: ParsedMail | None = None
     classification: Classification | None = None
@@ -203,11 +208,15 @@ Step = Callable[[Context], None]
 
 
 def store_raw(ctx: Context) -> None:
-    """Raw bytes first (Mailman's switchboard): fsync the file, then the inbound row, before any decision."""
+    """Raw bytes first (Mailman's switchboard), before any decision: the local file is fsynced (the
+    run's working copy), the copy every node can read is put into the object store (encrypted),
+    then the inbound row naming it is committed. A crash in between leaves an object no row names
+    (the housekeeping sweep removes it), never a row naming a missing object."""
     day = ctx.deps.raw_dir / date.today().isoformat()
     day.mkdir(parents=True, exist_ok=True)
     row_id = new_id()
     final = day / f"{row_id}.eml"
+    practice_id = ctx.envelope.target.practice_id
     try:
         with open(ctx.raw_path, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -215,11 +224,17 @@ def store_raw(ctx: Context) -> None:
     except OSError as exc:
         raise Deferred(replies.TEMPFAIL, "tempfail_disk") from exc
     try:
+        ref = ctx.deps.vault.put_path(raw_key(practice_id, row_id), final, practice_id)
+    except (OSError, KeyringError, SQLAlchemyError) as exc:
+        log.warning("raw_store_failed", extra={"error": type(exc).__name__, "detail": str(exc)[:300]})
+        final.unlink(missing_ok=True)
+        raise Deferred(replies.TEMPFAIL, "tempfail_storage") from exc
+    try:
         with writer_gate(ctx.deps.sessions):
             ctx.db.execute(
                 insert(INBOUND_TABLE).values(
                     id=row_id,
-                    practice_id=ctx.envelope.target.practice_id,
+                    practice_id=practice_id,
                     received_at=utcnow(),
                     door=ctx.envelope.door,
                     peer=ctx.envelope.peer,
@@ -228,7 +243,7 @@ def store_raw(ctx: Context) -> None:
                     rcpt=ctx.envelope.target.redacted[:320],
                     token_id=ctx.envelope.target.token_id,
                     size=ctx.size,
-                    raw_path=str(final),
+                    raw_ref=ref,
                     state=InboundState.received,
                     details={},
                 )
@@ -238,7 +253,10 @@ def store_raw(ctx: Context) -> None:
         with contextlib.suppress(SQLAlchemyError):
             ctx.db.rollback()
         final.unlink(missing_ok=True)  # no row, no file: the sender's retry starts clean (P9)
+        with contextlib.suppress(OSError):
+            ctx.deps.vault.delete(ref)  # else the sweep takes it: no row names it
         raise
+    ctx.raw_ref = ref
     ctx.inbound_id = row_id
     ctx.raw_path = final
     ctx.practice_id = ctx.envelope.target.practice_id
@@ -283,7 +301,7 @@ def parse_stored(raw: bytes | None, path: Path, spool_dir: Path) -> tuple[Parsed
 def parse(ctx: Context) -> None:
     try:
         ctx.parsed, cleanup = parse_stored(
-            None if ctx.large else ctx.raw, ctx.raw_path, ctx.deps.raw_dir.parent / "spool"
+            None if ctx.large else ctx.raw, ctx.raw_path, ctx.deps.vault.spool_dir
         )
         ctx.cleanups.append(cleanup)
     except Exception as exc:  # the stdlib parser is lenient; anything left is a malformed message
@@ -632,7 +650,9 @@ def take_attachments(ctx: Context) -> None:
         return
     locale = ctx.sender.locale if ctx.sender else "en"
     try:
-        ctx.intake = intake_uploads(ctx.deps.blobs, ctx.settings, ctx.parsed.attachments, locale)
+        ctx.intake = intake_uploads(
+            ctx.deps.blobs, ctx.settings, ctx.parsed.attachments, locale, ctx.practice_id
+        )
     except TooManyAttachments as exc:
         ctx.notice_reason = "too_many_attachments"
         raise Rejected(replies.TOO_MANY_ATTACHMENTS, "too_many_attachments") from exc
@@ -701,6 +721,7 @@ def _store_locked(
                 **_final_values(ctx, InboundState.posted, "posted", replies.OK),
                 posted_message_id=message.id,
                 conversation_id=message.conversation_id,
+                raw_ref=None,  # the post lives in the database; the raw copy goes after the commit
             )
         )
         if ctx.envelope.finalize is not None:
@@ -708,6 +729,7 @@ def _store_locked(
         if ctx.notice_reason == "attachment_withheld":
             _notice(session, practice, ctx, "attachment_withheld")
         session.commit()
+        ctx.raw_forgotten = True
     except IntegrityError as exc:
         session.rollback()
         if "idempotency_key" in str(exc.orig).lower():  # uq_messages_idempotency_key, any dialect
@@ -932,21 +954,35 @@ def _record(ctx: Context, state: InboundState, reason: str, reply: SmtpReply) ->
             if row is None:
                 return
             _finish_row(row, ctx, state, reason, reply)
+            forget = state in FORGET_RAW
+            if forget:
+                row.raw_ref = None
             if ctx.envelope.finalize is not None and state != InboundState.deferred:
                 ctx.envelope.finalize(session)
             if state == InboundState.rejected and ctx.notice_reason and ctx.practice_id is not None:
                 practice = session.get(Practice, ctx.practice_id)
                 if practice is not None:
                     _notice(session, practice, ctx, ctx.notice_reason)
+        ctx.raw_forgotten = forget
     except SQLAlchemyError:
         log.warning("inbound_log_update_failed", extra={"reason": reason}, exc_info=True)
 
 
-def _cleanup_raw(ctx: Context, state: InboundState) -> None:
-    """A posted message lives in the database; its raw copy must not outlive a deletion (seed 003)."""
-    if state in (InboundState.posted, InboundState.duplicate, InboundState.dropped_auto_reply):
-        with contextlib.suppress(OSError):
-            ctx.raw_path.unlink(missing_ok=True)
+# Outcomes whose raw copy is not kept: the post lives in the database, the rest was never content.
+FORGET_RAW = frozenset({InboundState.posted, InboundState.duplicate, InboundState.dropped_auto_reply})
+
+
+def _cleanup_raw(ctx: Context) -> None:
+    """The local working copy always goes (the object store keeps what is kept). The stored copy
+    goes once a committed row stopped naming it, so a deletion erases every copy (seed 003); if
+    this delete fails, no row names the object and the housekeeping sweep removes it."""
+    with contextlib.suppress(OSError):
+        ctx.raw_path.unlink(missing_ok=True)
+    if ctx.raw_forgotten and ctx.raw_ref:
+        try:
+            ctx.deps.vault.delete(ctx.raw_ref)
+        except OSError:
+            log.warning("raw_delete_failed", extra={"ref": ctx.raw_ref}, exc_info=True)
 
 
 def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
@@ -986,7 +1022,7 @@ def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
         if not ctx.inbound_id:
             with contextlib.suppress(OSError):
                 Path(raw_path).unlink(missing_ok=True)
-    _cleanup_raw(ctx, state)
+    _cleanup_raw(ctx)
     INBOUND.labels(state.value, reason).inc()
     count_practice_inbound(ctx.practice_slug, state.value)
     inbound_decision(

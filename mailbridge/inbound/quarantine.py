@@ -16,11 +16,11 @@ copy goes once the decision is committed (``forget_raw``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -31,6 +31,7 @@ from mailbridge.domain import audit, directory
 from mailbridge.domain import conversations as convs
 from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction
+from mailbridge.domain.erasure import raw_refs
 from mailbridge.domain.errors import Conflict, Invalid, NotFound
 from mailbridge.domain.fingerprint import Fingerprint
 from mailbridge.domain.models import (
@@ -57,6 +58,10 @@ from mailbridge.inbound.pipeline import Post, body_hash, derive_post, open_from_
 from mailbridge.policy.rules import can_post
 from mailbridge.storage.blobs import BlobStore
 from mailbridge.storage.intake import Intake, intake_uploads, judge_uploads
+from mailbridge.storage.objects import ObjectNotFoundError
+from mailbridge.storage.vault import Vault
+
+log = logging.getLogger(__name__)
 
 # What each hold reason means, and what staff should do about it (shown beside the item).
 REASON_TEXT: dict[str, str] = {
@@ -146,17 +151,17 @@ def list_items(session: Session, practice: Practice, state: str) -> list[dict[st
 
 
 def describe(
-    session: Session, practice: Practice, item_id: str, spool_dir: Path, fingerprint_key: bytes = b""
+    session: Session, practice: Practice, item_id: str, vault: Vault, fingerprint_key: bytes = b""
 ) -> dict[str, object]:
     """One item with what a release would post now: the visible text, the hidden part, the internal
     flag, and each file's verdict (nothing is stored; the console shows this beside the actions)."""
     item = get_item(session, practice, item_id)
     out = item_out(item, audit.last_actions(session, "quarantine", [item.id]).get(item.id))
     inbound = session.get(InboundLog, item.inbound_id)
-    if item.state != "held" or inbound is None or not _raw_exists(inbound):
+    if item.state != "held" or inbound is None or not _raw_exists(inbound, vault):
         return out | {"body": None, "hidden": None, "body_html": None}
     settings = convs.practice_settings(practice)
-    with _parsed(inbound, spool_dir) as parsed:
+    with _parsed(inbound, vault) as (parsed, _digest):
         sender = (
             _reply_author(session, item, inbound)
             if item.conversation_id
@@ -206,7 +211,7 @@ def release(
     item_id: str,
     actor: audit.Actor,
     *,
-    spool_dir: Path,
+    vault: Vault,
     client_ext: str | None = None,
     new_contact: NewContact | None = None,
     fingerprint_key: bytes = b"",
@@ -220,12 +225,9 @@ def release(
     """
     item = held_item(session, practice, item_id)
     inbound = session.get_one(InboundLog, item.inbound_id)
-    if not _raw_exists(inbound):
-        raise Conflict("raw_expired", "the held message is no longer kept")
     settings = convs.practice_settings(practice)
     source = MessageSource.imap if inbound.door == "imap" else MessageSource.email
-    with _parsed(inbound, spool_dir) as parsed:
-        digest = body_hash(_raw_bytes(inbound), Path(str(inbound.raw_path)))
+    with _parsed(inbound, vault) as (parsed, digest):
         message_id = inbound.message_id_header or ""
         if item.conversation_id:
             if client_ext or new_contact:
@@ -296,16 +298,23 @@ def discard(session: Session, practice: Practice, item_id: str, actor: audit.Act
     return item.inbound_id
 
 
-def forget_raw(sessions: Any, inbound_ids: Sequence[str]) -> None:
+def forget_raw(sessions: Any, vault: Vault, inbound_ids: Sequence[str]) -> None:
     """After a decision's commit: remove the raw copies (a posted message lives in the database; a
-    discarded one nowhere). A crash before this leaves the path in the row, and the retention purge
-    (only held items are exempt) or a deletion removes it later: never an unreferenced file."""
+    discarded one nowhere). The rows stop naming them first, then the objects go: a crash in
+    between leaves an object no row names, which the housekeeping sweep removes; a crash before
+    this leaves the reference, and the retention purge (only held items are exempt) or a deletion
+    removes it later. Never a row naming a missing object."""
+    refs: list[str] = []
     with transaction(sessions) as session:
         for row in session.scalars(select(InboundLog).where(InboundLog.id.in_(list(inbound_ids)))):
-            if row.raw_path:
-                with contextlib.suppress(OSError):
-                    Path(row.raw_path).unlink(missing_ok=True)
-                row.raw_path = None
+            refs.extend(raw_refs(row))
+            row.raw_path = None
+            row.raw_ref = None
+    for ref in refs:
+        try:
+            vault.delete(ref)
+        except OSError:
+            log.warning("raw_delete_failed", extra={"ref": ref}, exc_info=True)
 
 
 # ---- the two kinds of release -------------------------------------------------------------------------
@@ -340,7 +349,7 @@ def _release_reply(
     if not verdict.allowed:
         raise convs.PolicyDenied(verdict)
     _not_posted_yet(session, key)
-    intake = _intake(blobs, settings, parsed, author.locale)
+    intake = _intake(blobs, settings, parsed, author.locale, practice.id)
     return _posting(
         session,
         blobs,
@@ -381,7 +390,7 @@ def _release_route(
     post = _post(parsed, sender, settings)
     if key is not None:
         _not_posted_yet(session, key)
-    intake = _intake(blobs, settings, parsed, sender.locale)
+    intake = _intake(blobs, settings, parsed, sender.locale, practice.id)
     return _posting(
         session,
         blobs,
@@ -434,8 +443,10 @@ def _post(
     return post
 
 
-def _intake(blobs: BlobStore, settings: PracticeSettings, parsed: ParsedMail, locale: str) -> Intake:
-    return intake_uploads(blobs, settings, parsed.attachments, locale)
+def _intake(
+    blobs: BlobStore, settings: PracticeSettings, parsed: ParsedMail, locale: str, practice_id: int
+) -> Intake:
+    return intake_uploads(blobs, settings, parsed.attachments, locale, practice_id)
 
 
 def _not_posted_yet(session: Session, key: str) -> None:
@@ -461,9 +472,9 @@ def _posting(
 
 
 def _drop_blobs(session: Session, blobs: BlobStore, accepted: list[NewAttachment]) -> None:
-    for sha in convs.unreferenced(session, [a.sha256 for a in accepted]):
+    for ref in convs.unreferenced(session, [a.storage_key or a.sha256 for a in accepted]):
         with contextlib.suppress(OSError):
-            blobs.delete(sha)
+            blobs.delete(ref)
 
 
 # ---- who the mail is from -----------------------------------------------------------------------------
@@ -575,26 +586,33 @@ def _create_contact(
 # ---- the raw message ----------------------------------------------------------------------------------
 
 
-def _raw_exists(inbound: InboundLog) -> bool:
-    return bool(inbound.raw_path) and Path(str(inbound.raw_path)).is_file()
+def _raw_ref(inbound: InboundLog) -> str | None:
+    return inbound.raw_ref or inbound.raw_path  # raw_path: rows written before object storage
 
 
-def _raw_bytes(inbound: InboundLog) -> bytes | None:
-    """In memory below the pipeline's streaming threshold, as the pipeline reads it; None above."""
-    path = Path(str(inbound.raw_path))
-    return path.read_bytes() if path.stat().st_size <= STREAM_THRESHOLD else None
+def _raw_exists(inbound: InboundLog, vault: Vault) -> bool:
+    ref = _raw_ref(inbound)
+    return bool(ref) and vault.exists(str(ref))
 
 
 @contextlib.contextmanager
-def _parsed(inbound: InboundLog, spool_dir: Path) -> Any:
-    try:
-        parsed, cleanup = parse_stored(_raw_bytes(inbound), Path(str(inbound.raw_path)), spool_dir)
-    except OSError as exc:
-        raise Conflict("raw_expired", "the held message is no longer kept") from exc
-    try:
-        yield parsed
-    finally:
-        cleanup()
+def _parsed(inbound: InboundLog, vault: Vault) -> Iterator[tuple[ParsedMail, str]]:
+    """The held mail, fetched from the object store (whichever node received it) to a local
+    temporary file, parsed as the pipeline parses it; with its body hash (the idempotency key's)."""
+    ref = _raw_ref(inbound)
+    if not ref:
+        raise Conflict("raw_expired", "the held message is no longer kept")
+    with contextlib.ExitStack() as stack:
+        try:
+            path = stack.enter_context(vault.local_copy(ref))
+        except ObjectNotFoundError as exc:
+            raise Conflict("raw_expired", "the held message is no longer kept") from exc
+        # In memory below the pipeline's streaming threshold, as the pipeline reads it; streamed above.
+        raw = path.read_bytes() if path.stat().st_size <= STREAM_THRESHOLD else None
+        digest = body_hash(raw, path)
+        parsed, cleanup = parse_stored(raw, path, vault.spool_dir)
+        stack.callback(cleanup)
+        yield parsed, digest
 
 
 __all__ = [

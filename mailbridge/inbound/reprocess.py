@@ -14,7 +14,6 @@ message now).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,14 +24,15 @@ from mailbridge.domain.models import InboundLog, InboundState, Mailbox, ReplyTok
 from mailbridge.inbound import pipeline
 from mailbridge.inbound.envelope import Target, decide_recipient
 from mailbridge.inbound.tokens import TokenIssuer
-from mailbridge.storage.raw import forget_raw, read_raw
+from mailbridge.storage.raw import raw_available, read_raw
+from mailbridge.storage.vault import Vault
 
 REPROCESSABLE = frozenset({InboundState.rejected, InboundState.deferred, InboundState.received})
 KEEPS_RAW = frozenset({InboundState.rejected, InboundState.deferred, InboundState.quarantined})
 
 
-def can_reprocess(row: InboundLog) -> bool:
-    return row.state in REPROCESSABLE and bool(row.raw_path) and Path(str(row.raw_path)).exists()
+def can_reprocess(vault: Vault, row: InboundLog) -> bool:
+    return row.state in REPROCESSABLE and raw_available(vault, row)
 
 
 def _target(session: Session, row: InboundLog, tokens: TokenIssuer, verp_secret: bytes) -> Target:
@@ -56,7 +56,12 @@ def _target(session: Session, row: InboundLog, tokens: TokenIssuer, verp_secret:
 
 
 def reprocess(
-    deps: pipeline.Deps, tokens: TokenIssuer, verp_secret: bytes, practice_id: int, inbound_id: str
+    deps: pipeline.Deps,
+    tokens: TokenIssuer,
+    verp_secret: bytes,
+    vault: Vault,
+    practice_id: int,
+    inbound_id: str,
 ) -> pipeline.Outcome:
     """A new pipeline run on the stored raw message of *inbound_id*; the outcome as SMTP would answer."""
     with transaction(deps.sessions) as session:
@@ -65,7 +70,7 @@ def reprocess(
             raise NotFound("inbound_not_found", "inbound message not found")
         if row.state not in REPROCESSABLE:
             raise Conflict("not_reprocessable", f"a {row.state.value} message is not reprocessed")
-        raw = read_raw(row)
+        raw = read_raw(vault, row)
         target = _target(session, row, tokens, verp_secret)
         trusted: tuple[str, ...] = ()
         mailbox_name = (row.details or {}).get("mailbox")
@@ -93,10 +98,12 @@ def reprocess(
     with writer_gate(deps.sessions), transaction(deps.sessions) as session:
         old = session.get_one(InboundLog, inbound_id)
         old.details = {**(old.details or {}), "reprocessed_as": outcome.inbound_id}
-        if outcome.state not in KEEPS_RAW:
-            forget_raw(old)  # the content now lives in the posted message (or was a duplicate)
         if outcome.inbound_id:
             new = session.get(InboundLog, outcome.inbound_id)
             if new is not None:
                 new.details = {**(new.details or {}), "reprocess_of": inbound_id}
+    if outcome.state not in KEEPS_RAW:  # the content now lives in the posted message (or was a duplicate)
+        from mailbridge.inbound.quarantine import forget_raw
+
+        forget_raw(deps.sessions, vault, [inbound_id])
     return outcome

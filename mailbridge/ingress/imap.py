@@ -21,6 +21,7 @@ import base64
 import contextlib
 import functools
 import ipaddress
+import json
 import logging
 import os
 import random
@@ -47,6 +48,15 @@ from mailbridge.domain.models import InboundLog, InboundState, Mailbox, Practice
 from mailbridge.inbound import pipeline
 from mailbridge.inbound.envelope import RecipientDecision, Target, decide_recipient, split_address
 from mailbridge.ingress import leases
+from mailbridge.ingress.oauth import (
+    ERROR_ANSWER,
+    OAuthConfig,
+    OAuthError,
+    OAuthSecrets,
+    TokenSource,
+    initial_response,
+    oauth_secret_purpose,
+)
 from mailbridge.logs import inbound_decision
 from mailbridge.observability import IMAP_STATUS, INBOUND, count_practice_inbound
 from mailbridge.replies import SmtpReply
@@ -142,6 +152,9 @@ class MailboxConfig:
     routing_address: str | None
     on_done: str
     trusted_authserv_id: str | None = None
+    auth: str = "password"  # password | oauth2
+    oauth_json: str | None = None  # ingress.oauth.OAuthConfig as JSON (nothing secret)
+    oauth_secret: str | None = None  # sealed OAuthSecrets
     uidvalidity: int | None = field(default=None, compare=False)
     last_uid: int = field(default=0, compare=False)
     practice_slug: str = field(default="", compare=False)  # metrics and logs name it
@@ -166,6 +179,9 @@ class MailboxConfig:
             routing_address=row.routing_address,
             on_done=row.on_done or "move",
             trusted_authserv_id=row.trusted_authserv_id,
+            auth=row.auth or "password",
+            oauth_json=json.dumps(row.oauth, sort_keys=True) if row.oauth else None,
+            oauth_secret=row.oauth_secret,
             uidvalidity=row.uidvalidity,
             last_uid=row.last_uid or 0,
             practice_slug=practice_slug,
@@ -453,16 +469,36 @@ class _PinnedIMAP4(aioimaplib.IMAP4):  # type: ignore[misc]  # aioimaplib is unt
         )
 
 
+class _SaslCommand(aioimaplib.Command):  # type: ignore[misc]
+    """AUTHENTICATE as aioimaplib lacks it beyond XOAUTH2's happy path: each continuation request
+    (``+ …``) from the server is answered through ``on_challenge`` instead of waiting for a timeout."""
+
+    def __init__(self, *args: Any, on_challenge: Callable[[bytes], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_challenge = on_challenge
+
+    def append_to_resp(self, line: bytes, result: str = "Pending") -> None:
+        if isinstance(line, bytes | bytearray) and bytes(line).startswith(b"+"):
+            self._on_challenge(bytes(line))
+        super().append_to_resp(line, result)
+
+
 class Connection:
     """An aioimaplib client with every wait bounded: by a timeout, a lost connection, and ``stop``."""
 
     def __init__(
-        self, mailbox: MailboxConfig, config: PollerConfig, stop: asyncio.Event, access: Access
+        self,
+        mailbox: MailboxConfig,
+        config: PollerConfig,
+        stop: asyncio.Event,
+        access: Access,
+        tokens: TokenSource | None = None,
     ) -> None:
         self.mailbox = mailbox
         self.config = config
         self.stop = stop
         self.access = access
+        self.tokens = tokens  # an oauth2 mailbox's access tokens (kept by the poller across sessions)
         self.lost = asyncio.Event()
         self.client: Any = None
         self.greeted = False
@@ -534,9 +570,12 @@ class Connection:
             raise ConfigError(f"unknown security {box.security!r}")
         if box.security == "none" and not plaintext_allowed(box.host, self.config.allow_plaintext):
             raise ConfigError("plaintext IMAP is only allowed towards loopback hosts")
+        if box.auth == "oauth2" and self.tokens is None:
+            raise ConfigError("oauth2 is not configured for this mailbox")
         # Where first, the secret after: nothing is read for a host we will not connect to.
         destination = await self._destination()
-        self.password = await self._password()
+        if box.auth != "oauth2":  # an oauth2 mailbox's token is fetched when it authenticates
+            self.password = await self._password()
         self.client = _PinnedIMAP4(
             destination,
             box.port,
@@ -549,15 +588,68 @@ class Connection:
         self.greeted = True
         if box.security == "starttls":
             await self._starttls()
+        if box.auth == "oauth2":
+            await self._authenticate_oauth()
+        else:
+            await self._login()
+        # Capabilities may differ after LOGIN (RFC 3501 §6.2.3): ask again rather than trust the greeting.
+        await self.call(self.client.protocol.capability())
+        self.capabilities = frozenset(c.upper() for c in self.client.protocol.capabilities)
+
+    async def _login(self) -> None:
+        box = self.mailbox
+        assert self.password is not None
         response = await self.call(self.client.login(aioimaplib.quoted(box.username), self.password))
         if response.result != "OK":
             text = b" ".join(_byte_lines(response.lines)).decode("utf-8", "replace")
             if response.result == "NO" and "[UNAVAILABLE]" not in text:
                 raise AuthFailed("authentication failed")
             raise ImapError(f"LOGIN: {response.result} {text[:120]}")
-        # Capabilities may differ after LOGIN (RFC 3501 §6.2.3): ask again rather than trust the greeting.
-        await self.call(self.client.protocol.capability())
-        self.capabilities = frozenset(c.upper() for c in self.client.protocol.capabilities)
+
+    async def _authenticate_oauth(self) -> None:
+        """SASL XOAUTH2 or OAUTHBEARER (RFC 7628) with the cached token; refused, once more with a
+        fresh token (the cached one may have been revoked before its expiry), then ``AuthFailed``."""
+        assert self.tokens is not None
+        mechanism = self.tokens.config.mechanism
+        protocol = self.client.protocol
+        if f"AUTH={mechanism.upper()}" not in {c.upper() for c in protocol.capabilities}:
+            raise ConfigError(f"server does not offer AUTHENTICATE {mechanism.upper()}")
+        for attempt in range(2):
+            try:
+                token = await self.call(self.tokens.token(force=attempt > 0))
+            except OAuthError as exc:
+                raise AuthFailed(f"oauth2: {exc}") from None
+            self.password = token  # scrubbed from any error text
+            response = await self.call(self._sasl(mechanism, token))
+            if response.result == "OK":
+                return
+            text = b" ".join(_byte_lines(response.lines[-1:])).decode("utf-8", "replace")
+            if response.result != "NO" or "[UNAVAILABLE]" in text:
+                raise ImapError(f"AUTHENTICATE: {response.result} {text[:120]}")
+            self.tokens.invalidate()
+        raise AuthFailed("authentication failed (oauth2 token refused)")
+
+    async def _sasl(self, mechanism: str, token: str) -> Any:
+        """AUTHENTICATE with the initial response inline (SASL-IR, RFC 4959) when offered, else after
+        the server's first empty challenge; an error challenge is answered as the mechanism says."""
+        box = self.mailbox
+        protocol = self.client.protocol
+        first = initial_response(mechanism, box.username, box.host, box.port, token)
+        inline = "SASL-IR" in {c.upper() for c in protocol.capabilities}
+        answers = ([] if inline else [first]) + [ERROR_ANSWER[mechanism]]
+
+        def answer(_line: bytes) -> None:
+            reply = answers.pop(0) if answers else "*"  # "*" cancels (RFC 3501 §6.2.2)
+            protocol.transport.write(reply.encode("ascii") + b"\r\n")
+
+        args = (mechanism.upper(), first) if inline else (mechanism.upper(),)
+        command = _SaslCommand(
+            "AUTHENTICATE", protocol.new_tag(), *args, on_challenge=answer, loop=protocol.loop
+        )
+        response = await protocol.execute(command, scrub=first)
+        if response.result == "OK":
+            protocol.state = aioimaplib.AUTH
+        return response
 
     async def _starttls(self) -> None:
         """STARTTLS (RFC 3501 §6.2.1), absent from aioimaplib; no downgrade when the server lacks it."""
@@ -737,13 +829,14 @@ class MailboxPoller:
         self._folders: dict[bool, str] = {}  # rejected? → folder name on the server
         self._waited = False
         self._extra = {"mailbox": mailbox.name, "practice": mailbox.practice_label}
+        self.tokens = token_source(services, mailbox) if mailbox.auth == "oauth2" else None
 
     # -- life cycle
 
     async def run(self) -> None:
         backoff = self.config.backoff_initial
         while not self.stop.is_set():
-            connection = Connection(self.mailbox, self.config, self.stop, self.access)
+            connection = Connection(self.mailbox, self.config, self.stop, self.access, self.tokens)
             self._waited = False
             delay = backoff
             try:
@@ -1062,6 +1155,27 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
+def token_source(services: Services, mailbox: MailboxConfig) -> TokenSource | None:
+    """The mailbox's OAuth2 tokens; its secrets are opened from the database when a token is fetched."""
+    if not mailbox.oauth_json or not mailbox.oauth_secret:
+        return None
+    sealed = mailbox.oauth_secret
+    purpose = oauth_secret_purpose(mailbox.practice_id, mailbox.name)
+
+    def read() -> OAuthSecrets:
+        with services.sessions() as session:
+            return OAuthSecrets.from_json(services.keyring.open(session, sealed, purpose))
+
+    async def load() -> OAuthSecrets:
+        return await asyncio.to_thread(read)
+
+    return TokenSource(
+        OAuthConfig.from_json(json.loads(mailbox.oauth_json)),
+        load,
+        allow_private=services.settings.oauth_allow_private_endpoints,
+    )
+
+
 # ---- all pollers -------------------------------------------------------------------------------
 
 
@@ -1212,10 +1326,12 @@ class CheckResult:
         return self.error is None and self.messages is not None
 
 
-async def check_mailbox(mailbox: MailboxConfig, config: PollerConfig, access: Access) -> CheckResult:
+async def check_mailbox(
+    mailbox: MailboxConfig, config: PollerConfig, access: Access, tokens: TokenSource | None = None
+) -> CheckResult:
     """Connect, log in, SELECT, count what the poller would read next; changes nothing on the server."""
     result = CheckResult(mailbox.name)
-    connection = Connection(mailbox, config, asyncio.Event(), access)
+    connection = Connection(mailbox, config, asyncio.Event(), access, tokens)
     try:
         await connection.open()
         result.connected = result.logged_in = True
@@ -1266,7 +1382,16 @@ def check_command(services: Services, practice_slug: str, config: PollerConfig |
     async def check_all() -> list[CheckResult]:
         logging.getLogger("aioimaplib").setLevel(logging.WARNING)
         access = Access.from_services(services)
-        return list(await asyncio.gather(*(check_mailbox(m, config, access) for m in mailboxes)))
+        return list(
+            await asyncio.gather(
+                *(
+                    check_mailbox(
+                        m, config, access, token_source(services, m) if m.auth == "oauth2" else None
+                    )
+                    for m in mailboxes
+                )
+            )
+        )
 
     results = asyncio.run(check_all())
     for mailbox, result in zip(mailboxes, results, strict=True):

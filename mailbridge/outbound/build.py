@@ -15,7 +15,6 @@ import email
 import email.policy
 from dataclasses import dataclass, replace
 from email.headerregistry import Address
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -32,6 +31,8 @@ from mailbridge.outbound.render import Rendered, Renderer
 from mailbridge.outbound.sign import DkimSigner
 from mailbridge.outbound.snapshot import BatchSnapshot
 from mailbridge.policy.rules import can_post, can_read
+from mailbridge.storage.objects import ObjectNotFoundError
+from mailbridge.storage.vault import Vault
 
 # The body the policy is asked about: long enough that a practice's minimum length never decides
 # whether a recipient may answer a notification by email.
@@ -107,6 +108,7 @@ class Builder:
     app_url: str
     loop_value: str
     fingerprint_key: bytes = b""
+    vault: Vault | None = None  # where forwarded mail's raw copy is read from (any node's)
 
     def build(self, session: Session, row: Outbox, snapshot: BatchSnapshot | None = None) -> Built:
         """Signed bytes for one row: the three steps in a row (the worker spreads them over a batch)."""
@@ -282,9 +284,13 @@ class Builder:
     def _forward(self, session: Session, practice: Practice, row: Outbox) -> tuple[Envelope, Rendered, bytes]:
         payload = row.payload or {}
         inbound = session.get(InboundLog, str(payload.get("inbound_id", "")))
-        if inbound is None or not inbound.raw_path or not Path(inbound.raw_path).exists():
+        ref = (inbound.raw_ref or inbound.raw_path) if inbound is not None else None
+        if not ref or self.vault is None:
             raise NothingToSend("forwarded mail no longer kept")
-        raw = Path(inbound.raw_path).read_bytes()
+        try:
+            raw = self.vault.read_bytes(ref)
+        except ObjectNotFoundError:
+            raise NothingToSend("forwarded mail no longer kept") from None
         rendered = self.renderer.render(
             "forward", practice.locale, {"rcpt": str(payload.get("rcpt", "")), "practice_name": practice.name}
         )

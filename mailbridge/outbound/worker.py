@@ -117,6 +117,7 @@ class Worker:
             app_url=settings.app_url,
             loop_value=settings.smtp_hostname,
             fingerprint_key=services.fingerprint_key,
+            vault=services.vault,
         )
         return cls(
             sessions=services.sessions,

@@ -1,4 +1,11 @@
-"""Content-addressed blob store for attachment bytes: written atomically, named by SHA-256, deduplicated."""
+"""Attachment bytes: written atomically, named by content, deduplicated per practice.
+
+``ObjectBlobStore`` is the product's: attachments in the object store (a directory or an S3
+bucket, ``storage.objects``), encrypted per practice (``storage.vault``), referenced from the
+``attachments`` row by the reference ``put_*`` returns. ``LocalBlobStore`` is the store before
+object storage (``DATA_DIR/attachments/ab/cd/<sha256>``), kept for its tests and as the layout
+legacy rows are read from.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-__all__ = ["BlobNotFoundError", "BlobStore", "LocalBlobStore", "StoredBlob", "blob_key", "check_sha256"]
+from mailbridge.storage.objects import ObjectNotFoundError
+from mailbridge.storage.vault import ENCRYPTED_SUFFIX, Vault, sha256_file
+
+__all__ = [
+    "BlobNotFoundError",
+    "BlobStore",
+    "LocalBlobStore",
+    "ObjectBlobStore",
+    "StoredBlob",
+    "blob_key",
+    "check_sha256",
+]
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1024 * 1024
@@ -26,6 +44,11 @@ _CHUNK = 1024 * 1024
 class StoredBlob:
     sha256: str  # hex, lower-case
     size: int
+    ref: str = ""  # what the attachment row keeps to find it again (the hash itself for LocalBlobStore)
+
+    @property
+    def reference(self) -> str:
+        return self.ref or self.sha256
 
 
 class BlobNotFoundError(LookupError):
@@ -35,22 +58,23 @@ class BlobNotFoundError(LookupError):
 class BlobStore(Protocol):
     """Where attachment bytes live. Blocking: call it from a worker thread, not the event loop.
 
-    Nothing here is specific to a local disk, so an S3-compatible store can implement it too.
-    Blobs are immutable and shared by every row that references the same content: `delete` is for
-    the caller, once no row references the hash (and no upload of the same content is in flight).
+    Blobs are immutable and shared by every row of the same practice that references the same
+    content: `delete` is for the caller, once no row references it (and no upload of the same
+    content is in flight). `put_*` return the reference to store; `open`, `exists` and `delete`
+    take it (a bare SHA-256 for rows written before object storage).
     """
 
     # Hashes while writing; never holds the whole content in memory.
-    def put_stream(self, chunks: Iterable[bytes]) -> StoredBlob: ...
-    # Moves or copies a temporary file in (it may be consumed).
-    def put_file(self, path: Path) -> StoredBlob: ...
-    # Raises BlobNotFoundError when absent.
-    def open(self, sha256: str) -> BinaryIO: ...
-    def exists(self, sha256: str) -> bool: ...
+    def put_stream(self, chunks: Iterable[bytes], practice_id: int | None = None) -> StoredBlob: ...
+    # Moves or copies a temporary file in (it is consumed).
+    def put_file(self, path: Path, practice_id: int | None = None) -> StoredBlob: ...
+    # Raises BlobNotFoundError (or the object store's not-found error) when absent.
+    def open(self, ref: str) -> BinaryIO: ...
+    def exists(self, ref: str) -> bool: ...
     # The caller decides when no row references it; deleting an absent blob is not an error.
-    def delete(self, sha256: str) -> None: ...
-    # The storage key, "ab/cd/<sha256>" (a relative path here, an object key in S3).
-    def path_hint(self, sha256: str) -> str: ...
+    def delete(self, ref: str) -> None: ...
+    # The storage key (a relative path, or an object key).
+    def path_hint(self, ref: str) -> str: ...
 
 
 def check_sha256(sha256: str) -> str:
@@ -91,7 +115,7 @@ class LocalBlobStore:
 
     # ------------------------------------------------------------------ BlobStore
 
-    def put_stream(self, chunks: Iterable[bytes]) -> StoredBlob:
+    def put_stream(self, chunks: Iterable[bytes], practice_id: int | None = None) -> StoredBlob:
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
         tmp = Path(tmp_name)
         try:
@@ -108,7 +132,7 @@ class LocalBlobStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def put_file(self, path: Path) -> StoredBlob:
+    def put_file(self, path: Path, practice_id: int | None = None) -> StoredBlob:
         """Store the file at `path`, which is consumed: moved in when on the same file system, else copied.
 
         `path` must be a regular file the caller owns (a symbolic link is refused rather than followed).
@@ -202,3 +226,54 @@ class LocalBlobStore:
 def _read_chunks(path: Path) -> Iterator[bytes]:
     with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
         yield from iter(lambda: fh.read(_CHUNK), b"")
+
+
+class ObjectBlobStore:
+    """Attachments in the object store through the vault: per practice, encrypted when configured.
+
+    A file is read twice: once to hash it (its name depends on the hash, and an object store
+    cannot rename), then, unless that practice already stores the same content, once to upload it
+    (encrypted segment by segment, a multipart upload to S3): memory stays bounded whatever the size.
+    """
+
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
+    def put_stream(self, chunks: Iterable[bytes], practice_id: int | None = None) -> StoredBlob:
+        spool = self.vault.spool_dir
+        spool.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=spool, prefix="blob-")
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+        return self.put_file(Path(name), practice_id)
+
+    def put_file(self, path: Path, practice_id: int | None = None) -> StoredBlob:
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError("put_file needs a regular file")
+            sha256, size = sha256_file(path)
+            ref = self.vault.attachment_key(sha256, practice_id)
+            if not self.vault.exists(ref):
+                key = ref.removesuffix(ENCRYPTED_SUFFIX)
+                stored = self.vault.put_path(key, path, practice_id)
+                assert stored == ref
+            return StoredBlob(sha256, size, ref)
+        finally:
+            Path(path).unlink(missing_ok=True)
+
+    def open(self, ref: str) -> BinaryIO:
+        try:
+            return self.vault.open(ref)
+        except ObjectNotFoundError:
+            raise BlobNotFoundError(ref) from None
+
+    def exists(self, ref: str) -> bool:
+        return self.vault.exists(ref)
+
+    def delete(self, ref: str) -> None:
+        self.vault.delete(ref)
+
+    def path_hint(self, ref: str) -> str:
+        return ref

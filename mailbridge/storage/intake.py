@@ -111,7 +111,11 @@ def judge_uploads(settings: PracticeSettings, uploads: Sequence[Upload]) -> list
 
 
 def intake_uploads(
-    blobs: BlobStore, settings: PracticeSettings, uploads: Sequence[Upload], locale: str
+    blobs: BlobStore,
+    settings: PracticeSettings,
+    uploads: Sequence[Upload],
+    locale: str,
+    practice_id: int | None = None,
 ) -> Intake:
     """Judge every file by its bytes, store the accepted ones (content-addressed), report the rest."""
     rules = rules_for(settings)
@@ -126,9 +130,9 @@ def intake_uploads(
             continue
         if upload.path is not None:
             upload.file.close()
-            stored = blobs.put_file(upload.path)  # moved into place: no second copy of a 100 MB file
+            stored = blobs.put_file(upload.path, practice_id)  # consumed: no second copy of a 100 MB file
         else:
-            stored = blobs.put_stream(_chunks(upload.file))
+            stored = blobs.put_stream(_chunks(upload.file), practice_id)
         intake.accepted.append(
             NewAttachment(
                 filename=verdict.filename,
@@ -137,6 +141,7 @@ def intake_uploads(
                 size=stored.size,
                 sha256=stored.sha256,
                 content_id=upload.content_id,
+                storage_key=stored.ref or None,
             )
         )
     return intake

@@ -1,27 +1,38 @@
-"""Where an inbound message's raw bytes are read back: one function, so that moving raw mail from
-the data directory to object storage (behind ``BlobStore``) changes this module and nothing else."""
+"""Where an inbound message's raw bytes are read back for the console and reprocessing: through the
+object store (``storage.vault``), whichever node received the message."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from mailbridge.domain.erasure import raw_refs
 from mailbridge.domain.errors import Conflict
 from mailbridge.domain.models import InboundLog
+from mailbridge.storage.vault import Vault
 
 
-def raw_available(row: InboundLog) -> bool:
-    return bool(row.raw_path) and Path(str(row.raw_path)).exists()
+def raw_ref(row: InboundLog) -> str | None:
+    """The reference of the row's raw copy: its object, or a pre-upgrade path."""
+    refs = raw_refs(row)
+    return refs[0] if refs else None
 
 
-def read_raw(row: InboundLog) -> bytes:
+def raw_available(vault: Vault, row: InboundLog) -> bool:
+    ref = raw_ref(row)
+    return ref is not None and vault.exists(ref)
+
+
+def read_raw(vault: Vault, row: InboundLog) -> bytes:
     """The message as it arrived; Conflict ``raw_expired`` once it is no longer kept."""
-    if not row.raw_path or not Path(row.raw_path).exists():
+    ref = raw_ref(row)
+    if ref is None or not vault.exists(ref):
         raise Conflict("raw_expired", "the raw message is no longer kept")
-    return Path(row.raw_path).read_bytes()
+    return vault.read_bytes(ref)
 
 
-def forget_raw(row: InboundLog) -> None:
-    """Delete the raw copy (its content now lives in a posted message, or was discarded)."""
-    if row.raw_path:
-        Path(row.raw_path).unlink(missing_ok=True)
-        row.raw_path = None
+def read_raw_head(vault: Vault, row: InboundLog, limit: int) -> bytes | None:
+    """At most *limit* bytes from the start of the raw copy (the console shows the header block and a
+    bounded view: a 100 MB message is never read whole for that); None once it is no longer kept."""
+    ref = raw_ref(row)
+    if ref is None or not vault.exists(ref):
+        return None
+    with vault.open(ref) as handle:
+        return handle.read(limit)
