@@ -815,6 +815,14 @@ _ENTRIES: tuple[tuple[str, str, str, str, str, str], ...] = (
         _RETRY[1],
     ),
     (
+        "tempfail_storage",
+        "deferred",
+        "The object store (raw mail, attachments) could not be reached or refused the write; the sender was asked to retry (451).",
+        "Check /readyz (object_storage), the storage URL and credentials, and the metric mailbridge_storage_errors_total; the sender retries.",
+        "Le stockage d'objets (courrier brut, pièces jointes) était injoignable ou a refusé l'écriture ; l'expéditeur doit réessayer (451).",
+        "Vérifiez /readyz (object_storage), l'URL et les identifiants du stockage, et la métrique mailbridge_storage_errors_total ; l'expéditeur réessaie.",
+    ),
+    (
         "tempfail_db",
         "deferred",
         "The database failed while handling the message; the sender was asked to retry (451).",
