@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from mailbridge import __version__
 from mailbridge.wiring import Services
 
-from . import conversations, directory, mailboxes, maillog, problems, routing
+from . import audit, chart_notes, conversations, directory, mailboxes, maillog, problems, routing, webhooks
 from .deps import require_api_key
 
 
@@ -28,6 +28,10 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(maillog.router, dependencies=secured)
     app.include_router(routing.router, dependencies=secured)
     app.include_router(mailboxes.router, dependencies=secured)
+    app.include_router(chart_notes.router, dependencies=secured)
+    app.include_router(audit.router, dependencies=secured)
+    app.include_router(webhooks.practice_router, dependencies=secured)
+    app.include_router(webhooks.platform_router, dependencies=secured)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

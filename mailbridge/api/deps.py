@@ -28,6 +28,16 @@ async def require_api_key(request: Request, svc: Annotated[Services, Depends(ser
         raise HTTPException(status_code=401, detail="missing or wrong API key")
 
 
+async def require_platform_key(request: Request) -> None:
+    """Platform-wide settings (webhooks receiving every practice's events) are for the global key.
+
+    Today every key is the global key (``require_api_key`` runs first). Practice-scoped keys, when
+    they land, mark the request with the practice they are limited to (``request.state.key_practice``);
+    this one dependency then refuses them, and every platform route uses it."""
+    if getattr(request.state, "key_practice", None) is not None:
+        raise HTTPException(status_code=403, detail="platform routes need the global API key")
+
+
 ServicesDep = Annotated[Services, Depends(services)]
 
 

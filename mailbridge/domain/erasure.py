@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from mailbridge.domain import audit
+from mailbridge.domain import audit, events
 from mailbridge.domain.models import InboundLog, Practice, QuarantineItem, ReplyToken, utcnow
 
 ERASED = {"erased": True}
@@ -108,3 +108,4 @@ def for_conversation(
                 item.id,
                 {"cause": "conversation_deleted"},
             )
+            events.quarantine_decided(session, item, actor.label, cause="conversation_deleted")

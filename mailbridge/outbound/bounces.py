@@ -8,6 +8,7 @@ from email.message import EmailMessage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailbridge.domain import events
 from mailbridge.domain.models import Outbox, Suppression, User, UserAddress, utcnow
 from mailbridge.inbound.classify import Classification, parse_bounce
 from mailbridge.inbound.envelope import Target
@@ -46,6 +47,7 @@ def _mark_users(session: Session, practice_id: int, address: str) -> None:
 def note_bounce(session: Session, practice_id: int, address: str, permanent: bool, reason: str) -> None:
     address = address.lower()
     row = _suppression(session, practice_id, address)
+    was_suppressed = bool(row.suppressed)
     row.reason = reason[:255]
     row.updated_at = utcnow()
     if permanent:
@@ -55,6 +57,8 @@ def note_bounce(session: Session, practice_id: int, address: str, permanent: boo
         row.suppressed = row.soft_bounces >= SOFT_BOUNCE_LIMIT
     if row.suppressed:
         _mark_users(session, practice_id, address)
+    if row.suppressed and not was_suppressed:
+        events.address_suppressed(session, practice_id, address, row.reason)
     BOUNCES.labels("hard" if permanent else "soft").inc()
 
 
@@ -76,6 +80,7 @@ def record_bounce(session: Session, target: Target, msg: EmailMessage, result: C
             else "bounced"
         )
         note_bounce(session, row.practice_id, row.to_address, permanent, row.last_answer or "bounce")
+        events.delivery_bounced(session, row, permanent)
         return
     for item in bounced:
         note_bounce(session, target.practice_id, item.address, item.permanent, item.diagnostic or "bounce")
