@@ -115,7 +115,12 @@ def upsert(
     secret = None
     if endpoint is None:
         endpoint = WebhookEndpoint(
-            scope_key=key, practice_id=practice.id if practice is not None else None, name=name, secret=""
+            scope_key=key,
+            practice_id=practice.id if practice is not None else None,
+            name=name,
+            url=spec.url,
+            events=types,
+            secret="",
         )
         session.add(endpoint)
         session.flush()  # the id names the sealed secret's purpose

@@ -18,28 +18,23 @@ from sqlalchemy.orm import Session
 from mailbridge.domain.models import ChartNote, Conversation, Event, Message, Practice, User
 
 
+def _pairs(session: Session, query: Any, keys: set[Any]) -> dict[Any, Any]:
+    """A two-column query as a dict; no query at all for no keys."""
+    return {row[0]: row[1] for row in session.execute(query)} if keys else {}
+
+
 class Renderer:
     """Renders a batch of events; what they refer to is loaded once per batch (a few queries)."""
 
     def __init__(self, session: Session, events: Sequence[Event], content_for: set[int]) -> None:
         self.session = session
         practice_ids = {e.practice_id for e in events if e.practice_id is not None}
-        self.practices = (
-            dict(
-                session.execute(select(Practice.id, Practice.slug).where(Practice.id.in_(practice_ids)))
-                .tuples()
-                .all()
-            )
-            if practice_ids
-            else {}
+        self.practices: dict[int, str] = _pairs(
+            session, select(Practice.id, Practice.slug).where(Practice.id.in_(practice_ids)), practice_ids
         )
         user_ids = {int(e.data["recipient_id"]) for e in events if e.data.get("recipient_id") is not None}
-        self.users = (
-            dict(
-                session.execute(select(User.id, User.external_id).where(User.id.in_(user_ids))).tuples().all()
-            )
-            if user_ids
-            else {}
+        self.users: dict[int, str] = _pairs(
+            session, select(User.id, User.external_id).where(User.id.in_(user_ids)), user_ids
         )
         wanted = [e for e in events if e.seq in content_for]
         message_ids = [str(e.data["message"]) for e in wanted if e.type == "message.created"]
@@ -49,16 +44,10 @@ class Renderer:
             else {}
         )
         conversation_ids = {m.conversation_id for m in self.messages.values()}
-        self.subjects = (
-            dict(
-                session.execute(
-                    select(Conversation.id, Conversation.subject).where(Conversation.id.in_(conversation_ids))
-                )
-                .tuples()
-                .all()
-            )
-            if conversation_ids
-            else {}
+        self.subjects: dict[str, str] = _pairs(
+            session,
+            select(Conversation.id, Conversation.subject).where(Conversation.id.in_(conversation_ids)),
+            conversation_ids,
         )
         note_ids = [str(e.data["chart_note"]) for e in wanted if e.type == "chart_note.created"]
         self.notes = (
