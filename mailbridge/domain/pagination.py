@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, and_, literal, or_
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeDecorator
 
 from mailbridge.domain.errors import Invalid
 
@@ -67,7 +68,7 @@ def decode(cursor: str, keys: Sequence[Key]) -> list[Any]:
         raise _bad()
     out: list[Any] = []
     for key, value in zip(keys, values, strict=True):
-        python_type = key.column.type.python_type
+        python_type = _python_type(key.column.type)
         if python_type is datetime:
             if not isinstance(value, str):
                 raise _bad()
@@ -82,6 +83,14 @@ def decode(cursor: str, keys: Sequence[Key]) -> list[Any]:
             raise _bad()
         out.append(value)
     return out
+
+
+def _python_type(sql_type: Any) -> type:
+    """The Python type behind a column type (a TypeDecorator such as UTCDateTime says ``object``)."""
+    while isinstance(sql_type, TypeDecorator):
+        sql_type = sql_type.impl_instance
+    python_type: type = sql_type.python_type
+    return python_type
 
 
 def _bad() -> Invalid:
