@@ -48,6 +48,14 @@ BENCHES = (
     Bench("latency", "benchmarks.bench_latency", (), ("--quick",), 240, "reply → notification latency"),
     Bench("dkim", "benchmarks.bench_dkim", (), ("-n", "300"), 180, "DKIM signing speed"),
     Bench(
+        "pagination",
+        "benchmarks.bench_pagination",
+        ("--postgres",),
+        ("--quick",),
+        600,
+        "list pages with 10,000 conversations and 100,000 messages",
+    ),
+    Bench(
         "reply_extraction",
         "benchmarks.bench_reply_extraction",
         (),
