@@ -125,9 +125,19 @@ class WebhookWorker:
 
     # ---- 1. fan-out ----------------------------------------------------------------------------------
 
+    def _nothing(self, query: Any) -> bool:
+        """A read outside the writer gate: on SQLite an idle cycle must not queue behind (or hold up)
+        the ingress's writers. PostgreSQL has no gate; its claim reads under FOR UPDATE anyway."""
+        with self.sessions() as session:
+            if self._postgres(session):
+                return False
+            return session.scalar(query.limit(1)) is None
+
     def dispatch(self) -> int:
         """Turn up to ``batch`` undispatched events into delivery rows; returns how many events."""
         now = utcnow()
+        if self._nothing(select(Event.seq).where(Event.dispatched_at.is_(None))):
+            return 0
         with self._writing() as session:
             query = select(Event).where(Event.dispatched_at.is_(None)).order_by(Event.seq).limit(self.batch)
             if self._postgres(session):
@@ -207,6 +217,8 @@ class WebhookWorker:
             .order_by(D.event_seq)
             .limit(self.batch)
         )
+        if self._nothing(due):
+            return []
         with self._writing() as session:
             if self._postgres(session):
                 due = due.with_for_update(skip_locked=True, of=D)
