@@ -517,3 +517,29 @@ def test_a_commit_with_an_event_wakes_the_worker(hooked: Any) -> None:
         assert counting.nudges == 1
     finally:
         remove()
+
+
+def test_one_practice_never_reaches_anothers_webhooks_or_events(
+    hooked: Any, api: Any, receiver: Receiver
+) -> None:
+    from tests.conftest import seed
+
+    seed(hooked, "beta")
+    hook(api, receiver, name="app", base="/api/v1/practices/beta", events=["message.created"])
+    open_conversation(hooked, practice="beta")
+    drive(worker(hooked), settled(hooked))
+    (theirs,) = deliveries(hooked)
+    assert api.get(f"{BASE}/webhooks/app").status_code == 404  # same name, other practice
+    hook(api, receiver, name="app", events=["message.created"])  # acme's own "app"
+    assert (
+        api.post(f"{BASE}/webhooks/app/deliveries/{theirs.id}/redeliver").json()["code"]
+        == "delivery_not_found"
+    )
+    assert api.get(f"{BASE}/webhooks/app/deliveries").json()["items"] == []
+    assert api.get(f"{BASE}/events").json()["items"] == []  # beta's event is not acme's
+    for n in range(19):
+        created = api.put(f"{BASE}/webhooks/extra-{n}", json={"url": receiver.url, "events": ["*"]})
+        assert created.status_code == 201
+    assert api.put(f"{BASE}/webhooks/one-more", json={"url": receiver.url, "events": ["*"]}).json()[
+        "code"
+    ] == ("too_many_webhooks")

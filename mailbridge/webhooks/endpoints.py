@@ -34,6 +34,8 @@ from mailbridge.domain.models import (
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 ALL = "*"
+# Every event becomes one delivery per endpoint: a practice (a tenant) must not multiply the work.
+MAX_ENDPOINTS = 20
 DELIVERY_KEYS = (
     pagination.Key(WebhookDelivery.created_at, "created_at"),
     pagination.Key(WebhookDelivery.id, "id"),
@@ -114,6 +116,10 @@ def upsert(
     endpoint = session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.scope_key == key))
     secret = None
     if endpoint is None:
+        if len(listing(session, practice)) >= MAX_ENDPOINTS:
+            raise Conflict(
+                "too_many_webhooks", f"at most {MAX_ENDPOINTS} webhook endpoints; delete one first"
+            )
         endpoint = WebhookEndpoint(
             scope_key=key,
             practice_id=practice.id if practice is not None else None,
