@@ -56,6 +56,14 @@ BENCHES = (
         "console pages' server time at 100,000 inbound rows",
     ),
     Bench(
+        "pagination",
+        "benchmarks.bench_pagination",
+        ("--postgres",),
+        ("--quick",),
+        600,
+        "list pages with 10,000 conversations and 100,000 messages",
+    ),
+    Bench(
         "reply_extraction",
         "benchmarks.bench_reply_extraction",
         (),

@@ -106,6 +106,17 @@ IMAP_STATUS = Gauge(
 QUARANTINE_HELD = Gauge(
     "mailbridge_quarantine_held", "Quarantined messages waiting for staff review", registry=REGISTRY
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "mailbridge_webhook_attempts_total",
+    "Webhook delivery attempts by result: delivered, failed (to be retried), gave_up (schedule exhausted)",
+    ["result"],
+    registry=REGISTRY,
+)
+WEBHOOK_DISABLED = Counter(
+    "mailbridge_webhook_endpoints_disabled_total",
+    "Webhook endpoints disabled after failing for their whole retry schedule",
+    registry=REGISTRY,
+)
 PRACTICE_PREFIX = "mailbridge_practice_"
 PRACTICE_INBOUND = Counter(
     "mailbridge_practice_inbound_total",

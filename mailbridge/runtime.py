@@ -147,6 +147,9 @@ async def run_all(services: Services, stop: asyncio.Event | None = None, announc
         from mailbridge.outbound.worker import start_worker
 
         tasks.append(start_worker(services, stop))
+        from mailbridge.webhooks.worker import start_webhook_worker
+
+        tasks.append(start_webhook_worker(services, stop))
     from mailbridge.housekeeping import run_housekeeping
     from mailbridge.ingress.imap import run_pollers
 

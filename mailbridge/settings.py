@@ -99,6 +99,29 @@ class Settings(BaseSettings):
     soft_bounce_limit: int = Field(default=3, ge=1, le=100)
     soft_bounce_days: int = Field(default=7, ge=1, le=365)
 
+    # Webhooks (endpoints configured per practice, or platform-wide, through the API)
+    # Endpoint URLs that resolve to private, loopback, link-local or other non-public addresses are
+    # refused (at PUT and at every delivery) unless this is true: a practice must not reach the
+    # network behind us. Plain http:// is refused unless webhook_allow_http (payloads may carry content).
+    webhook_allow_private: bool = False
+    webhook_allow_http: bool = False
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)  # the whole request, answer included
+    # Seconds to wait after each failed attempt (±20% jitter); after the last one the delivery has
+    # failed. The default waits 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: 8 attempts over about 27.6 h.
+    webhook_retry_schedule: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000]
+    webhook_secret_overlap_seconds: int = Field(
+        default=24 * 3600, ge=0
+    )  # old secret signs this long after a rotation
+    webhook_lease_seconds: float = Field(
+        default=60.0, ge=1
+    )  # a delivery claimed by a dead node is retried after this
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0
+    )  # events written by other nodes; this node's wake the worker
+    webhook_batch: int = Field(default=50, ge=1, le=1000)
+    webhook_concurrency: int = Field(default=10, ge=1, le=200)  # requests in flight per node
+    webhook_retention_days: int = Field(default=30, ge=1)  # events and the delivery log, then purged
+
     # IMAP mailboxes (configured per practice through the API)
     imap_idle_seconds: float = Field(default=25 * 60, gt=0, lt=29 * 60)  # re-IDLE before 29 min (RFC 2177)
     imap_poll_seconds: float = Field(default=60.0, gt=0)  # servers without IDLE
@@ -224,6 +247,13 @@ class Settings(BaseSettings):
     def _endpoint(cls, value: str) -> str:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _webhook_schedule(cls, value: list[float]) -> list[float]:
+        if any(v <= 0 for v in value):
+            raise ValueError("must be a list of positive seconds (empty: a single attempt)")
         return value
 
     @field_validator("database_url")

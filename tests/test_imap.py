@@ -22,7 +22,15 @@ from sqlalchemy import func, select
 from mailbridge.access.credentials import seal_password
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
-from mailbridge.domain.models import InboundLog, InboundState, Mailbox, Message, MessageSource, UserKind
+from mailbridge.domain.models import (
+    Event,
+    InboundLog,
+    InboundState,
+    Mailbox,
+    Message,
+    MessageSource,
+    UserKind,
+)
 from mailbridge.ingress import imap
 from mailbridge.ingress.imap import (
     Access,
@@ -589,6 +597,9 @@ def test_bad_credentials_do_not_stop_the_other_mailbox(
     with svc.sessions() as session:
         errors = [m.last_error or "" for m in session.scalars(select(Mailbox))]
     assert not any("wrong-password-42" in e or PASSWORD in e for e in errors)
+    with svc.sessions() as session:  # announced once to the practice's webhooks, without the error text
+        announced = [e.data for e in session.scalars(select(Event).where(Event.type == "mailbox.error"))]
+    assert announced == [{"mailbox": "bad", "status": "auth_failed"}]
 
 
 def test_password_from_the_environment(

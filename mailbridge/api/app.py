@@ -10,7 +10,19 @@ from mailbridge.access.apikeys import is_platform_key
 from mailbridge.console import create_console
 from mailbridge.wiring import Services
 
-from . import conversations, directory, domains, mailboxes, maillog, problems, routing, suppressions
+from . import (
+    audit,
+    chart_notes,
+    conversations,
+    directory,
+    domains,
+    mailboxes,
+    maillog,
+    problems,
+    routing,
+    suppressions,
+    webhooks,
+)
 from .deps import require_api_key, require_platform
 
 
@@ -35,6 +47,10 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(suppressions.router, dependencies=secured)
     app.include_router(domains.router, dependencies=secured)
     app.include_router(domains.platform_router, dependencies=[Depends(require_platform)])
+    app.include_router(chart_notes.router, dependencies=secured)
+    app.include_router(audit.router, dependencies=secured)
+    app.include_router(webhooks.practice_router, dependencies=secured)
+    app.include_router(webhooks.platform_router, dependencies=[Depends(require_platform)])
     if services.settings.console_enabled:
         app.mount("/console", create_console(services))  # its own sessions, never the API key
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, Literal, TypeVar, cast
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +23,8 @@ from mailbridge.storage.blobs import BlobNotFoundError
 from mailbridge.storage.intake import Intake, Upload, intake_uploads
 
 from .deps import ServicesDep, conversation_out, message_out
-from .schemas import ConversationIn, ConversationOut, Items, MessageIn, MessageOut
+from .paging import PageQuery, page_out, page_query
+from .schemas import ConversationIn, ConversationOut, MessageIn, MessageOut, Page
 
 router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["conversations"])
 log = logging.getLogger(__name__)
@@ -150,12 +151,26 @@ def _post_message(
         return out
 
 
-@router.get("/conversations", response_model=Items)
-def list_conversations(practice: str, svc: ServicesDep, as_: str = Query(alias="as")) -> Items:
+@router.get("/conversations", response_model=Page)
+def list_conversations(
+    practice: str,
+    svc: ServicesDep,
+    as_: str = Query(alias="as"),
+    order: Literal["activity", "created"] = Query(
+        default="activity",
+        description="activity: latest message first (a conversation that gets a message during a walk "
+        "moves to the top; message.created says so); created: oldest first, stable for a full walk",
+    ),
+    paging: PageQuery = Depends(page_query()),
+) -> Page:
+    """What that user may read, a page at a time (the policy's read rules run in the query)."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         actor = directory.get_user(session, p, as_, "as")
-        return Items(items=[conversation_out(c) for c in convs.conversations_for(session, p, actor)])
+        page = convs.conversations_page(
+            session, p, actor, order=order, limit=paging.limit, cursor=paging.cursor
+        )
+        return page_out(page, conversation_out)
 
 
 @router.get("/conversations/{conversation}", response_model=ConversationOut)
@@ -169,13 +184,21 @@ def get_conversation(
         return conversation_out(conv, convs.messages_for(session, conv, actor))
 
 
-@router.get("/conversations/{conversation}/messages", response_model=Items)
-def list_messages(practice: str, conversation: str, svc: ServicesDep, as_: str = Query(alias="as")) -> Items:
+@router.get("/conversations/{conversation}/messages", response_model=Page)
+def list_messages(
+    practice: str,
+    conversation: str,
+    svc: ServicesDep,
+    as_: str = Query(alias="as"),
+    paging: PageQuery = Depends(page_query()),
+) -> Page:
+    """The thread, oldest first, a page at a time (internal notes hidden from clients)."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         actor = directory.get_user(session, p, as_, "as")
         conv = _readable(session, p, conversation, actor)
-        return Items(items=[message_out(m) for m in convs.messages_for(session, conv, actor)])
+        page = convs.messages_page(session, conv, actor, limit=paging.limit, cursor=paging.cursor)
+        return page_out(page, message_out)
 
 
 def _readable(session: Any, p: Any, conversation_id: str, actor: Any) -> Any:

@@ -1,31 +1,41 @@
-"""What mail did: the inbound log and the outbound deliveries, for the practice's staff and IT."""
+"""What mail did: the inbound log and the outbound deliveries, for the practice's staff and IT
+(suppressed addresses: ``api.suppressions``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends
 from sqlalchemy import select
 
-from mailbridge.domain import directory
+from mailbridge.domain import directory, pagination
 from mailbridge.domain.db import transaction
 from mailbridge.domain.models import InboundLog, InboundState, Outbox, OutboxState
+from mailbridge.domain.pagination import Key
 
 from .deps import ServicesDep
-from .schemas import Items
+from .paging import PageQuery, page_query
+from .schemas import Page
 
 router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["mail"])
 
 
-@router.get("/inbound", response_model=Items)
+INBOUND_KEYS = (Key(InboundLog.received_at, "received_at"), Key(InboundLog.id, "id"))
+OUTBOUND_KEYS = (Key(Outbox.created_at, "created_at"), Key(Outbox.id, "id"))
+LogPage = Annotated[PageQuery, Depends(page_query(default=100, maximum=1000))]
+
+
+@router.get("/inbound", response_model=Page)
 def inbound(
     practice: str,
     svc: ServicesDep,
+    paging: LogPage,
     state: InboundState | None = None,
     reason: str | None = None,
     since: datetime | None = None,
-    limit: int = Query(default=100, ge=1, le=1000),
-) -> Items:
+) -> Page:
+    """Newest first."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         query = select(InboundLog).where(InboundLog.practice_id == p.id)
@@ -35,8 +45,11 @@ def inbound(
             query = query.where(InboundLog.reason == reason)
         if since is not None:
             query = query.where(InboundLog.received_at >= since)
-        rows = session.scalars(query.order_by(InboundLog.received_at.desc()).limit(limit)).all()
-        return Items(
+        page = pagination.page(
+            session, query, INBOUND_KEYS, limit=paging.limit, cursor=paging.cursor, descending=True
+        )
+        return Page(
+            next_cursor=page.next_cursor,
             items=[
                 {
                     "id": r.id,
@@ -58,25 +71,24 @@ def inbound(
                     "posted_message": r.posted_message_id,
                     "details": r.details,
                 }
-                for r in rows
-            ]
+                for r in page.items
+            ],
         )
 
 
-@router.get("/outbound", response_model=Items)
-def outbound(
-    practice: str,
-    svc: ServicesDep,
-    state: OutboxState | None = None,
-    limit: int = Query(default=100, ge=1, le=1000),
-) -> Items:
+@router.get("/outbound", response_model=Page)
+def outbound(practice: str, svc: ServicesDep, paging: LogPage, state: OutboxState | None = None) -> Page:
+    """Newest first."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         query = select(Outbox).where(Outbox.practice_id == p.id)
         if state is not None:
             query = query.where(Outbox.state == state)
-        rows = session.scalars(query.order_by(Outbox.created_at.desc()).limit(limit)).all()
-        return Items(
+        page = pagination.page(
+            session, query, OUTBOUND_KEYS, limit=paging.limit, cursor=paging.cursor, descending=True
+        )
+        return Page(
+            next_cursor=page.next_cursor,
             items=[
                 {
                     "id": r.id,
@@ -92,6 +104,6 @@ def outbound(
                     "created_at": r.created_at,
                     "sent_at": r.sent_at,
                 }
-                for r in rows
-            ]
+                for r in page.items
+            ],
         )

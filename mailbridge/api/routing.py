@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -18,7 +18,8 @@ from mailbridge.domain.routes import delete_route as remove_route
 from mailbridge.inbound import quarantine
 
 from .deps import ServicesDep, message_out
-from .schemas import Items, Locale, MessageOut
+from .paging import PageQuery, page_query
+from .schemas import Items, Locale, MessageOut, Page
 
 router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["routing"])
 
@@ -81,11 +82,18 @@ def delete_route(practice: str, address: str, svc: ServicesDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/quarantine", response_model=Items)
-def list_quarantine(practice: str, svc: ServicesDep, state: str = Query(default="held")) -> Items:
+@router.get("/quarantine", response_model=Page)
+def list_quarantine(
+    practice: str,
+    svc: ServicesDep,
+    state: str = Query(default="held"),
+    paging: PageQuery = Depends(page_query()),
+) -> Page:
+    """Newest first."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        return Items(items=quarantine.list_items(session, p, state))
+        page = quarantine.list_items(session, p, state, limit=paging.limit, cursor=paging.cursor)
+        return Page(items=page.items, next_cursor=page.next_cursor)
 
 
 @router.get("/quarantine/{item}")

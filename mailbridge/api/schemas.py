@@ -178,3 +178,13 @@ class ConversationOut(BaseModel):
 
 class Items(BaseModel):
     items: list[Any]
+
+
+class Page(BaseModel):
+    """A page of a list (keyset pagination): ``next_cursor`` goes in ``?cursor=`` for the next page."""
+
+    items: list[Any]
+    next_cursor: str | None = Field(
+        default=None,
+        description="Opaque; pass it as ?cursor= to get the next page. null: this is the last page.",
+    )

@@ -8,18 +8,21 @@ carry it redacted. Removing a suppression lets notifications go again at once, a
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 
-from mailbridge.domain import directory, suppressions
+from mailbridge.domain import directory, pagination, suppressions
 from mailbridge.domain.db import transaction
 from mailbridge.domain.errors import NotFound
 from mailbridge.domain.models import Suppression, SuppressionReason, utcnow
 
 from .deps import ServicesDep
+from .paging import PageQuery, page_query
 
 router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["mail"])
+SUPPRESSION_KEYS = (pagination.Key(Suppression.id, "id"),)  # stable: a row's id never changes
 
 
 class SuppressionOut(BaseModel):
@@ -37,6 +40,7 @@ class SuppressionOut(BaseModel):
 
 class SuppressionItems(BaseModel):
     items: list[SuppressionOut]
+    next_cursor: str | None = None
 
 
 def suppression_out(row: Suppression) -> SuppressionOut:
@@ -60,14 +64,18 @@ def suppression_out(row: Suppression) -> SuppressionOut:
 def list_suppressions(
     practice: str,
     svc: ServicesDep,
+    paging: Annotated[PageQuery, Depends(page_query(default=100, maximum=1000))],
     reason: SuppressionReason | None = None,
     address: str | None = Query(default=None, max_length=320),
-    limit: int = Query(default=100, ge=1, le=1000),
 ) -> SuppressionItems:
+    """Newest first (keyset pages: ``limit``, ``cursor`` → ``next_cursor``); expired ones are gone."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        rows = suppressions.listing(session, p.id, reason=reason, address=address, limit=limit)
-        return SuppressionItems(items=[suppression_out(r) for r in rows])
+        query = suppressions.listing_query(p.id, reason=reason, address=address)
+        page = pagination.page(
+            session, query, SUPPRESSION_KEYS, limit=paging.limit, cursor=paging.cursor, descending=True
+        )
+        return SuppressionItems(items=[suppression_out(r) for r in page.items], next_cursor=page.next_cursor)
 
 
 @router.delete("/suppressions/{address}", status_code=204)

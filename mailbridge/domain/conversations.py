@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailbridge.domain import audit, erasure
-from mailbridge.domain.directory import favourite_company_ids, friendship_between, holders_of
+from mailbridge.domain import audit, erasure, events, pagination
+from mailbridge.domain.directory import friendship_between, holders_of
 from mailbridge.domain.errors import Forbidden, Invalid, NotFound
 from mailbridge.domain.models import (
     Attachment,
@@ -29,6 +30,7 @@ from mailbridge.domain.models import (
     utcnow,
 )
 from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.domain.visibility import readable_by
 from mailbridge.policy.rules import (
     Person,
     Situation,
@@ -313,6 +315,7 @@ def _write_message(
     session.add(message)
     conversation.updated_at = utcnow()
     session.flush()
+    events.message_created(session, practice.id, message, author)
     if notify:
         from mailbridge.outbound.fanout import enqueue_notifications
 
@@ -329,30 +332,70 @@ def require_active_account(actor: User) -> None:
 
 
 def conversations_for(session: Session, practice: Practice, actor: User) -> list[Conversation]:
-    """Every conversation the actor may read: candidates by participation or followed company, then policy."""
+    """Every conversation the actor may read, latest activity first (the read rules as SQL)."""
     require_active_account(actor)
-    companies = favourite_company_ids(session, actor)
-    participating = select(Participant.conversation_id).where(
-        Participant.user_id == actor.id, Participant.removed_at.is_(None)
-    )
-    query = select(Conversation).where(
-        Conversation.practice_id == practice.id,
-        Conversation.deleted_at.is_(None),
-        Conversation.id.in_(participating)
-        | (Conversation.company_id.in_(companies) if companies else Conversation.id.in_(participating)),
-    )
-    candidates = session.scalars(query.order_by(Conversation.updated_at.desc())).unique().all()
-    return [c for c in candidates if readable(session, actor, c).allowed]
+    query = select(Conversation).where(Conversation.practice_id == practice.id, readable_by(actor))
+    return list(session.scalars(query.order_by(Conversation.updated_at.desc(), Conversation.id.desc())).all())
+
+
+# Sort keys of the paginated lists: ``activity`` (latest first, what the app's inbox shows) and
+# ``created`` (oldest first: a conversation created during a walk appears on a later page, so a full
+# sync walk sees every row exactly once).
+CONVERSATION_ORDERS: dict[str, tuple[tuple[pagination.Key, ...], bool]] = {
+    "activity": (
+        (pagination.Key(Conversation.updated_at, "updated_at"), pagination.Key(Conversation.id, "id")),
+        True,
+    ),
+    "created": (
+        (pagination.Key(Conversation.created_at, "created_at"), pagination.Key(Conversation.id, "id")),
+        False,
+    ),
+}
+MESSAGE_KEYS = (pagination.Key(Message.created_at, "created_at"), pagination.Key(Message.id, "id"))
+
+
+def conversations_page(
+    session: Session,
+    practice: Practice,
+    actor: User,
+    *,
+    order: str = "activity",
+    limit: int = pagination.DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> pagination.Page[Conversation]:
+    """One page of what the actor may read: one query for the rows, one for their participants,
+    whatever the page size (``readable_by`` is ``can_read`` as SQL)."""
+    require_active_account(actor)
+    if order not in CONVERSATION_ORDERS:
+        raise Invalid("invalid_order", f"order is one of {', '.join(CONVERSATION_ORDERS)}", "order")
+    keys, descending = CONVERSATION_ORDERS[order]
+    query = select(Conversation).where(Conversation.practice_id == practice.id, readable_by(actor))
+    return pagination.page(session, query, keys, limit=limit, cursor=cursor, descending=descending)
+
+
+def _messages_query(conversation: Conversation, actor: User) -> Any:
+    query = select(Message).where(Message.conversation_id == conversation.id, Message.deleted_at.is_(None))
+    if not can_read_message(Person(id=actor.id, kind=actor.kind.value), True):
+        query = query.where(Message.internal.is_(False))  # can_read_message: internal notes are for staff
+    return query
 
 
 def messages_for(session: Session, conversation: Conversation, actor: User) -> list[Message]:
-    person = Person(id=actor.id, kind=actor.kind.value)
-    rows = session.scalars(
-        select(Message)
-        .where(Message.conversation_id == conversation.id, Message.deleted_at.is_(None))
-        .order_by(Message.created_at, Message.id)
-    ).all()
-    return [m for m in rows if can_read_message(person, m.internal)]
+    query = _messages_query(conversation, actor).order_by(Message.created_at, Message.id)
+    return list(session.scalars(query).all())
+
+
+def messages_page(
+    session: Session,
+    conversation: Conversation,
+    actor: User,
+    *,
+    limit: int = pagination.DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> pagination.Page[Message]:
+    """A thread in order, oldest first: a message posted during a walk appears on a later page."""
+    query = _messages_query(conversation, actor)
+    return pagination.page(session, query, MESSAGE_KEYS, limit=limit, cursor=cursor)
 
 
 def first_message(session: Session, conversation_id: str) -> Message | None:

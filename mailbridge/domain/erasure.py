@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from mailbridge.domain import audit
+from mailbridge.domain import audit, events
 from mailbridge.domain.models import InboundLog, Practice, QuarantineItem, ReplyToken, utcnow
 
 ERASED = {"erased": True}
@@ -116,4 +116,5 @@ def for_conversation(
                 item.id,
                 {"cause": "conversation_deleted"},
             )
+            events.quarantine_decided(session, item, actor.label, cause="conversation_deleted")
     return raw

@@ -239,6 +239,11 @@ class Friendship(Base):
 
 class Conversation(Base):
     __tablename__ = "conversations"
+    # keyset pagination: a practice's conversations by latest activity or by creation
+    __table_args__ = (
+        Index("ix_conversations_practice_updated", "practice_id", "updated_at", "id"),
+        Index("ix_conversations_practice_created", "practice_id", "created_at", "id"),
+    )
     id: Mapped[pk_str]
     practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
     kind: Mapped[ConversationKind] = mapped_column(_enum(ConversationKind))
@@ -273,6 +278,7 @@ class Participant(Base):
 
 class Message(Base):
     __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_thread", "conversation_id", "created_at", "id"),)  # a thread's pages
     id: Mapped[pk_str]
     conversation_id: Mapped[str] = mapped_column(
         ForeignKey("conversations.id", ondelete="CASCADE"), index=True
@@ -322,6 +328,7 @@ class AuditEvent(Base):
     """
 
     __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_practice_created", "practice_id", "created_at", "id"),)
     id: Mapped[pk_int]
     practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
     action: Mapped[str] = mapped_column(String(64))
@@ -446,7 +453,10 @@ class Suppression(Base):
     """
 
     __tablename__ = "suppressions"
-    __table_args__ = (UniqueConstraint("practice_id", "address"),)
+    __table_args__ = (
+        UniqueConstraint("practice_id", "address"),
+        Index("ix_suppressions_practice_pages", "practice_id", "id"),  # keyset pages, newest first
+    )
     id: Mapped[pk_int]
     practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"))
     address: Mapped[str] = mapped_column(String(320))  # lower-cased
@@ -492,7 +502,7 @@ class QuarantineItem(Base):
 
     __tablename__ = "quarantine"
     __table_args__ = (
-        Index("ix_quarantine_practice_state_created", "practice_id", "state", "created_at"),
+        Index("ix_quarantine_practice_state_created", "practice_id", "state", "created_at", "id"),
         Index("ix_quarantine_inbound", "inbound_id"),
     )
     id: Mapped[pk_str]
@@ -715,3 +725,131 @@ class OperatorAudit(Base):
     target_id: Mapped[str] = mapped_column(String(320), default="")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     peer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+def new_event_id() -> str:
+    """``evt_`` + 12 hex digits of milliseconds since 1970 + 16 random hex digits: sortable by time,
+    unique without coordination (a restored database never reuses one, so a receiver that dedupes by
+    ``webhook-id`` never drops a new event as a duplicate of an old one)."""
+    import time
+
+    return f"evt_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+class Event(Base):
+    """What happened, written in the transaction that made it happen (a transactional outbox).
+
+    ``data`` holds ids and codes only; content (a message's text, a chart note) is read when an
+    event is delivered to an endpoint that asked for it, so a deletion reaches webhooks too.
+    ``seq`` orders events (a database sequence: an event committed before another was written has
+    the smaller one); ``id`` is the public, stable id (the ``webhook-id`` of every delivery).
+    ``dispatched_at`` is set once the event has been fanned out to the webhook endpoints.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_undispatched", "dispatched_at", "seq"),
+        Index("ix_events_practice_seq", "practice_id", "seq"),
+    )
+    seq: Mapped[pk_int]
+    id: Mapped[str] = mapped_column(String(32), unique=True, default=new_event_id)
+    practice_id: Mapped[int | None] = mapped_column(
+        ForeignKey("practices.id", ondelete="CASCADE"), nullable=True
+    )
+    type: Mapped[str] = mapped_column(String(64))
+    conversation_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[created_at]
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class WebhookEndpoint(Base):
+    """Where a practice's (or, with no practice, every practice's) events are POSTed, signed.
+
+    ``secret`` is sealed with the keyring (purpose ``webhook:<id>:secret``); after a rotation the
+    previous one (``webhook:<id>:previous_secret``) signs too until ``previous_expires_at``.
+    ``active`` is the owner's switch; ``disabled_at`` is set by mailbridge after sustained failure
+    (cleared by a PUT with ``active: true``). ``scope_key`` makes the name unique per practice and
+    among platform endpoints alike (a unique index treats NULL practice ids as all different).
+    """
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[pk_int]
+    scope_key: Mapped[str] = mapped_column(
+        String(96), unique=True
+    )  # "p<practice id>:<name>" | "platform:<name>"
+    practice_id: Mapped[int | None] = mapped_column(
+        ForeignKey("practices.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    name: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    include_content: Mapped[bool] = mapped_column(Boolean, default=False)
+    secret: Mapped[str] = mapped_column(Text, default="")
+    previous_secret: Mapped[str | None] = mapped_column(Text, nullable=True)
+    previous_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    secret_rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[created_at]
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class WebhookDeliveryState(enum.StrEnum):
+    pending = "pending"  # waiting for its (next) attempt
+    delivered = "delivered"  # a 2xx answer
+    failed = "failed"  # every attempt of the retry schedule failed
+    skipped = "skipped"  # the endpoint was inactive or disabled when the event happened (redeliverable)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the delivery log, and the work queue of the webhook worker."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_seq"),
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_order", "endpoint_id", "ordering_key", "state", "event_seq"),
+        Index("ix_webhook_deliveries_log", "endpoint_id", "created_at", "id"),
+    )
+    id: Mapped[pk_str]
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_seq: Mapped[int] = mapped_column(ForeignKey("events.seq", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(32))
+    event_type: Mapped[str] = mapped_column(String(64))
+    ordering_key: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the conversation
+    state: Mapped[WebhookDeliveryState] = mapped_column(
+        _enum(WebhookDeliveryState), default=WebhookDeliveryState.pending
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    first_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the HTTP status, if any
+    last_error: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    last_duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[created_at]
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ChartNote(Base):
+    """A chart-note record of a client (seed 003's quick note): what staff kept from a thread."""
+
+    __tablename__ = "chart_notes"
+    __table_args__ = (Index("ix_chart_notes_client_created", "client_id", "created_at", "id"),)
+    id: Mapped[pk_str]
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    conversation_id: Mapped[str | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), nullable=True
+    )
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    title: Mapped[str] = mapped_column(String(255))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[created_at]
+
+    client: Mapped[User] = relationship(foreign_keys=[client_id], lazy="joined")
+    author: Mapped[User] = relationship(foreign_keys=[author_id], lazy="joined")

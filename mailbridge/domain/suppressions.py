@@ -21,10 +21,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailbridge.domain import events
 from mailbridge.domain.models import Suppression, SuppressionReason, utcnow
 
 _RANK = {SuppressionReason.soft_bounce: 1, SuppressionReason.hard_bounce: 2, SuppressionReason.complaint: 2}
@@ -86,6 +87,7 @@ def record(
             row = found
     elif not _is_live(row, now):  # an expired soft suppression: this report starts afresh
         row.reason, row.count, row.active, row.first_seen = reason, 0, False, now
+    was_active = row.active
     if _RANK[reason] >= _RANK[row.reason]:
         row.reason = reason
         row.status = status[:16] if status else None
@@ -99,6 +101,8 @@ def record(
     else:
         row.active, row.expires_at = True, None
     session.flush()
+    if row.active and not was_active:  # the app hears of it (webhooks), in this transaction
+        events.address_suppressed(session, practice_id, address, row.reason.value)
     return row
 
 
@@ -143,6 +147,18 @@ def active_in_batch(session: Session, pairs: Iterable[tuple[int, str]]) -> dict[
     return {(r.practice_id, r.address): r for r in rows if (r.practice_id, r.address) in wanted}
 
 
+def listing_query(
+    practice_id: int, *, reason: SuppressionReason | None = None, address: str | None = None
+) -> Select[Suppression]:
+    """Rows not expired (soft ones still counting included, ``active`` false), to order and page."""
+    query = select(Suppression).where(Suppression.practice_id == practice_id, live(utcnow()))
+    if reason is not None:
+        query = query.where(Suppression.reason == reason)
+    if address:
+        query = query.where(Suppression.address == normalize(address))
+    return query
+
+
 def listing(
     session: Session,
     practice_id: int,
@@ -151,23 +167,22 @@ def listing(
     address: str | None = None,
     limit: int = 100,
 ) -> Sequence[Suppression]:
-    """Rows not expired, newest report first (soft ones still counting included, ``active`` false)."""
-    query = select(Suppression).where(Suppression.practice_id == practice_id, live(utcnow()))
-    if reason is not None:
-        query = query.where(Suppression.reason == reason)
-    if address:
-        query = query.where(Suppression.address == normalize(address))
+    """Newest report first (the console's list)."""
+    query = listing_query(practice_id, reason=reason, address=address)
     return session.scalars(query.order_by(Suppression.last_seen.desc(), Suppression.id).limit(limit)).all()
 
 
 def remove(session: Session, practice_id: int, address: str) -> bool:
-    """Forget an address (the practice fixed it, or asks to try again); True when there was a row."""
-    result = session.execute(
-        delete(Suppression).where(
-            Suppression.practice_id == practice_id, Suppression.address == normalize(address)
-        )
-    )
-    return bool(getattr(result, "rowcount", 0))
+    """Forget an address (the practice fixed it, or asks to try again); True when there was a row.
+    An address that was suppressed is announced as ``address.unsuppressed`` (webhooks)."""
+    row = _get(session, practice_id, normalize(address))
+    if row is None:
+        return False
+    if row.active and _is_live(row, utcnow()):
+        events.address_unsuppressed(session, practice_id, row.address, row.reason.value)
+    session.delete(row)
+    session.flush()
+    return True
 
 
 def purge_expired(session: Session, now: datetime | None = None) -> int:

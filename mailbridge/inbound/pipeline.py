@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, joinedload
 from mailbridge import replies
 from mailbridge.crypto.keyring import KeyringError
 from mailbridge.domain import conversations as convs
+from mailbridge.domain import events
 from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction, writer_gate
 from mailbridge.domain.fingerprint import Fingerprint
@@ -600,18 +601,19 @@ def _quarantine(ctx: Context, reason: str) -> None:
     if ctx.db.scalar(select(Message.id).where(Message.idempotency_key == key)) is not None:
         raise Done(InboundState.duplicate, "duplicate_suppressed")
     with transaction(ctx.deps.sessions) as session:
-        session.add(
-            QuarantineItem(
-                practice_id=ctx.practice_id,
-                inbound_id=ctx.inbound_id,
-                route_address=ctx.envelope.target.address if ctx.envelope.target.kind == "route" else None,
-                conversation_id=ctx.conversation_id,
-                reason=reason,
-                from_address=ctx.from_address,
-                subject=header_text(ctx.msg, "Subject")[:998],
-                summary=quarantine_summary(ctx),
-            )
+        item = QuarantineItem(
+            id=new_id(),
+            practice_id=ctx.practice_id,
+            inbound_id=ctx.inbound_id,
+            route_address=ctx.envelope.target.address if ctx.envelope.target.kind == "route" else None,
+            conversation_id=ctx.conversation_id,
+            reason=reason,
+            from_address=ctx.from_address,
+            subject=header_text(ctx.msg, "Subject")[:998],
+            summary=quarantine_summary(ctx),
         )
+        session.add(item)
+        events.quarantine_held(session, item)
     raise Done(InboundState.quarantined, reason)
 
 
@@ -963,6 +965,8 @@ def _record(ctx: Context, state: InboundState, reason: str, reply: SmtpReply) ->
                 practice = session.get(Practice, ctx.practice_id)
                 if practice is not None:
                     _notice(session, practice, ctx, ctx.notice_reason)
+            if state == InboundState.rejected and row.practice_id is not None:
+                _refused_event(session, row, ctx, reason)
         ctx.raw_forgotten = forget
     except SQLAlchemyError:
         log.warning("inbound_log_update_failed", extra={"reason": reason}, exc_info=True)
@@ -983,6 +987,22 @@ def _cleanup_raw(ctx: Context) -> None:
             ctx.deps.vault.delete(ctx.raw_ref)
         except OSError:
             log.warning("raw_delete_failed", extra={"ref": ctx.raw_ref}, exc_info=True)
+
+
+def _refused_event(session: Session, row: InboundLog, ctx: Context, reason: str) -> None:
+    """``message.refused`` for the practice's app: the reason code and ids, never the content."""
+    sender = session.get(User, ctx.notice_to[0]) if ctx.notice_to is not None else None
+    assert row.practice_id is not None
+    events.message_refused(
+        session,
+        row.practice_id,
+        inbound_id=row.id,
+        door=row.door,
+        reason=reason,
+        rule=ctx.rule,
+        conversation_id=ctx.conversation_id,
+        sender=sender.external_id if sender is not None else None,
+    )
 
 
 def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailbridge.domain import audit, directory
+from mailbridge.domain import audit, directory, events, pagination
 from mailbridge.domain import conversations as convs
 from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction
@@ -138,16 +138,30 @@ def item_out(item: QuarantineItem, decision: AuditEvent | None = None) -> dict[s
     }
 
 
-def list_items(session: Session, practice: Practice, state: str) -> list[dict[str, object]]:
+ITEM_KEYS = (
+    pagination.Key(QuarantineItem.created_at, "created_at"),
+    pagination.Key(QuarantineItem.id, "id"),
+)
+
+
+def list_items(
+    session: Session,
+    practice: Practice,
+    state: str,
+    *,
+    limit: int = pagination.DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> pagination.Page[dict[str, object]]:
+    """A page of items in *state*, newest first (with who decided, for decided ones)."""
     if state not in STATES:
         raise Invalid("invalid_state", f"state is one of {', '.join(STATES)}", "state")
-    rows = session.scalars(
-        select(QuarantineItem)
-        .where(QuarantineItem.practice_id == practice.id, QuarantineItem.state == state)
-        .order_by(QuarantineItem.created_at.desc())
-    ).all()
+    query = select(QuarantineItem).where(
+        QuarantineItem.practice_id == practice.id, QuarantineItem.state == state
+    )
+    page = pagination.page(session, query, ITEM_KEYS, limit=limit, cursor=cursor, descending=True)
+    rows = page.items
     decisions = audit.last_actions(session, "quarantine", [r.id for r in rows]) if state != "held" else {}
-    return [item_out(r, decisions.get(r.id)) for r in rows]
+    return pagination.Page([item_out(r, decisions.get(r.id)) for r in rows], page.next_cursor)
 
 
 def describe(
@@ -282,6 +296,9 @@ def release(
             "contact_created": created,
         },
     )
+    events.quarantine_decided(
+        session, item, actor.label, message=message.id, conversation=message.conversation_id
+    )
     session.flush()
     return Released(message, inbound.id, contact, created)
 
@@ -295,6 +312,7 @@ def discard(session: Session, practice: Practice, item_id: str, actor: audit.Act
     if inbound is not None:
         inbound.reason = "discarded_by_staff"
     audit.record(session, practice, "quarantine_discarded", actor, "quarantine", item.id)
+    events.quarantine_decided(session, item, actor.label)
     return item.inbound_id
 
 

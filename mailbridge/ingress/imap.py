@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from mailbridge import replies
 from mailbridge.access.credentials import CredentialError, MailboxCredentials
 from mailbridge.access.egress import EgressPolicy, EgressRefused
+from mailbridge.domain import events
 from mailbridge.domain.db import transaction, writer_gate
 from mailbridge.domain.models import InboundLog, InboundState, Mailbox, Practice, new_id
 from mailbridge.inbound import pipeline
@@ -72,6 +73,7 @@ DONE_KEYWORD = "$MailbridgeDone"
 REJECTED_KEYWORD = "$MailbridgeRejected"
 # Outcomes that leave the folder for Processed; ``rejected`` goes to Rejected, ``deferred`` stays put.
 TO_REJECTED = frozenset({InboundState.rejected})
+FAILING = frozenset({"error", "auth_failed"})  # statuses that announce ``mailbox.error`` when entered
 IMAP_IDLE_LIMIT = 29 * 60  # RFC 2177 §3: servers may log out a client idle for 30 minutes
 
 Runner = Callable[[Any, pipeline.Envelope, Path, int], pipeline.Outcome]
@@ -1147,6 +1149,8 @@ class MailboxPoller:
         with transaction(self.services.sessions) as session:
             row = session.get(Mailbox, self.mailbox.id)
             if row is not None:
+                if status in FAILING and row.status not in FAILING:  # working (or new) → failing
+                    events.mailbox_error(session, row.practice_id, row.name, status)
                 row.status = status
                 row.last_error = error[:512] if error else None
 

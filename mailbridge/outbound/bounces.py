@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from mailbridge.domain import suppressions
+from mailbridge.domain import events, suppressions
 from mailbridge.domain.models import Outbox, SuppressionReason
 from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.inbound.classify import BouncedRecipient, Classification
@@ -98,6 +98,11 @@ def record_report(
     if row is not None and target.kind == "bounce":
         row.last_answer = _answer(result, decision)[:512]
         _count(session, row, decision, policy)
+        if result.kind == "bounce" and (
+            decision.effect in ("hard", "soft") or decision.verdict.reason in OURS
+        ):
+            # the notification did not arrive (for the address's fault or ours): the app hears of it
+            events.delivery_bounced(session, row, decision.effect == "hard")
     if decision.effect == "ignore":
         BOUNCES.labels("ignored").inc()
     return ReportOutcome(decision.verdict.rule, decision.verdict.reason, details)

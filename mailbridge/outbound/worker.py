@@ -26,6 +26,7 @@ from sqlalchemy import event, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailbridge.domain import events
 from mailbridge.domain.db import transaction, writer_gate
 from mailbridge.domain.models import Outbox, OutboxState, Practice, utcnow
 from mailbridge.domain.suppressions import SuppressionPolicy
@@ -247,6 +248,7 @@ class Worker:
             return Prepared(row.id)
         except CannotSign as why:
             self._cannot_sign(row, snapshot, str(why))
+            events.delivery_result(session, row)  # delivery.failed once it expired waiting
             return Prepared(row.id)
         except SQLAlchemyError:
             raise  # the transaction is spoiled: the caller decides
@@ -347,6 +349,7 @@ class Worker:
             log.error("outbox_expired", extra={"outbox": row.id, "attempts": row.attempts})
         else:
             row.next_attempt_at = now + backoff(self.schedule, row.attempts)
+        events.delivery_result(session, row)  # delivery.sent / delivery.failed, with the row's state
         practice = session.get(Practice, row.practice_id)  # the batch's few practices: identity map
         return {
             "outbox_id": row.id,

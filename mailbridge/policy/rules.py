@@ -225,3 +225,35 @@ def can_post(s: Situation) -> Verdict:
 def can_read_message(actor: Person, internal: bool) -> bool:
     """Internal notes are for staff only, whatever the conversation."""
     return actor.kind == "staff" or not internal
+
+
+# ---- quick notes (seed 003 "Write a Quick Note for a Message") ------------------------------------
+
+
+def quick_note_staff_only(s: Situation) -> Verdict | None:
+    """Seed 003: a quick note adds to the client's chart note records, which staff keep."""
+    if s.actor.kind != "staff":
+        return _deny("quick_note_staff_only", "staff_only")
+    return None
+
+
+def quick_note_one_client(s: Situation) -> Verdict | None:
+    """Seed 003: "You can create a quick note entry when only 1 client is included (+ unlimited staff).
+    Group messages (2+ clients) do not support this feature." Only clients count; staff never do."""
+    clients = len(s.client_participants)
+    if clients > 1:
+        return _deny("quick_note_one_client", "group_conversation")
+    if clients == 0:
+        return _deny("quick_note_one_client", "no_client")
+    return None
+
+
+def can_quick_note(s: Situation) -> Verdict:
+    """Staff who may read the thread, on a thread with exactly one client."""
+    staff = quick_note_staff_only(s)
+    if staff is not None:
+        return staff
+    read = can_read(s)
+    if not read.allowed:
+        return read
+    return quick_note_one_client(s) or _allow("quick_note_one_client")
