@@ -18,6 +18,7 @@ from mailbridge.domain.db import make_engine, make_session_factory
 from mailbridge.inbound.dns import NameserverResolver, Resolver
 from mailbridge.inbound.tokens import TokenIssuer
 from mailbridge.outbound.keys import KeyStore
+from mailbridge.outbound.unsubscribe import UnsubscribeTokens
 from mailbridge.settings import Settings, SettingsError
 from mailbridge.storage.blobs import BlobStore, LocalBlobStore
 
@@ -52,6 +53,9 @@ class Services:
     keyring: Keyring
     dkim_keys: KeyStore  # the practices' DKIM signers, from the database (shared by every node)
     verp_secret: bytes
+    unsubscribe: (
+        UnsubscribeTokens  # one-click unsubscribe links (RFC 8058), key derived from the token secret
+    )
     flags: dict[str, bool] = field(default_factory=dict)  # e.g. smtp_listening, for /readyz
     ingress_handlers: list[Any] = field(default_factory=list)  # for draining at shutdown
 
@@ -84,6 +88,7 @@ def build_services(settings: Settings, resolver: Resolver | None = None) -> Serv
         resolver=resolver
         or NameserverResolver(settings.dns_nameservers, timeout=settings.dns_timeout_seconds),
         verp_secret=hmac.new(secret, b"verp", hashlib.sha256).digest(),
+        unsubscribe=UnsubscribeTokens(secret, settings.unsubscribe_link_days * 86400),
     )
 
 

@@ -14,9 +14,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import quoprimime
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP as _SMTP
+from email.policy import Policy
 from email.utils import format_datetime
 
 from mailbridge.outbound.render import Rendered
@@ -24,6 +25,38 @@ from mailbridge.outbound.render import Rendered
 LOOP_HEADER = "X-Mailbridge-Loop"
 _BIDI_AND_CONTROL = re.compile(r"[\x00-\x1f\x7f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _ADDR_OK = re.compile(r"^[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9.-]+$")
+
+
+# List-Unsubscribe (RFC 2369) holds one <https://…/u/TOKEN> URI (RFC 8058 one-click). The standard
+# library folds a header value longer than 78 characters with no space in it by turning it into
+# RFC 2047 encoded words, which no mail client reads as a URI; RFC 5322 allows lines up to 998
+# characters, so this field is written on one line instead (only when it is exactly <printable
+# URI chars>: anything else is folded as usual).
+_ONE_URI = re.compile(r"<[!#-;=?-~]{1,900}>")
+
+
+class _UriListHeader(UnstructuredHeader, BaseHeader):
+    def fold(self, *, policy: Policy) -> str:
+        value = str(self)
+        if _ONE_URI.fullmatch(value):
+            return f"{self.name}: {value}{policy.linesep}"
+        return super().fold(policy=policy)
+
+
+_REGISTRY = HeaderRegistry()
+_REGISTRY.map_to_type("list-unsubscribe", _UriListHeader)
+#: The SMTP policy (CRLF, 78-character folding), with List-Unsubscribe kept whole.
+SMTP = _SMTP.clone(header_factory=_REGISTRY)
+
+
+@dataclass(frozen=True)
+class InlineImage:
+    """An image sent inside the message and shown by the HTML as ``cid:<content_id>`` (RFC 2392)."""
+
+    content_id: str  # without angle brackets: logo.1a2b3c4d5e6f7a8b@acme.example
+    content_type: str  # image/png | image/jpeg
+    data: bytes
+    filename: str
 
 
 class UnsafeAddress(ValueError):
@@ -75,7 +108,7 @@ class Envelope:
     references: tuple[str, ...] = ()
     thread_topic: str | None = None
     thread_index: str | None = None
-    list_unsubscribe: str | None = None
+    list_unsubscribe: str | None = None  # with List-Unsubscribe-Post: one-click (RFC 8058)
     loop_value: str = "mailbridge"
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -104,14 +137,20 @@ def header_fields(env: Envelope) -> list[tuple[str, str | Address]]:
         (LOOP_HEADER, env.loop_value),
     ]
     if env.list_unsubscribe:
+        # RFC 8058: a POST of "List-Unsubscribe=One-Click" to the HTTPS URI unsubscribes, no questions
+        # asked; both fields are covered by the DKIM signature (sign.SIGNED_HEADERS).
         fields.append(("List-Unsubscribe", f"<{env.list_unsubscribe}>"))
+        fields.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
     fields += [(name, safe_display_name(value, 998)) for name, value in env.extra.items()]
     return fields
 
 
-def compose(env: Envelope, rendered: Rendered, attached: bytes | None = None) -> EmailMessage:
+def compose(
+    env: Envelope, rendered: Rendered, attached: bytes | None = None, inline: tuple[InlineImage, ...] = ()
+) -> EmailMessage:
     """The notification as an ``EmailMessage`` (text and HTML alternatives), for callers that extend it.
 
+    *inline* images (the practice's logo) go with the HTML in a multipart/related part (RFC 2387).
     :func:`compose_bytes` writes the same bytes without building the message object.
     """
     msg = EmailMessage(policy=SMTP)
@@ -119,6 +158,19 @@ def compose(env: Envelope, rendered: Rendered, attached: bytes | None = None) ->
         msg[name] = value
     msg.set_content(rendered.text)
     msg.add_alternative(rendered.html, subtype="html")
+    if inline:
+        html_part = list(msg.iter_parts())[1]
+        assert isinstance(html_part, EmailMessage)
+        for image in inline:
+            maintype, _, subtype = image.content_type.partition("/")
+            html_part.add_related(
+                image.data,
+                maintype=maintype,
+                subtype=subtype,
+                cid=f"<{image.content_id}>",
+                disposition="inline",
+                filename=image.filename,
+            )
     if attached is not None:
         msg.make_mixed()
         msg.add_attachment(attached, maintype="message", subtype="rfc822", filename="original.eml")
@@ -237,8 +289,14 @@ def _moved_or_repeated(name: str, fields: list[tuple[str, str | Address]]) -> bo
     )
 
 
-def compose_bytes(env: Envelope, rendered: Rendered) -> bytes:
-    """``compose(env, rendered).as_bytes(policy=SMTP)``, several times cheaper (see above)."""
+def compose_bytes(env: Envelope, rendered: Rendered, inline: tuple[InlineImage, ...] = ()) -> bytes:
+    """``compose(env, rendered).as_bytes(policy=SMTP)``, several times cheaper (see above).
+
+    A message with *inline* images (a practice's logo) is written by ``compose`` itself: the
+    multipart/related structure is not worth a second writer.
+    """
+    if inline:
+        return compose(env, rendered, inline=inline).as_bytes(policy=SMTP)
     fields = header_fields(env)
     if any(_moved_or_repeated(name, fields) for name in env.extra):
         # compose would move a Content-* field into the first part, or refuse a second From.

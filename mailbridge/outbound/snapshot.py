@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import conversations as convs
+from mailbridge.domain import mutes, templates
 from mailbridge.domain.models import (
     Conversation,
     DkimKeyRow,
@@ -28,6 +29,8 @@ from mailbridge.domain.models import (
     Outbox,
     OutboxKind,
     Practice,
+    PracticeLogo,
+    PracticeTemplate,
     User,
 )
 from mailbridge.domain.practice_settings import PracticeSettings
@@ -72,6 +75,10 @@ class BatchSnapshot:
     conversations: dict[str, Conversation]
     first_ids: dict[str, str]
     dkim_keys: dict[int, list[DkimKeyRow]] = field(default_factory=dict)  # practice id → its active keys
+    # (practice id, template name, locale) → the practice's own active template
+    templates: dict[tuple[int, str, str], PracticeTemplate] = field(default_factory=dict)
+    logos: dict[int, PracticeLogo] = field(default_factory=dict)  # practice id → its logo
+    muted: set[tuple[int, str]] = field(default_factory=set)  # (recipient id, conversation id)
     _settings: dict[int, PracticeSettings] = field(default_factory=dict)
     _situations: dict[tuple[str, str], Situation] = field(default_factory=dict)
 
@@ -109,6 +116,16 @@ class BatchSnapshot:
             .order_by(DkimKeyRow.id)
         ):
             dkim_keys.setdefault(key.practice_id, []).append(key)
+        logos = (
+            {
+                logo.practice_id: logo
+                for logo in session.scalars(
+                    select(PracticeLogo).where(PracticeLogo.practice_id.in_(practice_ids))
+                )
+            }
+            if practice_ids
+            else {}
+        )
         return cls(
             practices=practices,
             messages=messages,
@@ -116,6 +133,9 @@ class BatchSnapshot:
             conversations=conversations,
             first_ids=first_message_ids(session, conversations),
             dkim_keys=dkim_keys,
+            templates=templates.active(session, practice_ids),
+            logos=logos,
+            muted=mutes.muted_pairs(session, conversation_ids),
         )
 
     def settings(self, practice: Practice) -> PracticeSettings:

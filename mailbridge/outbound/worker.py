@@ -107,6 +107,8 @@ class Worker:
             verp_secret=services.verp_secret,
             app_url=settings.app_url,
             loop_value=settings.smtp_hostname,
+            unsubscribe=services.unsubscribe,
+            public_url=settings.effective_public_url,
         )
         return cls(
             sessions=services.sessions,
