@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from mailbridge import __version__
 from mailbridge.wiring import Services
 
-from . import conversations, directory, mailboxes, maillog, problems, routing
+from . import conversations, directory, mailboxes, maillog, problems, routing, templates, unsubscribe
 from .deps import require_api_key
 
 
@@ -28,6 +28,11 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(maillog.router, dependencies=secured)
     app.include_router(routing.router, dependencies=secured)
     app.include_router(mailboxes.router, dependencies=secured)
+    app.include_router(templates.router, dependencies=secured)
+    app.include_router(unsubscribe.api_router, dependencies=secured)
+    # /u/{token}: the one-click unsubscribe of notifications (RFC 8058), reached by mail clients
+    # without any key; the signed token is the credential.
+    app.include_router(unsubscribe.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -35,7 +35,14 @@ from mailbridge.outbound.compose import (
     named,
     thread_index,
 )
-from mailbridge.outbound.context import body_html, cut_body, preheader, size_text, split_withheld, text_on
+from mailbridge.outbound.context import (
+    body_html,
+    cut_body,
+    practice_identity,
+    preheader,
+    size_text,
+    split_withheld,
+)
 from mailbridge.outbound.keys import KeyStore
 from mailbridge.outbound.render import LOCALES, Rendered, Renderer, Source
 from mailbridge.outbound.sign import DkimSigner
@@ -282,16 +289,7 @@ class Builder:
         shown: bool,
     ) -> tuple[dict[str, Any], tuple[InlineImage, ...]]:
         """The practice's identity for the templates, and its logo as an inline part when shown."""
-        color = settings.effective_brand_color
-        identity: dict[str, Any] = {
-            "lang": lang,
-            "practice_name": practice.name if shown else "",
-            "brand_color": color,
-            "brand_text_color": text_on(color),
-            "logo_src": "",
-            "footer_lines": settings.footer_lines if shown else [],
-            "signin_link": self.app_url.rstrip("/") + "/",
-        }
+        identity = practice_identity(practice.name, settings, lang, shown, self.app_url)
         if not shown or logo is None:
             return identity, ()
         content_id = f"logo.{logo.sha256[:16]}@{self._domain(practice)}"

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import re
 import textwrap
+from typing import Any
 
 from markupsafe import escape
+
+from mailbridge.domain.practice_settings import PracticeSettings
 
 #: A body longer than this is cut in the notification ("continued in the app"): Gmail clips a
 #: message whose HTML passes 102 KB, and the text appears in both parts.
@@ -111,3 +114,20 @@ def wrap_text(text: str, width: int = _WIDTH) -> str:
             or [line]
         )
     return "\n".join(out)
+
+
+def practice_identity(
+    name: str, settings: PracticeSettings, lang: str, shown: bool, app_url: str, logo_src: str = ""
+) -> dict[str, Any]:
+    """What every template knows of the practice: its name, colours, logo and footer when *shown*
+    (a minimal notification or a notice of a practice that hides itself shows none of them)."""
+    color = settings.effective_brand_color
+    return {
+        "lang": lang,
+        "practice_name": name if shown else "",
+        "brand_color": color,
+        "brand_text_color": text_on(color),
+        "logo_src": logo_src if shown else "",
+        "footer_lines": settings.footer_lines if shown else [],
+        "signin_link": app_url.rstrip("/") + "/",
+    }

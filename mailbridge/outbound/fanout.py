@@ -21,6 +21,7 @@ from mailbridge.domain.models import (
     UserKind,
     utcnow,
 )
+from mailbridge.domain.mutes import muted_users
 from mailbridge.policy.rules import Situation, can_read
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,16 @@ def enqueue_notifications(
     base = snapshot if snapshot is not None else situation(session, message.author, conversation)
     people = {person.id: person for person in base.participants}
     blocked = _suppressed_among(session, practice.id, [u.email for u in recipients])
+    muted = set(muted_users(session, conversation.id))
     for user in recipients:
         verdict = can_read(replace(base, actor=people[user.id]))
         if verdict.reason == "account_inactive":
             _skipped(session, practice, conversation, message, user.id, user.email, verdict.reason)
             continue
         if not verdict.allowed:
+            continue
+        if user.id in muted:  # one-click unsubscribe from this conversation's notifications (RFC 8058)
+            _skipped(session, practice, conversation, message, user.id, user.email, "conversation_muted")
             continue
         if user.email.lower() in blocked:
             log.info(
@@ -116,8 +121,9 @@ def _skipped(
     address: str,
     reason: str,
 ) -> None:
-    """A participant deliberately not notified (a deactivated staff account) leaves a row in the
-    delivery log saying so, never sent: ``GET …/outbound?state=suppressed`` shows who and why."""
+    """A participant deliberately not notified (a deactivated staff account, a muted conversation)
+    leaves a row in the delivery log saying so, never sent: ``GET …/outbound?state=suppressed``
+    shows who and why."""
     log.info("notification_skipped", extra={"practice": practice.slug, "reason": reason})
     session.add(
         Outbox(
