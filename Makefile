@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-# Product needs libmagic; the tests also use real peers (Postfix tools, swaks, Dovecot, OpenDKIM).
+# Product needs libmagic; the tests also use real peers (Postfix tools, swaks, Dovecot, OpenDKIM,
+# SpamAssassin), and `make notification-pictures` Debian's headless Chromium.
 SYSTEM_PACKAGES := libmagic1
-TEST_SYSTEM_PACKAGES := libmagic1 postfix swaks libnet-ssleay-perl dovecot-imapd opendkim-tools
+TEST_SYSTEM_PACKAGES := libmagic1 postfix swaks libnet-ssleay-perl dovecot-imapd opendkim-tools spamassassin chromium
 
 .PHONY: run test lint typecheck bench system-deps test-system-deps clean
 
