@@ -317,13 +317,24 @@ class Renderer:
         found: list[str] = []
         for lang in LOCALES:
             for name in self.names():
-                path = f"{lang}/{name}"
-                try:
-                    source = self.default(name, lang)
-                    context = sample_context(name, lang)
-                    self._render(source, lang, context)
-                except FileNotFoundError as exc:
-                    found.append(f"{path}: TemplateNotFound: {Path(exc.filename or '').name}"[:200])
+                broken = False
+                for part in PARTS:
+                    path = f"{lang}/{name}{part}"
+                    try:
+                        source = (self.templates_dir / lang / f"{name}{part}").read_text(encoding="utf-8")
+                        if part == ".mjml":
+                            source = compile_mjml(source, self.partials(lang))
+                        self._template(part == ".mjml", source)
+                    except FileNotFoundError:
+                        found.append(f"{path}: TemplateNotFound")
+                        broken = True
+                    except (TemplateError, MjmlError, UnicodeDecodeError) as exc:
+                        found.append(f"{path}: {type(exc).__name__}: {exc}"[:200])
+                        broken = True
+                if broken:
+                    continue
+                try:  # every part compiles: the sample must render too
+                    self._render(self.default(name, lang), lang, sample_context(name, lang))
                 except (TemplateError, MjmlError, ValueError, TypeError) as exc:
-                    found.append(f"{path}: {type(exc).__name__}: {exc}"[:200])
+                    found.append(f"{lang}/{name}: {type(exc).__name__}: {exc}"[:200])
         return found
