@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 SYSTEM_PACKAGES := libmagic1
 TEST_SYSTEM_PACKAGES := libmagic1 postfix swaks libnet-ssleay-perl dovecot-imapd opendkim-tools spamassassin chromium
 
-.PHONY: run test lint typecheck bench system-deps test-system-deps clean
+.PHONY: run test lint typecheck bench notification-pictures system-deps test-system-deps clean
 
 run: $(STAMP) system-deps
 	@$(BIN)/mailbridge db upgrade
@@ -29,6 +29,11 @@ typecheck: $(TEST_STAMP)
 
 bench: $(TEST_STAMP) test-system-deps
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
+
+# Every notification template at 375 and 800 px, light and dark, photographed by headless Chromium
+# into docs/notifications/ (shown by docs/notifications.md).
+notification-pictures: $(TEST_STAMP) test-system-deps
+	$(BIN)/python scripts/notification_pictures.py docs/notifications
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

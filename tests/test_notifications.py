@@ -489,3 +489,20 @@ def test_a_practice_template_is_that_practices_only(seeded: Any, api: Any) -> No
     )
     assert api.put(f"{BASE}/templates/not_a_template?locale=en", json={"subject": "x"}).status_code == 422
     assert api.put(f"{BASE}/templates/notice?locale=de", json={"subject": "x"}).status_code == 422
+
+
+def test_the_demo_notifications_use_the_new_templates(sqlite_services: Any) -> None:
+    """`make run` loads the demo: its notifications carry its colour, footer and logo."""
+    from mailbridge.demo import load_demo
+
+    with transaction(sqlite_services.sessions) as session:
+        load_demo(session)
+    drain(worker_for(sqlite_services, None), rounds=5)
+    sent = [parse(p.read_bytes()) for p in sorted((sqlite_services.settings.data_dir / "outbox").glob("*.eml"))]
+    assert len(sent) >= 8
+    full = next(m for m in sent if m["Subject"] == "Quarterly VAT return" and "alice" in str(m["To"]))
+    html = html_of(full)
+    assert "#0a7766" in html and "12 Harbour Street" in html and 'src="cid:logo.' in html
+    assert full["List-Unsubscribe"].startswith("<http://127.0.0.1:0/u/")
+    french = next(m for m in sent if m["Subject"] == "Vous avez un nouveau message sécurisé")
+    assert "#8a3ffc" in html_of(french) and "Cabinet Lumière" in str(french["From"])

@@ -240,3 +240,12 @@ def test_spamassassin_scores_every_template_under_one(sqlite_services: Any, tmp_
         score = float(re.search(r"score=(-?[\d.]+)", status).group(1))  # type: ignore[union-attr]
         assert score < 1.0, f"{message_id}: {status}"
         assert "HTML_FONT_LOW_CONTRAST" not in status  # no hidden text coloured like its background
+
+
+def test_the_pictures_in_the_docs_are_the_ones_listed() -> None:
+    root = Path(__file__).resolve().parent.parent / "docs"
+    listed = set(re.findall(r"\]\((notifications/[^)]+\.png)\)", (root / "notifications.md").read_text()))
+    on_disk = {f"notifications/{p.name}" for p in (root / "notifications").glob("*.png")}
+    assert listed == on_disk
+    assert len(on_disk) == len(SPECS) * 4  # each template: 375 and 800 px, light and dark
+    assert all((root / p).stat().st_size < 60_000 for p in on_disk)
