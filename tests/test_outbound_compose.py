@@ -129,6 +129,22 @@ def test_a_long_one_click_unsubscribe_uri_stays_whole_on_one_line() -> None:
     assert msg["List-Unsubscribe"] == f"<{url}>"
 
 
+@pytest.mark.parametrize("html_name", ["ascii_short_lines", "utf8_long_lines"])
+def test_same_bytes_with_inline_images(html_name: str) -> None:
+    logo = InlineImage(
+        "logo.0123456789abcdef@acme.test", "image/png", bytes(range(256)) * 9 + b"\x89", "logo.png"
+    )
+    other = InlineImage(
+        "logo.fedcba9876543210@acme.test", "image/jpeg", b"\xff\xd8\xff" + b"j" * 100, "logo.jpg"
+    )
+    rendered = Rendered("s", BODIES["utf8_long_lines"], "<p>" + BODIES[html_name] + "</p>\n")
+    for seed, inline in ((1, (logo,)), (2, (logo, other))):
+        random.seed(seed)
+        reference = compose(envelope(), rendered, inline=inline).as_bytes(policy=email.policy.SMTP)
+        random.seed(seed)
+        assert compose_bytes(envelope(), rendered, inline) == reference
+
+
 def test_inline_images_go_with_the_html_in_multipart_related() -> None:
     logo = InlineImage(
         "logo.0123456789abcdef@acme.test", "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "logo.png"
