@@ -431,6 +431,16 @@ def test_practice_template_saved_versioned_previewed_and_used(seeded: Any, api: 
         ),
         ({"text": "Sign in: {{ signin_link }}"}, "text: the unsubscribe_link link"),
         ({"mjml": "<mjml><mj-body><mj-section>"}, "does not compile"),
+        # 3,500 levels (88 KB, within the size limit) crash mrml 0.2.4 with a segmentation fault: the
+        # whole API process would die; refused before mrml sees it
+        (
+            {
+                "mjml": MINIMAL_MJML.replace(
+                    "<mj-section>", "<mj-wrapper>" * 3_500 + "</mj-wrapper>" * 3_500 + "<mj-section>"
+                )
+            },
+            "nested more than 100 deep",
+        ),
     ],
 )
 def test_practice_templates_that_break_the_rules_are_refused(
@@ -498,7 +508,9 @@ def test_the_demo_notifications_use_the_new_templates(sqlite_services: Any) -> N
     with transaction(sqlite_services.sessions) as session:
         load_demo(session)
     drain(worker_for(sqlite_services, None), rounds=5)
-    sent = [parse(p.read_bytes()) for p in sorted((sqlite_services.settings.data_dir / "outbox").glob("*.eml"))]
+    sent = [
+        parse(p.read_bytes()) for p in sorted((sqlite_services.settings.data_dir / "outbox").glob("*.eml"))
+    ]
     assert len(sent) >= 8
     full = next(m for m in sent if m["Subject"] == "Quarterly VAT return" and "alice" in str(m["To"]))
     html = html_of(full)

@@ -30,6 +30,31 @@ class MjmlError(ValueError):
     """The source is not MJML the compiler accepts (the message names the position)."""
 
 
+#: Deeper element nesting is refused before mrml sees it: its recursive parser overflows the stack
+#: (a segmentation fault that ends the whole process) at a few thousand levels, and a practice's
+#: template must never be able to do that. The shipped templates nest about ten deep.
+MAX_DEPTH = 100
+_TAG = re.compile(r"<!--.*?-->|<(/?)([A-Za-z][A-Za-z0-9:_-]*)\b[^>]*?(/?)>", re.DOTALL)
+_VOID = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+)
+
+
+def nesting_depth(source: str) -> int:
+    """The deepest element nesting of *source*, counted generously (an unclosed tag stays open)."""
+    depth = deepest = 0
+    for match in _TAG.finditer(source):
+        closing, name, self_closing = match.groups()
+        if name is None or self_closing or name.lower() in _VOID:
+            continue
+        if closing:
+            depth = max(depth - 1, 0)
+        else:
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
+
+
 def compile_mjml(source: str, partials: Mapping[str, str] | None = None) -> str:
     """The HTML (still a Jinja template) for *source*; ``mj-include`` sees only *partials*."""
     return _compile(source, tuple(sorted((partials or {}).items())))
@@ -52,12 +77,13 @@ def expand_includes(source: str, partials: Mapping[str, str]) -> str:
 
 @functools.lru_cache(maxsize=512)
 def _compile(source: str, partials: tuple[tuple[str, str], ...]) -> str:
+    expanded = expand_includes(source, dict(partials))
+    if nesting_depth(expanded) > MAX_DEPTH:
+        raise MjmlError(f"elements nested more than {MAX_DEPTH} deep")
     options = mrml.ParserOptions(include_loader=mrml.noop_loader())
     render = mrml.RenderOptions(disable_comments=True, fonts={})
     try:
-        output = mrml.to_html(
-            expand_includes(source, dict(partials)), parser_options=options, render_options=render
-        )
+        output = mrml.to_html(expanded, parser_options=options, render_options=render)
     except (OSError, ValueError) as exc:  # mrml raises OSError for parse errors
         raise MjmlError(str(exc)) from None
     return str(output.content)
