@@ -94,10 +94,12 @@ def check_syntax(
     """
     try:
         tree = env.parse(source)
+        problems: list[str] = []
+        _walk(tree, {}, False, lists, loop_fields, problems)
     except TemplateSyntaxError as exc:
         return [f"line {exc.lineno}: {exc.message}"]
-    problems: list[str] = []
-    _walk(tree, {}, False, lists, loop_fields, problems)
+    except RecursionError:  # thousands of nested blocks: Jinja's parser and this walk recurse
+        return ["blocks nested too deep"]
     if problems:
         return problems
     try:
