@@ -274,6 +274,7 @@ class Renderer:
                 TemplateError,
                 ValueError,
                 TypeError,
+                RecursionError,
             ) as exc:  # the sandbox raises SecurityError (a TemplateError)
                 raise TemplateProblems(
                     [f"does not render with sample data: {type(exc).__name__}: {exc}"]
