@@ -29,7 +29,14 @@ from mailbridge.domain.models import Practice, PracticeLogo, PracticeTemplate
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.outbound.catalog import SPECS, sample_context
 from mailbridge.outbound.context import practice_identity
-from mailbridge.outbound.render import LOCALES, Rendered, Renderer, Source, TemplateProblems
+from mailbridge.outbound.render import (
+    LOCALES,
+    SOURCE_LIMITS,
+    Rendered,
+    Renderer,
+    Source,
+    TemplateProblems,
+)
 
 from .deps import ServicesDep
 
@@ -45,9 +52,17 @@ def renderer_for(templates_dir: Path | None) -> Renderer:
 
 class TemplateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    subject: str | None = Field(default=None, description="Jinja text; null or left out: the shipped one")
-    text: str | None = Field(default=None, description="Jinja text of the plain-text part")
-    mjml: str | None = Field(default=None, description="MJML with Jinja, for the HTML part")
+    subject: str | None = Field(
+        default=None,
+        max_length=SOURCE_LIMITS["subject"],
+        description="Jinja text; null or left out: the shipped one",
+    )
+    text: str | None = Field(
+        default=None, max_length=SOURCE_LIMITS["text"], description="Jinja text of the plain-text part"
+    )
+    mjml: str | None = Field(
+        default=None, max_length=SOURCE_LIMITS["mjml"], description="MJML with Jinja, for the HTML part"
+    )
 
     def source(self) -> Source:
         return Source(self.subject, self.text, self.mjml)
