@@ -86,4 +86,10 @@ def _compile(source: str, partials: tuple[tuple[str, str], ...]) -> str:
         output = mrml.to_html(expanded, parser_options=options, render_options=render)
     except (OSError, ValueError) as exc:  # mrml raises OSError for parse errors
         raise MjmlError(str(exc)) from None
+    except BaseException as exc:
+        # A panic in the Rust code arrives as pyo3's PanicException, a BaseException that no
+        # ``except Exception`` would stop: for a practice's template it is one more refusal.
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise MjmlError(f"the MJML compiler failed: {type(exc).__name__}") from None
     return str(output.content)
