@@ -27,8 +27,7 @@ from mailbridge.domain.db import transaction
 from mailbridge.domain.errors import Invalid, NotFound
 from mailbridge.domain.models import Practice, PracticeLogo, PracticeTemplate
 from mailbridge.domain.practice_settings import PracticeSettings
-from mailbridge.outbound.catalog import SPECS, sample_context
-from mailbridge.outbound.context import practice_identity
+from mailbridge.outbound.catalog import SPECS, preview_context
 from mailbridge.outbound.render import (
     LOCALES,
     SOURCE_LIMITS,
@@ -127,14 +126,13 @@ class LogoOut(BaseModel):
     sha256: str
 
 
-def _identity(session: Session, svc: ServicesDep, practice: Practice, name: str, lang: str) -> dict[str, Any]:
-    """The practice's real name, colours, footer and logo (as a data: URI, which a browser shows),
-    for checks and previews; a minimal template or a notice sees what the practice shows there."""
+def _sample(session: Session, svc: ServicesDep, practice: Practice, name: str, lang: str) -> dict[str, Any]:
+    """Sample data in the practice's real name, colours, footer and logo (a data: URI, which a
+    browser shows), for checks and previews."""
     settings = PracticeSettings.model_validate(practice.settings or {})
-    shown = (not SPECS[name].minimal and name != "notice") or settings.minimal_shows_practice
     logo = session.get(PracticeLogo, practice.id)
     logo_src = f"data:{logo.content_type};base64,{base64.b64encode(logo.data).decode()}" if logo else ""
-    return practice_identity(practice.name, settings, lang, shown, svc.settings.app_url, logo_src)
+    return preview_context(name, lang, practice.name, settings, svc.settings.app_url, logo_src)
 
 
 def _check(renderer: Renderer, name: str, lang: str, source: Source, identity: dict[str, Any]) -> Rendered:
@@ -150,9 +148,9 @@ def _check(renderer: Renderer, name: str, lang: str, source: Source, identity: d
 
 
 def _preview(
-    renderer: Renderer, name: str, lang: str, source: Source | None, identity: dict[str, Any]
+    renderer: Renderer, name: str, lang: str, source: Source | None, context: dict[str, Any]
 ) -> Rendered:
-    return renderer.render(name, lang, sample_context(name, lang, identity), source)
+    return renderer.render(name, lang, context, source)
 
 
 @router.get("/templates", response_model=TemplateList)
@@ -225,8 +223,8 @@ def put_template(
         created_by = "api"
         if actor is not None:
             created_by = f"staff:{directory.get_user(session, p, actor, 'as').external_id}"
-        identity = _identity(session, svc, p, name, locale)
-        rendered = _check(renderer, name, locale, body.source(), identity)
+        sample = _sample(session, svc, p, name, locale)
+        rendered = _check(renderer, name, locale, body.source(), sample)
         row = templates.save_version(
             session,
             p.id,
@@ -268,16 +266,14 @@ def preview_template(
     renderer = renderer_for(svc.settings.templates_dir)
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        identity = _identity(session, svc, p, name, locale)
+        sample = _sample(session, svc, p, name, locale)
         if body is not None and not body.empty():
-            return PreviewOut(
-                **_parts(_check(renderer, name, locale, body.source(), identity)), source="draft"
-            )
+            return PreviewOut(**_parts(_check(renderer, name, locale, body.source(), sample)), source="draft")
         own = templates.active(session, [p.id]).get((p.id, name, locale))
         if own is None:
-            return PreviewOut(**_parts(_preview(renderer, name, locale, None, identity)), source="default")
+            return PreviewOut(**_parts(_preview(renderer, name, locale, None, sample)), source="default")
         source = Source(own.subject, own.text, own.mjml)
-        rendered = _preview(renderer, name, locale, source, identity)
+        rendered = _preview(renderer, name, locale, source, sample)
         return PreviewOut(**_parts(rendered), source="practice", version=own.version)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from markupsafe import Markup
 
+from mailbridge.domain.practice_settings import PracticeSettings
+
 #: The practice's identity, in every template (empty strings/lists where the practice hides itself).
 IDENTITY = frozenset(
     {"lang", "practice_name", "brand_color", "brand_text_color", "logo_src", "footer_lines", "signin_link"}
@@ -158,3 +160,21 @@ def sample_context(name: str, lang: str, identity: dict[str, Any] | None = None)
     elif name == "forward":
         context |= {"rcpt": "postmaster@acme-counselling.example"}
     return context
+
+
+def preview_context(
+    name: str,
+    lang: str,
+    practice_name: str,
+    settings: PracticeSettings,
+    app_url: str,
+    logo_src: str = "",
+) -> dict[str, Any]:
+    """Sample data in a practice's own identity, shown as that template shows it: a minimal
+    notification or a notice of a practice with ``minimal_shows_practice: false`` names nobody.
+    For previews (the API's, a console's): *logo_src* may be a ``data:`` URI there."""
+    from mailbridge.outbound.context import practice_identity
+
+    shown = (not SPECS[name].minimal and name != "notice") or settings.minimal_shows_practice
+    identity = practice_identity(practice_name, settings, lang, shown, app_url, logo_src)
+    return sample_context(name, lang, identity)
