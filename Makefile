@@ -5,12 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-# Product needs libmagic; the tests also use real peers (Postfix tools, swaks, Dovecot, OpenDKIM, and
-# Chromium for the console, driven by Playwright with executable_path: no browser is downloaded).
+# Product needs libmagic; the tests also use real peers (Postfix tools, swaks, Dovecot, OpenDKIM,
+# SpamAssassin, and Chromium for the console and the notification pictures, driven with
+# executable_path: no browser is downloaded).
 SYSTEM_PACKAGES := libmagic1
-TEST_SYSTEM_PACKAGES := libmagic1 postfix swaks libnet-ssleay-perl dovecot-imapd opendkim-tools chromium sqlite3 rsync
+TEST_SYSTEM_PACKAGES := libmagic1 postfix swaks libnet-ssleay-perl dovecot-imapd opendkim-tools spamassassin chromium sqlite3 rsync
 
-.PHONY: run test lint typecheck bench reasons screenshots system-deps test-system-deps clean
+.PHONY: run test lint typecheck bench reasons screenshots notification-pictures system-deps test-system-deps clean
 
 run: $(STAMP) system-deps
 	@$(BIN)/mailbridge db upgrade
@@ -37,6 +38,11 @@ reasons: $(STAMP)
 # PNGs of every console page, with the demo data, into docs/console/ (shown in docs/console.md).
 screenshots: $(TEST_STAMP) test-system-deps
 	$(BIN)/python -m tests.screenshots docs/console
+
+# Every notification template at 375 and 800 px, light and dark, photographed by headless Chromium
+# into docs/notifications/ (shown by docs/notifications.md).
+notification-pictures: $(TEST_STAMP) test-system-deps
+	$(BIN)/python scripts/notification_pictures.py docs/notifications
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

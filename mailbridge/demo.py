@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -9,8 +10,10 @@ from sqlalchemy.orm import Session
 
 from mailbridge.directory_import import load_directory
 from mailbridge.domain import conversations as convs
-from mailbridge.domain import directory
+from mailbridge.domain import directory, logos
 from mailbridge.domain.models import ConversationKind, Practice
+
+DEMO_LOGO = Path(__file__).resolve().parent / "assets" / "demo-logo.png"
 
 
 def _practice(slug: str, lang: str) -> dict[str, Any]:
@@ -25,6 +28,11 @@ def _practice(slug: str, lang: str) -> dict[str, Any]:
         "settings": {
             "min_body_chars": 10 if fr else 1,
             "attachment_max_bytes": 10 * 1024 * 1024 if fr else 25 * 1024 * 1024,
+            # the practice's identity in its notifications (docs/notifications.md)
+            "brand_color": "#8a3ffc" if fr else "#0a7766",
+            "footer": "Cabinet Lumière · 4 rue des Lilas, 69003 Lyon\n04 72 00 00 00"
+            if fr
+            else "Acme Counselling · 12 Harbour Street, Bristol BS1 4QA\n+44 117 496 0000",
         },
         "users": {
             "dr-smith": {
@@ -142,6 +150,7 @@ def load_demo(session: Session) -> list[str]:
     load_directory(session, {"practices": [_practice("demo", "en"), _practice("demo-fr", "fr")]})
     for slug in ("demo", "demo-fr"):
         practice = directory.get_practice(session, slug)
+        logos.put_logo(session, practice.id, DEMO_LOGO.read_bytes())
         for kind, company, subject, author, participants, body in CONVERSATIONS:
             convs.create_conversation(
                 session,

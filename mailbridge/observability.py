@@ -65,6 +65,18 @@ SETTINGS_REFUSED = Counter(
     ["key"],
     registry=REGISTRY,
 )
+TEMPLATE_OVERRIDE_FAILED = Counter(
+    "mailbridge_template_override_failed_total",
+    "Emails sent with the default template because the practice's own failed to render cleanly, by practice",
+    ["practice"],
+    registry=REGISTRY,
+)
+NOTIFICATION_MUTES = Counter(
+    "mailbridge_notification_mutes_total",
+    "Conversations muted for a recipient, by source (one_click, page, api)",
+    ["source"],
+    registry=REGISTRY,
+)
 BOUNCES = Counter(
     "mailbridge_bounces_total",
     "Bounce and complaint reports by verdict: hard, soft, complaint (counted for the row's recipient) or ignored",

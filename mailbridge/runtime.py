@@ -146,6 +146,15 @@ async def run_all(services: Services, stop: asyncio.Event | None = None, announc
     if settings.worker_enabled:
         from mailbridge.outbound.worker import start_worker
 
+        if not settings.effective_public_url.startswith("https://"):
+            # RFC 8058 one-click needs an https URI: mail clients hide the unsubscribe button otherwise
+            log.warning(
+                "public_url_not_https",
+                extra={
+                    "public_url": settings.effective_public_url,
+                    "hint": "set public_url (MAILBRIDGE_PUBLIC_URL)",
+                },
+            )
         tasks.append(start_worker(services, stop))
         from mailbridge.webhooks.worker import start_webhook_worker
 

@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     api_key: str = ""
     api_docs: bool = False  # serve Swagger UI at /docs (no key; it loads its assets from a public CDN)
     app_url: str = "http://127.0.0.1:8080"  # sign-in links in notifications
+    # Where mail clients reach mailbridge's own HTTP listener from outside: the one-click unsubscribe
+    # links (List-Unsubscribe, RFC 8058) point at <public_url>/u/<token>. Empty: http://<http_listen>,
+    # fine for a demo; RFC 8058 wants https, so mail clients offer one-click only with an https URL.
+    public_url: str = ""
+    unsubscribe_link_days: int = Field(default=90, ge=1, le=3650)  # an unsubscribe link works this long
 
     templates_dir: Path | None = None  # default: mailbridge/templates/, shipped inside the package
 
@@ -185,6 +190,14 @@ class Settings(BaseSettings):
     def _xforward_hosts(cls, value: list[str]) -> list[str]:
         for item in value:
             ipaddress.ip_network(item.strip(), strict=False)  # ValueError names the bad entry
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[A-Za-z0-9._~/-]*)?", value):
+            raise ValueError(f"expected http(s)://host[:port][/path], got {value!r}")
         return value
 
     @field_validator("smarthost")
@@ -266,6 +279,14 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'mailbridge.db').resolve()}"
+
+    @property
+    def effective_public_url(self) -> str:
+        """The base of the links that reach mailbridge itself (``/u/<token>``), without a trailing slash."""
+        if self.public_url:
+            return self.public_url
+        host, port = split_listen(self.http_listen)
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     @property
     def effective_master_key_file(self) -> Path:

@@ -19,6 +19,7 @@ from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.inbound.dns import NameserverResolver, Resolver
 from mailbridge.inbound.tokens import TokenIssuer
 from mailbridge.outbound.keys import KeyStore
+from mailbridge.outbound.unsubscribe import UnsubscribeTokens
 from mailbridge.settings import Settings, SettingsError
 from mailbridge.storage.blobs import BlobStore, ObjectBlobStore
 from mailbridge.storage.objects import open_store
@@ -56,6 +57,9 @@ class Services:
     dkim_keys: KeyStore  # the practices' DKIM signers, from the database (shared by every node)
     vault: Vault  # raw mail and attachments in the object store, encrypted when configured
     verp_secret: bytes
+    unsubscribe: (
+        UnsubscribeTokens  # one-click unsubscribe links (RFC 8058), key derived from the token secret
+    )
     # Keys the word-run hashes of sent notifications (domain/fingerprint.py), derived like verp_secret.
     fingerprint_key: bytes = b""
     flags: dict[str, bool] = field(default_factory=dict)  # e.g. smtp_listening, for /readyz
@@ -104,6 +108,7 @@ def build_services(settings: Settings, resolver: Resolver | None = None) -> Serv
         or NameserverResolver(settings.dns_nameservers, timeout=settings.dns_timeout_seconds),
         verp_secret=hmac.new(secret, b"verp", hashlib.sha256).digest(),
         fingerprint_key=hmac.new(secret, b"notification-fingerprint", hashlib.sha256).digest(),
+        unsubscribe=UnsubscribeTokens(secret, settings.unsubscribe_link_days * 86400),
     )
 
 

@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from mailbridge.outbound.catalog import sample_context
 from mailbridge.outbound.compose import (
     Envelope,
+    InlineImage,
     UnsafeAddress,
     compose,
     compose_bytes,
@@ -109,23 +111,56 @@ def test_same_bytes_for_every_header_shape(overrides: dict[str, object]) -> None
 @pytest.mark.parametrize("locale", ["en", "fr"])
 @pytest.mark.parametrize("template", ["notification_full", "notification_minimal"])
 def test_same_bytes_for_the_real_templates(locale: str, template: str) -> None:
-    context = {
-        "practice_name": "Acme Counselling",
-        "author_name": "Dr Alex Smith",
-        "subject": "Quarterly VAT return",
-        "body": BODIES["utf8_long_lines"],
-        "attachments": ["receipts.pdf", "relevé.pdf"],
-        "link": "https://app.example/conversations/abc",
-        "signin_link": "https://app.example/",
-        "preferences_link": "https://app.example/settings/notifications",
-        "reply_allowed": True,
-        "is_first": False,
-        "coalesced": 2,
-        "brand_color": "#3b6ea5",
-    }
+    context = sample_context(template, locale) | {"body": BODIES["utf8_long_lines"]}
     rendered = Renderer().render(template, locale, context)
     reference, fast = both(envelope(subject=rendered.subject), rendered)
     assert fast == reference
+
+
+def test_a_long_one_click_unsubscribe_uri_stays_whole_on_one_line() -> None:
+    """RFC 8058's URI must reach the client as a URI: not folded into RFC 2047 encoded words."""
+    url = "https://mailbridge.example.org/u/" + "gAAAAABn" + "x" * 110
+    rendered = Rendered("s", "t", "<p>h</p>")
+    reference, fast = both(envelope(list_unsubscribe=url), rendered)
+    assert fast == reference
+    assert f"\r\nList-Unsubscribe: <{url}>\r\n".encode() in fast
+    assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in fast
+    msg = email.message_from_bytes(fast, policy=email.policy.default)
+    assert msg["List-Unsubscribe"] == f"<{url}>"
+
+
+@pytest.mark.parametrize("html_name", ["ascii_short_lines", "utf8_long_lines"])
+def test_same_bytes_with_inline_images(html_name: str) -> None:
+    logo = InlineImage(
+        "logo.0123456789abcdef@acme.test", "image/png", bytes(range(256)) * 9 + b"\x89", "logo.png"
+    )
+    other = InlineImage(
+        "logo.fedcba9876543210@acme.test", "image/jpeg", b"\xff\xd8\xff" + b"j" * 100, "logo.jpg"
+    )
+    rendered = Rendered("s", BODIES["utf8_long_lines"], "<p>" + BODIES[html_name] + "</p>\n")
+    for seed, inline in ((1, (logo,)), (2, (logo, other))):
+        random.seed(seed)
+        reference = compose(envelope(), rendered, inline=inline).as_bytes(policy=email.policy.SMTP)
+        random.seed(seed)
+        assert compose_bytes(envelope(), rendered, inline) == reference
+
+
+def test_inline_images_go_with_the_html_in_multipart_related() -> None:
+    logo = InlineImage(
+        "logo.0123456789abcdef@acme.test", "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "logo.png"
+    )
+    data = compose_bytes(
+        envelope(),
+        Rendered("s", "text", '<img src="cid:logo.0123456789abcdef@acme.test" alt="Acme">'),
+        (logo,),
+    )
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/alternative"
+    plain, related = msg.get_payload()  # type: ignore[misc]
+    assert plain.get_content_type() == "text/plain" and related.get_content_type() == "multipart/related"
+    html, image = related.get_payload()
+    assert html.get_content_type() == "text/html"
+    assert image["Content-ID"] == "<logo.0123456789abcdef@acme.test>" and image.get_content() == logo.data
 
 
 def test_a_body_line_that_looks_like_the_boundary_gets_the_generators_choice() -> None:

@@ -24,34 +24,16 @@ from mailbridge.outbound.render import LOCALES, PARTS, Renderer
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Every variable a template of build.py may use, with a value of the type it passes (a new template
-# with a new variable adds it here: StrictUndefined fails the render otherwise).
-SAMPLE = {
-    "practice_name": "Acme Counselling",
-    "author_name": "Dr Alex Smith",
-    "subject": "Quarterly VAT return",
-    "body": "Thank you, the invoice is paid.",
-    "attachments": ["receipts.pdf"],
-    "link": "https://app.example/conversations/abc",
-    "signin_link": "https://app.example/",
-    "preferences_link": "https://app.example/settings/notifications",
-    "reply_allowed": True,
-    "is_first": False,
-    "coalesced": 2,
-    "brand_color": "#3b6ea5",
-    "files": ["scan.exe (not allowed)"],
-    "explanation": "your message was too short to be posted.",
-    "advice": "Please write a few more words.",
-    "rcpt": "postmaster@acme.example",
-}
-
+# The data every template is rendered with comes from the installed package itself
+# (mailbridge.outbound.catalog.sample_context: realistic values of every variable each template may
+# use), so a template that needs a variable the catalog lacks fails here, from the wheel.
 SCRIPT = """
 import json, sys
 from pathlib import Path
 import mailbridge
+from mailbridge.outbound.catalog import sample_context
 from mailbridge.outbound.render import Renderer
 
-sample = json.loads(sys.argv[1])
 renderer = Renderer()
 report = {"package": mailbridge.__file__, "templates": str(renderer.templates_dir),
           "problems": renderer.problems(), "rendered": {}, "files": []}
@@ -60,7 +42,7 @@ for path in sorted(renderer.templates_dir.rglob("*")):
         report["files"].append(path.relative_to(renderer.templates_dir).as_posix())
 for name in renderer.names():
     for lang in ("en", "fr"):
-        rendered = renderer.render(name, lang, sample)
+        rendered = renderer.render(name, lang, sample_context(name, lang))
         report["rendered"][f"{lang}/{name}"] = [len(rendered.subject), len(rendered.text), len(rendered.html)]
 print(json.dumps(report))
 """
@@ -135,7 +117,7 @@ def test_the_wheel_alone_carries_templates_and_migrations(tmp_path: Path) -> Non
     assert upgraded.stdout.strip().endswith(f"created at revision {head} (was empty)")
 
     result = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", textwrap.dedent(SCRIPT), json.dumps(SAMPLE)],
+        [str(venv / "bin" / "python"), "-c", textwrap.dedent(SCRIPT)],
         cwd=elsewhere,
         env=env,
         capture_output=True,
@@ -160,10 +142,10 @@ def test_the_wheel_alone_carries_templates_and_migrations(tmp_path: Path) -> Non
 def test_missing_templates_are_named_not_found_at_the_first_notification(tmp_path: Path) -> None:
     broken = tmp_path / "templates"
     shutil.copytree(Renderer().templates_dir, broken)
-    (broken / "fr" / "notice.html").unlink()
+    (broken / "fr" / "notice.mjml").unlink()
     (broken / "en" / "forward.txt").write_text("{% if %}")
     problems = Renderer(broken).problems()
-    assert any(p.startswith("fr/notice.html: TemplateNotFound") for p in problems)
+    assert any(p.startswith("fr/notice.mjml: TemplateNotFound") for p in problems)
     assert any(p.startswith("en/forward.txt: TemplateSyntaxError") for p in problems)
     assert Renderer(tmp_path / "nowhere").problems() == [f"no templates folder at {tmp_path / 'nowhere'}"]
     assert all(

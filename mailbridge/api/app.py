@@ -21,6 +21,8 @@ from . import (
     problems,
     routing,
     suppressions,
+    templates,
+    unsubscribe,
     webhooks,
 )
 from .deps import require_api_key, require_platform
@@ -53,6 +55,11 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(webhooks.platform_router, dependencies=[Depends(require_platform)])
     if services.settings.console_enabled:
         app.mount("/console", create_console(services))  # its own sessions, never the API key
+    app.include_router(templates.router, dependencies=secured)
+    app.include_router(unsubscribe.api_router, dependencies=secured)
+    # /u/{token}: the one-click unsubscribe of notifications (RFC 8058), reached by mail clients
+    # without any key; the signed token is the credential.
+    app.include_router(unsubscribe.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 from mailbridge.domain.models import Practice, new_id, utcnow
 from mailbridge.domain.practice_settings import PracticeSettings
@@ -17,11 +16,6 @@ from mailbridge.outbound.render import LOCALES, NOTICE_TEXTS, Rendered, Renderer
 from mailbridge.wiring import Services
 
 TEMPLATES = ("notification_full", "notification_minimal", "notice", "forward")
-SAMPLE_BODY = {
-    "en": "Hello Dr Smith,\n\nTuesday at 10 works for me. I attach the signed form.\n\nThank you,\nAlice",
-    "fr": "Bonjour Docteur,\n\nMardi à 10 h me convient. Je joins le formulaire signé.\n\nMerci,\nAlice",
-}
-SAMPLE_SUBJECT = {"en": "Your next appointment", "fr": "Votre prochain rendez-vous"}
 
 
 @dataclass(frozen=True)
@@ -40,39 +34,36 @@ def renderer(services: Services) -> Renderer:
 def render_sample(
     services: Services, practice: Practice, template: str, locale: str, notice_reason: str
 ) -> Sample:
-    """What a recipient would see: the same context keys the delivery worker fills (outbound/build.py)."""
+    """What a recipient would see: the catalog's sample data in the practice's own identity, through
+    the practice's active template when it has one (as the worker sends), else the shipped one."""
+    from sqlalchemy import select
+
+    from mailbridge.domain.models import PracticeTemplate
+    from mailbridge.outbound.catalog import preview_context
+    from mailbridge.outbound.render import Source
+
     template = template if template in TEMPLATES else TEMPLATES[0]
     locale = locale if locale in LOCALES else "en"
     reasons = NOTICE_TEXTS["en"]
     notice_reason = notice_reason if notice_reason in reasons else "attachment_withheld"
-    app = services.settings.app_url.rstrip("/")
+    settings = PracticeSettings.model_validate(practice.settings or {})
+    context = preview_context(template, locale, practice.name, settings, services.settings.app_url)
+    with services.sessions() as session:
+        own = session.scalar(
+            select(PracticeTemplate).where(
+                PracticeTemplate.practice_id == practice.id,
+                PracticeTemplate.name == template,
+                PracticeTemplate.locale == locale,
+                PracticeTemplate.active.is_(True),
+            )
+        )
+        override = Source(own.subject, own.text, own.mjml) if own is not None else None
     r = renderer(services)
     if template == "notice":
         files = ["setup.exe (program or script)"] if notice_reason == "attachment_withheld" else []
-        rendered = r.notice(notice_reason, locale, {"files": files, "signin_link": app + "/"})
-    elif template == "forward":
-        rendered = r.render(
-            "forward", locale, {"rcpt": f"postmaster@{practice.reply_domain}", "practice_name": practice.name}
-        )
-    elif template == "notification_minimal":
-        rendered = r.render(template, locale, {"signin_link": app + "/"})
+        rendered = r.notice(notice_reason, locale, {**context, "files": files}, override)
     else:
-        settings = PracticeSettings.model_validate(practice.settings or {})
-        context: dict[str, Any] = {
-            "practice_name": practice.name,
-            "author_name": "Alice Martin",
-            "subject": SAMPLE_SUBJECT[locale],
-            "body": SAMPLE_BODY[locale],
-            "attachments": ["signed-form.pdf"],
-            "link": f"{app}/conversations/sample",
-            "signin_link": app + "/",
-            "preferences_link": f"{app}/settings/notifications",
-            "reply_allowed": True,
-            "is_first": False,
-            "coalesced": 1,
-            "brand_color": settings.brand_color or "#3b6ea5",
-        }
-        rendered = r.render(template, locale, context)
+        rendered = r.render(template, locale, context, override)
     return Sample(template, locale, notice_reason, rendered)
 
 

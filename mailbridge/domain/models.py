@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -853,3 +854,60 @@ class ChartNote(Base):
 
     client: Mapped[User] = relationship(foreign_keys=[client_id], lazy="joined")
     author: Mapped[User] = relationship(foreign_keys=[author_id], lazy="joined")
+
+
+class NotificationMute(Base):
+    """A recipient who asked for no more email about one conversation: the one-click unsubscribe
+    link of its notifications (List-Unsubscribe, RFC 8058), or the app. Fan-out skips them, with a
+    ``skipped: conversation_muted`` row in the delivery log; reading and posting are unchanged."""
+
+    __tablename__ = "notification_mutes"
+    __table_args__ = (UniqueConstraint("user_id", "conversation_id"),)
+    id: Mapped[pk_int]
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(16))  # one_click | page | api
+    created_at: Mapped[created_at]
+
+
+class PracticeTemplate(Base):
+    """One version of a practice's own template for one notification kind and locale.
+
+    A version holds the three parts (subject, text, MJML); a part left empty uses the default's.
+    Saving makes a new version, the active one; ``DELETE`` deactivates them all (the default applies
+    again); versions are never rewritten, so what a practice sent on a given day can be told.
+    """
+
+    __tablename__ = "practice_templates"
+    __table_args__ = (
+        UniqueConstraint("practice_id", "name", "locale", "version"),
+        Index("ix_practice_templates_lookup", "practice_id", "active"),
+    )
+    id: Mapped[pk_int]
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    locale: Mapped[str] = mapped_column(String(8))
+    version: Mapped[int] = mapped_column(Integer)
+    subject: Mapped[str | None] = mapped_column(Text, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    mjml: Mapped[str | None] = mapped_column(Text, nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[created_at]
+    created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class PracticeLogo(Base):
+    """The practice's logo: a small PNG or JPEG checked by its bytes, sent inline (``cid:``) with
+    each notification that shows the practice, never fetched from anywhere (no tracking pixel)."""
+
+    __tablename__ = "practice_logos"
+    practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), primary_key=True)
+    content_type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[created_at]

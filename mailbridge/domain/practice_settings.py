@@ -13,13 +13,21 @@ and accepts it in a write only unchanged; see ``domain.directory.upsert_practice
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from mailbridge.domain.validators import check_colour, check_email
+from mailbridge.domain.validators import check_email
 
 ContentMode = Literal["full", "minimal"]
+
+#: ``#rgb`` or ``#rrggbb``, nothing else: the colour goes into CSS, where escaping does not protect.
+BRAND_COLOR = r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$"
+DEFAULT_BRAND_COLOR = "#3b6ea5"
+FOOTER_MAX_CHARS = 500
+FOOTER_MAX_LINES = 6
+_FOOTER_FORBIDDEN = re.compile(r"[\x00-\x09\x0b-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 class NotifyContent(BaseModel):
@@ -49,8 +57,34 @@ class PracticeSettings(BaseModel):
     # that could add a header or a second recipient.
     operator_address: Annotated[str, AfterValidator(check_email)] | None = None
     notify_delay_seconds: int = Field(default=0, ge=0, le=3600)
-    # Accent colour of notification HTML: #rgb or #rrggbb only (never CSS: issue 11 #5).
-    brand_color: Annotated[str, AfterValidator(check_colour)] | None = None
+    # The practice's identity in its notifications (issue 18): an accent colour, a postal/contact
+    # footer in plain text (escaped wherever shown), and whether minimal notifications and notices
+    # show the practice at all (From name, logo, footer): true by default, since the practice chose
+    # its name; false names nobody, for a practice whose name reveals a specialty. The logo is an
+    # image uploaded with PUT …/logo, not a setting.
+    brand_color: str | None = Field(default=None, pattern=BRAND_COLOR)
+    footer: str | None = Field(default=None, max_length=FOOTER_MAX_CHARS)
+    minimal_shows_practice: bool = True
+
+    @field_validator("footer")
+    @classmethod
+    def _footer(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.replace("\r\n", "\n").strip()
+        if _FOOTER_FORBIDDEN.search(value):
+            raise ValueError("plain text only: no control or bidirectional-override characters")
+        if value.count("\n") >= FOOTER_MAX_LINES:
+            raise ValueError(f"at most {FOOTER_MAX_LINES} lines")
+        return value or None
+
+    @property
+    def effective_brand_color(self) -> str:
+        return self.brand_color or DEFAULT_BRAND_COLOR
+
+    @property
+    def footer_lines(self) -> list[str]:
+        return [line.strip() for line in (self.footer or "").split("\n") if line.strip()]
 
     @property
     def effective_message_max_bytes(self) -> int:

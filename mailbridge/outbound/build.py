@@ -13,26 +13,47 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 from dataclasses import dataclass, replace
 from email.headerregistry import Address
 from typing import Any
 
+from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import suppressions
 from mailbridge.domain.fingerprint import fingerprint
-from mailbridge.domain.models import InboundLog, Outbox, OutboxKind, Practice, utcnow
+from mailbridge.domain.models import InboundLog, Outbox, OutboxKind, Practice, PracticeLogo, utcnow
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound.envelope import verp_address
 from mailbridge.inbound.tokens import AddressTemplate, TokenIssuer
-from mailbridge.outbound.compose import Envelope, compose, compose_bytes, named, thread_index
+from mailbridge.observability import TEMPLATE_OVERRIDE_FAILED
+from mailbridge.outbound.compose import (
+    Envelope,
+    InlineImage,
+    compose,
+    compose_bytes,
+    named,
+    thread_index,
+)
+from mailbridge.outbound.context import (
+    body_html,
+    cut_body,
+    practice_identity,
+    preheader,
+    size_text,
+    split_withheld,
+)
 from mailbridge.outbound.keys import KeyStore
-from mailbridge.outbound.render import Rendered, Renderer
+from mailbridge.outbound.render import LOCALES, Rendered, Renderer, Source
 from mailbridge.outbound.sign import DkimSigner
 from mailbridge.outbound.snapshot import BatchSnapshot
+from mailbridge.outbound.unsubscribe import UnsubscribeTokens
 from mailbridge.policy.rules import can_post, can_read
 from mailbridge.storage.objects import ObjectNotFoundError
 from mailbridge.storage.vault import Vault
+
+log = logging.getLogger(__name__)
 
 # The body the policy is asked about: long enough that a practice's minimum length never decides
 # whether a recipient may answer a notification by email.
@@ -93,6 +114,7 @@ class Draft:
     original: bytes | None = None  # a forward: the mail attached as message/rfc822
     # A notification: what it says, as word-run hashes, so that a reply's quoted copy is cut exactly.
     fingerprint: dict[str, Any] | None = None
+    inline: tuple[InlineImage, ...] = ()  # the practice's logo, shown as cid: in the HTML
 
     @property
     def message_id(self) -> str:
@@ -109,6 +131,8 @@ class Builder:
     loop_value: str
     fingerprint_key: bytes = b""
     vault: Vault | None = None  # where forwarded mail's raw copy is read from (any node's)
+    unsubscribe: UnsubscribeTokens | None = None  # None: List-Unsubscribe names the app's settings page
+    public_url: str = ""  # mailbridge's own base URL, for the one-click unsubscribe links
 
     def build(self, session: Session, row: Outbox, snapshot: BatchSnapshot | None = None) -> Built:
         """Signed bytes for one row: the three steps in a row (the worker spreads them over a batch)."""
@@ -124,15 +148,18 @@ class Builder:
         reply: ReplyAddress | None = None
         original: bytes | None = None
         sent: dict[str, Any] | None = None
+        inline: tuple[InlineImage, ...] = ()
         if row.kind == OutboxKind.notification:
             hit = batch.suppressed.get((row.practice_id, row.to_address.lower()))
             if hit is not None:
                 raise Suppressed(suppressions.describe(hit), hit.reason.value)
-            envelope, rendered, reply, sent = self._notification(session, batch, practice, settings, row)
+            envelope, rendered, reply, inline, sent = self._notification(
+                session, batch, practice, settings, row
+            )
         elif row.kind == OutboxKind.notice:
-            envelope, rendered = self._notice(practice, row)
+            envelope, rendered, inline = self._notice(batch, practice, settings, row)
         else:
-            envelope, rendered, original = self._forward(session, practice, row)
+            envelope, rendered, original, inline = self._forward(session, batch, practice, settings, row)
         return Draft(
             envelope=envelope,
             rendered=rendered,
@@ -143,6 +170,7 @@ class Builder:
             reply=reply,
             original=original,
             fingerprint=sent,
+            inline=inline,
         )
 
     def reply_token(self, session: Session, draft: Draft) -> str | None:
@@ -160,9 +188,9 @@ class Builder:
                 raise ValueError("this recipient may answer by email: the draft needs its reply token")
             envelope = replace(envelope, reply_to=draft.reply.address(token))
         if draft.original is None:
-            data = compose_bytes(envelope, draft.rendered)
+            data = compose_bytes(envelope, draft.rendered, draft.inline)
         else:
-            data = _with_original(envelope, draft.rendered, draft.original)
+            data = _with_original(envelope, draft.rendered, draft.original, draft.inline)
         if draft.signer is not None:
             data = draft.signer.sign(data)
         return Built(
@@ -184,7 +212,7 @@ class Builder:
         practice: Practice,
         settings: PracticeSettings,
         row: Outbox,
-    ) -> tuple[Envelope, Rendered, ReplyAddress | None, dict[str, Any]]:
+    ) -> tuple[Envelope, Rendered, ReplyAddress | None, tuple[InlineImage, ...], dict[str, Any]]:
         message = batch.messages.get(row.message_id) if row.message_id else None
         recipient = batch.users.get(row.recipient_id) if row.recipient_id is not None else None
         if message is None or message.deleted_at is not None or recipient is None:
@@ -192,6 +220,8 @@ class Builder:
         conversation = batch.conversations[message.conversation_id]
         if conversation.deleted_at is not None:
             raise NothingToSend("conversation deleted")
+        if (recipient.id, conversation.id) in batch.muted:  # unsubscribed since the row was written
+            raise NothingToSend("recipient muted this conversation")
         # One snapshot answers both questions: may they still read it, and may they answer by email?
         snapshot = batch.situation(session, recipient, conversation, POLICY_BODY)
         if not can_read(snapshot).allowed:  # policy re-checked at send time too
@@ -211,31 +241,52 @@ class Builder:
                 settings.reply_local_template,
                 practice.reply_domain,
             )
-        link = f"{self.app_url.rstrip('/')}/conversations/{conversation.id}"
-        preferences = f"{self.app_url.rstrip('/')}/settings/notifications"
+        app = self.app_url.rstrip("/")
+        link = f"{app}/conversations/{conversation.id}"
+        preferences = f"{app}/settings/notifications"
+        unsubscribe = preferences
+        if self.unsubscribe is not None:
+            token = self.unsubscribe.issue(practice.id, recipient.id, conversation.id)
+            unsubscribe = f"{self.public_url.rstrip('/')}/u/{token}"
         minimal = mode == "minimal"
-        subject_for_thread = "" if minimal else conversation.subject
-        context = {
-            "practice_name": practice.name,
-            "author_name": message.author.name,
-            "subject": conversation.subject,
-            "body": message.body,
-            "attachments": [a.filename for a in message.attachments],
-            "link": link,
-            "signin_link": self.app_url.rstrip("/") + "/",
+        lang = _lang(recipient.locale)
+        # A minimal notification shows the practice (From name, logo, footer) unless the practice
+        # said not to (minimal_shows_practice: false, for a name that reveals a specialty); it never
+        # shows anything of the conversation: not the author, the subject, the body or the files.
+        shown = not minimal or settings.minimal_shows_practice
+        identity, inline = self._identity(practice, settings, batch.logos.get(practice.id), lang, shown)
+        context: dict[str, Any] = {
+            **identity,
+            "unsubscribe_link": unsubscribe,
             "preferences_link": preferences,
-            "reply_allowed": reply is not None,
-            "is_first": is_first,
-            "coalesced": int((row.payload or {}).get("coalesced", 1)),
-            "brand_color": settings.brand_color or "#3b6ea5",
         }
-        if minimal:
-            context = {"signin_link": self.app_url.rstrip("/") + "/"}
-        rendered = self.renderer.render(
-            "notification_minimal" if minimal else "notification_full", recipient.locale, context
+        shown_body = ""  # what the notification shows of the message (its fingerprint's body)
+        if not minimal:
+            body, withheld = split_withheld(message.body)
+            body, truncated = cut_body(body)
+            shown_body = body
+            context |= {
+                "author_name": message.author.name,
+                "subject": conversation.subject,
+                "body": body,
+                "body_html": Markup(body_html(body)),
+                "body_truncated": truncated,
+                "preheader": preheader(body),
+                "attachments": [
+                    {"name": a.filename, "size": a.size, "size_text": size_text(a.size, lang)}
+                    for a in message.attachments
+                ],
+                "withheld": withheld,
+                "link": link,
+                "reply_allowed": reply is not None,
+                "is_first": is_first,
+                "coalesced": int((row.payload or {}).get("coalesced", 1)),
+            }
+        name = "notification_minimal" if minimal else "notification_full"
+        rendered = self._render(batch, practice, name, lang, context, inline)
+        from_name = (
+            f"{message.author.name} via {practice.name}" if not minimal else practice.name if shown else None
         )
-        # Minimal mode names nobody: not the author, not the practice (its name may reveal a specialty).
-        from_name = None if minimal else f"{message.author.name} via {practice.name}"
         env = Envelope(
             from_address=named(from_name, practice.notify_from),
             to_address=named(None if minimal else recipient.name, recipient.email),
@@ -244,34 +295,98 @@ class Builder:
             date=utcnow(),
             in_reply_to=None if is_first else root_id,
             references=() if is_first else (root_id,),
-            thread_topic=subject_for_thread or rendered.subject,
+            thread_topic=("" if minimal else conversation.subject) or rendered.subject,
             thread_index=thread_index(
                 conversation.id, conversation.created_at, message.created_at, 0 if is_first else 1
             ),
-            list_unsubscribe=None if minimal else preferences,
+            list_unsubscribe=unsubscribe,
             loop_value=self.loop_value,
         )
         sent = notification_fingerprint(
             self.fingerprint_key,
             rendered,
-            body="" if minimal else message.body,
+            body=shown_body,
             from_name=from_name,
             notify_from=practice.notify_from,
         )
-        return env, rendered, reply, sent
+        return env, rendered, reply, inline, sent
 
-    def _notice(self, practice: Practice, row: Outbox) -> tuple[Envelope, Rendered]:
+    def _identity(
+        self,
+        practice: Practice,
+        settings: PracticeSettings,
+        logo: PracticeLogo | None,
+        lang: str,
+        shown: bool,
+    ) -> tuple[dict[str, Any], tuple[InlineImage, ...]]:
+        """The practice's identity for the templates, and its logo as an inline part when shown."""
+        identity = practice_identity(practice.name, settings, lang, shown, self.app_url)
+        if not shown or logo is None:
+            return identity, ()
+        content_id = f"logo.{logo.sha256[:16]}@{self._domain(practice)}"
+        identity["logo_src"] = f"cid:{content_id}"
+        extension = "png" if logo.content_type == "image/png" else "jpg"
+        return identity, (InlineImage(content_id, logo.content_type, logo.data, f"logo.{extension}"),)
+
+    def _render(
+        self,
+        batch: BatchSnapshot,
+        practice: Practice,
+        name: str,
+        lang: str,
+        context: dict[str, Any],
+        inline: tuple[InlineImage, ...],
+    ) -> Rendered:
+        """The practice's own template when it has one that renders cleanly, else the default.
+
+        A practice's template was checked when saved, but real data can still break it (a value the
+        sample did not have) or make it put something forbidden in the HTML: then the default is
+        used, with a WARNING line and ``mailbridge_template_override_failed_total``; a notification
+        is never left unsent because of a practice's template.
+        """
+        own = batch.templates.get((practice.id, name, lang))
+        if own is not None:
+            images = frozenset(f"cid:{image.content_id}" for image in inline)
+            try:
+                rendered = self.renderer.render(name, lang, context, Source(own.subject, own.text, own.mjml))
+                problems = self.renderer.output_problems(name, rendered, images, context)
+            except Exception as exc:  # the sandbox and StrictUndefined raise TemplateError subclasses
+                problems = [f"{type(exc).__name__}: {exc}"]
+            if not problems:
+                return rendered
+            log.warning(
+                "template_override_failed",
+                extra={
+                    "practice": practice.slug,
+                    "template": name,
+                    "locale": lang,
+                    "version": own.version,
+                    "reason": problems[0][:200],
+                },
+            )
+            TEMPLATE_OVERRIDE_FAILED.labels(practice.slug).inc()
+        return self.renderer.render(name, lang, context)
+
+    def _notice(
+        self, batch: BatchSnapshot, practice: Practice, settings: PracticeSettings, row: Outbox
+    ) -> tuple[Envelope, Rendered, tuple[InlineImage, ...]]:
         payload = row.payload or {}
         domain = self._domain(practice)
         message_id = f"<x.{row.id}@{domain}>"
-        rendered = self.renderer.notice(
-            str(payload.get("reason", "")),
-            str(payload.get("locale", practice.locale)),
-            {"files": list(payload.get("files", [])), "signin_link": self.app_url.rstrip("/") + "/"},
-        )
+        lang = _lang(str(payload.get("locale", practice.locale)))
+        shown = settings.minimal_shows_practice  # a notice is as discreet as a minimal notification
+        identity, inline = self._identity(practice, settings, batch.logos.get(practice.id), lang, shown)
+        explanation, advice = self.renderer.notice_texts(str(payload.get("reason", "")), lang)
+        context = {
+            **identity,
+            "files": [str(f) for f in payload.get("files", [])],
+            "explanation": explanation,
+            "advice": advice,
+        }
+        rendered = self._render(batch, practice, "notice", lang, context, inline)
         in_reply_to = str(payload.get("in_reply_to") or "") or None
         env = Envelope(
-            from_address=named(None, practice.notify_from),
+            from_address=named(practice.name if shown else None, practice.notify_from),
             to_address=named(None, row.to_address),
             subject=rendered.subject,
             message_id=message_id,
@@ -279,9 +394,16 @@ class Builder:
             in_reply_to=in_reply_to if in_reply_to and _msgid_ok(in_reply_to) else None,
             loop_value=self.loop_value,
         )
-        return env, rendered
+        return env, rendered, inline
 
-    def _forward(self, session: Session, practice: Practice, row: Outbox) -> tuple[Envelope, Rendered, bytes]:
+    def _forward(
+        self,
+        session: Session,
+        batch: BatchSnapshot,
+        practice: Practice,
+        settings: PracticeSettings,
+        row: Outbox,
+    ) -> tuple[Envelope, Rendered, bytes, tuple[InlineImage, ...]]:
         payload = row.payload or {}
         inbound = session.get(InboundLog, str(payload.get("inbound_id", "")))
         ref = (inbound.raw_ref or inbound.raw_path) if inbound is not None else None
@@ -291,9 +413,10 @@ class Builder:
             raw = self.vault.read_bytes(ref)
         except ObjectNotFoundError:
             raise NothingToSend("forwarded mail no longer kept") from None
-        rendered = self.renderer.render(
-            "forward", practice.locale, {"rcpt": str(payload.get("rcpt", "")), "practice_name": practice.name}
-        )
+        lang = _lang(practice.locale)
+        identity, inline = self._identity(practice, settings, batch.logos.get(practice.id), lang, True)
+        context = {**identity, "rcpt": str(payload.get("rcpt", ""))}
+        rendered = self._render(batch, practice, "forward", lang, context, inline)
         message_id = f"<f.{row.id}@{self._domain(practice)}>"
         env = Envelope(
             from_address=named("mailbridge", practice.notify_from),
@@ -303,7 +426,7 @@ class Builder:
             date=utcnow(),
             loop_value=self.loop_value,
         )
-        return env, rendered, raw
+        return env, rendered, raw, inline
 
 
 def notification_fingerprint(
@@ -322,9 +445,15 @@ def notification_fingerprint(
     ).to_json()
 
 
-def _with_original(envelope: Envelope, rendered: Rendered, raw: bytes) -> bytes:
+def _lang(locale: str) -> str:
+    return locale if locale in LOCALES else "en"
+
+
+def _with_original(
+    envelope: Envelope, rendered: Rendered, raw: bytes, inline: tuple[InlineImage, ...] = ()
+) -> bytes:
     """A forward: the notice, then the original mail attached whole (message/rfc822)."""
-    msg = compose(envelope, rendered)
+    msg = compose(envelope, rendered, inline=inline)
     inner = email.message_from_bytes(raw, policy=email.policy.default)
     msg.make_mixed()
     msg.attach(_rfc822_part(inner))

@@ -14,9 +14,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import quoprimime
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP as _SMTP
+from email.policy import Policy
 from email.utils import format_datetime
 
 from mailbridge.outbound.render import Rendered
@@ -24,6 +25,38 @@ from mailbridge.outbound.render import Rendered
 LOOP_HEADER = "X-Mailbridge-Loop"
 _BIDI_AND_CONTROL = re.compile(r"[\x00-\x1f\x7f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _ADDR_OK = re.compile(r"^[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9.-]+$")
+
+
+# List-Unsubscribe (RFC 2369) holds one <https://…/u/TOKEN> URI (RFC 8058 one-click). The standard
+# library folds a header value longer than 78 characters with no space in it by turning it into
+# RFC 2047 encoded words, which no mail client reads as a URI; RFC 5322 allows lines up to 998
+# characters, so this field is written on one line instead (only when it is exactly <printable
+# URI chars>: anything else is folded as usual).
+_ONE_URI = re.compile(r"<[!#-;=?-~]{1,900}>")
+
+
+class _UriListHeader(UnstructuredHeader, BaseHeader):
+    def fold(self, *, policy: Policy) -> str:
+        value = str(self)
+        if _ONE_URI.fullmatch(value):
+            return f"{self.name}: {value}{policy.linesep}"
+        return super().fold(policy=policy)
+
+
+_REGISTRY = HeaderRegistry()
+_REGISTRY.map_to_type("list-unsubscribe", _UriListHeader)
+#: The SMTP policy (CRLF, 78-character folding), with List-Unsubscribe kept whole.
+SMTP = _SMTP.clone(header_factory=_REGISTRY)
+
+
+@dataclass(frozen=True)
+class InlineImage:
+    """An image sent inside the message and shown by the HTML as ``cid:<content_id>`` (RFC 2392)."""
+
+    content_id: str  # without angle brackets: logo.1a2b3c4d5e6f7a8b@acme.example
+    content_type: str  # image/png | image/jpeg
+    data: bytes
+    filename: str
 
 
 class UnsafeAddress(ValueError):
@@ -75,7 +108,7 @@ class Envelope:
     references: tuple[str, ...] = ()
     thread_topic: str | None = None
     thread_index: str | None = None
-    list_unsubscribe: str | None = None
+    list_unsubscribe: str | None = None  # with List-Unsubscribe-Post: one-click (RFC 8058)
     loop_value: str = "mailbridge"
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -104,14 +137,20 @@ def header_fields(env: Envelope) -> list[tuple[str, str | Address]]:
         (LOOP_HEADER, env.loop_value),
     ]
     if env.list_unsubscribe:
+        # RFC 8058: a POST of "List-Unsubscribe=One-Click" to the HTTPS URI unsubscribes, no questions
+        # asked; both fields are covered by the DKIM signature (sign.SIGNED_HEADERS).
         fields.append(("List-Unsubscribe", f"<{env.list_unsubscribe}>"))
+        fields.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
     fields += [(name, safe_display_name(value, 998)) for name, value in env.extra.items()]
     return fields
 
 
-def compose(env: Envelope, rendered: Rendered, attached: bytes | None = None) -> EmailMessage:
+def compose(
+    env: Envelope, rendered: Rendered, attached: bytes | None = None, inline: tuple[InlineImage, ...] = ()
+) -> EmailMessage:
     """The notification as an ``EmailMessage`` (text and HTML alternatives), for callers that extend it.
 
+    *inline* images (the practice's logo) go with the HTML in a multipart/related part (RFC 2387).
     :func:`compose_bytes` writes the same bytes without building the message object.
     """
     msg = EmailMessage(policy=SMTP)
@@ -119,6 +158,19 @@ def compose(env: Envelope, rendered: Rendered, attached: bytes | None = None) ->
         msg[name] = value
     msg.set_content(rendered.text)
     msg.add_alternative(rendered.html, subtype="html")
+    if inline:
+        html_part = list(msg.iter_parts())[1]
+        assert isinstance(html_part, EmailMessage)
+        for image in inline:
+            maintype, _, subtype = image.content_type.partition("/")
+            html_part.add_related(
+                image.data,
+                maintype=maintype,
+                subtype=subtype,
+                cid=f"<{image.content_id}>",
+                disposition="inline",
+                filename=image.filename,
+            )
     if attached is not None:
         msg.make_mixed()
         msg.add_attachment(attached, maintype="message", subtype="rfc822", filename="original.eml")
@@ -237,20 +289,50 @@ def _moved_or_repeated(name: str, fields: list[tuple[str, str | Address]]) -> bo
     )
 
 
-def compose_bytes(env: Envelope, rendered: Rendered) -> bytes:
-    """``compose(env, rendered).as_bytes(policy=SMTP)``, several times cheaper (see above)."""
+def _multipart(subtype: str, parts: list[bytes], mime_version: bool) -> tuple[list[bytes], bytes]:
+    """``(head fields, body)`` of a multipart part holding *parts*, as the generator writes it."""
+    boundary = _boundary(parts)
+    head = [_fold("MIME-Version", "1.0")] if mime_version else []
+    head.append(_fold("Content-Type", f'multipart/{subtype}; boundary="{boundary}"'))
+    delimiter = b"--" + boundary.encode("ascii")
+    body = delimiter + _LINESEP + (_LINESEP + delimiter + _LINESEP).join(parts)
+    return head, body + _LINESEP + delimiter + b"--" + _LINESEP
+
+
+def _image_part(image: InlineImage) -> bytes:
+    """An inline image as ``MIMEPart.add_related`` makes it: base64 in 76-character lines."""
+    head = (
+        _fold("Content-Type", image.content_type)
+        + _fold("Content-Transfer-Encoding", "base64")
+        + _fold("Content-Disposition", f'inline; filename="{image.filename}"')
+        + _fold("Content-ID", f"<{image.content_id}>")
+        + _fold("MIME-Version", "1.0")
+    )
+    step = _MAX_LINE // 4 * 3
+    encoded = "".join(
+        binascii.b2a_base64(image.data[i : i + step]).decode("ascii") for i in range(0, len(image.data), step)
+    )
+    return head + _LINESEP + _crlf(encoded)
+
+
+def compose_bytes(env: Envelope, rendered: Rendered, inline: tuple[InlineImage, ...] = ()) -> bytes:
+    """``compose(env, rendered, inline=inline).as_bytes(policy=SMTP)``, several times cheaper (see above).
+
+    With *inline* images the HTML alternative is a multipart/related part (the HTML, then each
+    image); its boundary is drawn before the outer one, as the generator draws them (inner parts
+    are written first).
+    """
     fields = header_fields(env)
     if any(_moved_or_repeated(name, fields) for name in env.extra):
         # compose would move a Content-* field into the first part, or refuse a second From.
         raise ValueError("extra header fields must be new, non-MIME fields")
-    parts = [_text_part(rendered.text, "plain", False), _text_part(rendered.html, "html", True)]
-    boundary = _boundary(parts)
-    out = [_fold(name, value) for name, value in fields]
-    out.append(_fold("MIME-Version", "1.0"))
-    out.append(_fold("Content-Type", f'multipart/alternative; boundary="{boundary}"'))
-    out.append(_LINESEP)
-    delimiter = b"--" + boundary.encode("ascii")
-    out.append(delimiter + _LINESEP + parts[0])
-    out.append(_LINESEP + delimiter + _LINESEP + parts[1])
-    out.append(_LINESEP + delimiter + b"--" + _LINESEP)
-    return b"".join(out)
+    text = _text_part(rendered.text, "plain", False)
+    if inline:
+        related_head, related_body = _multipart(
+            "related", [_text_part(rendered.html, "html", False), *(_image_part(i) for i in inline)], True
+        )
+        html = b"".join(related_head) + _LINESEP + related_body
+    else:
+        html = _text_part(rendered.html, "html", True)
+    head, body = _multipart("alternative", [text, html], True)
+    return b"".join(_fold(name, value) for name, value in fields) + b"".join(head) + _LINESEP + body

@@ -21,6 +21,7 @@ from mailbridge.domain.models import (
     UserKind,
     utcnow,
 )
+from mailbridge.domain.mutes import muted_users
 from mailbridge.logs import redact_address
 from mailbridge.observability import NOTIFICATIONS_SUPPRESSED
 from mailbridge.policy.rules import Situation, can_read
@@ -54,12 +55,16 @@ def enqueue_notifications(
     base = snapshot if snapshot is not None else situation(session, message.author, conversation)
     people = {person.id: person for person in base.participants}
     blocked = suppressions.active_among(session, practice.id, [u.email for u in recipients], now)
+    muted = set(muted_users(session, conversation.id))
     for user in recipients:
         verdict = can_read(replace(base, actor=people[user.id]))
         if verdict.reason == "account_inactive":
             _skipped(session, practice, conversation, message, user.id, user.email, verdict.reason)
             continue
         if not verdict.allowed:
+            continue
+        if user.id in muted:  # one-click unsubscribe from this conversation's notifications (RFC 8058)
+            _skipped(session, practice, conversation, message, user.id, user.email, "conversation_muted")
             continue
         hit = blocked.get(user.email.lower())
         if hit is not None:  # never a silent drop: a row that says so, with the address, in …/outbound
@@ -103,7 +108,8 @@ def _skipped(
     reason: str,
     answer: str | None = None,
 ) -> None:
-    """A participant deliberately not notified (a deactivated account, a suppressed address) leaves a row in the delivery log
+    """A participant deliberately not notified (a deactivated account, a muted
+    conversation, a suppressed address) leaves a row in the delivery log
     saying so, never sent: ``GET …/outbound?state=suppressed`` shows who and why."""
     log.info(
         "notification_skipped",

@@ -88,6 +88,10 @@ SIGNED_HEADERS: tuple[bytes, ...] = (
     b"reply-to",
     b"in-reply-to",
     b"references",
+    # RFC 8058 §4: the one-click fields must be covered by a valid DKIM signature (mailbox providers
+    # ignore them otherwise); listed always, so one cannot be added to a notice or a forward either.
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
 )
 #: Header fields listed in ``h=`` only when the message has them.
 OPTIONAL_SIGNED_HEADERS: tuple[bytes, ...] = (b"mime-version", b"content-type", b"auto-submitted")

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import conversations as convs
-from mailbridge.domain import suppressions
+from mailbridge.domain import mutes, suppressions, templates
 from mailbridge.domain.models import (
     Conversation,
     DkimKeyRow,
@@ -32,6 +32,8 @@ from mailbridge.domain.models import (
     Outbox,
     OutboxKind,
     Practice,
+    PracticeLogo,
+    PracticeTemplate,
     Suppression,
     User,
 )
@@ -79,6 +81,10 @@ class BatchSnapshot:
     dkim_keys: dict[int, list[DkimKeyRow]] = field(default_factory=dict)  # practice id → its active keys
     # (practice id, lower-cased address) → the suppression that stops a notification to it now
     suppressed: dict[tuple[int, str], Suppression] = field(default_factory=dict)
+    # (practice id, template name, locale) → the practice's own active template
+    templates: dict[tuple[int, str, str], PracticeTemplate] = field(default_factory=dict)
+    logos: dict[int, PracticeLogo] = field(default_factory=dict)  # practice id → its logo
+    muted: set[tuple[int, str]] = field(default_factory=set)  # (recipient id, conversation id)
     _settings: dict[int, PracticeSettings] = field(default_factory=dict)
     _situations: dict[tuple[str, str], Situation] = field(default_factory=dict)
 
@@ -116,6 +122,16 @@ class BatchSnapshot:
             .order_by(DkimKeyRow.id)
         ):
             dkim_keys.setdefault(key.practice_id, []).append(key)
+        logos = (
+            {
+                logo.practice_id: logo
+                for logo in session.scalars(
+                    select(PracticeLogo).where(PracticeLogo.practice_id.in_(practice_ids))
+                )
+            }
+            if practice_ids
+            else {}
+        )
         return cls(
             practices=practices,
             messages=messages,
@@ -126,6 +142,9 @@ class BatchSnapshot:
             suppressed=suppressions.active_in_batch(
                 session, {(r.practice_id, r.to_address) for r in notifications}
             ),
+            templates=templates.active(session, practice_ids),
+            logos=logos,
+            muted=mutes.muted_pairs(session, conversation_ids),
         )
 
     def settings(self, practice: Practice) -> PracticeSettings:

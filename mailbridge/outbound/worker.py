@@ -119,6 +119,8 @@ class Worker:
             loop_value=settings.smtp_hostname,
             fingerprint_key=services.fingerprint_key,
             vault=services.vault,
+            unsubscribe=services.unsubscribe,
+            public_url=settings.effective_public_url,
         )
         return cls(
             sessions=services.sessions,
