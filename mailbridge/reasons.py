@@ -726,6 +726,22 @@ _ENTRIES: tuple[tuple[str, str, str, str, str, str], ...] = (
         "Vérifiez les entreprises du client dans l'application.",
     ),
     (
+        "staff_only",
+        "policy",
+        "Only staff may do this (review quarantined mail, write or read chart notes, open direct channels).",
+        "Act as a staff member of the practice.",
+        "Seul le personnel peut faire cela (examiner la quarantaine, écrire ou lire des notes au dossier, ouvrir des canaux directs).",
+        "Agissez en tant que membre du personnel du cabinet.",
+    ),
+    (
+        "no_client",
+        "policy",
+        "A quick note is made from a thread with exactly one client; this conversation has none (seed 003).",
+        "Make the note from a conversation with the client, or write it in the client's record directly.",
+        "Une note rapide se fait depuis un fil avec exactement un client ; cette conversation n'en a aucun (seed 003).",
+        "Faites la note depuis une conversation avec le client, ou écrivez-la directement dans son dossier.",
+    ),
+    (
         "account_inactive",
         "policy",
         "The staff member's account is inactive.",
