@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     # Authentication of inbound mail
     dns_nameservers: list[str] = []  # e.g. ["127.0.0.1:5353"]; empty uses the system resolver
     dns_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Per message: DNS look-ups stop (temperror, 451 4.7.0) once authentication has waited this long.
+    dns_budget_seconds: float = Field(default=10.0, gt=0)
+    # Per message: CPU time of the pipeline's steps; a message over it is refused 550 5.6.0 (its
+    # content makes it costly; a retry would cost the same). Checked between steps.
+    pipeline_cpu_budget_seconds: float = Field(default=20.0, gt=0)
     trusted_authserv_ids: list[str] = []  # trust only Authentication-Results from these (LMTP behind Postfix)
     authserv_id: str = "mailbridge"
 
@@ -93,6 +98,11 @@ class Settings(BaseSettings):
 
     # Housekeeping
     raw_retention_days: int = Field(default=30, ge=0)
+    # Raw copies of refused (5xx) and deferred (4xx) mail: kept shorter, and only their first
+    # raw_refused_keep_bytes (the headers and the start, enough to tell why): a stranger can send
+    # any amount of refused mail. Quarantined mail is kept whole until staff decide.
+    raw_refused_retention_days: float = Field(default=3.0, ge=0)
+    raw_refused_keep_bytes: int = Field(default=64 * 1024, ge=0)
     log_json: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -92,4 +92,7 @@ def pipeline_deps(services: Services) -> Any:
         trusted_authserv_ids=tuple(settings.trusted_authserv_ids),
         authserv_id=settings.authserv_id,
         loop_value=settings.smtp_hostname,
+        dns_budget=settings.dns_budget_seconds,
+        cpu_budget=settings.pipeline_cpu_budget_seconds,
+        refused_keep_bytes=settings.raw_refused_keep_bytes,
     )
