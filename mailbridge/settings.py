@@ -53,8 +53,25 @@ class Settings(BaseSettings):
     smtp_max_connections_per_ip: int = Field(default=20, ge=1)
     smtp_max_bad_recipients: int = Field(default=10, ge=1)  # per connection, then 421 4.7.0
     smtp_max_recipients: int = Field(default=100, ge=1)
+    # Idle time allowed since the last command that made progress (a greeting, MAIL, RCPT, DATA):
+    # NOOP, RSET, VRFY, HELP and repeated greetings never restart it (RFC 5321 §4.5.3.2.7).
     smtp_timeout_seconds: float = Field(default=300.0, gt=0)
+    smtp_max_junk_commands: int = Field(default=100, ge=1)  # NOOP/RSET/VRFY/HELP… then 421 4.7.0
+    smtp_data_idle_seconds: float = Field(default=60.0, gt=0)  # no byte during DATA for this long: 421 4.4.2
+    smtp_data_max_seconds: float = Field(default=1200.0, gt=0)  # one whole DATA transfer, at most
     max_concurrent_large_transfers: int = Field(default=4, ge=1)
+    smtp_large_transfer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # "large" starts here
+    # A transfer past that size waits this long for a slot, then gets 451 4.3.2 (before 354 when SIZE= was
+    # declared); a slot holder that sends less than the minimum rate over a data-idle window loses it.
+    smtp_large_transfer_wait_seconds: float = Field(default=30.0, gt=0)
+    smtp_large_transfer_min_rate: int = Field(default=8192, ge=0)  # bytes per second; 0 = no minimum
+    # The HTTP door: connections over the cap get 503 and are closed at once; a request whose
+    # headers are not complete this long after its first byte (or after the connection opened) is
+    # closed (slow-loris). Keep smtp_max_connections + http_max_connections well under the
+    # descriptor limit (`ulimit -n`; raised to the hard limit at start-up).
+    http_max_connections: int = Field(default=200, ge=1)
+    http_header_timeout_seconds: float = Field(default=20.0, gt=0)
+    http_keepalive_seconds: int = Field(default=5, ge=1)  # an idle kept-alive connection closes after this
     # Processes accepting SMTP on smtp_listen (SO_REUSEPORT), each with a delivery worker: the work
     # is CPU-bound Python, one process uses one core. 0 = one per CPU. Connection limits apply per process.
     smtp_processes: int = Field(default=1, ge=0, le=64)
