@@ -1,4 +1,4 @@
-"""Housekeeping: raw copies of refused mail are kept only for the retention period; crash leftovers go."""
+"""Housekeeping: raw copies of mail are kept only for their retention period; crash leftovers go."""
 
 from __future__ import annotations
 
@@ -9,24 +9,34 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 
 from mailbridge.domain.db import transaction
-from mailbridge.domain.models import InboundLog, QuarantineItem, utcnow
+from mailbridge.domain.models import InboundLog, InboundState, QuarantineItem, utcnow
 from mailbridge.wiring import Services
 
 log = logging.getLogger(__name__)
 
 
 def purge_raw(services: Services) -> int:
-    """Delete raw mail older than ``raw_retention_days``, except what staff still have to review."""
-    cutoff = utcnow() - timedelta(days=services.settings.raw_retention_days)
+    """Delete raw mail older than ``raw_retention_days`` (refused or deferred mail: older than
+    ``raw_refused_retention_days``), except what staff still have to review (held in quarantine)."""
+    now = utcnow()
+    cutoff = now - timedelta(days=services.settings.raw_retention_days)
+    refused_cutoff = now - timedelta(days=services.settings.raw_refused_retention_days)
     removed = 0
     with transaction(services.sessions) as session:
         held = select(QuarantineItem.inbound_id).where(QuarantineItem.state == "held")
+        expired = or_(
+            InboundLog.received_at < cutoff,
+            and_(
+                InboundLog.state.in_([InboundState.rejected, InboundState.deferred]),
+                InboundLog.received_at < refused_cutoff,
+            ),
+        )
         rows = session.execute(
             select(InboundLog.id, InboundLog.raw_path).where(
-                InboundLog.raw_path.is_not(None), InboundLog.received_at < cutoff, InboundLog.id.not_in(held)
+                InboundLog.raw_path.is_not(None), expired, InboundLog.id.not_in(held)
             )
         ).all()
         for _, raw_path in rows:
