@@ -30,7 +30,8 @@ class LoopErrorLog:
     ``accept()`` here and tries again a second later (it never busy-loops). Each report used to be
     a full ERROR traceback, and with every listener failing a log grew by hundreds of MB a minute
     (finding 10). Now: a metric per failed accept, one WARNING per kind per ``interval`` saying how
-    many were suppressed, the traceback only for errors that are not out-of-resource accepts.
+    many were suppressed; other errors keep asyncio's own report (with its traceback), at most one per
+    kind per interval.
     """
 
     def __init__(self, interval: float = 60.0, clock: Any = time.monotonic) -> None:
@@ -47,24 +48,23 @@ class LoopErrorLog:
         accept = "accept" in message
         if accept:
             ACCEPT_ERRORS.inc()
+        key = f"{message} {type(exception).__name__}"
         now = self.clock()
-        previous = self.last.get(message)
+        previous = self.last.get(key)
         if previous is not None and now - previous < self.interval:
-            self.suppressed[message] += 1
+            self.suppressed[key] += 1
             return
-        self.last[message] = now
-        suppressed = self.suppressed.pop(message, 0)
+        self.last[key] = now
+        suppressed = self.suppressed.pop(key, 0)
         if accept:
             log.warning(
                 "accept_failed",
                 extra={"error": repr(exception), "suppressed": suppressed, "every_seconds": self.interval},
             )
         else:
-            log.error(
-                "event_loop_error",
-                extra={"loop_message": message, "suppressed": suppressed},
-                exc_info=exception if isinstance(exception, BaseException) else None,
-            )
+            if suppressed:
+                log.error("event_loop_error", extra={"loop_message": message, "suppressed": suppressed})
+            loop.default_exception_handler(context)
 
 
 def install_loop_guards(loop: asyncio.AbstractEventLoop) -> None:

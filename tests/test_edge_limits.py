@@ -598,16 +598,25 @@ def test_f10_out_of_descriptors_is_logged_once_and_counted_without_flooding(tmp_
 
 
 def test_loop_error_log_rate_limits_and_counts() -> None:
+    from mailbridge.observability import ACCEPT_ERRORS
+
     now = [0.0]
     handler = LoopErrorLog(interval=60.0, clock=lambda: now[0])
     context = {"message": "socket.accept() out of system resource", "exception": OSError(24, "Too many")}
-    for _ in range(5):
-        handler(asyncio.new_event_loop(), context)
-        now[0] += 1
-    assert handler.suppressed[context["message"]] == 4
-    now[0] += 60
-    handler(asyncio.new_event_loop(), context)
-    assert handler.suppressed[context["message"]] == 0
+    before = ACCEPT_ERRORS._value.get()
+    loop = asyncio.new_event_loop()
+    try:
+        for _ in range(5):
+            handler(loop, context)
+            now[0] += 1
+        key = "socket.accept() out of system resource OSError"
+        assert handler.suppressed[key] == 4
+        now[0] += 60
+        handler(loop, context)
+        assert handler.suppressed[key] == 0
+    finally:
+        loop.close()
+    assert ACCEPT_ERRORS._value.get() - before == 6
 
 
 # ---- finding 9: cheap refusals first, bounded work -------------------------------------------------

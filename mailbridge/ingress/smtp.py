@@ -413,8 +413,7 @@ class _GuardedSession:
             me._set_post_data_state()
             await me.push(reply)
             self._progress()
-            if reply.startswith("2"):
-                self._junk = 0  # as Postfix does once mail is delivered
+            self._junk = 0  # a transaction completed (Postfix resets its count once mail is delivered)
 
     _holding = False
 
