@@ -62,7 +62,7 @@ MB = 1_000_000
 RATE = 10.0  # small replies per second
 GET_EVERY = 0.1  # seconds between GETs, per path
 START_BIG_AFTER = 1.0  # seconds into the busy run
-STREAM_RATE = 10 * MB  # bytes per second the big message is sent at
+STREAM_RATE = 10 * MB  # bytes per second the big message is sent at (--rate; 0: as fast as loopback allows)
 CONVERSATIONS = "/api/v1/practices/acme/conversations?as=alice"
 LAG_FILE = "loop-lag.txt"
 SLOW_DNS = 5.0  # seconds each look-up under slow.test takes (finding 9's slow DNS)
@@ -220,7 +220,7 @@ class BigRun:
     code: int = 0
 
 
-async def _send_big(port: int, mail: Mail, delay: float) -> BigRun:
+async def _send_big(port: int, mail: Mail, delay: float, rate: float) -> BigRun:
     await asyncio.sleep(delay)
     reader, writer = await asyncio.open_connection(HOST, port)
 
@@ -244,7 +244,8 @@ async def _send_big(port: int, mail: Mail, delay: float) -> BigRun:
     for offset in range(0, len(view), 1 << 20):
         writer.write(view[offset : offset + (1 << 20)])
         await writer.drain()
-        await asyncio.sleep(max(0.0, started + (offset + (1 << 20)) / STREAM_RATE - time.monotonic()))
+        if rate:
+            await asyncio.sleep(max(0.0, started + (offset + (1 << 20)) / rate - time.monotonic()))
     writer.write(b".\r\n")
     dot = time.monotonic()
     code = await reply()
@@ -253,12 +254,12 @@ async def _send_big(port: int, mail: Mail, delay: float) -> BigRun:
     return BigRun((started, dot), (dot, answered), code)
 
 
-def _big_child(conn: Connection, port: int, mail: Mail, delay: float) -> None:
+def _big_child(conn: Connection, port: int, mail: Mail, delay: float, rate: float) -> None:
     import threading
 
     threading.Thread(target=_die_with_parent, args=(900.0,), daemon=True).start()
     try:
-        conn.send(("done", asyncio.run(_send_big(port, mail, delay))))
+        conn.send(("done", asyncio.run(_send_big(port, mail, delay, rate))))
     except BaseException:
         import traceback
 
@@ -343,7 +344,7 @@ def _latencies(samples: list[tuple[float, float]], window: tuple[float, float] |
     return [latency for began, latency in samples if start <= began <= end]
 
 
-def run(quick: bool = False, megabytes: int | None = None) -> str:
+def run(quick: bool = False, megabytes: int | None = None, rate: float = STREAM_RATE) -> str:
     size = (megabytes or (25 if quick else 100)) * MB
     count = 80 if quick else 150
     rounds = 1 if quick else 2
@@ -372,7 +373,7 @@ def run(quick: bool = False, megabytes: int | None = None) -> str:
                 idle_windows.append((began, time.monotonic()))
                 mails = replies(threads, count, seed=20 + number, start=(2 * number + 1) * count)
                 proc, pipe = _in_process(_load_child, server.port, http_port, API_KEY, mails)
-                big_proc, big_pipe = _in_process(_big_child, server.port, big, START_BIG_AFTER)
+                big_proc, big_pipe = _in_process(_big_child, server.port, big, START_BIG_AFTER, rate)
                 _pool(busy, _result(proc, pipe, 900))
                 big_runs.append(_result(big_proc, big_pipe, 900))
             mails = replies(threads, count, seed=30, start=2 * rounds * count)
@@ -408,10 +409,11 @@ def run(quick: bool = False, megabytes: int | None = None) -> str:
         )
     stream_s = ", ".join(f"{r.streaming[1] - r.streaming[0]:.1f}" for r in big_runs)
     process_s = ", ".join(f"{r.code} after {r.processing[1] - r.processing[0]:.1f}" for r in big_runs)
+    pace = f"paced at {rate / MB:g} MB/s" if rate else "at full speed"
     head = (
         f"Isolation: {rounds} round(s) of {count} small replies (Poisson, {RATE:g}/s) and GETs every "
         f"{GET_EVERY * 1e3:.0f} ms per path, one process serving SMTP + HTTP (SQLite); in each busy run one "
-        f"{len(big.data) / MB:,.0f} MB reply from {START_BIG_AFTER:g} s in, paced at {STREAM_RATE / MB:g} MB/s: "
+        f"{len(big.data) / MB:,.0f} MB reply from {START_BIG_AFTER:g} s in, {pace}: "
         f"streamed in {stream_s} s, answered {process_s} s after its final dot"
     )
     slow_rows = [
@@ -477,8 +479,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round, 80 replies, a 25 MB message")
     parser.add_argument("--mb", type=int, help="size of the big message's attachment in MB")
+    parser.add_argument(
+        "--rate", type=float, help="MB/s the big message is sent at (default 10; 0: no pacing)"
+    )
     args = parser.parse_args()
-    print(run(args.quick, args.mb))
+    print(run(args.quick, args.mb, STREAM_RATE if args.rate is None else args.rate * MB))
 
 
 if __name__ == "__main__":
