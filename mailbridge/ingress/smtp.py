@@ -606,11 +606,24 @@ class IngressHandler:
         spooled: Any = envelope  # carries spool_path/spool_size set by the DATA reader
         # The run goes on if the client disconnects meanwhile: the message is stored (or refused)
         # all the same, and the sender's retry is recognised as a duplicate.
+        self.in_pipeline += 1
         run = asyncio.ensure_future(self._run(env, spooled.spool_path, spooled.spool_size))
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
-        outcome = await asyncio.shield(run)
+        try:
+            outcome = await asyncio.shield(run)
+        except asyncio.CancelledError:
+            run.add_done_callback(self._left_pipeline)  # counted until the run itself is over
+            raise
+        except BaseException:
+            self.in_pipeline -= 1
+            raise
+        # The answer is pushed right after this hook returns, before the loop runs anything else.
+        self.in_pipeline -= 1
         return self._count(outcome.reply)
+
+    def _left_pipeline(self, _: object) -> None:
+        self.in_pipeline -= 1
 
     async def _run(self, env: pipeline.Envelope, path: Path, size: int) -> pipeline.Outcome:
         """The pipeline phase by phase, each on its pool: DNS waits never hold a CPU-bound thread.
@@ -618,21 +631,16 @@ class IngressHandler:
         Cancelled (the loop shutting down past the drain time), the run still ends in a thread, as it
         did when it was one call: its row gets a final state and its files are cleaned up.
         """
-        self.in_pipeline += 1
-        try:
-            current = pipeline.Run(self.deps, env, path, size)
-            while True:
-                phase = _POOLS[current.pool].submit(current.advance)
-                try:
-                    outcome = await asyncio.wrap_future(phase)
-                except asyncio.CancelledError:
-                    phase.add_done_callback(lambda _: _finish_in_a_thread(current))
-                    raise
-                if outcome is not None:
-                    return outcome
-        finally:
-            # The answer is pushed right after handle_DATA returns, before the loop runs anything else.
-            self.in_pipeline -= 1
+        current = pipeline.Run(self.deps, env, path, size)
+        while True:
+            phase = _POOLS[current.pool].submit(current.advance)
+            try:
+                outcome = await asyncio.wrap_future(phase)
+            except asyncio.CancelledError:
+                phase.add_done_callback(lambda _: _finish_in_a_thread(current))
+                raise
+            if outcome is not None:
+                return outcome
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("smtp_unexpected_error", exc_info=error)
