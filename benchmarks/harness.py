@@ -364,11 +364,19 @@ def _stub(layers: str) -> None:
     from mailbridge.inbound.envelope import RecipientDecision, Target
     from mailbridge.ingress import smtp
 
-    def accept(deps: Any, envelope: Any, raw_path: Path, size: int) -> Any:
-        Path(raw_path).unlink(missing_ok=True)
-        return pipeline.Outcome(replies.OK, InboundState.posted, "stub")
+    class Accept:
+        """Stands in for pipeline.Run at the SMTP door: one phase, the file dropped, 250."""
 
-    pipeline.run = accept  # type: ignore[assignment]
+        pool = "cpu"
+
+        def __init__(self, deps: Any, envelope: Any, raw_path: Path, size: int) -> None:
+            self.raw_path = raw_path
+
+        def advance(self) -> Any:
+            Path(self.raw_path).unlink(missing_ok=True)
+            return pipeline.Outcome(replies.OK, InboundState.posted, "stub")
+
+    pipeline.Run = Accept  # type: ignore[assignment, misc]
     if layers == "rcpt+pipeline":
 
         def decider(services: Any) -> Any:

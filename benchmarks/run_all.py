@@ -46,6 +46,14 @@ BENCHES = (
     Bench("outbound", "benchmarks.bench_outbound", (), ("--quick",), 420, "notification delivery throughput"),
     Bench("memory", "benchmarks.bench_memory", (), ("--quick",), 900, "peak memory for a 100 MB attachment"),
     Bench("latency", "benchmarks.bench_latency", (), ("--quick",), 240, "reply → notification latency"),
+    Bench(
+        "isolation",
+        "benchmarks.bench_isolation",
+        (),
+        ("--quick",),
+        420,
+        "small replies and HTTP GETs while a 100 MB message streams in",
+    ),
     Bench("dkim", "benchmarks.bench_dkim", (), ("-n", "300"), 180, "DKIM signing speed"),
     Bench(
         "console",

@@ -1,5 +1,5 @@
-"""Housekeeping: raw copies of refused mail are kept only for the retention period; crash leftovers and
-expired soft suppressions go.
+"""Housekeeping: raw copies of mail are kept only for their retention period (refused mail: days,
+not weeks); crash leftovers and expired soft suppressions go.
 
 Raw copies live in the object store, shared by every node, so any node may run this (they all do,
 hourly; the work is idempotent). Order matters for the invariant *no row names a missing object*:
@@ -17,12 +17,12 @@ import logging
 import time
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 
 from mailbridge.domain import suppressions
 from mailbridge.domain.db import transaction
 from mailbridge.domain.erasure import raw_refs
-from mailbridge.domain.models import InboundLog, QuarantineItem, utcnow
+from mailbridge.domain.models import InboundLog, InboundState, QuarantineItem, utcnow
 from mailbridge.wiring import Services
 
 log = logging.getLogger(__name__)
@@ -32,15 +32,25 @@ _BATCH = 500
 
 
 def purge_raw(services: Services) -> int:
-    """Delete raw mail older than ``raw_retention_days``, except what staff still have to review."""
-    cutoff = utcnow() - timedelta(days=services.settings.raw_retention_days)
+    """Delete raw mail older than ``raw_retention_days`` (refused or deferred mail: older than
+    ``raw_refused_retention_days``), except what staff still have to review (held in quarantine)."""
+    now = utcnow()
+    cutoff = now - timedelta(days=services.settings.raw_retention_days)
+    refused_cutoff = now - timedelta(days=services.settings.raw_refused_retention_days)
     removed = 0
     with transaction(services.sessions) as session:
         held = select(QuarantineItem.inbound_id).where(QuarantineItem.state == "held")
+        expired = or_(
+            InboundLog.received_at < cutoff,
+            and_(
+                InboundLog.state.in_([InboundState.rejected, InboundState.deferred]),
+                InboundLog.received_at < refused_cutoff,
+            ),
+        )
         rows = session.scalars(
             select(InboundLog).where(
                 or_(InboundLog.raw_path.is_not(None), InboundLog.raw_ref.is_not(None)),
-                InboundLog.received_at < cutoff,
+                expired,
                 InboundLog.id.not_in(held),
             )
         ).all()

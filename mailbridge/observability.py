@@ -105,6 +105,23 @@ STEP_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+SMTP_LIMITS = Counter(
+    "mailbridge_smtp_limit_hits_total",
+    "SMTP sessions or transfers stopped by a resource limit",
+    ["limit"],
+    registry=REGISTRY,
+)
+HTTP_LIMITS = Counter(
+    "mailbridge_http_limit_hits_total",
+    "HTTP connections closed by a limit (connection cap, header-read timeout)",
+    ["limit"],
+    registry=REGISTRY,
+)
+ACCEPT_ERRORS = Counter(
+    "mailbridge_accept_errors_total",
+    "Connections the operating system could not accept (out of descriptors or memory)",
+    registry=REGISTRY,
+)
 OUTBOX_DEPTH = Gauge("mailbridge_outbox_depth", "Pending outbox rows", registry=REGISTRY)
 OUTBOX_AGE = Gauge(
     "mailbridge_outbox_oldest_seconds", "Age of the oldest pending outbox row", registry=REGISTRY

@@ -82,6 +82,12 @@ XFORWARD_OK = SmtpReply(250, "2.0.0", "Ok")
 XFORWARD_DENIED = SmtpReply(550, "5.7.0", "Error: insufficient authorization")
 XFORWARD_IN_TRANSACTION = SmtpReply(503, "5.5.1", "Error: MAIL transaction in progress")
 XFORWARD_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: XFORWARD attribute=value...")
+LINE_TOO_LONG = SmtpReply(500, "5.5.2", "Line too long (see RFC5321 4.5.3.1.6)")
+HEADER_FIELD_TOO_LONG = SmtpReply(550, "5.6.0", "A header field is too long")
+OVER_BUDGET = SmtpReply(550, "5.6.0", "Message too complex to process")
+LARGE_TRANSFERS_BUSY = SmtpReply(451, "4.3.2", "Too many large messages in transit; try again later")
+TIMEOUT = SmtpReply(421, "4.4.2", "Timeout exceeded, closing connection")
+TOO_MANY_JUNK_COMMANDS = SmtpReply(421, "4.7.0", "Too many commands without progress, closing connection")
 
 
 def message_too_big(limit_bytes: int) -> SmtpReply:

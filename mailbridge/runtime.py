@@ -6,9 +6,13 @@ import asyncio
 import contextlib
 import errno
 import logging
+import resource
 import signal
 import socket
 import sys
+import time
+from collections import Counter
+from typing import Any
 
 import uvicorn
 
@@ -19,6 +23,69 @@ from mailbridge.wiring import Services, pipeline_deps
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 20.0  # at shutdown, for messages already received to get their answer
+DESCRIPTOR_RESERVE = 200  # beyond the connection caps: database, spool and raw files, DNS, IMAP, pipes
+
+
+class LoopErrorLog:
+    """The event loop's exception handler, rate-limited: one line per kind of error per interval.
+
+    When the process runs out of descriptors, asyncio cannot accept: it reports every failed
+    ``accept()`` here and tries again a second later (it never busy-loops). Each report used to be
+    a full ERROR traceback, and with every listener failing a log grew by hundreds of MB a minute
+    (finding 10). Now: a metric per failed accept, one WARNING per kind per ``interval`` saying how
+    many were suppressed; other errors keep asyncio's own report (with its traceback), at most one per
+    kind per interval.
+    """
+
+    def __init__(self, interval: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.last: dict[str, float] = {}
+        self.suppressed: Counter[str] = Counter()
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        from mailbridge.observability import ACCEPT_ERRORS
+
+        message = str(context.get("message", "event loop error"))
+        exception = context.get("exception")
+        accept = "accept" in message
+        if accept:
+            ACCEPT_ERRORS.inc()
+        key = f"{message} {type(exception).__name__}"
+        now = self.clock()
+        previous = self.last.get(key)
+        if previous is not None and now - previous < self.interval:
+            self.suppressed[key] += 1
+            return
+        self.last[key] = now
+        suppressed = self.suppressed.pop(key, 0)
+        if accept:
+            log.warning(
+                "accept_failed",
+                extra={"error": repr(exception), "suppressed": suppressed, "every_seconds": self.interval},
+            )
+        else:
+            if suppressed:
+                log.error("event_loop_error", extra={"loop_message": message, "suppressed": suppressed})
+            loop.default_exception_handler(context)
+
+
+def install_loop_guards(loop: asyncio.AbstractEventLoop) -> None:
+    if not isinstance(loop.get_exception_handler(), LoopErrorLog):
+        loop.set_exception_handler(LoopErrorLog())
+
+
+def raise_descriptor_limit(needed: int) -> int:
+    """Raise the soft descriptor limit to the hard one, and say so when the caps do not fit in it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if needed > soft:
+        log.warning("descriptor_limit_low", extra={"limit": soft, "needed": needed})
+    return soft
 
 
 class ListenError(Exception):
@@ -61,11 +128,12 @@ async def start_ingress(
     services: Services, port: int | None = None, reuse_port: bool = False
 ) -> asyncio.Server:
     """The SMTP/LMTP listener; *port* and *reuse_port* let extra processes share one port."""
-    from mailbridge.domain.practice_settings import PracticeSettings
+    from mailbridge.domain.practice_settings import SERVER_MAX_MESSAGE_BYTES
     from mailbridge.inbound.authenticate import organizational_domain
     from mailbridge.ingress.smtp import (
         ConnectionLimits,
         IngressHandler,
+        SessionLimits,
         make_decider,
         start_smtp,
         tls_context,
@@ -74,6 +142,7 @@ async def start_ingress(
 
     organizational_domain("example.org")  # load the public-suffix list now, not on the first message
     settings = services.settings
+    install_loop_guards(asyncio.get_running_loop())
     host, configured_port = split_listen(settings.smtp_listen)
     port = configured_port if port is None else port
     handler = IngressHandler(
@@ -83,7 +152,6 @@ async def start_ingress(
         settings.smtp_max_bad_recipients,
     )
     tls = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
-    biggest = PracticeSettings(attachment_max_bytes=100 * 1024 * 1024).effective_message_max_bytes
     try:
         server = await start_smtp(
             handler=handler,
@@ -91,11 +159,19 @@ async def start_ingress(
             port=port,
             lmtp=settings.lmtp,
             hostname=settings.smtp_hostname,
-            data_size_limit=biggest,
+            data_size_limit=SERVER_MAX_MESSAGE_BYTES,
             limits=ConnectionLimits(settings.smtp_max_connections, settings.smtp_max_connections_per_ip),
             spool_dir=settings.data_dir / "spool",
             large_transfers=settings.max_concurrent_large_transfers,
-            timeout=settings.smtp_timeout_seconds,
+            session_limits=SessionLimits(
+                command_timeout=settings.smtp_timeout_seconds,
+                max_junk_commands=settings.smtp_max_junk_commands,
+                data_idle=settings.smtp_data_idle_seconds,
+                data_max=settings.smtp_data_max_seconds,
+                large_transfer_bytes=settings.smtp_large_transfer_bytes,
+                large_transfer_wait=settings.smtp_large_transfer_wait_seconds,
+                large_transfer_min_rate=settings.smtp_large_transfer_min_rate,
+            ),
             tls=tls,
             reuse_port=reuse_port,
             xforward_hosts=parse_networks(settings.smtp_xforward_hosts),
@@ -123,6 +199,8 @@ async def run_all(services: Services, stop: asyncio.Event | None = None, announc
 
     settings = services.settings
     stop = stop or asyncio.Event()
+    install_loop_guards(asyncio.get_running_loop())
+    raise_descriptor_limit(settings.smtp_max_connections + settings.http_max_connections + DESCRIPTOR_RESERVE)
     organizational_domain("example.org")  # the IMAP pollers' pipeline too (cached: loaded once)
     tasks: list[asyncio.Task[None]] = []
     smtp_server = None
@@ -165,11 +243,7 @@ async def run_all(services: Services, stop: asyncio.Event | None = None, announc
     tasks.append(asyncio.create_task(run_housekeeping(services, stop), name="housekeeping"))
 
     tasks.append(asyncio.create_task(run_pollers(services, stop), name="imap"))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(services), log_config=None, lifespan="off", access_log=False, use_colors=False
-        )
-    )
+    server = uvicorn.Server(http_config(services))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -188,6 +262,23 @@ async def run_all(services: Services, stop: asyncio.Event | None = None, announc
         await cluster.stop()  # each child answers the messages it holds, as below
     await drain_ingress(services)
     await asyncio.gather(http, *tasks, return_exceptions=True)
+
+
+def http_config(services: Services) -> uvicorn.Config:
+    """uvicorn for the API, with the door's limits (see mailbridge/api/httpguard.py); the socket is
+    bound by ``bind_http`` (a port in use is one line, not a traceback)."""
+    from mailbridge.api.httpguard import guarded_protocol
+
+    settings = services.settings
+    return uvicorn.Config(
+        create_app(services),
+        log_config=None,
+        lifespan="off",
+        access_log=False,
+        use_colors=False,
+        http=guarded_protocol(settings.http_max_connections, settings.http_header_timeout_seconds),
+        timeout_keep_alive=settings.http_keepalive_seconds,
+    )
 
 
 def serve(services: Services, announce: str = "") -> None:

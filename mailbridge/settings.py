@@ -66,8 +66,25 @@ class Settings(BaseSettings):
     smtp_max_connections_per_ip: int = Field(default=20, ge=1)
     smtp_max_bad_recipients: int = Field(default=10, ge=1)  # per connection, then 421 4.7.0
     smtp_max_recipients: int = Field(default=100, ge=1)
+    # Idle time allowed since the last command that made progress (a greeting, MAIL, RCPT, DATA):
+    # NOOP, RSET, VRFY, HELP and repeated greetings never restart it (RFC 5321 §4.5.3.2.7).
     smtp_timeout_seconds: float = Field(default=300.0, gt=0)
+    smtp_max_junk_commands: int = Field(default=100, ge=1)  # NOOP/RSET/VRFY/HELP… then 421 4.7.0
+    smtp_data_idle_seconds: float = Field(default=60.0, gt=0)  # no byte during DATA for this long: 421 4.4.2
+    smtp_data_max_seconds: float = Field(default=1200.0, gt=0)  # one whole DATA transfer, at most
     max_concurrent_large_transfers: int = Field(default=4, ge=1)
+    smtp_large_transfer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # "large" starts here
+    # A transfer past that size waits this long for a slot, then gets 451 4.3.2 (before 354 when SIZE= was
+    # declared); a slot holder that sends less than the minimum rate over a data-idle window loses it.
+    smtp_large_transfer_wait_seconds: float = Field(default=30.0, gt=0)
+    smtp_large_transfer_min_rate: int = Field(default=8192, ge=0)  # bytes per second; 0 = no minimum
+    # The HTTP door: connections over the cap get 503 and are closed at once; a request whose
+    # headers are not complete this long after its first byte (or after the connection opened) is
+    # closed (slow-loris). Keep smtp_max_connections + http_max_connections well under the
+    # descriptor limit (`ulimit -n`; raised to the hard limit at start-up).
+    http_max_connections: int = Field(default=200, ge=1)
+    http_header_timeout_seconds: float = Field(default=20.0, gt=0)
+    http_keepalive_seconds: int = Field(default=5, ge=1)  # an idle kept-alive connection closes after this
     # Processes accepting SMTP on smtp_listen (SO_REUSEPORT), each with a delivery worker: the work
     # is CPU-bound Python, one process uses one core. 0 = one per CPU. Connection limits apply per process.
     smtp_processes: int = Field(default=1, ge=0, le=64)
@@ -144,6 +161,11 @@ class Settings(BaseSettings):
     # Authentication of inbound mail
     dns_nameservers: list[str] = []  # e.g. ["127.0.0.1:5353"]; empty uses the system resolver
     dns_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Per message: DNS look-ups stop (temperror, 451 4.7.0) once authentication has waited this long.
+    dns_budget_seconds: float = Field(default=10.0, gt=0)
+    # Per message: CPU time of the pipeline's steps; a message over it is refused 550 5.6.0 (its
+    # content makes it costly; a retry would cost the same). Checked between steps.
+    pipeline_cpu_budget_seconds: float = Field(default=20.0, gt=0)
     # Trust Authentication-Results only from these authserv-ids (an MTA that strips forged copies).
     trusted_authserv_ids: list[str] = []
     authserv_id: str = "mailbridge"
@@ -173,6 +195,11 @@ class Settings(BaseSettings):
 
     # Housekeeping
     raw_retention_days: int = Field(default=30, ge=0)
+    # Raw copies of refused (5xx) and deferred (4xx) mail: kept shorter, and only their first
+    # raw_refused_keep_bytes (the headers and the start, enough to tell why): a stranger can send
+    # any amount of refused mail. Quarantined mail is kept whole until staff decide.
+    raw_refused_retention_days: float = Field(default=3.0, ge=0)
+    raw_refused_keep_bytes: int = Field(default=64 * 1024, ge=0)
     log_json: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # mailbridge's own lines
     log_libraries_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"  # every library's

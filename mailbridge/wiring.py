@@ -127,6 +127,9 @@ def pipeline_deps(services: Services) -> Any:
         loop_value=settings.smtp_hostname,
         suppression=suppression_policy(settings),
         fingerprint_key=services.fingerprint_key,
+        dns_budget=settings.dns_budget_seconds,
+        cpu_budget=settings.pipeline_cpu_budget_seconds,
+        refused_keep_bytes=settings.raw_refused_keep_bytes,
     )
 
 

@@ -236,15 +236,16 @@ def test_shutdown_lets_a_message_in_the_pipeline_get_its_answer(seeded: Any, mon
 
     conversation = open_conversation(seeded)
     address = reply_address(seeded, conversation, "alice")
-    original = pipeline.run
+    original = pipeline.Run.advance
     entered = threading.Event()
 
-    def slow_run(*args: Any) -> Any:
-        entered.set()
-        time.sleep(0.8)
-        return original(*args)
+    def slow_advance(self: Any) -> Any:
+        if not entered.is_set():
+            entered.set()
+            time.sleep(0.8)
+        return original(self)
 
-    monkeypatch.setattr(pipeline, "run", slow_run)
+    monkeypatch.setattr(pipeline.Run, "advance", slow_advance)
     answers: list[int] = []
     with live_server(seeded) as server:
         msg = reply_message("alice@client.test", address, "Tuesday at 10 works for me.")

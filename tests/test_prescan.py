@@ -224,3 +224,33 @@ def test_corpora_pass_and_agree_with_the_parser() -> None:
         parts, depth = tree_size(parse(raw))
         assert result.depth == depth, (path.name, result, depth)
         assert result.part_count >= parts - 1, (path.name, result, parts)
+
+
+@pytest.mark.parametrize("offset", [-2, -1, 0, 1])
+def test_line_endings_are_judged_exactly_across_the_slices_of_a_large_message(offset: int) -> None:
+    """The bare CR/LF check runs over 1 MiB slices (so it never holds the GIL for long): a CRLF
+    across a slice edge is fine, a lone CR or LF there is not."""
+    from mailbridge.inbound.prescan import _SLICE
+
+    head = b"From: a@b.test\r\nSubject: big\r\n\r\n"
+    at = _SLICE + offset - len(head)
+    body = bytearray(b"x" * (2 * _SLICE))
+    for piece, ok in ((b"\r\n", True), (b"\r", False), (b"\n", False), (b"\n\r", False)):
+        raw = bytearray(body)
+        raw[at : at + len(piece)] = piece
+        assert prescan(head + bytes(raw)).ok is ok, (piece, offset)
+
+
+def test_header_fields_the_parser_reads_structurally_are_capped() -> None:
+    """Finding 9: the stdlib's address parser costs ~20 µs a byte; a 195 KB From took ~5 s."""
+    folded_from = b"From: " + b"\r\n ".join([b'"a b c d e f g h"'] * 400) + b" <a@b.test>\r\n"
+    long_subject = b"Subject: " + b"\r\n ".join([b"word"] * 2000) + b"\r\n"
+    huge_received = b"Received: " + b"\r\n ".join([b"from x by y"] * 3000) + b"\r\n"
+    nested = (
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        b"Content-Type: text/plain; " + b"\r\n ".join([b"x=y;"] * 1200) + b"\r\n\r\nhi\r\n--b--\r\n"
+    )
+    assert prescan(HEAD + folded_from + b"\r\nbody\r\n").reason == "header_field_size"  # 8 KB From
+    assert prescan(HEAD + long_subject + b"\r\nbody\r\n").ok  # 12 KB of an unstructured field is fine
+    assert prescan(HEAD + huge_received + b"\r\nbody\r\n").reason == "header_field_size"  # over 32 KB
+    assert prescan(HEAD + nested).reason == "header_field_size"  # a 7 KB Content-Type in a part

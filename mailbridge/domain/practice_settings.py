@@ -29,6 +29,18 @@ FOOTER_MAX_CHARS = 500
 FOOTER_MAX_LINES = 6
 _FOOTER_FORBIDDEN = re.compile(r"[\x00-\x09\x0b-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
+ATTACHMENT_MAX_BYTES = 100 * 1024 * 1024  # the largest attachment_max_bytes a practice may choose
+
+
+def _room_for(attachment_bytes: int) -> int:
+    """Base64 grows a file by ~37 %; leave room for an attachment that size plus text."""
+    return int(attachment_bytes * 1.37) + 2 * 1024 * 1024
+
+
+# The server-wide limit: what EHLO advertises as SIZE (RFC 1870) and the DATA reader enforces. A
+# practice's own limit can only be smaller (finding 10: a practice's value used to replace it).
+SERVER_MAX_MESSAGE_BYTES = _room_for(ATTACHMENT_MAX_BYTES)
+
 
 class NotifyContent(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,9 +56,9 @@ class PracticeSettings(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     min_body_chars: int = Field(default=1, ge=0, le=10_000)
-    attachment_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024 * 1024, le=100 * 1024 * 1024)
+    attachment_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024 * 1024, le=ATTACHMENT_MAX_BYTES)
     attachment_max_count: int = Field(default=20, ge=0, le=500)
-    message_max_bytes: int | None = Field(default=None, ge=1024 * 1024)
+    message_max_bytes: int | None = Field(default=None, ge=1024 * 1024, le=SERVER_MAX_MESSAGE_BYTES)
     notify_content: NotifyContent = NotifyContent()
     group_privacy: bool = True
     reply_by_email: bool = True
@@ -88,10 +100,13 @@ class PracticeSettings(BaseModel):
 
     @property
     def effective_message_max_bytes(self) -> int:
-        """Base64 grows a file by ~37 %; leave room for every allowed attachment plus text, capped."""
-        if self.message_max_bytes is not None:
-            return self.message_max_bytes
-        return int(self.attachment_max_bytes * 1.37) + 2 * 1024 * 1024
+        """The practice's own limit, or room for its largest attachment; never past the server's."""
+        own = (
+            self.message_max_bytes
+            if self.message_max_bytes is not None
+            else _room_for(self.attachment_max_bytes)
+        )
+        return min(own, SERVER_MAX_MESSAGE_BYTES)
 
 
 #: Objects nested deeper than this in a settings write are refused: no setting needs more than two

@@ -1,7 +1,10 @@
 """The one inbound pipeline, the same for SMTP, LMTP and IMAP: an ordered list of small steps.
 
-    store_raw → prescan → parse → classify → resolve → sender_proof → authenticate → body
+    store_raw → prescan → parse → classify → resolve → route_gate → authenticate → body
               → policy → attachments → store
+
+Cheap refusals come first (security review, finding 9): everything decided from the directory
+(token owner, unknown sender to a route that rejects them) is decided before any DNS look-up.
 
 Each step may end the run with ``Done`` (accepted but not posted: auto-reply, bounce, complaint,
 duplicate, quarantine), ``Rejected`` (5xx) or ``Deferred`` (4xx). Only after the final commit is durable does
@@ -64,7 +67,7 @@ from mailbridge.inbound.attachments import sanitize_filename
 from mailbridge.inbound.authenticate import AuthResults, authenticate
 from mailbridge.inbound.body import reply_body, visible_part_html
 from mailbridge.inbound.classify import Classification, classify
-from mailbridge.inbound.dns import Resolver
+from mailbridge.inbound.dns import DeadlineResolver, Resolver
 from mailbridge.inbound.envelope import Target
 from mailbridge.inbound.mimestream import STREAM_THRESHOLD, parse_file
 from mailbridge.inbound.parse import ParsedMail, header_text, parse_mail, single_from
@@ -74,7 +77,7 @@ from mailbridge.policy.rules import can_post
 from mailbridge.replies import Deferred, Rejected, SmtpReply
 from mailbridge.storage.blobs import BlobStore
 from mailbridge.storage.intake import Intake, TooManyAttachments, intake_uploads
-from mailbridge.storage.vault import Vault, raw_key
+from mailbridge.storage.vault import ENCRYPTED_SUFFIX, Vault, raw_key
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +153,9 @@ class Deps:
     prescan_limits: prescan_mod.PrescanLimits = field(default_factory=prescan_mod.PrescanLimits)
     suppression: SuppressionPolicy = field(default_factory=SuppressionPolicy)
     fingerprint_key: bytes = b""  # the worker's key for the hashes of sent notifications
+    dns_budget: float = 10.0  # seconds authentication may spend waiting on DNS, per message
+    cpu_budget: float = 20.0  # seconds of CPU the steps may use, per message (checked between steps)
+    refused_keep_bytes: int = 64 * 1024  # of a refused or deferred message's raw copy
 
 
 @dataclass
@@ -276,8 +282,16 @@ def store_raw(ctx: Context) -> None:
 
 
 def prescan(ctx: Context) -> None:
-    # A large message is read once for this linear pass and released before anything else holds it.
-    raw = ctx.raw_path.read_bytes() if ctx.large else ctx.raw
+    # A large message is read once for this linear pass and released before anything else holds it;
+    # never more than the limit, whatever size the door reported (finding 10).
+    limit = ctx.settings.effective_message_max_bytes
+    if ctx.large:
+        with open(ctx.raw_path, "rb") as handle:
+            raw = handle.read(limit + 1)
+    else:
+        raw = ctx.raw
+    if len(raw) > limit:
+        raise Rejected(replies.message_too_big(limit), "message_too_big")
     result = prescan_mod.prescan(raw, ctx.deps.prescan_limits)
     del raw
     if result.ok:
@@ -286,6 +300,8 @@ def prescan(ctx: Context) -> None:
         raise Rejected(replies.LOOP_DETECTED, "loop_detected")
     if result.reason == "bare_line_ending":
         raise Rejected(replies.BARE_LINE_ENDING, "bare_line_ending")
+    if result.reason == "header_field_size":
+        raise Rejected(replies.HEADER_FIELD_TOO_LONG, "header_field_size")
     raise Rejected(replies.MIME_TOO_COMPLEX, result.reason or "mime_bomb")
 
 
@@ -411,10 +427,29 @@ def resolve_sender(ctx: Context) -> None:
             raise Rejected(replies.STAFF_USE_APP, "staff_to_route")
 
 
+def route_gate(ctx: Context) -> None:
+    """What a route refuses without asking DNS, before authentication (finding 9): an unknown sender
+    when the route rejects them, a route nobody is behind. Neither reason earns a notice, so nothing
+    is lost by not proving the sender first; ``sender_policy`` judges the rest after authentication.
+    """
+    target = ctx.envelope.target
+    if target.kind != "route":
+        return
+    from mailbridge.domain.routes import group_members
+
+    route = ctx.db.get_one(Route, target.route_id)
+    if (ctx.sender is None or ctx.sender.kind != UserKind.client) and route.unknown_senders != "triage":
+        raise Rejected(replies.POLICY_DENIED, "unknown_sender")
+    if not group_members(ctx.db, route):
+        raise Rejected(replies.POLICY_DENIED, "route_empty")
+
+
 def authenticate_sender(ctx: Context) -> None:
     """DKIM/SPF/DMARC through the injected resolver; a DMARC failure is refused, DNS trouble deferred."""
     domain = ctx.from_address.rpartition("@")[2]
     raw = _header_block(ctx.raw_path) if ctx.large else ctx.raw  # large: DKIM body hashes are streamed
+    # Past the message's DNS budget every look-up fails as a timeout would: temperror, 451 4.7.0.
+    resolver = DeadlineResolver(ctx.deps.resolver, time.monotonic() + ctx.deps.dns_budget)
     try:
         ctx.auth = authenticate(
             raw,
@@ -423,7 +458,7 @@ def authenticate_sender(ctx: Context) -> None:
             peer_ip=_ip(ctx.envelope.peer),
             mail_from=ctx.envelope.mail_from,
             helo=ctx.envelope.helo,
-            resolver=ctx.deps.resolver,
+            resolver=resolver,
             trusted_authserv_ids=ctx.deps.trusted_authserv_ids + ctx.envelope.trusted_authserv_ids,
             body_path=ctx.raw_path if ctx.large else None,
         )
@@ -852,6 +887,7 @@ STEPS: tuple[Step, ...] = (
     parse,
     classify_mail,
     resolve_sender,
+    route_gate,
     authenticate_sender,
     extract_body,
     sender_policy,
@@ -1005,56 +1041,139 @@ def _refused_event(session: Session, row: InboundLog, ctx: Context, reason: str)
     )
 
 
+def _trim_refused_raw(ctx: Context, state: InboundState) -> None:
+    """A refused or deferred message keeps only its first bytes (finding 10: a stranger can send any
+    amount of refused mail); housekeeping removes even those after ``raw_refused_retention_days``.
+
+    The stored copy is replaced in place (same key, same reference: a put is atomic in both stores),
+    so the row never names a missing object; a failure leaves the whole copy, with a WARNING."""
+    keep = ctx.deps.refused_keep_bytes
+    ref = ctx.raw_ref
+    if state not in (InboundState.rejected, InboundState.deferred) or not ctx.inbound_id or not ref:
+        return
+    vault = ctx.deps.vault
+    encrypted = ref.endswith(ENCRYPTED_SUFFIX)
+    if encrypted != vault.encrypting:  # the setting changed since the put: the reference would too
+        return
+    try:
+        if ctx.raw_path.stat().st_size <= keep:
+            return
+        os.truncate(ctx.raw_path, keep)
+        key = ref[: -len(ENCRYPTED_SUFFIX)] if encrypted else ref
+        vault.put_path(key, ctx.raw_path, ctx.practice_id)
+        ctx.details["raw_kept_bytes"] = keep
+    except OSError:
+        log.warning("raw_trim_failed", extra={"inbound_id": ctx.inbound_id}, exc_info=True)
+
+
+# Steps that wait on DNS run on a pool of their own at the SMTP door (ingress/smtp.py): a message
+# held by a slow DNS never occupies a thread that CPU-bound steps of other messages need.
+DNS_STEPS: frozenset[str] = frozenset({"authenticate_sender"})
+
+
+class Run:
+    """One message through the steps, in groups that want the same pool (``pool``: "cpu" or "dns").
+
+    :func:`run` takes every group in one thread (the IMAP door, tests); the SMTP door hands each group
+    to its pool. :meth:`advance` never raises: a step's ``Done``/``Rejected``/``Deferred`` or any fault
+    ends the run with its outcome, recorded as :func:`run` always did.
+
+    Work per message is bounded (finding 9): the CPU time of the steps (``Deps.cpu_budget``, checked
+    between steps: a step is never interrupted; caps inside the steps bound each one) and the time
+    authentication may wait on DNS (``Deps.dns_budget``: past it, look-ups fail as temperror).
+    """
+
+    def __init__(self, deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> None:
+        self.ctx = Context(
+            deps=deps, envelope=envelope, raw_path=raw_path, size=size, session=deps.sessions()
+        )
+        self.began = time.perf_counter()
+        self.position = 0  # index in STEPS of the next step
+        self.cpu_used = 0.0
+        self.outcome: Outcome | None = None
+
+    @property
+    def pool(self) -> str:
+        steps = STEPS
+        if self.position < len(steps) and steps[self.position].__name__ in DNS_STEPS:
+            return "dns"
+        return "cpu"
+
+    def advance(self) -> Outcome | None:
+        """Run the next steps that want this pool; the outcome once the run is over, else None."""
+        if self.outcome is not None:
+            return self.outcome
+        ctx = self.ctx
+        steps = STEPS
+        pool = self.pool
+        state, reason, reply = InboundState.posted, "posted", replies.OK
+        try:
+            while self.position < len(steps):
+                step = steps[self.position]
+                if ("dns" if step.__name__ in DNS_STEPS else "cpu") != pool:
+                    return None  # the next group wants the other pool
+                if self.position and self.cpu_used > ctx.deps.cpu_budget:
+                    log.warning("pipeline_cpu_budget", extra={"seconds": round(self.cpu_used, 3)})
+                    raise Rejected(replies.OVER_BUDGET, "cpu_budget")
+                self.position += 1
+                started, cpu = time.perf_counter(), time.thread_time()
+                try:
+                    step(ctx)
+                    _release(ctx)
+                finally:
+                    self.cpu_used += time.thread_time() - cpu
+                    STEP_SECONDS.labels(step.__name__).observe(time.perf_counter() - started)
+        except Done as done:
+            state, reason, reply = done.state, done.reason, done.reply
+        except Rejected as rejected:
+            state, reason, reply = InboundState.rejected, rejected.reason, rejected.reply
+        except Deferred as deferred:
+            state, reason, reply = InboundState.deferred, deferred.reason, deferred.reply
+        except (OperationalError, SQLAlchemyError, OSError):
+            log.warning("tempfail_db", exc_info=True)
+            state, reason, reply = InboundState.deferred, "tempfail_db", replies.TEMPFAIL
+        except Exception:
+            log.exception("pipeline_unexpected_error")
+            state, reason, reply = InboundState.deferred, "internal_error", replies.TEMPFAIL
+        return self._finish(state, reason, reply)
+
+    def _finish(self, state: InboundState, reason: str, reply: SmtpReply) -> Outcome:
+        ctx = self.ctx
+        try:
+            if state != InboundState.posted:
+                _trim_refused_raw(ctx, state)
+                _record(ctx, state, reason, reply)
+        finally:
+            _close(ctx)
+            for cleanup in ctx.cleanups:
+                cleanup()
+            if not ctx.inbound_id:
+                with contextlib.suppress(OSError):
+                    Path(ctx.raw_path).unlink(missing_ok=True)
+        _cleanup_raw(ctx)
+        INBOUND.labels(state.value, reason).inc()
+        count_practice_inbound(ctx.practice_slug, state.value)
+        inbound_decision(
+            door=ctx.envelope.door,
+            practice=ctx.practice_slug,
+            inbound_id=ctx.inbound_id or None,
+            message_id=str(ctx.details.get("message_id") or "") or None,
+            state=state.value,
+            reason=reason,
+            reply=reply.wire(),
+            duration_ms=(time.perf_counter() - self.began) * 1000,
+        )
+        self.position = len(STEPS)
+        self.outcome = Outcome(
+            reply, state, reason, ctx.inbound_id or None, ctx.details.get("posted"), ctx.conversation_id
+        )
+        return self.outcome
+
+
 def run(deps: Deps, envelope: Envelope, raw_path: Path, size: int) -> Outcome:
     """Run every step; return the one SMTP answer. 250 only once the post is committed."""
-    began = time.perf_counter()
-    ctx = Context(deps=deps, envelope=envelope, raw_path=raw_path, size=size, session=deps.sessions())
-    state, reason, reply = InboundState.posted, "posted", replies.OK
-    try:
-        for step in STEPS:
-            started = time.perf_counter()
-            try:
-                step(ctx)
-                _release(ctx)
-            finally:
-                STEP_SECONDS.labels(step.__name__).observe(time.perf_counter() - started)
-    except Done as done:
-        state, reason, reply = done.state, done.reason, done.reply
-        _record(ctx, state, reason, reply)
-    except Rejected as rejected:
-        state, reason, reply = InboundState.rejected, rejected.reason, rejected.reply
-        _record(ctx, state, reason, reply)
-    except Deferred as deferred:
-        state, reason, reply = InboundState.deferred, deferred.reason, deferred.reply
-        _record(ctx, state, reason, reply)
-    except (OperationalError, SQLAlchemyError, OSError):
-        log.warning("tempfail_db", exc_info=True)
-        state, reason, reply = InboundState.deferred, "tempfail_db", replies.TEMPFAIL
-        _record(ctx, state, reason, reply)
-    except Exception:
-        log.exception("pipeline_unexpected_error")
-        state, reason, reply = InboundState.deferred, "internal_error", replies.TEMPFAIL
-        _record(ctx, state, reason, reply)
-    finally:
-        _close(ctx)
-        for cleanup in ctx.cleanups:
-            cleanup()
-        if not ctx.inbound_id:
-            with contextlib.suppress(OSError):
-                Path(raw_path).unlink(missing_ok=True)
-    _cleanup_raw(ctx)
-    INBOUND.labels(state.value, reason).inc()
-    count_practice_inbound(ctx.practice_slug, state.value)
-    inbound_decision(
-        door=envelope.door,
-        practice=ctx.practice_slug,
-        inbound_id=ctx.inbound_id or None,
-        message_id=str(ctx.details.get("message_id") or "") or None,
-        state=state.value,
-        reason=reason,
-        reply=reply.wire(),
-        duration_ms=(time.perf_counter() - began) * 1000,
-    )
-    return Outcome(
-        reply, state, reason, ctx.inbound_id or None, ctx.details.get("posted"), ctx.conversation_id
-    )
+    current = Run(deps, envelope, raw_path, size)
+    while True:
+        outcome = current.advance()
+        if outcome is not None:
+            return outcome

@@ -1,22 +1,42 @@
-"""The SMTP and LMTP door: aiosmtpd with decisions at RCPT, DATA spooled to disk, one pipeline behind it.
+"""The SMTP and LMTP door: aiosmtpd with decisions at RCPT, DATA read in chunks to disk, one pipeline behind it.
 
-aiosmtpd's own DATA reader keeps the whole message in memory and its default exception answer is a
-permanent ``500 Error: (KeyError) …``. We override both: DATA lines go straight to a spool file (bare
-CR or LF flagged on the way, RFC 5321 §2.3.8), and anything unexpected answers ``451 4.3.0``.
+aiosmtpd's own DATA reader keeps the whole message in memory, goes line by line on the event loop
+(about 1.3 s of loop time for a 35 MB message, during which the process's HTTP API and every other
+session stall) and its default exception answer is a permanent ``500 Error: (KeyError) …``. We
+override them: DATA is read in large chunks and judged by :class:`~mailbridge.ingress.dataread.
+DataReader` (bare CR or LF, line length, dot-stuffing, size, end of data, exact across chunk edges),
+written to a spool file (large writes in a thread), and anything unexpected answers ``451 4.3.0``.
+
+The door's resource limits (security review, finding 10):
+
+- connections: a total and one per address block (an IPv4 address, an IPv6 /64: one subscriber
+  holds a whole /64), ``421 4.7.0`` before the greeting;
+- the command timer restarts only on progress (a first greeting, MAIL, RCPT, DATA, STARTTLS that
+  succeeded); NOOP, RSET, VRFY, HELP, EXPN and repeated greetings are junk, counted, and past the
+  limit answered ``421 4.7.0`` (Postfix's ``smtpd_junk_command_limit``); a timeout answers ``421 4.4.2``;
+- DATA: no byte for ``smtp_data_idle_seconds`` or a transfer longer than ``smtp_data_max_seconds``
+  ends the connection (``421 4.4.2``); past ``smtp_large_transfer_bytes`` (4 MB) a transfer needs
+  one of a few large-transfer slots, waits for one at most ``smtp_large_transfer_wait_seconds``
+  (then ``451 4.3.2``: before 354 when SIZE= announced it, else after the data, which is drained
+  and not kept), and a slot holder slower than ``smtp_large_transfer_min_rate`` over a data-idle
+  window loses its connection and its slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import ssl
 import tempfile
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -27,57 +47,210 @@ from mailbridge.domain.models import InboundLog, InboundState, Practice
 from mailbridge.inbound import pipeline
 from mailbridge.inbound.envelope import RecipientDecision, Target, decide_recipient
 from mailbridge.ingress import xforward
+from mailbridge.ingress.dataread import DataOutcome, DataReader
 from mailbridge.logs import inbound_decision
-from mailbridge.observability import INBOUND, SMTP_REPLIES, count_practice_inbound
+from mailbridge.observability import INBOUND, SMTP_LIMITS, SMTP_REPLIES, count_practice_inbound
 from mailbridge.replies import SmtpReply
 
 log = logging.getLogger(__name__)
 
 PIPELINE_THREADS = 4  # messages processed at once per process: CPU-bound, more only fight for the GIL
-# Pipeline runs get threads of their own, one pool per process: a run may wait seconds on DNS or
-# on the SQLite writer gate, and RCPT decisions (the loop's default executor) must not queue behind.
+# Pipeline runs get threads of their own, one pool per process: a run may wait on the SQLite writer
+# gate, and RCPT decisions (the loop's default executor) must not queue behind.
 _PIPELINES = ThreadPoolExecutor(max_workers=PIPELINE_THREADS, thread_name_prefix="pipeline")
-LARGE_TRANSFER = 4 * 1024 * 1024  # past this a transfer takes a slot of the large-transfer semaphore
+# Sender authentication (DKIM/SPF/DMARC) waits on DNS: it runs on a pool of its own, so messages
+# held by a slow DNS never take the threads a reply that needs no slow answer is waiting for
+# (finding 9: four such messages used to delay every other one by 31 s). Waiting threads cost no
+# CPU; each message's DNS time is bounded by dns_budget_seconds.
+AUTHENTICATION_THREADS = 16
+_AUTHENTICATION = ThreadPoolExecutor(max_workers=AUTHENTICATION_THREADS, thread_name_prefix="authenticate")
+_POOLS = {"cpu": _PIPELINES, "dns": _AUTHENTICATION}
+_SPOOL_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spool")
+
+READ_CHUNK = 256 * 1024  # at most what one read hands the DATA reader (asyncio receives ≤ 256 KiB a time)
+SPOOL_FLUSH = 1024 * 1024  # spool writes this large go to a thread; smaller ones wait in memory
+
+
+def address_block(ip: str) -> str:
+    """What the per-IP cap counts: an IPv4 address, or the /64 an IPv6 address belongs to.
+
+    One IPv6 subscriber (a home, a VM) is routed a whole /64 (RFC 6177) and can pick a fresh address
+    for every connection; counting exact addresses let it walk around the cap (finding 10).
+    """
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip  # not an IP address (a UNIX socket): counted as it is
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
 class ConnectionLimits:
-    """Global and per-IP connection caps: a peer over them gets 421 4.7.0 before the greeting."""
+    """Global and per-address-block connection caps: a peer over them gets 421 4.7.0 before the greeting."""
 
     def __init__(self, total: int, per_ip: int) -> None:
         self.total = total
         self.per_ip = per_ip
-        self.by_ip: Counter[str] = Counter()
+        self.by_block: Counter[str] = Counter()
+        self.count = 0
 
     def acquire(self, ip: str, per_ip: bool = True) -> bool:
         """*per_ip* False for an MTA in front (XFORWARD host): every client comes through it."""
-        if sum(self.by_ip.values()) >= self.total or (per_ip and self.by_ip[ip] >= self.per_ip):
+        block = address_block(ip)
+        if self.count >= self.total or (per_ip and self.by_block[block] >= self.per_ip):
             return False
-        self.by_ip[ip] += 1
+        self.by_block[block] += 1
+        self.count += 1
         return True
 
     def release(self, ip: str) -> None:
-        self.by_ip[ip] -= 1
-        if self.by_ip[ip] <= 0:
-            del self.by_ip[ip]
+        block = address_block(ip)
+        self.count -= 1
+        self.by_block[block] -= 1
+        if self.by_block[block] <= 0:
+            del self.by_block[block]
 
 
-class _SpoolingMixin:
-    """Replaces aiosmtpd's in-memory DATA reader with one that writes to a spool file; adds XFORWARD."""
+@dataclass(frozen=True)
+class SessionLimits:
+    """Time and work one SMTP session may take (the settings of the same names, see the module docstring)."""
+
+    command_timeout: float = 300.0
+    max_junk_commands: int = 100
+    data_idle: float = 60.0
+    data_max: float = 1200.0
+    large_transfer_bytes: int = 4 * 1024 * 1024  # past this a transfer takes a large-transfer slot
+    large_transfer_wait: float = 30.0
+    large_transfer_min_rate: int = 8192
+
+
+_F = TypeVar("_F", bound=Callable[..., Awaitable[None]])
+
+
+def _same_syntax(base: type[SMTP], name: str) -> Callable[[_F], _F]:
+    """Keep aiosmtpd's HELP text for a command we override (it reads attributes of the method)."""
+
+    def decorate(method: _F) -> _F:
+        parent = getattr(base, name)
+        for attribute in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+            if hasattr(parent, attribute):
+                setattr(method, attribute, getattr(parent, attribute))
+        return method
+
+    return decorate
+
+
+def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
+    """Give bytes read past the end of the data (the next commands) back to the command reader.
+
+    asyncio's StreamReader has no public way to do this; aiosmtpd itself clears the same buffer at
+    STARTTLS. Bytes that arrived meanwhile are behind them in the buffer, as on the wire.
+    """
+    reader._buffer[0:0] = data  # type: ignore[attr-defined]
+
+
+def _forget_buffered(reader: asyncio.StreamReader) -> None:
+    """Nothing already received from a peer we are hanging up on may run as a command."""
+    reader._buffer.clear()  # type: ignore[attr-defined]
+
+
+class _Spool:
+    """One transfer's spool file.
+
+    Writes of ``SPOOL_FLUSH`` or more go to a thread, so a slow or full disk never holds the event
+    loop; a message's last, smaller write stays on the loop: it lands in the page cache in
+    microseconds, less than a thread hop costs (the pipeline's ``store_raw`` fsyncs it in its own
+    thread). A write still running when the peer goes away removes the file when it is done.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.file = os.fdopen(fd, "wb", buffering=SPOOL_FLUSH)
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.keeping = True  # false once the message is refused: nothing more is written
+        self.failed = False  # a write failed (full disk): the answer will be 451, after the data
+        self.writing: Future[None] | None = None
+
+    def add(self, data: bytes) -> None:
+        if self.keeping and not self.failed:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+
+    def stop(self) -> None:
+        self.keeping = False
+        self.pending.clear()
+        self.pending_bytes = 0
+
+    async def flush(self, final: bool = False) -> None:
+        if not self.pending or (self.pending_bytes < SPOOL_FLUSH and not final):
+            return
+        data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+        if len(data) < SPOOL_FLUSH:
+            self._write(data)
+            return
+        self.writing = _SPOOL_WRITERS.submit(self._write, data)
+        await asyncio.wrap_future(self.writing)
+
+    def _write(self, data: bytes) -> None:
+        if self.failed:
+            return
+        try:
+            self.file.write(data)
+        except (OSError, ValueError):  # ValueError: closed under a write of a connection already gone
+            self.failed = True
+
+    def close(self) -> bool:
+        """Close after the last flush; false when anything could not be written."""
+        try:
+            self.file.close()
+        except OSError:
+            self.failed = True
+        return not self.failed
+
+    def discard(self) -> None:
+        def remove(_: object = None) -> None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.path.unlink(missing_ok=True)
+
+        if self.writing is not None and not self.writing.done():
+            self.writing.add_done_callback(remove)
+        else:
+            remove()
+
+
+class _GuardedSession:
+    """What an SMTP or LMTP session of ours adds to aiosmtpd's: limits, the progress timer, chunked
+    DATA, and XFORWARD from the MTAs in front (Postfix's before-queue proxy)."""
 
     limits: ConnectionLimits
+    session_limits: SessionLimits
     spool_dir: Path
     large_transfers: asyncio.Semaphore
+    event_handler: IngressHandler
     xforward_hosts: tuple[Any, ...] = ()
     xforward_trusted = False  # this connection comes from an MTA allowed to send XFORWARD
 
+    _timer_armed = False
+    _last_code = ""  # first digit of the last reply sent
+    _junk = 0
+    _in_data = False
+
     async def _handle_client(self) -> None:
         me: Any = self
-        peer = me.session.peer
-        ip = peer[0] if isinstance(peer, tuple) else str(peer)
+        ip = _peer_ip(me.session) or ""
         self.xforward_trusted = xforward.trusted(ip, self.xforward_hosts)
         if not self.limits.acquire(ip, per_ip=not self.xforward_trusted):
-            await self.push(replies.TOO_MANY_CONNECTIONS.wire())  # type: ignore[attr-defined]
-            self.transport.close()  # type: ignore[attr-defined]
+            SMTP_LIMITS.labels("connections").inc()
+            SMTP_REPLIES.labels("421").inc()
+            await self.push(replies.TOO_MANY_CONNECTIONS.wire())
+            me.transport.close()
             return
         try:
             await super()._handle_client()  # type: ignore[misc]
@@ -106,6 +279,139 @@ class _SpoolingMixin:
             return
         await me.push(replies.XFORWARD_OK.wire())
 
+    # ---- the command timer: only progress restarts it -----------------------------------------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd restarts the timer before every command it recognises, NOOP included (finding 10):
+        # after the first arming, only an explicit duration (progress, DATA) restarts it.
+        if duration is None and self._timer_armed:
+            return
+        self._timer_armed = True
+        super()._reset_timeout(duration)  # type: ignore[misc]
+
+    def _progress(self) -> None:
+        self._reset_timeout(self.session_limits.command_timeout)
+
+    def _timeout_cb(self) -> None:
+        me: Any = self
+        phase = "data_idle" if self._in_data else "command_timeout"
+        log.info("smtp_timeout", extra={"peer": _peer_ip(me.session), "phase": phase})
+        SMTP_LIMITS.labels(phase).inc()
+        if me.transport is not None and not me.transport.is_closing():
+            SMTP_REPLIES.labels("421").inc()
+            me.transport.write(replies.TIMEOUT.wire().encode() + b"\r\n")
+            _forget_buffered(me._reader)
+        super()._timeout_cb()  # type: ignore[misc]
+
+    async def push(self, status: str | bytes) -> None:
+        self._last_code = (status[:1].decode() if isinstance(status, bytes) else status[:1]) if status else ""
+        await super().push(status)  # type: ignore[misc]
+
+    def _hang_up(self) -> None:
+        """Close now; nothing already buffered runs as a command, and the session task ends."""
+        me: Any = self
+        _forget_buffered(me._reader)
+        if me.transport is not None:
+            me.transport.close()
+        if me._handler_coroutine is not None:
+            me._handler_coroutine.cancel()
+
+    async def _junk_command(self) -> bool:
+        """Count a command that makes no progress; true when the session was closed for too many."""
+        me: Any = self
+        self._junk += 1
+        if self._junk <= self.session_limits.max_junk_commands:
+            return False
+        log.warning("smtp_junk_commands", extra={"peer": _peer_ip(me.session), "count": self._junk})
+        SMTP_LIMITS.labels("junk_commands").inc()
+        SMTP_REPLIES.labels("421").inc()
+        await self.push(replies.TOO_MANY_JUNK_COMMANDS.wire())
+        self._hang_up()
+        return True
+
+    async def _greeting(self, command: Callable[[str], Awaitable[None]], hostname: str) -> None:
+        me: Any = self
+        if getattr(me.session, "greeted", False) and await self._junk_command():
+            return
+        first = not getattr(me.session, "greeted", False)
+        await command(hostname)
+        if first and self._last_code == "2":
+            me.session.greeted = True  # a new session after STARTTLS greets again: progress again
+            self._progress()
+
+    @_same_syntax(SMTP, "smtp_HELO")
+    async def smtp_HELO(self, hostname: str) -> None:
+        await self._greeting(super().smtp_HELO, hostname)  # type: ignore[misc]
+
+    @_same_syntax(SMTP, "smtp_EHLO")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await self._greeting(super().smtp_EHLO, hostname)  # type: ignore[misc]
+
+    @_same_syntax(SMTP, "smtp_MAIL")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(arg)  # type: ignore[misc]
+        if self._last_code == "2":
+            self._progress()
+
+    @_same_syntax(SMTP, "smtp_RCPT")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await super().smtp_RCPT(arg)  # type: ignore[misc]
+        if self._last_code == "2":
+            self._progress()
+
+    @_same_syntax(SMTP, "smtp_STARTTLS")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        await super().smtp_STARTTLS(arg)  # type: ignore[misc]
+        if self._last_code == "2":
+            self._progress()
+
+    @_same_syntax(SMTP, "smtp_NOOP")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk_command():
+            await super().smtp_NOOP(arg)  # type: ignore[misc]
+
+    @_same_syntax(SMTP, "smtp_RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._junk_command():
+            await super().smtp_RSET(arg)  # type: ignore[misc]
+
+    @_same_syntax(SMTP, "smtp_VRFY")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._junk_command():
+            await super().smtp_VRFY(arg)  # type: ignore[misc]
+
+    @_same_syntax(SMTP, "smtp_HELP")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._junk_command():
+            await super().smtp_HELP(arg)  # type: ignore[misc]
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        if not await self._junk_command():
+            await super().smtp_EXPN(arg)  # type: ignore[misc]
+
+    # ---- DATA ------------------------------------------------------------------------------------
+
+    async def _take_slot(self) -> bool:
+        """Wait, bounded, for a large-transfer slot; the data timer waits as long (we are not reading)."""
+        wait = self.session_limits.large_transfer_wait
+        self._reset_timeout(wait + self.session_limits.data_idle)
+        try:
+            await asyncio.wait_for(self.large_transfers.acquire(), wait)
+        except TimeoutError:
+            log.warning("large_transfer_busy", extra={"waited": wait})
+            SMTP_LIMITS.labels("large_transfer_busy").inc()
+            return False
+        return True
+
+    async def _cut_off(self, why: str, received: int) -> None:
+        me: Any = self
+        log.warning(why, extra={"peer": _peer_ip(me.session), "bytes": received})
+        SMTP_LIMITS.labels(why).inc()
+        SMTP_REPLIES.labels("421").inc()
+        await self.push(replies.TIMEOUT.wire())
+        self._hang_up()
+
+    @_same_syntax(SMTP, "smtp_DATA")
     async def smtp_DATA(self, arg: str) -> None:
         me: Any = self
         if await me.check_helo_needed() or await me.check_auth_needed("DATA"):
@@ -117,90 +423,140 @@ class _SpoolingMixin:
         if arg:
             await me.push("501 5.5.4 Syntax: DATA")
             return
-        limit: int = getattr(envelope, "size_limit", None) or me.data_size_limit
+        limit: int = min(getattr(envelope, "size_limit", None) or me.data_size_limit, me.data_size_limit)
+        holding = False
+        declared = _declared_size(envelope.mail_options)
+        if declared is not None and declared > self.session_limits.large_transfer_bytes:
+            # RFC 1870: the size is known before any byte is sent; the slot is taken (or refused) now.
+            if not await self._take_slot():
+                await self._refuse(envelope, replies.LARGE_TRANSFERS_BUSY, "large_transfer_busy")
+                return
+            holding = True
+        try:
+            reply = await self._receive(envelope, limit, holding)
+        finally:
+            if self._holding:
+                self.large_transfers.release()
+            self._holding = False
+        if reply is not None:
+            me._set_post_data_state()
+            await me.push(reply)
+            self._progress()
+            self._junk = 0  # a transaction completed (Postfix resets its count once mail is delivered)
+
+    _holding = False
+
+    async def _refuse(self, envelope: Envelope, reply: SmtpReply, reason: str) -> None:
+        me: Any = self
+        await self.event_handler.log_refusal(me.session, envelope, reply, reason)
+        me._set_post_data_state()
+        await me.push(reply.wire())
+
+    async def _receive(self, envelope: Envelope, limit: int, holding: bool) -> str | None:
+        """354, the data, then the answer (None when the connection ended).
+
+        A slot held when the data is complete is kept until the pipeline has answered: the pipeline
+        reads a large file too, and the slots bound how many do at once.
+        """
+        me: Any = self
+        self._holding = holding
         try:  # the spool file exists before 354: after it, every line is message data, never a command
             self.spool_dir.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=self.spool_dir, suffix=".eml")
         except OSError:
             log.warning("tempfail_disk", extra={"stage": "spool"})
-            await me.push(replies.TEMPFAIL.wire())
-            return
-        path = Path(name)
-        await me.push("354 End data with <CR><LF>.<CR><LF>")
-        size = 0
-        too_long = too_much = bare = disk_error = False
-        holding_slot = False
+            SMTP_REPLIES.labels(str(replies.TEMPFAIL.code)).inc()
+            return replies.TEMPFAIL.wire()
+        spool = _Spool(Path(name), fd)
+        limits = self.session_limits
+        loop = asyncio.get_running_loop()
+        reader = DataReader(limit)
+        busy = False
         keep = False
-        spool = os.fdopen(fd, "wb", buffering=1024 * 1024)
+        received = 0
+        await me.push("354 End data with <CR><LF>.<CR><LF>")
+        self._in_data = True
+        started = window = loop.time()
+        window_bytes = 0
+        self._reset_timeout(limits.data_idle)
         try:
-            while me.transport is not None:
+            while not reader.done:
                 try:
-                    line: bytes = await me._reader.readuntil(b"\r\n")
+                    chunk: bytes = await me._reader.read(READ_CHUNK)
                 except asyncio.CancelledError:  # the client went away mid-DATA (P11): nothing is kept
-                    log.info("conn_lost_in_data", extra={"peer": _peer_ip(me.session), "bytes": size})
+                    log.info("conn_lost_in_data", extra={"peer": _peer_ip(me.session), "bytes": received})
                     raise
-                except asyncio.LimitOverrunError as exc:
-                    too_long = True
-                    await me._reader.read(exc.consumed)
-                    continue
-                if line == b".\r\n":
-                    break
-                size += len(line)
-                if size > limit:
-                    too_much = True
-                if b"\n" in line[:-2] or b"\r" in line[:-2]:
-                    bare = True  # smuggling needs a bare LF or CR (P1, P2)
-                if len(line) > me.line_length_limit:
-                    too_long = True
-                if too_much or too_long or bare or disk_error:
-                    continue  # drain to the end of DATA, keep nothing (RFC 5321 §4.2.5)
-                if size > LARGE_TRANSFER and not holding_slot:
-                    await self.large_transfers.acquire()
-                    holding_slot = True
-                try:
-                    spool.write(line[1:] if line.startswith(b".") else line)
-                except OSError:
-                    disk_error = True  # a full or failing disk: read to the end, then 451 (never lose sync)
-            try:
-                spool.close()
-            except OSError:
-                disk_error = True
-            if disk_error:
+                if not chunk:  # end of stream (aiosmtpd normally cancels us first)
+                    log.info("conn_lost_in_data", extra={"peer": _peer_ip(me.session), "bytes": received})
+                    return None
+                received += len(chunk)
+                now = loop.time()
+                self._reset_timeout(limits.data_idle)
+                if now - started > limits.data_max:
+                    await self._cut_off("data_too_long", received)
+                    return None
+                if self._holding:
+                    window_bytes += len(chunk)
+                    if now - window >= limits.data_idle:
+                        if window_bytes < limits.large_transfer_min_rate * (now - window):
+                            await self._cut_off("data_too_slow", received)  # the slot goes to another
+                            return None
+                        window, window_bytes = now, 0
+                piece = reader.feed(chunk)
+                if piece:
+                    spool.add(piece)
+                if reader.refused and spool.keeping:
+                    spool.stop()  # drain to the end of DATA, keep nothing (RFC 5321 §4.2.5)
+                if spool.keeping and not self._holding and reader.size > limits.large_transfer_bytes:
+                    if await self._take_slot():
+                        self._holding = True
+                        window, window_bytes = loop.time(), 0
+                        self._reset_timeout(limits.data_idle)
+                    else:
+                        busy = True
+                        spool.stop()
+                await spool.flush()
+            if reader.rest:
+                _unread(me._reader, reader.rest)
+            await spool.flush(final=True)
+            disk_ok = spool.close()
+            outcome = reader.outcome
+            if not disk_ok:
                 log.warning("tempfail_disk", extra={"stage": "spool_write"})
-                reply: SmtpReply | str = replies.TEMPFAIL
-            elif too_long:
-                reply = "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
-            elif bare:
-                reply = replies.BARE_LINE_ENDING
+                reply, reason = replies.TEMPFAIL, "tempfail_disk"
+            elif outcome is DataOutcome.too_long:
+                reply, reason = replies.LINE_TOO_LONG, outcome.value
+            elif outcome is DataOutcome.bare_line_ending:
+                reply, reason = replies.BARE_LINE_ENDING, outcome.value
                 log.warning("smtp_smuggling_suspect", extra={"peer": _peer_ip(me.session)})
-            elif too_much:
-                reply = replies.message_too_big(limit)
+            elif outcome is DataOutcome.too_big:
+                reply, reason = replies.message_too_big(limit), outcome.value
+            elif busy:
+                reply, reason = replies.LARGE_TRANSFERS_BUSY, "large_transfer_busy"
             else:
                 keep = True
-                envelope.spool_path = path  # type: ignore[attr-defined]
-                envelope.spool_size = size  # type: ignore[attr-defined]
-                status = await me._call_handler_hook("DATA")
-                reply = status
-            if not keep:
-                await me.event_handler.log_refusal(me.session, envelope, reply)
+                envelope.spool_path = spool.path  # type: ignore[attr-defined]
+                envelope.spool_size = reader.size  # type: ignore[attr-defined]
+                self._in_data = False
+                self._reset_timeout(limits.command_timeout)  # the pipeline's time is bounded by its budgets
+                status: str = await me._call_handler_hook("DATA")
+                return status
+            await self.event_handler.log_refusal(me.session, envelope, reply, reason)
+            return reply.wire()
         finally:
-            if not spool.closed:
-                with contextlib.suppress(OSError):
-                    spool.close()
-            if holding_slot:
-                self.large_transfers.release()
+            self._in_data = False
             if not keep:
-                path.unlink(missing_ok=True)
-        me._set_post_data_state()
-        await me.push(reply.wire() if isinstance(reply, SmtpReply) else reply)
+                spool.discard()
 
 
-class IngressSMTP(_SpoolingMixin, SMTP):
+class IngressSMTP(_GuardedSession, SMTP):
     pass
 
 
-class IngressLMTP(_SpoolingMixin, LMTP):
-    pass
+class IngressLMTP(_GuardedSession, LMTP):
+    @_same_syntax(LMTP, "smtp_LHLO")
+    async def smtp_LHLO(self, arg: str) -> None:
+        await self._greeting(super().smtp_LHLO, arg)
 
 
 def _declared_size(mail_options: list[str]) -> int | None:
@@ -237,6 +593,7 @@ class IngressHandler:
         self.door = door
         self.max_bad = max_bad_recipients
         self.in_pipeline = 0  # DATA transactions between the final "." and their answer
+        self._runs: set[asyncio.Task[pipeline.Outcome]] = set()
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -296,34 +653,53 @@ class IngressHandler:
             target=target,
         )
         spooled: Any = envelope  # carries spool_path/spool_size set by the DATA reader
+        # The run goes on if the client disconnects meanwhile: the message is stored (or refused)
+        # all the same, and the sender's retry is recognised as a duplicate.
         self.in_pipeline += 1
+        run = asyncio.ensure_future(self._run(env, spooled.spool_path, spooled.spool_size))
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
         try:
-            outcome = await asyncio.get_running_loop().run_in_executor(
-                _PIPELINES, pipeline.run, self.deps, env, spooled.spool_path, spooled.spool_size
-            )
-        finally:
-            # The answer is pushed right after this hook returns, before the loop runs anything else.
+            outcome = await asyncio.shield(run)
+        except asyncio.CancelledError:
+            run.add_done_callback(self._left_pipeline)  # counted until the run itself is over
+            raise
+        except BaseException:
             self.in_pipeline -= 1
+            raise
+        # The answer is pushed right after this hook returns, before the loop runs anything else.
+        self.in_pipeline -= 1
         return self._count(outcome.reply)
+
+    def _left_pipeline(self, _: object) -> None:
+        self.in_pipeline -= 1
+
+    async def _run(self, env: pipeline.Envelope, path: Path, size: int) -> pipeline.Outcome:
+        """The pipeline phase by phase, each on its pool: DNS waits never hold a CPU-bound thread.
+
+        Cancelled (the loop shutting down past the drain time), the run still ends in a thread, as it
+        did when it was one call: its row gets a final state and its files are cleaned up.
+        """
+        current = pipeline.Run(self.deps, env, path, size)
+        while True:
+            phase = _POOLS[current.pool].submit(current.advance)
+            try:
+                outcome = await asyncio.wrap_future(phase)
+            except asyncio.CancelledError:
+                phase.add_done_callback(lambda _: _finish_in_a_thread(current))
+                raise
+            if outcome is not None:
+                return outcome
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("smtp_unexpected_error", exc_info=error)
         return self._count(replies.TEMPFAIL)
 
-    async def log_refusal(self, session: Session, envelope: Envelope, reply: SmtpReply | str) -> None:
-        """DATA refused before the pipeline (bare LF, too big, line too long) still leaves a log row."""
-        if not isinstance(reply, SmtpReply):
-            reason = "line_too_long"
-            wire = reply
-        else:
-            reason = {replies.BARE_LINE_ENDING: "bare_line_ending", replies.TEMPFAIL: "tempfail_disk"}.get(
-                reply, "size_exceeded"
-            )
-            wire = reply.wire()
+    async def log_refusal(self, session: Session, envelope: Envelope, reply: SmtpReply, reason: str) -> None:
+        """DATA refused before the pipeline (bare LF, too big, line too long, busy) still leaves a log row."""
         target: Target | None = getattr(envelope, "target", None)
-        await asyncio.to_thread(self._write_row, session, envelope, target, reason, wire)
-        if isinstance(reply, SmtpReply):
-            self._count(reply)
+        await asyncio.to_thread(self._write_row, session, envelope, target, reason, reply.wire())
+        self._count(reply)
 
     def _log_rcpt_refusal(
         self, session: Session, envelope: Envelope, address: str, decision: RecipientDecision
@@ -346,6 +722,7 @@ class IngressHandler:
         peer, helo = _client(session, envelope)
         row_id: str | None = None
         practice: str | None = None
+        state = InboundState.deferred if wire.startswith("4") else InboundState.rejected
         try:
             with transaction(self.deps.sessions) as db:
                 row = InboundLog(
@@ -355,7 +732,7 @@ class IngressHandler:
                     helo=(helo or "")[:255] or None,
                     mail_from=str(envelope.mail_from or "")[:320],
                     rcpt=(target.redacted if target else rcpt)[:320],
-                    state=InboundState.rejected,
+                    state=state,
                     reason=reason,
                     smtp_reply=wire[:255],
                 )
@@ -364,17 +741,17 @@ class IngressHandler:
                 row_id = row.id
                 known = db.get(Practice, target.practice_id) if target else None
                 practice = known.slug if known is not None else None
-            INBOUND.labels("rejected", reason).inc()
+            INBOUND.labels(state.value, reason).inc()
         except Exception:
             log.warning("inbound_log_write_failed", extra={"reason": reason})
-        count_practice_inbound(practice, InboundState.rejected.value)
+        count_practice_inbound(practice, state.value)
         # the line is written even when the row could not be: it is then the only trace
         inbound_decision(
             door=self.door,
             practice=practice,
             inbound_id=row_id,
             message_id=None,
-            state=InboundState.rejected.value,
+            state=state.value,
             reason=reason,
             reply=wire,
         )
@@ -383,6 +760,15 @@ class IngressHandler:
     def _count(reply: SmtpReply) -> str:
         SMTP_REPLIES.labels(str(reply.code)).inc()
         return reply.wire()
+
+
+def _finish_in_a_thread(current: pipeline.Run) -> None:
+    def finish() -> None:
+        while current.advance() is None:
+            pass
+
+    with contextlib.suppress(RuntimeError):  # the pool is already shut down: the process is exiting
+        _PIPELINES.submit(finish)
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -403,7 +789,7 @@ async def start_smtp(
     limits: ConnectionLimits,
     spool_dir: Path,
     large_transfers: int,
-    timeout: float,
+    session_limits: SessionLimits,
     tls: ssl.SSLContext | None,
     reuse_port: bool = False,
     xforward_hosts: tuple[Any, ...] = (),
@@ -420,10 +806,11 @@ async def start_smtp(
             decode_data=False,
             tls_context=tls,
             require_starttls=False,
-            timeout=timeout,
+            timeout=session_limits.command_timeout,
             ident="mailbridge ESMTP",
         )
         server.limits = limits
+        server.session_limits = session_limits
         server.spool_dir = spool_dir
         server.large_transfers = semaphore
         server.xforward_hosts = xforward_hosts
