@@ -210,7 +210,7 @@ def test_statements_per_page_do_not_grow_with_the_page_size(seeded: Any, api: An
     ("query", "code"),
     [
         ("cursor=not-a-cursor", "invalid_cursor"),
-        ("cursor=WzFd", "invalid_cursor"),
+        ("cursor=WzEsMiwzXQ", "invalid_cursor"),  # [1,2,3]: no list sorts by three keys
         ("limit=0", "invalid_request"),
     ],
 )
@@ -245,5 +245,6 @@ def test_openapi_documents_limit_cursor_and_next_cursor(api: Any) -> None:
         names = {p["name"] for p in operation["parameters"]}
         assert {"limit", "cursor"} <= names, path
         schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
-        assert schema == {"$ref": "#/components/schemas/Page"}, path
+        name = schema["$ref"].rpartition("/")[2]  # Page, or a typed page (SuppressionItems)
+        assert "next_cursor" in spec["components"]["schemas"][name]["properties"], path
     assert "next_cursor" in spec["components"]["schemas"]["Page"]["properties"]
