@@ -24,8 +24,12 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Final
 
+from markupsafe import Markup
+
 from mailbridge.domain.fingerprint import Fingerprint
 from mailbridge.outbound.build import notification_fingerprint
+from mailbridge.outbound.catalog import sample_context
+from mailbridge.outbound.context import body_html, preheader
 from mailbridge.outbound.render import Rendered, Renderer
 
 KEY: Final = b"own-corpus-fingerprint-key-00000"
@@ -287,22 +291,23 @@ def notifications() -> dict[tuple[str, str], Notification]:
     for locale, content in CONTENT.items():
         for mode in ("full", "minimal"):
             if mode == "full":
-                context = {
+                body = content["body"]
+                context = sample_context("notification_full", locale) | {
                     "practice_name": "Acme Counselling",
                     "author_name": "Dr Alex Smith",
                     "subject": content["subject"],
-                    "body": content["body"],
+                    "body": body,
+                    "body_html": Markup(body_html(body)),
+                    "preheader": preheader(body),
                     "attachments": [],
+                    "withheld": "",
                     "link": f"{APP}/conversations/c0ffee",
                     "signin_link": f"{APP}/",
                     "preferences_link": f"{APP}/settings/notifications",
-                    "reply_allowed": True,
                     "is_first": True,
-                    "coalesced": 1,
-                    "brand_color": "#3b6ea5",
                 }
             else:
-                context = {"signin_link": f"{APP}/"}
+                context = sample_context("notification_minimal", locale) | {"signin_link": f"{APP}/"}
             rendered = renderer.render(f"notification_{mode}", locale, context)
             sent = notification_fingerprint(
                 KEY,

@@ -9,28 +9,31 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from markupsafe import Markup
 
 from mailbridge.domain.fingerprint import Fingerprint, fingerprint, words
 from mailbridge.inbound.body import reply_body, visible_part_html
 from mailbridge.inbound.trim.own import cut_own_copy
 from mailbridge.outbound.build import notification_fingerprint
+from mailbridge.outbound.catalog import sample_context
+from mailbridge.outbound.context import body_html, preheader
 from mailbridge.outbound.render import Renderer
 
 KEY = b"k" * 32
 BODY = "Hello Alice,\n\nShall we meet on Tuesday at 10? Please bring the consent form.\n\nDr Smith"
-CONTEXT = {
+CONTEXT = sample_context("notification_full", "en") | {
     "practice_name": "Acme Counselling",
     "author_name": "Dr Alex Smith",
     "subject": "Your next appointment",
     "body": BODY,
+    "body_html": Markup(body_html(BODY)),
+    "preheader": preheader(BODY),
     "attachments": [],
+    "withheld": "",
     "link": "https://app.example.test/conversations/c1",
     "signin_link": "https://app.example.test/",
     "preferences_link": "https://app.example.test/settings/notifications",
-    "reply_allowed": True,
     "is_first": True,
-    "coalesced": 1,
-    "brand_color": "#3b6ea5",
 }
 RENDERED = Renderer().render("notification_full", "en", CONTEXT)
 SENT = Fingerprint.from_json(
@@ -123,8 +126,8 @@ def test_inline_answers_keep_the_lines_they_answer() -> None:
     reply = cut_own_copy(f"{HEADER}\n" + "\n".join(answered), [SENT], KEY)
     assert reply is not None
     assert reply.visible == f"{lines[at]}\n\nYes, Tuesday at 10 works."
-    assert "wrote in" not in reply.visible and "Reply to this email" not in reply.visible  # our frame
-    assert "Reply to this email" in reply.hidden
+    assert "wrote in" not in reply.visible and "reply to this email" not in reply.visible  # our frame
+    assert "reply to this email" in reply.hidden  # our template's line, cut with the copy
 
 
 def test_inline_answer_in_an_unquoted_copy_is_shown_as_a_quote() -> None:
@@ -160,7 +163,11 @@ def test_no_copy_no_cut() -> None:
 
 
 def test_the_notification_quoted_is_found_among_several() -> None:
-    minimal = Renderer().render("notification_minimal", "en", {"signin_link": "https://app.example.test/"})
+    minimal = Renderer().render(
+        "notification_minimal",
+        "en",
+        sample_context("notification_minimal", "en") | {"signin_link": "https://app.example.test/"},
+    )
     other = Fingerprint.from_json(
         notification_fingerprint(KEY, minimal, body="", from_name=None, notify_from="notify@acme.test")
     )

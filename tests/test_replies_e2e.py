@@ -114,7 +114,7 @@ def test_reply_quoting_our_notification_is_cut_exactly(seeded: Any, live: Any) -
     assert message.body == (
         "Thanks for the reminder.\n\n> Shall we meet on Tuesday at 10?\n\nYes, Tuesday at 10 is fine."
     )
-    assert "Reply to this email" in (message.hidden_text or "")
+    assert "reply to this email" in (message.hidden_text or "")  # our template's line, cut with the copy
     assert (last_log(seeded).details or {}).get("own_copy") is True
 
 
