@@ -1,0 +1,220 @@
+"""The second security review (after issues 11, 12, 14 and 16 were merged): each finding performed
+through a public door (the console over HTTP, the HTTP API, SMTP to a live server) and shown to fail.
+docs/security.md lists them with their fixes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from mailbridge.api.app import create_app
+from mailbridge.domain import directory
+from mailbridge.domain.db import transaction
+from mailbridge.domain.models import (
+    InboundLog,
+    InboundState,
+    Message,
+    QuarantineItem,
+    Route,
+)
+from mailbridge.wiring import Services
+from tests.conftest import API_KEY, make_services, seed
+from tests.console_live import add_operator
+
+PASSWORD = "console-test-password"
+SECRET_SUBJECT = "Biopsy result positive"
+SECRET_FILE = "hiv-test-results.pdf"
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Iterator[Services]:
+    """Two practices (acme, beta), an operator of beta only, one of acme without content rights."""
+    services = make_services(tmp_path, f"sqlite:///{tmp_path / 'mailbridge.db'}")
+    seed(services)
+    seed(services, "beta")
+    add_operator(services, "beta-ops", PASSWORD, practices=["beta"], content=True)
+    add_operator(services, "meta", PASSWORD, practices=["acme"])
+    add_operator(services, "reader", PASSWORD, practices=["acme"], content=True, email="reader@acme.test")
+    yield services
+    services.close()
+
+
+def console(services: Services, name: str, **kwargs: Any) -> TestClient:
+    c = TestClient(create_app(services), base_url="http://testserver", follow_redirects=False, **kwargs)
+    form = c.get("/console/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', form.text)
+    assert token is not None
+    answer = c.post(
+        "/console/login",
+        data={"name": name, "password": PASSWORD, "login_token": token.group(1), "next": "/console/"},
+    )
+    assert answer.status_code == 303, answer.text
+    return c
+
+
+def csrf(c: TestClient, path: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', c.get(path).text)
+    assert found is not None
+    return found.group(1)
+
+
+def held(
+    services: Services,
+    practice: str,
+    rcpt: str,
+    raw: bytes,
+    *,
+    sender: str = "alice@client.test",
+    state: InboundState = InboundState.quarantined,
+) -> tuple[str, str]:
+    """An inbound row with its raw file and, when held, its quarantine item: (inbound id, item id)."""
+    raw_dir = services.settings.data_dir / "inbound"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with transaction(services.sessions) as session:
+        p = directory.get_practice(session, practice)
+        row = InboundLog(
+            practice_id=p.id,
+            door="smtp",
+            mail_from=sender,
+            rcpt=rcpt,
+            from_header=sender,
+            state=state,
+            reason="unknown_sender",
+            details={},
+        )
+        session.add(row)
+        session.flush()
+        path = raw_dir / f"{row.id}.eml"
+        path.write_bytes(raw)
+        row.raw_path = str(path)
+        item_id = ""
+        if state == InboundState.quarantined:
+            item = QuarantineItem(
+                practice_id=p.id,
+                inbound_id=row.id,
+                route_address=rcpt,
+                reason="unknown_sender",
+                from_address=sender,
+                subject="",
+            )
+            session.add(item)
+            session.flush()
+            item_id = item.id
+        return row.id, item_id
+
+
+# ---- a practice's operator releasing mail a squatted route caught on another's domain -------------------
+
+
+def test_a_console_operator_cannot_release_mail_held_on_a_domain_its_practice_does_not_own(
+    svc: Services,
+) -> None:
+    """Issue 11 #6 was closed in the API's release route only: the console called the domain's release
+    directly, so beta's operator could post acme's client mail, caught by a route beta had put on
+    acme's domain before ownership was enforced, into a beta conversation (single and bulk)."""
+    with transaction(svc.sessions) as session:
+        beta = directory.get_practice(session, "beta")
+        session.add(Route(practice_id=beta.id, address="ceo@acme.test", staff=["frontdesk"], roles=[]))
+    raw = (
+        b"From: Zoe <zoe@elsewhere.test>\r\nTo: ceo@acme.test\r\nSubject: My file\r\n"
+        b"Message-ID: <m1@elsewhere.test>\r\n\r\nPlease find my medical history below, it is long.\r\n"
+    )
+    zoe = "zoe@elsewhere.test"
+    _inbound, item = held(svc, "beta", "ceo@acme.test", raw, sender=zoe)
+    _inbound2, item2 = held(svc, "beta", "ceo@acme.test", raw.replace(b"<m1@", b"<m2@"), sender=zoe)
+    c = console(svc, "beta-ops")
+    token = csrf(c, f"/console/p/beta/quarantine/{item}")
+    answer = c.post(
+        f"/console/p/beta/quarantine/{item}/release",
+        data={"csrf": token, "mode": "contact", "contact_name": "Alice"},
+    )
+    assert answer.status_code == 303 and "domain_not_owned" in answer.headers["location"]
+    bulk = c.post(
+        "/console/p/beta/quarantine", data={"csrf": token, "action": "release", "ids": [item, item2]}
+    )
+    assert bulk.status_code == 303 and "release%3A0%3A2" in bulk.headers["location"]
+    with svc.sessions() as session:
+        assert session.scalar(select(Message.id)) is None  # nothing posted anywhere
+        states = {i.id: i.state for i in session.scalars(select(QuarantineItem))}
+        assert states == {item: "held", item2: "held"}
+    # discarding stays possible (the mail is not beta's to keep)
+    assert c.post(f"/console/p/beta/quarantine/{item}/discard", data={"csrf": token}).status_code == 303
+    with svc.sessions() as session:
+        assert session.get_one(QuarantineItem, item).state == "discarded"
+
+
+# ---- content rights: what mail says never reaches an operator without them ----------------------------
+
+
+HOSTILE_HEADERS = (
+    "From: Alice Martin <alice@client.test>\r\n"
+    "To: frontdesk@acme.test\r\n"
+    f"Subject: {SECRET_SUBJECT}\r\n"
+    f"Thread-Topic: {SECRET_SUBJECT}\r\n"
+    f"X-Original-Subject: {SECRET_SUBJECT}\r\n"
+    f"Keywords: {SECRET_SUBJECT}\r\n"
+    "Message-ID: <m3@client.test>\r\n"
+    "MIME-Version: 1.0\r\n"
+)
+
+
+def _with_attachment() -> bytes:
+    return (
+        HOSTILE_HEADERS
+        + 'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        + "--b\r\nContent-Type: text/plain\r\n\r\nHere are my results, as you asked.\r\n"
+        + f'--b\r\nContent-Type: application/pdf; name="{SECRET_FILE}"\r\n'
+        + f'Content-Disposition: attachment; filename="{SECRET_FILE}"\r\n'
+        + "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcfsj6IK\r\n--b--\r\n"
+    ).encode()
+
+
+def test_an_operator_without_content_rights_sees_no_subject_copy_and_no_file_name(svc: Services) -> None:
+    """The Subject header was masked, but its copies (Outlook's Thread-Topic, X-Original-Subject,
+    Keywords …) and attachment file names were shown to operators without the content right."""
+    inbound, item = held(svc, "acme", "frontdesk@acme.test", _with_attachment())
+    single = (
+        HOSTILE_HEADERS
+        + f'Content-Type: application/pdf; name="{SECRET_FILE}"\r\n'
+        + "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcfsj6IK\r\n"
+    ).encode()
+    refused, _ = held(svc, "acme", "frontdesk@acme.test", single, state=InboundState.rejected)
+    with transaction(svc.sessions) as session:
+        row = session.get_one(InboundLog, refused)
+        row.details = {
+            "attachments": [
+                {"filename": SECRET_FILE, "sniffed_type": "application/pdf", "accepted": False, "reason": "x"}
+            ]
+        }
+    meta = console(svc, "meta")
+    pages = [
+        f"/console/p/acme/inbound/{inbound}",
+        f"/console/p/acme/inbound/{refused}",
+        f"/console/p/acme/quarantine/{item}",
+        "/console/p/acme/quarantine",
+        "/console/p/acme/inbound",
+        "/console/p/acme/trace?address=alice%40client.test",
+    ]
+    for path in pages:
+        page = meta.get(path)
+        assert page.status_code == 200, path
+        assert SECRET_SUBJECT not in page.text, path
+        assert "hiv-test-results" not in page.text, path
+    detail = meta.get(f"/console/p/acme/inbound/{inbound}").text
+    assert "Thread-Topic" in detail and "Message-ID" in detail and "&lt;m3@client.test&gt;" in detail
+    assert ".pdf" in meta.get(f"/console/p/acme/inbound/{refused}").text  # the kind of file, not its name
+    # an operator with the right reads all of it
+    reader = console(svc, "reader")
+    assert SECRET_SUBJECT in reader.get(f"/console/p/acme/inbound/{inbound}").text
+    assert SECRET_FILE in reader.get(f"/console/p/acme/quarantine/{item}").text
+    assert SECRET_FILE in reader.get(f"/console/p/acme/inbound/{refused}").text
+
+
+def api(services: Services) -> TestClient:
+    return TestClient(create_app(services), headers={"Authorization": f"Bearer {API_KEY}"})
