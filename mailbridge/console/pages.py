@@ -214,14 +214,58 @@ def inbound_list(
     )
 
 
+# What an operator without content rights may read of a header block: the fields that say how mail
+# travelled and was judged. Any other field may repeat what the mail says (Outlook's Thread-Topic,
+# X-Original-Subject, Keywords, Comments, a sender's own X- fields…): its name is shown, never its value.
+HANDLING_HEADERS = frozenset(
+    {
+        "return-path",
+        "received",
+        "delivered-to",
+        "x-original-to",
+        "envelope-to",
+        "from",
+        "sender",
+        "reply-to",
+        "to",
+        "cc",
+        "date",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "authentication-results",
+        "arc-authentication-results",
+        "arc-seal",
+        "arc-message-signature",
+        "dkim-signature",
+        "received-spf",
+        "mime-version",
+        "content-transfer-encoding",
+        "auto-submitted",
+        "precedence",
+        "x-auto-response-suppress",
+        "list-id",
+        "x-mailer",
+        "user-agent",
+        "x-forwarded-to",
+        "x-forwarded-for",
+    }
+)
+
+
 def _headers(raw: bytes, content: bool) -> list[tuple[str, str]]:
-    """The header block as sent (undecoded, bounded); the Subject only for operators with content rights."""
+    """The header block as sent (undecoded, bounded). Without content rights, only the handling fields
+    keep their value, and Content-Type only its media type (its ``name=`` is a file's name)."""
     msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
     out = []
     for name, value in list(msg.items())[:MAX_HEADERS]:
         shown = str(value)[:4000]
-        if name.lower() == "subject" and not content:
-            shown = "—"
+        lowered = str(name).strip().lower()
+        if not content:
+            if lowered == "content-type":
+                shown = shown.split(";", 1)[0].strip()
+            elif lowered not in HANDLING_HEADERS:
+                shown = "—"
         out.append((str(name), shown))
     return out
 
