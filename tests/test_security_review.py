@@ -218,3 +218,54 @@ def test_an_operator_without_content_rights_sees_no_subject_copy_and_no_file_nam
 
 def api(services: Services) -> TestClient:
     return TestClient(create_app(services), headers={"Authorization": f"Bearer {API_KEY}"})
+
+
+# ---- un-suppressing an address is audited, whichever door asks -----------------------------------------
+
+
+def _suppress(services: Services, address: str) -> None:
+    from mailbridge.domain import suppressions
+    from mailbridge.domain.models import SuppressionReason
+
+    with transaction(services.sessions) as session:
+        p = directory.get_practice(session, "acme")
+        suppressions.record(
+            session,
+            p.id,
+            address,
+            SuppressionReason.hard_bounce,
+            status="5.1.1",
+            diagnostic="user unknown",
+            outbox_id=None,
+            policy=suppressions.SuppressionPolicy(),
+        )
+
+
+def test_removing_a_suppression_leaves_an_audit_row_naming_who(svc: Services) -> None:
+    """DELETE …/suppressions/{address} let notifications go again and left no trace of who asked."""
+    from mailbridge.access import apikeys
+    from mailbridge.domain.models import AuditEvent
+
+    _suppress(svc, "alice@client.test")
+    _suppress(svc, "bob@client.test")
+    _suppress(svc, "dave@client.test")
+    with transaction(svc.sessions) as session:
+        _row, key = apikeys.create(session, directory.get_practice(session, "acme"), "app")
+    with api(svc) as platform:
+        assert platform.delete("/api/v1/practices/acme/suppressions/Alice@Client.test").status_code == 204
+    with TestClient(create_app(svc), headers={"Authorization": f"Bearer {key}"}) as own:
+        assert own.delete("/api/v1/practices/acme/suppressions/bob@client.test").status_code == 204
+    c = console(svc, "meta")
+    token = csrf(c, "/console/p/acme/deliveries")
+    done = c.post(
+        "/console/p/acme/suppressions/unsuppress", data={"csrf": token, "address": "dave@client.test"}
+    )
+    assert done.status_code == 303 and "unsuppressed" in done.headers["location"]
+    with svc.sessions() as session:
+        rows = session.scalars(select(AuditEvent).where(AuditEvent.action == "suppression_removed")).all()
+        by_address = {(r.details or {})["address"]: r for r in rows}
+    assert set(by_address) == {"alice@client.test", "bob@client.test", "dave@client.test"}
+    assert by_address["alice@client.test"].actor == "api"
+    assert str(by_address["bob@client.test"].actor).startswith("api-key:")
+    assert by_address["dave@client.test"].actor == "operator:meta"
+    assert (by_address["alice@client.test"].details or {})["reason"] == "hard_bounce"

@@ -561,7 +561,10 @@ def unsuppress_address(
     auth.check_csrf(ctx.csrf, csrf)
     assert ctx.practice is not None
     with writer_gate(svc.sessions), transaction(svc.sessions) as session:
-        found = suppressions.remove(session, ctx.practice.id, address)
+        practice = directory.get_practice(session, ctx.practice.slug)
+        found = suppressions.remove(
+            session, practice, address, domain_audit.Actor.operator(ctx.operator.name)
+        )
         if found:
             record(
                 session,

@@ -17,6 +17,7 @@ address), so it goes when the row goes, expires with it, and never follows them 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,7 +26,11 @@ from sqlalchemy import ColumnElement, and_, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailbridge.domain.models import Suppression, SuppressionReason, utcnow
+from mailbridge.domain import audit
+from mailbridge.domain.models import Practice, Suppression, SuppressionReason, utcnow
+from mailbridge.logs import redact_address
+
+log = logging.getLogger(__name__)
 
 _RANK = {SuppressionReason.soft_bounce: 1, SuppressionReason.hard_bounce: 2, SuppressionReason.complaint: 2}
 BOUNCING = frozenset({SuppressionReason.hard_bounce, SuppressionReason.soft_bounce})
@@ -160,14 +165,35 @@ def listing(
     return session.scalars(query.order_by(Suppression.last_seen.desc(), Suppression.id).limit(limit)).all()
 
 
-def remove(session: Session, practice_id: int, address: str) -> bool:
-    """Forget an address (the practice fixed it, or asks to try again); True when there was a row."""
-    result = session.execute(
-        delete(Suppression).where(
-            Suppression.practice_id == practice_id, Suppression.address == normalize(address)
-        )
+def remove(session: Session, practice: Practice, address: str, actor: audit.Actor) -> bool:
+    """Forget an address (the practice fixed it, or asks to try again); True when there was a row.
+
+    Notifications go to the address again at once, so who did it is kept: an audit row
+    (``suppression_removed``: the address, what it was suppressed for) and an INFO line (redacted),
+    whichever door asked (the API, the console)."""
+    row = _get(session, practice.id, normalize(address))
+    if row is None:
+        return False
+    audit.record(
+        session,
+        practice,
+        "suppression_removed",
+        actor,
+        "suppression",
+        str(row.id),
+        {"address": row.address, "reason": row.reason.value, "status": row.status, "count": row.count},
     )
-    return bool(getattr(result, "rowcount", 0))
+    log.info(
+        "suppression_removed",
+        extra={
+            "practice": practice.slug,
+            "to": redact_address(row.address),
+            "reason": row.reason.value,
+            "actor": actor.label,
+        },
+    )
+    session.execute(delete(Suppression).where(Suppression.id == row.id))
+    return True
 
 
 def purge_expired(session: Session, now: datetime | None = None) -> int:
