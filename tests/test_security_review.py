@@ -269,3 +269,42 @@ def test_removing_a_suppression_leaves_an_audit_row_naming_who(svc: Services) ->
     assert str(by_address["bob@client.test"].actor).startswith("api-key:")
     assert by_address["dave@client.test"].actor == "operator:meta"
     assert (by_address["alice@client.test"].details or {})["reason"] == "hard_bounce"
+
+
+# ---- /readyz without a key names no practice --------------------------------------------------------
+
+
+def test_readyz_without_the_key_names_no_practice_and_with_it_says_which(svc: Services) -> None:
+    """The DKIM check listed, to anyone, the slugs of the practices a node could not sign for and
+    the reasons (selectors, the keyring's error): the platform's tenant list, without a key."""
+    from mailbridge.domain.models import DkimAlgorithm, DkimKeyRow, DkimKeyState
+
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, "beta")
+        wrong = svc.keyring.seal(session, p.id, b"not a key", "another purpose")
+        session.add(
+            DkimKeyRow(
+                practice_id=p.id,
+                selector="mbsecret1",
+                domain="beta.test",
+                algorithm=DkimAlgorithm.rsa,
+                private_key=wrong,
+                public_txt="v=DKIM1; k=rsa; p=",
+                state=DkimKeyState.active,
+            )
+        )
+    with TestClient(create_app(svc)) as anyone:
+        ready = anyone.get("/readyz")
+        assert ready.status_code == 503
+        assert "beta" not in ready.text and "mbsecret1" not in ready.text
+        assert ready.json()["checks"]["dkim"] == {
+            "ok": False,
+            "error": "cannot sign for 1 practice(s): /readyz with the platform key names them",
+        }
+        wrong_key = anyone.get("/readyz", headers={"Authorization": "Bearer not-the-key"})
+        assert "beta" not in wrong_key.text
+        practice_key = anyone.get("/readyz", headers={"Authorization": "Bearer mbk_x"})
+        assert "beta" not in practice_key.text
+    with api(svc) as platform:
+        shown = platform.get("/readyz").json()["checks"]["dkim"]
+        assert list(shown["cannot_sign"]) == ["beta"] and "mbsecret1" in shown["cannot_sign"]["beta"]

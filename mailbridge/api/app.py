@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI, Response
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from mailbridge import __version__
+from mailbridge.access.apikeys import is_platform_key
 from mailbridge.console import create_console
 from mailbridge.wiring import Services
 
@@ -42,13 +45,19 @@ def create_app(services: Services) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"])
-    def readyz() -> Response:
+    def readyz(request: Request) -> Response:
         """No key (load balancers and orchestrators probe it): booleans, the outbox lag in seconds,
-        and an error class name; nothing about practices, people or mail."""
+        and an error class name; nothing about practices, people or mail. With the platform key,
+        also which practices this node cannot DKIM-sign for, and why (``checks.dkim.cannot_sign``)."""
         from mailbridge.observability import readiness
 
         checks = readiness(services)
         status = 200 if all(c["ok"] for c in checks.values()) else 503
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        given = given.strip()
+        platform = scheme.lower() == "bearer" and given.isascii() and given.isprintable()
+        if not (platform and is_platform_key(given, services.settings.api_key)):
+            checks = _public(checks)
         return JSONResponse({"ready": status == 200, "checks": checks}, status_code=status)
 
     @app.get("/metrics", tags=["ops"], dependencies=[Depends(require_platform)])
@@ -59,3 +68,20 @@ def create_app(services: Services) -> FastAPI:
         return Response(body, media_type=content_type)
 
     return app
+
+
+def _public(checks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What anyone may read: the DKIM check names practices (their slugs, their keys' trouble), so
+    without the platform key it says only how many cannot be signed for."""
+    dkim = checks.get("dkim")
+    if dkim is None:
+        return checks
+    failing = dkim.get("cannot_sign") or {}
+    shown: dict[str, Any] = {"ok": dkim["ok"]}
+    if failing:
+        shown["error"] = (
+            f"cannot sign for {len(failing)} practice(s): /readyz with the platform key names them"
+        )
+    elif "error" in dkim:
+        shown["error"] = dkim["error"]
+    return checks | {"dkim": shown}
