@@ -308,3 +308,84 @@ def test_readyz_without_the_key_names_no_practice_and_with_it_says_which(svc: Se
     with api(svc) as platform:
         shown = platform.get("/readyz").json()["checks"]["dkim"]
         assert list(shown["cannot_sign"]) == ["beta"] and "mbsecret1" in shown["cannot_sign"]["beta"]
+
+
+# ---- console sign-in throttling: bursts, IPv6 neighbours, parallel guesses -----------------------------
+
+
+def _sign_in(c: TestClient, name: str, password: str) -> Any:
+    c.cookies.set("mb_console_login", "t" * 32, path="/console")
+    return c.post(
+        "/console/login",
+        data={"name": name, "password": password, "login_token": "t" * 32, "next": "/console/"},
+    )
+
+
+def test_a_v6_client_cannot_walk_its_64_to_escape_the_per_address_count(svc: Services) -> None:
+    svc.settings.console_login_max_failures_per_address = 3
+    answers = []
+    for n in range(1, 5):  # four addresses of one /64, four account names: one client
+        c = TestClient(create_app(svc), follow_redirects=False, client=(f"2001:db8:7:1::{n}", 5000))
+        answers.append(_sign_in(c, f"guess{n}", "wrong-password-1").status_code)
+    assert answers == [401, 401, 429, 429]
+    other = TestClient(create_app(svc), follow_redirects=False, client=("2001:db8:7:2::1", 5000))
+    assert _sign_in(other, "guess9", "wrong-password-1").status_code == 401  # another site: its own count
+
+
+def test_parallel_guesses_get_no_more_tries_than_the_limit(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failures were counted after the (slow) password check: every request already in flight had
+    its guess checked, however far past the limit (a correct one would have signed in). Counted
+    before the check, a burst of 8 gets exactly the limit's 3 passwords checked."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mailbridge.console import accounts
+
+    checked: list[str] = []
+    lock = threading.Lock()
+    real_verify = accounts.verify
+
+    def slow_verify(operator: Any, password: str) -> bool:
+        with lock:
+            checked.append(password)
+        time.sleep(0.3)  # a loaded machine's argon2: the window the burst fits in
+        return real_verify(operator, password)
+
+    monkeypatch.setattr(accounts, "verify", slow_verify)
+    svc.settings.console_login_max_failures = 3
+    with TestClient(create_app(svc), follow_redirects=False) as c:
+        c.cookies.set("mb_console_login", "t" * 32, path="/console")
+
+        def guess(n: int) -> int:
+            answer = c.post(
+                "/console/login",
+                data={"name": "meta", "password": f"guess-number-{n}", "login_token": "t" * 32},
+            )
+            return int(answer.status_code)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(guess, range(8)))
+    assert len(checked) == 3, checked
+    assert sorted(answers) == [401, 401] + [429] * 6, answers
+
+
+def test_sign_in_answers_429_at_once_when_every_password_slot_is_busy(svc: Services) -> None:
+    """At most VERIFY_SLOTS argon2 checks (64 MiB each) run at once; a sign-in beyond waits briefly,
+    then is refused without computing a hash and without counting against anyone."""
+    from mailbridge.console import auth
+    from mailbridge.domain.models import LoginThrottle
+
+    taken = [auth._verifying.acquire(timeout=5) for _ in range(auth.VERIFY_SLOTS)]
+    try:
+        assert all(taken)
+        answer = _sign_in(TestClient(create_app(svc), follow_redirects=False), "meta", PASSWORD)
+        assert answer.status_code == 429 and answer.headers["retry-after"] == "1"
+    finally:
+        for _ in taken:
+            auth._verifying.release()
+    with svc.sessions() as session:
+        assert session.scalars(select(LoginThrottle)).all() == []
+    assert console(svc, "meta").get("/console/p/acme/").status_code == 200
