@@ -389,3 +389,22 @@ def test_sign_in_answers_429_at_once_when_every_password_slot_is_busy(svc: Servi
     with svc.sessions() as session:
         assert session.scalars(select(LoginThrottle)).all() == []
     assert console(svc, "meta").get("/console/p/acme/").status_code == 200
+
+
+# ---- test sends: to the operator only, and a few an hour ---------------------------------------------
+
+
+def test_test_sends_are_limited_per_operator_and_hour(svc: Services) -> None:
+    """ "Send a test notification to me" had no limit: a session (or a stolen one) could make the
+    practice's signed domain send without end."""
+    c = console(svc, "reader")
+    token = csrf(c, "/console/p/acme/templates")
+    outbox = svc.settings.data_dir / "outbox"
+    answers = [
+        c.post("/console/p/acme/templates/test", data={"csrf": token}).headers["location"] for _ in range(11)
+    ]
+    assert all("Test+sent+to+reader%40acme.test" in a for a in answers[:10]), answers[0]
+    assert "At+most+10+test+sends+an+hour" in answers[10]
+    sent = list(outbox.glob("*.eml"))
+    assert len(sent) == 10
+    assert all(b"\r\nTo: reader@acme.test\r\n" in p.read_bytes() for p in sent)

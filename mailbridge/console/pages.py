@@ -781,6 +781,11 @@ def template_preview(
     return response
 
 
+# A test send goes to the operator's own address only, signed as the practice: a few an hour are
+# plenty, and a stolen session cannot make the practice's domain a source of mail floods.
+TEST_SENDS_PER_HOUR = 10
+
+
 @router.post(P + "/templates/test")
 def template_test(
     request: Request,
@@ -800,6 +805,15 @@ def template_test(
             ctx,
             "/templates",
             error=_("Your account has no email address (mailbridge operator add --email)."),
+            **params,
+        )
+    with svc.sessions() as session:
+        recent = queries.recent_actions(session, ctx.operator.id, "test_sent", hours=1)
+    if recent >= TEST_SENDS_PER_HOUR:
+        return _back(
+            ctx,
+            "/templates",
+            error=_("At most {n} test sends an hour: try again later.").format(n=TEST_SENDS_PER_HOUR),
             **params,
         )
     sample = samples.render_sample(svc, ctx.practice, template, locale, reason)
