@@ -26,6 +26,7 @@ from mailbridge.domain.models import (
 from mailbridge.wiring import Services
 from tests.conftest import API_KEY, make_services, seed
 from tests.console_live import add_operator
+from tests.test_bounces import mail  # noqa: F401 (the live ingress fixture, with a route and postmaster@)
 
 PASSWORD = "console-test-password"
 SECRET_SUBJECT = "Biopsy result positive"
@@ -216,7 +217,7 @@ def test_an_operator_without_content_rights_sees_no_subject_copy_and_no_file_nam
     assert SECRET_FILE in reader.get(f"/console/p/acme/inbound/{refused}").text
 
 
-def api(services: Services) -> TestClient:
+def platform_api(services: Services) -> TestClient:
     return TestClient(create_app(services), headers={"Authorization": f"Bearer {API_KEY}"})
 
 
@@ -251,7 +252,7 @@ def test_removing_a_suppression_leaves_an_audit_row_naming_who(svc: Services) ->
     _suppress(svc, "dave@client.test")
     with transaction(svc.sessions) as session:
         _row, key = apikeys.create(session, directory.get_practice(session, "acme"), "app")
-    with api(svc) as platform:
+    with platform_api(svc) as platform:
         assert platform.delete("/api/v1/practices/acme/suppressions/Alice@Client.test").status_code == 204
     with TestClient(create_app(svc), headers={"Authorization": f"Bearer {key}"}) as own:
         assert own.delete("/api/v1/practices/acme/suppressions/bob@client.test").status_code == 204
@@ -305,7 +306,7 @@ def test_readyz_without_the_key_names_no_practice_and_with_it_says_which(svc: Se
         assert "beta" not in wrong_key.text
         practice_key = anyone.get("/readyz", headers={"Authorization": "Bearer mbk_x"})
         assert "beta" not in practice_key.text
-    with api(svc) as platform:
+    with platform_api(svc) as platform:
         shown = platform.get("/readyz").json()["checks"]["dkim"]
         assert list(shown["cannot_sign"]) == ["beta"] and "mbsecret1" in shown["cannot_sign"]["beta"]
 
@@ -408,3 +409,47 @@ def test_test_sends_are_limited_per_operator_and_hour(svc: Services) -> None:
     sent = list(outbox.glob("*.eml"))
     assert len(sent) == 10
     assert all(b"\r\nTo: reader@acme.test\r\n" in p.read_bytes() for p in sent)
+
+
+# ---- a VERP address replayed: late reports, and one notification reported on many times ---------------
+
+
+def test_a_replayed_verp_address_suppresses_nobody_late_and_counts_once(
+    seeded: Services,
+    api: Any,
+    mail: Any,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """A stranger holding one notification's headers (forwarded "as attachment") could, years later,
+    send a forged 5.1.1 report to its signed VERP address and silence its recipient for good; or send
+    the same soft report three times and suppress them. Reports now count only within a week of the
+    notification (a month for a complaint), and once per notification."""
+    from datetime import timedelta
+
+    from mailbridge.domain.models import Outbox, Suppression, utcnow
+    from tests.reports import arf, dsn, failed
+    from tests.test_bounces import ALICE, last_log, notify_alice, null_sender, suppressions_of
+
+    verp, row_id, _ = notify_alice(seeded)
+    with transaction(seeded.sessions) as session:
+        session.get_one(Outbox, row_id).sent_at = utcnow() - timedelta(days=8)
+    assert null_sender(mail, verp, dsn(verp, [failed(ALICE, "5.1.1")]))[0] == 250
+    assert last_log(seeded).reason == "report_too_late"
+    assert null_sender(mail, verp, arf(verp))[0] == 250  # a complaint within its month counts
+    assert suppressions_of(api)[0]["reason"] == "complaint"
+    assert api.delete("/api/v1/practices/acme/suppressions/" + ALICE).status_code == 204
+    with transaction(seeded.sessions) as session:
+        session.get_one(Outbox, row_id).sent_at = utcnow() - timedelta(days=31)
+    assert null_sender(mail, verp, arf(verp))[0] == 250
+    assert last_log(seeded).reason == "report_too_late"
+    assert suppressions_of(api) == []
+
+    fresh, _, _ = notify_alice(seeded, subject="Another")
+    for _ in range(3):
+        report = dsn(fresh, [failed(ALICE, "5.2.2", "smtp; 552 5.2.2 mailbox full")])
+        assert null_sender(mail, fresh, report)[0] == 250
+    (entry,) = suppressions_of(api)
+    assert (entry["reason"], entry["count"], entry["active"]) == ("soft_bounce", 1, False)
+    assert null_sender(mail, fresh, dsn(fresh, [failed(ALICE, "5.1.1")]))[0] == 250  # stronger: counts
+    with seeded.sessions() as session:
+        row = session.scalars(select(Suppression)).one()
+        assert (row.reason.value, row.active) == ("hard_bounce", True)

@@ -6,7 +6,8 @@ VERP address, only for that row's recipient). Here: how a row accumulates and en
 * ``hard_bounce`` and ``complaint`` suppress at once, until the row is removed
   (``DELETE …/suppressions/{address}``).
 * ``soft_bounce`` counts: the address is suppressed once ``soft_limit`` soft bounces were seen, each
-  within ``soft_days`` of the previous one; the row ends ``soft_days`` after the last one, whether it
+  within ``soft_days`` of the previous one, one per notification (a row reported on again counts
+  once, unless the new report is stronger); the row ends ``soft_days`` after the last one, whether it
   got to suppress or not (``expires_at``), and a later soft bounce starts counting afresh.
 * A stronger report replaces a weaker one's reason (soft < hard, complaint); a weaker one only
   counts and moves ``last_seen``.
@@ -91,6 +92,12 @@ def record(
             row = found
     elif not _is_live(row, now):  # an expired soft suppression: this report starts afresh
         row.reason, row.count, row.active, row.first_seen = reason, 0, False, now
+    elif outbox_id is not None and row.outbox_id == outbox_id and _RANK[reason] <= _RANK[row.reason]:
+        # The same notification reported on again: an MTA reports a message's failure once, so a
+        # second report adds nothing (one VERP address replayed must not add up to a suppression).
+        row.last_seen = now
+        session.flush()
+        return row
     if _RANK[reason] >= _RANK[row.reason]:
         row.reason = reason
         row.status = status[:16] if status else None
