@@ -367,7 +367,9 @@ def _conversation_kind(session: Any, item: Any) -> str:
         conv = session.get(Conversation, item.conversation_id)
         return conv.kind.value if conv is not None else ConversationKind.private.value
     route = (
-        session.query(Route).filter(Route.address == item.route_address).first()
+        session.query(Route)
+        .filter(Route.practice_id == item.practice_id, Route.address == item.route_address)
+        .first()
         if item.route_address
         else None
     )
