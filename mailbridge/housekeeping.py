@@ -1,5 +1,5 @@
-"""Housekeeping: raw copies of refused mail are kept only for the retention period; crash leftovers and
-expired soft suppressions go."""
+"""Housekeeping: raw copies of refused mail, and what discarded quarantine items held of their mail,
+are kept only for the retention period; crash leftovers and expired soft suppressions go."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 
 from mailbridge.domain import suppressions
 from mailbridge.domain.db import transaction
+from mailbridge.domain.erasure import erase_item
 from mailbridge.domain.models import InboundLog, QuarantineItem, utcnow
 from mailbridge.wiring import Services
 
@@ -49,6 +50,26 @@ def purge_raw(services: Services) -> int:
     return removed
 
 
+def purge_discarded(services: Services) -> int:
+    """Discarded mail is kept nowhere: its raw copy goes at once, and what its quarantine item held of
+    it (subject, sender, preview, file names) once ``raw_retention_days`` have passed, the time staff
+    have to look back at what was discarded. The item stays (who discarded it, when, why)."""
+    cutoff = utcnow() - timedelta(days=services.settings.raw_retention_days)
+    with transaction(services.sessions) as session:
+        items = session.scalars(
+            select(QuarantineItem).where(
+                QuarantineItem.state == "discarded",
+                QuarantineItem.decided_at < cutoff,
+                (QuarantineItem.subject != "") | (QuarantineItem.from_address != ""),
+            )
+        ).all()
+        for item in items:
+            erase_item(item)
+    if items:
+        log.info("discarded_mail_erased", extra={"count": len(items)})
+    return len(items)
+
+
 def purge_suppressions(services: Services) -> int:
     """Soft suppressions (and soft counts) whose period ended: gone from the API and the tables."""
     with transaction(services.sessions) as session:
@@ -62,6 +83,7 @@ async def run_housekeeping(services: Services, stop: asyncio.Event, every: float
     while not stop.is_set():
         try:
             await asyncio.to_thread(purge_raw, services)
+            await asyncio.to_thread(purge_discarded, services)
             await asyncio.to_thread(purge_suppressions, services)
         except Exception:
             log.warning("housekeeping_failed", exc_info=True)

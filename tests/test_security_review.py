@@ -453,3 +453,37 @@ def test_a_replayed_verp_address_suppresses_nobody_late_and_counts_once(
     with seeded.sessions() as session:
         row = session.scalars(select(Suppression)).one()
         assert (row.reason.value, row.active) == ("hard_bounce", True)
+
+
+# ---- discarded mail is kept nowhere, in time ---------------------------------------------------------
+
+
+def test_what_a_discarded_item_held_of_its_mail_goes_after_the_retention_period(svc: Services) -> None:
+    """Discarding removed the raw copy, but the item's subject, sender, preview of the text and file
+    names stayed for ever, readable through GET …/quarantine?state=discarded."""
+    from datetime import timedelta
+
+    from mailbridge.domain.models import utcnow
+    from mailbridge.housekeeping import purge_discarded
+
+    raw = HOSTILE_HEADERS.encode() + b"Content-Type: text/plain\r\n\r\nMy biopsy came back.\r\n"
+    _inbound, item = held(svc, "acme", "frontdesk@acme.test", raw, sender="zoe@elsewhere.test")
+    with transaction(svc.sessions) as session:
+        row = session.get_one(QuarantineItem, item)
+        row.subject = SECRET_SUBJECT
+        row.summary = {"preview": "My biopsy came back.", "attachments": [{"filename": SECRET_FILE}]}
+    with platform_api(svc) as client:
+        url = "/api/v1/practices/acme/quarantine"
+        assert client.post(f"{url}/{item}/discard?as=frontdesk").status_code == 204
+        (shown,) = client.get(f"{url}?state=discarded").json()["items"]
+        assert shown["subject"] == SECRET_SUBJECT  # staff can look back at what was discarded, a while
+        assert purge_discarded(svc) == 0
+        with transaction(svc.sessions) as session:
+            decided = session.get_one(QuarantineItem, item)
+            decided.decided_at = utcnow() - timedelta(days=svc.settings.raw_retention_days + 1)
+        assert purge_discarded(svc) == 1
+        (shown,) = client.get(f"{url}?state=discarded").json()["items"]
+        assert (shown["subject"], shown["from"], shown["preview"], shown["attachments"]) == ("", "", None, [])
+        assert shown["decided_by"] == "staff:frontdesk"  # who discarded it, and when, stay
+        assert SECRET_SUBJECT not in client.get(f"{url}/{item}").text
+    assert purge_discarded(svc) == 0
