@@ -487,3 +487,31 @@ def test_what_a_discarded_item_held_of_its_mail_goes_after_the_retention_period(
         assert shown["decided_by"] == "staff:frontdesk"  # who discarded it, and when, stay
         assert SECRET_SUBJECT not in client.get(f"{url}/{item}").text
     assert purge_discarded(svc) == 0
+
+
+# ---- a stranger's console requests never wait on (nor hold) the database's writer gate ------------------
+
+
+def test_console_requests_without_a_live_session_never_take_the_writer_gate(svc: Services) -> None:
+    """Every console request, even without a cookie, took the SQLite writer gate the mail pipeline's
+    writes queue on: a flood of anonymous requests slowed mail intake. Now a request without a live
+    session is answered from a read while the gate is held by someone else."""
+    import threading
+
+    from mailbridge.domain.db import writer_gate
+
+    answers: list[int] = []
+    c = TestClient(create_app(svc), follow_redirects=False)
+    c.cookies.set("mb_console", "forged-session-token", path="/console")
+
+    def anonymous() -> None:
+        answers.append(c.get("/console/p/acme/").status_code)
+        answers.append(TestClient(create_app(svc), follow_redirects=False).get("/console/").status_code)
+
+    with writer_gate(svc.sessions):  # the pipeline is writing
+        worker = threading.Thread(target=anonymous)
+        worker.start()
+        worker.join(timeout=20)
+        finished = not worker.is_alive()
+    worker.join()
+    assert finished and answers == [303, 303]
