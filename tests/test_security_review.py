@@ -515,3 +515,50 @@ def test_console_requests_without_a_live_session_never_take_the_writer_gate(svc:
         finished = not worker.is_alive()
     worker.join()
     assert finished and answers == [303, 303]
+
+
+# ---- docs/security.md names tests that exist ----------------------------------------------------------
+
+
+def test_every_test_docs_security_names_exists() -> None:
+    """Each finding's regression test is named in docs/security.md: a renamed or deleted test makes
+    the document lie, so this fails instead. ``::name`` continues the file named before it."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "security.md").read_text()
+    current = ""
+    named: list[tuple[str, str]] = []
+    for found in re.finditer(r"`(?:(test_\w+\.py))?::(test_\w+)`|`(test_\w+\.py)`", text):
+        if found.group(3):
+            continue
+        current = found.group(1) or current or "test_security_review.py"
+        named.append((current, found.group(2)))
+    assert len(named) > 60
+    missing = [
+        f"{file}::{name}"
+        for file, name in named
+        if not re.search(rf"^(?:async )?def {name}\(", (root / "tests" / file).read_text(), re.M)
+    ]
+    assert missing == []
+
+
+def test_logout_locale_and_mailbox_deletion_need_the_csrf_token_too(svc: Services) -> None:
+    """The forms test_console.py checks, plus the three it did not: a page on another site must not
+    sign an operator out, switch their language or delete a mailbox."""
+    from mailbridge.domain.models import Mailbox, Operator
+
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, "acme")
+        session.add(Mailbox(practice_id=p.id, name="inbox", host="imap.acme.test", username="u", last_uid=0))
+    c = console(svc, "meta")
+    for path, data in (
+        ("/console/logout", {}),
+        ("/console/locale", {"locale": "fr"}),
+        ("/console/p/acme/mailboxes/delete", {"name": "inbox"}),
+    ):
+        for token in (None, "forged"):
+            form = data | ({"csrf": token} if token else {})
+            assert c.post(path, data=form).status_code == 403, (path, token)
+    assert c.get("/console/p/acme/").status_code == 200  # still signed in
+    with svc.sessions() as session:
+        assert session.scalar(select(Operator.locale).where(Operator.name == "meta")) == "en"
+        assert session.scalar(select(Mailbox.name)) == "inbox"
