@@ -119,7 +119,8 @@ def test_release_a_held_reply_with_hostile_text_shown_as_text(world: World) -> N
     text = page.inner_text("main")
     for where in ("subject", "body"):
         assert SCRIPT.format(where) in text  # shown, as text
-    assert "onerror=alert('file')>.pdf" in page.inner_text("td.filename")
+    # the name as stored (angle brackets made harmless on intake), shown as text
+    assert "onerror=alert('file')" in page.inner_text("td.filename")
     page.goto(f"{world.base}/console/p/acme/inbound/{item.inbound_id}")
     assert SCRIPT.format("name") in page.inner_text("table.headers")
     page.goto(f"{world.base}/console/p/acme/quarantine/{item.id}")
@@ -202,11 +203,21 @@ def test_reprocess_after_fixing_the_clients_address(world: World) -> None:
 
 
 def test_unsuppress(world: World) -> None:
-    from mailbridge.outbound.bounces import note_bounce
+    from mailbridge.domain import suppressions
+    from mailbridge.domain.models import SuppressionReason
 
-    with transaction(world.services.sessions) as session:
+    with transaction(world.services.sessions) as session:  # what a 5.1.1 DSN at a VERP address records
         practice_id = session.execute(select(InboundLog.practice_id).limit(1)).scalar_one()
-        note_bounce(session, practice_id, "dave@client.test", True, "550 5.1.1 mailbox unknown")
+        suppressions.record(
+            session,
+            practice_id,
+            "dave@client.test",
+            SuppressionReason.hard_bounce,
+            status="5.1.1",
+            diagnostic="smtp; 550 5.1.1 mailbox unknown",
+            outbox_id=None,
+            policy=suppressions.SuppressionPolicy(),
+        )
     page = world.page()
     page.goto(f"{world.base}/console/p/acme/deliveries")
     row = page.locator("#suppressions ~ table tr", has_text="dave@client.test")
