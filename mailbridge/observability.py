@@ -260,6 +260,18 @@ class _WithoutPractices(Collector):
                 yield family
 
 
+def public_readiness(checks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What /readyz shows without a key: every check's verdict, numbers and error class names, never
+    a name (the practices a node cannot sign for become their count)."""
+    shown: dict[str, dict[str, Any]] = {}
+    for name, check in checks.items():
+        public = {k: v for k, v in check.items() if k in ("ok", "seconds", "error", "count")}
+        if isinstance(check.get("cannot_sign"), dict):
+            public["count"] = len(check["cannot_sign"])
+        shown[name] = public
+    return shown
+
+
 def render_metrics(services: Services) -> tuple[bytes, str]:
     try:
         depth, age = _outbox_stats(services)

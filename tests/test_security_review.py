@@ -298,10 +298,7 @@ def test_readyz_without_the_key_names_no_practice_and_with_it_says_which(svc: Se
         ready = anyone.get("/readyz")
         assert ready.status_code == 503
         assert "beta" not in ready.text and "mbsecret1" not in ready.text
-        assert ready.json()["checks"]["dkim"] == {
-            "ok": False,
-            "error": "cannot sign for 1 practice(s): /readyz with the platform key names them",
-        }
+        assert ready.json()["checks"]["dkim"] == {"ok": False, "count": 1}
         wrong_key = anyone.get("/readyz", headers={"Authorization": "Bearer not-the-key"})
         assert "beta" not in wrong_key.text
         practice_key = anyone.get("/readyz", headers={"Authorization": "Bearer mbk_x"})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -47,18 +45,16 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/readyz", tags=["ops"])
     def readyz(request: Request) -> Response:
         """No key (load balancers and orchestrators probe it): booleans, the outbox lag in seconds,
-        and an error class name; nothing about practices, people or mail. With the platform key,
-        also which practices this node cannot DKIM-sign for, and why (``checks.dkim.cannot_sign``)."""
-        from mailbridge.observability import readiness
+        counts and an error class name; nothing about practices, people or mail. With the platform
+        key, the details an operator acts on (which practices this node cannot sign for)."""
+        from mailbridge.observability import public_readiness, readiness
 
         checks = readiness(services)
         status = 200 if all(c["ok"] for c in checks.values()) else 503
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        given = given.strip()
-        platform = scheme.lower() == "bearer" and given.isascii() and given.isprintable()
-        if not (platform and is_platform_key(given, services.settings.api_key)):
-            checks = _public(checks)
-        return JSONResponse({"ready": status == 200, "checks": checks}, status_code=status)
+        operator = scheme.lower() == "bearer" and is_platform_key(given.strip(), services.settings.api_key)
+        shown = checks if operator else public_readiness(checks)
+        return JSONResponse({"ready": status == 200, "checks": shown}, status_code=status)
 
     @app.get("/metrics", tags=["ops"], dependencies=[Depends(require_platform)])
     def metrics() -> Response:
@@ -68,20 +64,3 @@ def create_app(services: Services) -> FastAPI:
         return Response(body, media_type=content_type)
 
     return app
-
-
-def _public(checks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """What anyone may read: the DKIM check names practices (their slugs, their keys' trouble), so
-    without the platform key it says only how many cannot be signed for."""
-    dkim = checks.get("dkim")
-    if dkim is None:
-        return checks
-    failing = dkim.get("cannot_sign") or {}
-    shown: dict[str, Any] = {"ok": dkim["ok"]}
-    if failing:
-        shown["error"] = (
-            f"cannot sign for {len(failing)} practice(s): /readyz with the platform key names them"
-        )
-    elif "error" in dkim:
-        shown["error"] = dkim["error"]
-    return checks | {"dkim": shown}
