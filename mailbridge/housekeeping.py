@@ -1,5 +1,5 @@
-"""Housekeeping: raw copies of refused mail, and what discarded quarantine items held of their mail,
-are kept only for the retention period; crash leftovers and expired soft suppressions go."""
+"""Housekeeping: raw copies of refused mail are kept only for the retention period; crash leftovers and
+expired soft suppressions go."""
 
 from __future__ import annotations
 
