@@ -21,7 +21,7 @@ from sqlalchemy import and_, or_, select, update
 
 from mailbridge.domain import suppressions
 from mailbridge.domain.db import transaction
-from mailbridge.domain.erasure import raw_refs
+from mailbridge.domain.erasure import erase_item, raw_refs
 from mailbridge.domain.models import InboundLog, InboundState, QuarantineItem, utcnow
 from mailbridge.wiring import Services
 
@@ -85,6 +85,26 @@ def purge_raw(services: Services) -> int:
     return removed
 
 
+def purge_discarded(services: Services) -> int:
+    """Discarded mail is kept nowhere: its raw copy goes at once, and what its quarantine item held of
+    it (subject, sender, preview, file names) once ``raw_retention_days`` have passed, the time staff
+    have to look back at what was discarded. The item stays (who discarded it, when, why)."""
+    cutoff = utcnow() - timedelta(days=services.settings.raw_retention_days)
+    with transaction(services.sessions) as session:
+        items = session.scalars(
+            select(QuarantineItem).where(
+                QuarantineItem.state == "discarded",
+                QuarantineItem.decided_at < cutoff,
+                (QuarantineItem.subject != "") | (QuarantineItem.from_address != ""),
+            )
+        ).all()
+        for item in items:
+            erase_item(item)
+    if items:
+        log.info("discarded_mail_erased", extra={"count": len(items)})
+    return len(items)
+
+
 def purge_suppressions(services: Services) -> int:
     """Soft suppressions (and soft counts) whose period ended: gone from the API and the tables."""
     with transaction(services.sessions) as session:
@@ -135,6 +155,7 @@ async def run_housekeeping(services: Services, stop: asyncio.Event, every: float
     while not stop.is_set():
         try:
             await asyncio.to_thread(purge_raw, services)
+            await asyncio.to_thread(purge_discarded, services)
             await asyncio.to_thread(purge_suppressions, services)
             await asyncio.to_thread(sweep_raw_objects, services)
         except Exception:

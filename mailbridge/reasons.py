@@ -177,6 +177,14 @@ _ENTRIES: tuple[tuple[str, str, str, str, str, str], ...] = (
         _NOTHING[1],
     ),
     (
+        "report_too_late",
+        "dropped",
+        "A report reached a notification's signed bounce address long after the notification left (over 7 days for a bounce, 30 for a complaint): mail servers report within days, so this is someone replaying the address, and it suppresses nobody.",
+        "Nothing to do; if many arrive, someone has a notification's headers and is trying to silence its recipient.",
+        "Un rapport a atteint l'adresse de retour signée d'une notification longtemps après son envoi (plus de 7 jours pour un avis de non-remise, 30 pour une plainte) : les serveurs signalent en quelques jours, c'est donc quelqu'un qui réutilise l'adresse, et personne n'est suspendu.",
+        "Rien à faire ; s'il en arrive beaucoup, quelqu'un a les en-têtes d'une notification et tente de faire taire son destinataire.",
+    ),
+    (
         "operator_forward",
         "dropped",
         "Mail forwarded to the practice's operator address bounced: the operator address is the problem, nobody is suppressed.",

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from mailbridge.domain.models import Attachment, AuditEvent, InboundLog, QuarantineItem
+from mailbridge.domain.models import (
+    Attachment,
+    AuditEvent,
+    InboundLog,
+    Outbox,
+    OutboxKind,
+    OutboxState,
+    QuarantineItem,
+)
 from mailbridge.wiring import Services
 from tests.conftest import API_KEY, make_services, seed
 from tests.mailhelpers import live_server, open_conversation, reply_address, reply_message, send
@@ -142,3 +150,32 @@ def test_deleting_a_conversation_discards_and_erases_mail_still_held_for_it(worl
         rows = session.scalars(select(InboundLog)).all()
         assert [(r.raw_ref, r.from_header) for r in rows] == [(None, None), (None, None)]
         assert session.get_one(QuarantineItem, item).state == "discarded"
+
+
+def test_deleting_a_conversation_erases_the_file_names_its_notices_named(world: Any) -> None:
+    """A reply whose file was withheld is posted, and its sender gets a notice naming the file; the
+    notice's payload kept the name (and the email's Message-ID) after the conversation was deleted."""
+    services, server, api = world
+    data = services.settings.data_dir
+    conv = open_conversation(services, subject="Lab results")
+    address = reply_address(services, conv, "alice")
+    msg = reply_message("alice@client.test", address, "Here is the program you asked about.")
+    msg.add_attachment(
+        b"MZ\x90\x00" + b"\x00" * 60,
+        maintype="application",
+        subtype="octet-stream",
+        filename=f"{FILE_WORD}.exe",
+    )
+    assert send(server, msg, "alice@client.test", address)[0] == 250
+    assert files_containing(data, FILE_WORD)  # the message and the notice, in the database
+    with services.sessions() as session:
+        notice = session.scalars(select(Outbox).where(Outbox.kind == OutboxKind.notice)).one()
+        assert any(FILE_WORD in f for f in notice.payload["files"])
+
+    assert api.delete(f"{BASE}/conversations/{conv}?as=dr-smith").status_code == 204
+
+    assert files_containing(data, FILE_WORD) == []
+    with services.sessions() as session:
+        notice = session.scalars(select(Outbox).where(Outbox.kind == OutboxKind.notice)).one()
+        assert notice.payload == {"reason": "attachment_withheld", "locale": "en", "erased": True}
+        assert notice.state == OutboxState.failed  # not sent after the deletion

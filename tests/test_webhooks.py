@@ -479,8 +479,8 @@ def test_refusals_and_quarantine_are_events_without_content(hooked: Any, api: An
 
 
 def test_notification_results_and_bounces_are_events(hooked: Any) -> None:
-    from mailbridge.domain import suppressions
-    from mailbridge.domain.models import Outbox
+    from mailbridge.domain import audit, suppressions
+    from mailbridge.domain.models import Outbox, Practice
     from mailbridge.domain.suppressions import SuppressionPolicy
     from mailbridge.inbound.classify import BouncedRecipient, Classification
     from mailbridge.inbound.envelope import Target
@@ -502,7 +502,8 @@ def test_notification_results_and_bounces_are_events(hooked: Any) -> None:
         for _ in range(2):  # suppressed once: announced once
             record_report(session, target, Classification("bounce", "dsn", (failed,)), SuppressionPolicy())
     with transaction(hooked.sessions) as session:
-        assert suppressions.remove(session, row.practice_id, row.to_address)
+        practice = session.get_one(Practice, row.practice_id)
+        assert suppressions.remove(session, practice, row.to_address, audit.SERVICE)
     with hooked.sessions() as session:
         types = session.scalars(select(Event.type).order_by(Event.seq)).all()
     assert types == [

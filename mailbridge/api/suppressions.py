@@ -13,12 +13,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 
-from mailbridge.domain import directory, pagination, suppressions
+from mailbridge.access.apikeys import Principal
+from mailbridge.domain import audit, directory, pagination, suppressions
 from mailbridge.domain.db import transaction
 from mailbridge.domain.errors import NotFound
 from mailbridge.domain.models import Suppression, SuppressionReason, utcnow
 
-from .deps import ServicesDep
+from .deps import ServicesDep, require_api_key
 from .paging import PageQuery, page_query
 
 router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["mail"])
@@ -79,9 +80,14 @@ def list_suppressions(
 
 
 @router.delete("/suppressions/{address}", status_code=204)
-def delete_suppression(practice: str, address: str, svc: ServicesDep) -> Response:
+def delete_suppression(
+    practice: str, address: str, svc: ServicesDep, who: Annotated[Principal, Depends(require_api_key)]
+) -> Response:
+    """Audited (``suppression_removed``, actor ``api`` for the platform key, ``api-key:<id>`` for a
+    practice key): notifications go to the address again at once."""
+    actor = audit.SERVICE if who.key_id is None else audit.Actor(f"api-key:{who.key_id}")
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        if not suppressions.remove(session, p.id, address):
+        if not suppressions.remove(session, p, address, actor):
             raise NotFound("suppression_not_found", "no suppression for this address", "address")
     return Response(status_code=204)

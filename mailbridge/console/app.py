@@ -152,31 +152,37 @@ def create_console(services: Services) -> FastAPI:
         peer = auth.client_address(request, settings)
         keys = auth.throttle_keys(name, peer)
         _ = translator(negotiate(request.headers.get("accept-language", "")))
-        with writer_gate(svc.sessions), transaction(svc.sessions) as session:
-            wait = auth.blocked_for(session, keys)
-        if wait:
-            log.warning("console_login_throttled", extra={"peer": peer})
-            message = _("Too many failed sign-ins. Try again in {seconds} seconds.").format(seconds=wait)
-            return _login_page(request, 429, message, wait)
-        with svc.sessions() as session:
-            operator = accounts.get_operator(session, name)
-            good = accounts.verify(operator, password)  # argon2: outside any write lock
+        with auth.verify_slot() as free:
+            if not free:  # every slot busy checking a password: a burst, or someone making one
+                log.warning("console_login_busy", extra={"peer": peer})
+                return _login_page(request, 429, _("Too many sign-ins at once. Try again in a moment."), 1)
+            # The attempt counts before its password is checked (taken back below if it was right).
+            with writer_gate(svc.sessions), transaction(svc.sessions) as session:
+                wait = auth.blocked_for(session, keys)
+                if not wait:
+                    blocked = [
+                        auth.note_failure(
+                            session,
+                            keys[0],
+                            settings.console_login_max_failures,
+                            settings.console_login_window_seconds,
+                        ),
+                        auth.note_failure(
+                            session,
+                            keys[1],
+                            settings.console_login_max_failures_per_address,
+                            settings.console_login_window_seconds,
+                        ),
+                    ]
+            if wait:
+                log.warning("console_login_throttled", extra={"peer": peer})
+                message = _("Too many failed sign-ins. Try again in {seconds} seconds.").format(seconds=wait)
+                return _login_page(request, 429, message, wait)
+            with svc.sessions() as session:
+                operator = accounts.get_operator(session, name)
+                good = accounts.verify(operator, password)  # argon2: outside any write lock
         with writer_gate(svc.sessions), transaction(svc.sessions) as session:
             if not good or operator is None:
-                blocked = [
-                    auth.note_failure(
-                        session,
-                        keys[0],
-                        settings.console_login_max_failures,
-                        settings.console_login_window_seconds,
-                    ),
-                    auth.note_failure(
-                        session,
-                        keys[1],
-                        settings.console_login_max_failures_per_address,
-                        settings.console_login_window_seconds,
-                    ),
-                ]
                 if operator is not None:
                     session.add(_audit_row(operator, "login_failed", peer))
                 log.warning("console_login_failed", extra={"peer": peer})
@@ -191,6 +197,7 @@ def create_console(services: Services) -> FastAPI:
             if accounts.needs_rehash(fresh):
                 fresh.password_hash = accounts.HASHER.hash(password)
             auth.clear_failures(session, keys[0])
+            auth.forgive(session, keys[1])
             auth.purge_expired(session, settings)
             token = auth.open_session(session, fresh, settings, peer)
             session.add(_audit_row(fresh, "login", peer))

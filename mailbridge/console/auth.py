@@ -6,23 +6,29 @@
 * Each session has its own CSRF token, put in every form and compared in constant time on every
   POST (OWASP's synchroniser token). The sign-in form, before any session, uses a double-submit
   cookie. The cookie is also SameSite=Strict: a request started by another site carries no session.
-* Failed sign-ins are counted per account and per client address in ``console_login_throttle``:
-  past the limit within the window, sign-in answers 429 with Retry-After until the window ends,
-  without even checking the password (argon2 costs memory and time: it must not be a free DoS).
+* Failed sign-ins are counted per account and per client address (an IPv6 client by its /64) in
+  ``console_login_throttle``: past the limit within the window, sign-in answers 429 with
+  Retry-After until the window ends, without even checking the password (argon2 costs memory and
+  time: it must not be a free DoS). An attempt is counted before its password is checked (and taken
+  back if it was right), and at most ``VERIFY_SLOTS`` passwords are checked at once per process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import math
 import secrets
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from fastapi import Request
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailbridge.domain.models import LoginThrottle, Operator, OperatorSession, utcnow
@@ -165,7 +171,21 @@ def check_csrf(expected: str, given: str | None) -> None:
 
 
 def throttle_keys(name: str, address: str) -> tuple[str, str]:
-    return f"account:{name.strip().lower()[:320]}", f"address:{address[:64]}"
+    """The account's key and the client's: an IPv6 client counts by its /64 (RFC 6177: one site's
+    prefix; a host given a /64 has 2^64 addresses to walk around a per-address count)."""
+    return f"account:{name.strip().lower()[:320]}", f"address:{client_network(address)}"
+
+
+def client_network(address: str) -> str:
+    try:
+        parsed = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return address[:64]
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
 
 
 def blocked_for(session: Session, keys: tuple[str, ...], now: datetime | None = None) -> int:
@@ -178,15 +198,34 @@ def blocked_for(session: Session, keys: tuple[str, ...], now: datetime | None = 
     return math.ceil(max(waits)) if waits else 0
 
 
+def _locked_row(session: Session, key: str, now: datetime) -> LoginThrottle:
+    """The key's row, locked until the commit (PostgreSQL: two sign-ins at once never both read the
+    same count; SQLite: the writer gate already orders them); created when absent."""
+    row = session.get(LoginThrottle, key, with_for_update=True)
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            row = LoginThrottle(key=key, failures=0, window_started_at=now)
+            session.add(row)
+            session.flush()
+        return row
+    except IntegrityError:  # the other sign-in created it first: count on that one
+        found = session.get(LoginThrottle, key, with_for_update=True, populate_existing=True)
+        assert found is not None
+        return found
+
+
 def note_failure(session: Session, key: str, limit: int, window_seconds: int) -> bool:
-    """Count one failure for *key*; True when the key is now blocked for the rest of the window."""
+    """Count one attempt for *key*; True when the key is now blocked for the rest of the window.
+
+    Sign-in counts the attempt *before* checking the password and takes it back on success
+    (:func:`forgive`): attempts still being checked count too, so a burst of parallel requests gets
+    no more guesses than the limit (counting after the check let every request in flight through)."""
     now = utcnow()
     window = timedelta(seconds=window_seconds)
-    row = session.get(LoginThrottle, key)
-    if row is None:
-        row = LoginThrottle(key=key, failures=0, window_started_at=now)
-        session.add(row)
-    elif row.window_started_at + window <= now:
+    row = _locked_row(session, key, now)
+    if row.window_started_at + window <= now:
         row.failures, row.window_started_at, row.blocked_until = 0, now, None
     row.failures += 1
     if row.failures >= limit:
@@ -195,5 +234,32 @@ def note_failure(session: Session, key: str, limit: int, window_seconds: int) ->
     return False
 
 
+def forgive(session: Session, key: str) -> None:
+    """A successful sign-in takes back the attempt counted for it (an office behind one address
+    signs in many times a day); the block, if the attempt caused one, goes with it."""
+    row = session.get(LoginThrottle, key, with_for_update=True)
+    if row is not None and row.failures > 0:
+        row.failures -= 1
+        row.blocked_until = None
+
+
 def clear_failures(session: Session, key: str) -> None:
     session.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
+
+
+# At most this many passwords are checked at once by this process: argon2id with the library's
+# defaults takes 64 MiB and ~0.1-0.2 s of CPU each, so unbounded parallel sign-ins (from many
+# addresses, or before any failure is counted) would take the node's memory and CPU from the mail.
+VERIFY_SLOTS = 4
+_verifying = threading.BoundedSemaphore(VERIFY_SLOTS)
+
+
+@contextlib.contextmanager
+def verify_slot(wait_seconds: float = 0.5) -> Iterator[bool]:
+    """A slot to check one password in, or False when every slot stayed busy for *wait_seconds*."""
+    got = _verifying.acquire(timeout=wait_seconds)
+    try:
+        yield got
+    finally:
+        if got:
+            _verifying.release()

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailbridge.domain.db import transaction, writer_gate
-from mailbridge.domain.models import OperatorAudit, Practice
+from mailbridge.domain.models import OperatorAudit, OperatorSession, Practice
 from mailbridge.wiring import Services
 
 from . import accounts, auth
@@ -31,6 +31,13 @@ ServicesDep = Annotated[Services, Depends(services)]
 def current(request: Request, svc: ServicesDep) -> Ctx:
     """The signed-in operator, or LoginRequired (the handler sends the browser to the sign-in page)."""
     token = request.cookies.get(auth.COOKIE)
+    # No cookie, or one naming no session (a stranger's request): answered from a read, without the
+    # SQLite writer gate the mail pipeline's writes wait on (a flood of those must not slow intake).
+    if not token or len(token) > 128:
+        raise auth.LoginRequired()
+    with svc.sessions() as session:
+        if session.get(OperatorSession, auth.token_hash(token)) is None:
+            raise auth.LoginRequired()
     with writer_gate(svc.sessions), transaction(svc.sessions) as session:
         info, operator = auth.load_session(session, token, svc.settings)
         scope = accounts.scope_of(session, operator)

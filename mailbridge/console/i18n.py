@@ -44,6 +44,8 @@ FR: dict[str, str] = {
     "Password": "Mot de passe",
     "Wrong name or password.": "Nom ou mot de passe incorrect.",
     "Too many failed sign-ins. Try again in {seconds} seconds.": "Trop d'échecs de connexion. Réessayez dans {seconds} secondes.",
+    "Too many sign-ins at once. Try again in a moment.": "Trop de connexions en même temps. Réessayez dans un instant.",
+    "At most {n} test sends an hour: try again later.": "Au plus {n} envois de test par heure : réessayez plus tard.",
     "Your session has ended; please sign in again.": "Votre session a pris fin ; reconnectez-vous.",
     # errors
     "Not found": "Introuvable",

@@ -214,14 +214,58 @@ def inbound_list(
     )
 
 
+# What an operator without content rights may read of a header block: the fields that say how mail
+# travelled and was judged. Any other field may repeat what the mail says (Outlook's Thread-Topic,
+# X-Original-Subject, Keywords, Comments, a sender's own X- fields…): its name is shown, never its value.
+HANDLING_HEADERS = frozenset(
+    {
+        "return-path",
+        "received",
+        "delivered-to",
+        "x-original-to",
+        "envelope-to",
+        "from",
+        "sender",
+        "reply-to",
+        "to",
+        "cc",
+        "date",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "authentication-results",
+        "arc-authentication-results",
+        "arc-seal",
+        "arc-message-signature",
+        "dkim-signature",
+        "received-spf",
+        "mime-version",
+        "content-transfer-encoding",
+        "auto-submitted",
+        "precedence",
+        "x-auto-response-suppress",
+        "list-id",
+        "x-mailer",
+        "user-agent",
+        "x-forwarded-to",
+        "x-forwarded-for",
+    }
+)
+
+
 def _headers(raw: bytes, content: bool) -> list[tuple[str, str]]:
-    """The header block as sent (undecoded, bounded); the Subject only for operators with content rights."""
+    """The header block as sent (undecoded, bounded). Without content rights, only the handling fields
+    keep their value, and Content-Type only its media type (its ``name=`` is a file's name)."""
     msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
     out = []
     for name, value in list(msg.items())[:MAX_HEADERS]:
         shown = str(value)[:4000]
-        if name.lower() == "subject" and not content:
-            shown = "—"
+        lowered = str(name).strip().lower()
+        if not content:
+            if lowered == "content-type":
+                shown = shown.split(";", 1)[0].strip()
+            elif lowered not in HANDLING_HEADERS:
+                shown = "—"
         out.append((str(name), shown))
     return out
 
@@ -323,7 +367,9 @@ def _conversation_kind(session: Any, item: Any) -> str:
         conv = session.get(Conversation, item.conversation_id)
         return conv.kind.value if conv is not None else ConversationKind.private.value
     route = (
-        session.query(Route).filter(Route.address == item.route_address).first()
+        session.query(Route)
+        .filter(Route.practice_id == item.practice_id, Route.address == item.route_address)
+        .first()
         if item.route_address
         else None
     )
@@ -515,7 +561,10 @@ def unsuppress_address(
     auth.check_csrf(ctx.csrf, csrf)
     assert ctx.practice is not None
     with writer_gate(svc.sessions), transaction(svc.sessions) as session:
-        found = suppressions.remove(session, ctx.practice.id, address)
+        practice = directory.get_practice(session, ctx.practice.slug)
+        found = suppressions.remove(
+            session, practice, address, domain_audit.Actor.operator(ctx.operator.name)
+        )
         if found:
             record(
                 session,
@@ -732,6 +781,11 @@ def template_preview(
     return response
 
 
+# A test send goes to the operator's own address only, signed as the practice: a few an hour are
+# plenty, and a stolen session cannot make the practice's domain a source of mail floods.
+TEST_SENDS_PER_HOUR = 10
+
+
 @router.post(P + "/templates/test")
 def template_test(
     request: Request,
@@ -751,6 +805,15 @@ def template_test(
             ctx,
             "/templates",
             error=_("Your account has no email address (mailbridge operator add --email)."),
+            **params,
+        )
+    with svc.sessions() as session:
+        recent = queries.recent_actions(session, ctx.operator.id, "test_sent", hours=1)
+    if recent >= TEST_SENDS_PER_HOUR:
+        return _back(
+            ctx,
+            "/templates",
+            error=_("At most {n} test sends an hour: try again later.").format(n=TEST_SENDS_PER_HOUR),
             **params,
         )
     sample = samples.render_sample(svc, ctx.practice, template, locale, reason)

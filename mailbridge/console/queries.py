@@ -430,6 +430,21 @@ def audit_page(
     return _page(session, query, limit, "created_at")
 
 
+def recent_actions(session: Session, operator_id: int, action: str, hours: int) -> int:
+    """How many times this operator did *action* in the last *hours* (a rate limit's count)."""
+    since = utcnow() - timedelta(hours=hours)
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                OperatorAudit.operator_id == operator_id,
+                OperatorAudit.action == action,
+                OperatorAudit.created_at >= since,
+            )
+        )
+        or 0
+    )
+
+
 def audit_for(session: Session, practice_id: int, kind: str, target_id: str) -> list[OperatorAudit]:
     return list(
         session.scalars(

@@ -3,6 +3,7 @@ every console response carries (CSP, no caching, nosniff, no referrer)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -47,6 +48,7 @@ def environment() -> Environment:
     )
     env.filters["when"] = _when
     env.filters["size"] = _size
+    env.filters["extension"] = _extension
     env.globals["query"] = _query
     return env
 
@@ -62,6 +64,16 @@ def _size(value: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+_EXTENSION = re.compile(r"\.([A-Za-z0-9]{1,10})$")
+
+
+def _extension(filename: str | None) -> str:
+    """``.pdf`` of ``results.pdf``: the kind of file an operator without content rights may see,
+    never its name (a file's name says what the mail says)."""
+    found = _EXTENSION.search((filename or "").strip())
+    return "." + found.group(1).lower() if found else ""
 
 
 def _query(**params: Any) -> str:

@@ -3,9 +3,10 @@
 Seed 003: "Once deleted please keep in mind this action is permanent and cannot be recovered." A
 message that came by email leaves copies beside its own row: the raw ``.eml`` (kept while a reply
 waits in quarantine, and for the retention period when it was refused), the inbound log's From,
-envelope sender, Message-ID, Authentication-Results and per-attachment details, and the quarantine
-item's subject, sender and summary. ``conversations.delete_*`` erase the message rows and report
-the attachment blobs no row references any more; this module erases the rest. What stays is the
+envelope sender, Message-ID, Authentication-Results and per-attachment details, the quarantine
+item's subject, sender and summary, and the notices it caused (their payload names its files).
+``conversations.delete_*`` erase the message rows and report the attachment blobs no row references
+any more; this module erases the rest. What stays is the
 shape of what happened (when, which door, the decision and its reason, sizes) and the audit rows,
 never text written by a person.
 
@@ -24,7 +25,16 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import audit, events
-from mailbridge.domain.models import InboundLog, Practice, QuarantineItem, ReplyToken, utcnow
+from mailbridge.domain.models import (
+    InboundLog,
+    Outbox,
+    OutboxKind,
+    OutboxState,
+    Practice,
+    QuarantineItem,
+    ReplyToken,
+    utcnow,
+)
 
 ERASED = {"erased": True}
 
@@ -40,11 +50,39 @@ def raw_refs(row: InboundLog) -> list[str]:
     return [ref for ref in (row.raw_ref, row.raw_path) if ref]
 
 
+def erase_notices(session: Session, rows: Sequence[InboundLog]) -> None:
+    """The notices these emails caused (a file withheld, a reply refused) name the sender's files and
+    the email's Message-ID in their payload: erased too, and a notice not sent yet is not sent."""
+    wanted: dict[tuple[int, str], set[str]] = {}
+    for row in rows:
+        said = (row.details or {}).get("message_id") or row.message_id_header
+        sender = row.from_header or row.mail_from
+        if row.practice_id is not None and said and sender:
+            wanted.setdefault((row.practice_id, sender.lower()), set()).add(str(said))
+    for (practice_id, sender), message_ids in wanted.items():
+        notices = session.scalars(
+            select(Outbox).where(
+                Outbox.practice_id == practice_id,
+                Outbox.to_address == sender,
+                Outbox.kind == OutboxKind.notice,
+            )
+        ).all()
+        for notice in notices:
+            payload = notice.payload or {}
+            if str(payload.get("in_reply_to") or "") not in message_ids:
+                continue
+            notice.payload = {"reason": payload.get("reason"), "locale": payload.get("locale"), **ERASED}
+            if notice.state == OutboxState.pending:
+                notice.state = OutboxState.failed
+                notice.last_answer = "cancelled: message deleted"
+
+
 def erase_rows(
     session: Session, rows: Sequence[InboundLog], raw: list[str] | None = None
 ) -> list[QuarantineItem]:
     """Erase what these inbound rows and their quarantine items hold of the mail; returns those items.
     The raw copies' references are appended to *raw*, to delete after the commit."""
+    erase_notices(session, rows)
     for row in rows:
         if raw is not None:
             raw.extend(raw_refs(row))

@@ -6,7 +6,8 @@ VERP address, only for that row's recipient). Here: how a row accumulates and en
 * ``hard_bounce`` and ``complaint`` suppress at once, until the row is removed
   (``DELETE …/suppressions/{address}``).
 * ``soft_bounce`` counts: the address is suppressed once ``soft_limit`` soft bounces were seen, each
-  within ``soft_days`` of the previous one; the row ends ``soft_days`` after the last one, whether it
+  within ``soft_days`` of the previous one, one per notification (a row reported on again counts
+  once, unless the new report is stronger); the row ends ``soft_days`` after the last one, whether it
   got to suppress or not (``expires_at``), and a later soft bounce starts counting afresh.
 * A stronger report replaces a weaker one's reason (soft < hard, complaint); a weaker one only
   counts and moves ``last_seen``.
@@ -17,6 +18,7 @@ address), so it goes when the row goes, expires with it, and never follows them 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,8 +27,11 @@ from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailbridge.domain import events
-from mailbridge.domain.models import Suppression, SuppressionReason, utcnow
+from mailbridge.domain import audit, events
+from mailbridge.domain.models import Practice, Suppression, SuppressionReason, utcnow
+from mailbridge.logs import redact_address
+
+log = logging.getLogger(__name__)
 
 _RANK = {SuppressionReason.soft_bounce: 1, SuppressionReason.hard_bounce: 2, SuppressionReason.complaint: 2}
 BOUNCING = frozenset({SuppressionReason.hard_bounce, SuppressionReason.soft_bounce})
@@ -87,6 +92,12 @@ def record(
             row = found
     elif not _is_live(row, now):  # an expired soft suppression: this report starts afresh
         row.reason, row.count, row.active, row.first_seen = reason, 0, False, now
+    elif outbox_id is not None and row.outbox_id == outbox_id and _RANK[reason] <= _RANK[row.reason]:
+        # The same notification reported on again: an MTA reports a message's failure once, so a
+        # second report adds nothing (one VERP address replayed must not add up to a suppression).
+        row.last_seen = now
+        session.flush()
+        return row
     was_active = row.active
     if _RANK[reason] >= _RANK[row.reason]:
         row.reason = reason
@@ -172,16 +183,36 @@ def listing(
     return session.scalars(query.order_by(Suppression.last_seen.desc(), Suppression.id).limit(limit)).all()
 
 
-def remove(session: Session, practice_id: int, address: str) -> bool:
+def remove(session: Session, practice: Practice, address: str, actor: audit.Actor) -> bool:
     """Forget an address (the practice fixed it, or asks to try again); True when there was a row.
-    An address that was suppressed is announced as ``address.unsuppressed`` (webhooks)."""
-    row = _get(session, practice_id, normalize(address))
+
+    Notifications go to the address again at once, so who did it is kept: an audit row
+    (``suppression_removed``: the address, what it was suppressed for) and an INFO line (redacted),
+    whichever door asked (the API, the console)."""
+    row = _get(session, practice.id, normalize(address))
     if row is None:
         return False
+    audit.record(
+        session,
+        practice,
+        "suppression_removed",
+        actor,
+        "suppression",
+        str(row.id),
+        {"address": row.address, "reason": row.reason.value, "status": row.status, "count": row.count},
+    )
+    log.info(
+        "suppression_removed",
+        extra={
+            "practice": practice.slug,
+            "to": redact_address(row.address),
+            "reason": row.reason.value,
+            "actor": actor.label,
+        },
+    )
     if row.active and _is_live(row, utcnow()):
-        events.address_unsuppressed(session, practice_id, row.address, row.reason.value)
-    session.delete(row)
-    session.flush()
+        events.address_unsuppressed(session, practice.id, row.address, row.reason.value)
+    session.execute(delete(Suppression).where(Suppression.id == row.id))
     return True
 
 

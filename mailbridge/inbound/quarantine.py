@@ -31,6 +31,7 @@ from mailbridge.domain import audit, directory, events, pagination
 from mailbridge.domain import conversations as convs
 from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction
+from mailbridge.domain.domains import domain_of, owns
 from mailbridge.domain.erasure import raw_refs
 from mailbridge.domain.errors import Conflict, Invalid, NotFound
 from mailbridge.domain.fingerprint import Fingerprint
@@ -207,6 +208,16 @@ def describe(
 # ---- deciding -----------------------------------------------------------------------------------------
 
 
+def require_own_mail(session: Session, practice: Practice, item: QuarantineItem) -> None:
+    """Mail a route caught on a domain that is not this practice's (held before ownership was
+    enforced, issue 11 #6) is another's mail: it may be discarded, never released. Here, in the one
+    release every door calls (the API and the console), so no door can skip it."""
+    if item.route_address and not owns(session, practice, domain_of(item.route_address)):
+        raise Conflict(
+            "domain_not_owned", "this mail was sent to a domain that is not this practice's", "item"
+        )
+
+
 def staff_actor(session: Session, practice: Practice, external_id: str | None) -> audit.Actor:
     """The staff member deciding, named by ``?as=``: required, so every decision has someone behind it."""
     if not external_id:
@@ -238,6 +249,7 @@ def release(
     commit.
     """
     item = held_item(session, practice, item_id)
+    require_own_mail(session, practice, item)
     inbound = session.get_one(InboundLog, item.inbound_id)
     settings = convs.practice_settings(practice)
     source = MessageSource.imap if inbound.door == "imap" else MessageSource.email
@@ -644,5 +656,6 @@ __all__ = [
     "item_out",
     "list_items",
     "release",
+    "require_own_mail",
     "staff_actor",
 ]

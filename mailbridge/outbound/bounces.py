@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import events, suppressions
-from mailbridge.domain.models import Outbox, SuppressionReason
+from mailbridge.domain.models import Outbox, SuppressionReason, utcnow
 from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.inbound.classify import BouncedRecipient, Classification
 from mailbridge.inbound.envelope import Target
@@ -70,6 +70,9 @@ def record_report(
         kind=result.kind,
         row_recipient=row.to_address if row is not None else None,
         row_kind=row.kind.value if row is not None else None,
+        row_age_days=(utcnow() - (row.sent_at or row.created_at)).total_seconds() / 86400
+        if row is not None
+        else None,
     )
     decision = judge_report(arrival, [_failure(b) for b in result.bounced])
     details: dict[str, Any] = {

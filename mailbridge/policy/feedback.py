@@ -66,6 +66,7 @@ class Arrival:
     kind: str  # the classification: bounce | complaint | auto_reply | human | loop
     row_recipient: str | None = None
     row_kind: str | None = None  # notification | notice | forward
+    row_age_days: float | None = None  # since the row was handed to the smarthost (or created)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,24 @@ def operator_mail_is_not_a_person(a: Arrival) -> Verdict | None:
     return None
 
 
+# How long after a notification left a report about it may still count. A remote MTA gives up and
+# reports within its queue lifetime (Postfix's maximal_queue_lifetime and Sendmail's are 5 days,
+# Exim's retry rules about 4): a week covers them. A complaint comes when the recipient clicks
+# "spam", perhaps weeks later: a month. Outbox rows are kept for ever, so without a limit a VERP
+# address seen once (a notification forwarded with its headers) could silence its recipient years
+# later.
+BOUNCE_REPORT_DAYS: Final = 7
+COMPLAINT_REPORT_DAYS: Final = 30
+
+
+def late_report_is_ignored(a: Arrival) -> Verdict | None:
+    """A report long after the notification left is no MTA's: someone replaying its VERP address."""
+    limit = COMPLAINT_REPORT_DAYS if a.kind == "complaint" else BOUNCE_REPORT_DAYS
+    if a.row_age_days is not None and a.row_age_days > limit:
+        return _ignore("late_report_is_ignored", "report_too_late")
+    return None
+
+
 def complaint_suppresses_row_recipient(a: Arrival) -> Verdict | None:
     """RFC 5965 feedback about our mail: the row's recipient asked not to get it (issue 16)."""
     if a.kind == "complaint":
@@ -171,6 +190,7 @@ ARRIVAL_RULES: Final[tuple[ArrivalRule, ...]] = (
     only_signed_verp_counts,
     row_must_exist,
     operator_mail_is_not_a_person,
+    late_report_is_ignored,
     complaint_suppresses_row_recipient,
     only_reports_count,
 )
