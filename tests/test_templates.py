@@ -27,6 +27,7 @@ from mailbridge.outbound.context import BODY_MAX_CHARS, split_withheld, wrap_tex
 from mailbridge.outbound.fanout import enqueue_email
 from mailbridge.outbound.render import HTML_MAX_BYTES, LOCALES, SAMPLE_LOGO, Renderer
 from mailbridge.outbound.sandbox import check_syntax, iter_links, remote_references
+from mailbridge.storage.vault import raw_key
 from tests.mailhelpers import open_conversation
 from tests.sink import Sink
 from tests.test_outbound import drain, enable_dkim, worker_for
@@ -170,7 +171,12 @@ def _everything_as_sent(services: Any, api: Any, tmp_path: Path) -> list[bytes]:
     raw.write_bytes(
         b"From: someone@example.org\r\nTo: postmaster@acme.test\r\nSubject: Hello\r\n\r\nHello postmaster.\r\n"
     )
+    with services.sessions() as session:
+        practice_id = directory.get_practice(session, "acme").id
     for lang in LOCALES:
+        # the forwarded original, stored as the pipeline stores raw mail (the object store; the vault
+        # opens the practice's data key in a transaction of its own, so before the one below)
+        ref = services.vault.put_path(raw_key(practice_id, f"fwd-{lang}"), raw, practice_id)
         with transaction(services.sessions) as session:
             practice = directory.get_practice(session, "acme")
             practice.locale = lang
@@ -182,7 +188,7 @@ def _everything_as_sent(services: Any, api: Any, tmp_path: Path) -> list[bytes]:
                 payload={"reason": "body_too_short", "locale": lang},
             )
             inbound = InboundLog(
-                door="smtp", raw_path=str(raw), raw_sha256=hashlib.sha256(raw.read_bytes()).hexdigest()
+                door="smtp", raw_sha256=hashlib.sha256(raw.read_bytes()).hexdigest(), raw_ref=ref
             )
             session.add(inbound)
             session.flush()

@@ -492,8 +492,11 @@ def _visible_html(root: _Node, visible: str) -> str | None:
                 holds.add(id(parent))
                 parent = parent.parent
     out: list[str] = []
+    deepest = 0
 
-    def write(node: _Node) -> None:
+    def write(node: _Node, depth: int = 0) -> None:
+        nonlocal deepest
+        deepest = max(deepest, depth)
         for child in node.children:
             spot = index.get(id(child))
             if spot is None:
@@ -509,11 +512,14 @@ def _visible_html(root: _Node, visible: str) -> str | None:
             elif id(child) in holds or (first < spot < last and not _has_words(child)):
                 # An element around kept words, or an empty spacer between them ("<div><br></div>").
                 out.append(f"<{child.tag}{_attributes(child)}>")
-                write(child)
+                write(child, depth + 1)
                 out.append(f"</{child.tag}>")
 
     write(root)
-    return sanitize_html("".join(out))
+    rebuilt = "".join(out)
+    if deepest > _MAX_SANITIZED_DEPTH:  # the same bound as any HTML we keep (finding 9)
+        rebuilt = bounded_nesting(rebuilt)
+    return sanitize_html(rebuilt)
 
 
 # --------------------------------------------------------------------------------------------------
