@@ -489,9 +489,8 @@ def emitted_codes() -> set[str]:
 
 def test_every_reason_the_code_records_is_explained() -> None:
     from mailbridge.domain.models import InboundState, OutboxState
-    from mailbridge.reasons import CATALOGUE
-
     from mailbridge.ingress.dataread import DataOutcome
+    from mailbridge.reasons import CATALOGUE
 
     codes = emitted_codes() | {s.value for s in OutboxState} | {"deferred", "held", "released", "discarded"}
     codes |= {o.value for o in DataOutcome if o.value != "ok"}  # the DATA reader's refusals (log rows)
