@@ -559,6 +559,7 @@ def sender_policy(ctx: Context) -> None:
             body=ctx.body,
             internal=ctx.internal,
             has_files=bool(ctx.parsed and ctx.parsed.attachments),
+            by_email=True,
         )
     )
     ctx.rule = verdict.rule
