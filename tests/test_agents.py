@@ -300,6 +300,28 @@ def test_an_inactive_agent_gets_nothing_and_cannot_post(seeded: Any, api: Any, l
     assert api.get(f"{BASE}/conversations?as=referrer").json()["code"] == "account_inactive"
 
 
+def test_replies_by_email_switched_off_tell_an_agent_to_contact_the_practice(
+    seeded: Any, api: Any, live: Any
+) -> None:
+    put_user(api, "referrer", AGENT)
+    conversation = create(api, participants=["alice", "referrer"])["id"]
+    (notification,) = to(deliver(seeded), "dr.referrer@client.test")
+    reply_to = str(notification["Reply-To"])
+    settings = {**PRACTICE["settings"], "reply_by_email": False}
+    assert api.put(BASE, json={**PRACTICE, "settings": settings}).status_code == 200
+    answer = reply_message("dr.referrer@client.test", reply_to, "Here is my report on Alice.")
+    assert send(live, answer, "dr.referrer@client.test", reply_to) == (
+        550,
+        b"5.7.1 This reply cannot be accepted; please contact the practice",
+    )
+    api.post(
+        f"{BASE}/conversations/{conversation}/messages", json={"author": "dr-smith", "body": "An update."}
+    )
+    (later,) = to(deliver(seeded), "dr.referrer@client.test")
+    assert later["Reply-To"] is None
+    assert "please contact the practice directly" in " ".join(plain_text(later).split())
+
+
 # ---- the app never posts as an agent; who may bring one in --------------------------------------------
 
 
