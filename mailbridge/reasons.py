@@ -752,10 +752,34 @@ _ENTRIES: tuple[tuple[str, str, str, str, str, str], ...] = (
     (
         "account_inactive",
         "policy",
-        "The staff member's account is inactive.",
+        "The staff member's or external agent's account is inactive: they read, post and receive nothing.",
         "Reactivate the account in the application if needed.",
-        "Le compte du membre du personnel est inactif.",
+        "Le compte du membre du personnel ou de l'intervenant extérieur est inactif : il ne lit, n'écrit et ne reçoit rien.",
         "Réactivez le compte dans l'application si besoin.",
+    ),
+    (
+        "external_by_email_only",
+        "policy",
+        "External agents (seed 003) take part by email only: the application cannot post in their name.",
+        "Let the agent reply to their notification email, or post as a staff member.",
+        "Les intervenants extérieurs (seed 003) participent uniquement par e-mail : l'application ne peut pas publier en leur nom.",
+        "Laissez l'intervenant répondre à son e-mail de notification, ou publiez en tant que membre du personnel.",
+    ),
+    (
+        "external_added_by_staff",
+        "policy",
+        "Only staff may include an external agent in a conversation (seed 003); a client may not.",
+        "Have a staff member start the conversation with the agent.",
+        "Seul le personnel peut inclure un intervenant extérieur dans une conversation (seed 003) ; un client ne le peut pas.",
+        "Demandez à un membre du personnel de démarrer la conversation avec l'intervenant.",
+    ),
+    (
+        "direct_staff_only",
+        "policy",
+        "A direct channel is between two staff members (seed 004): clients and external agents never join one.",
+        "Use a private conversation instead.",
+        "Un canal direct réunit deux membres du personnel (seed 004) : ni client ni intervenant extérieur n'y entre.",
+        "Utilisez plutôt une conversation privée.",
     ),
     (
         "direct_channel_closed",
@@ -1003,10 +1027,22 @@ _ENTRIES: tuple[tuple[str, str, str, str, str, str], ...] = (
     (
         "suppressed",
         "outbound",
-        "Not sent: the address bounced before and is suppressed.",
-        "Fix the address in the directory, or un-suppress it (Deliveries) once it works again.",
-        "Non envoyé : l'adresse a déjà été rejetée et est suspendue.",
-        "Corrigez l'adresse dans l'annuaire, ou levez la suspension (Envois) quand elle fonctionne.",
+        "Not sent on purpose: the address bounced before and is suppressed, or the row says "
+        "skipped: and why (an inactive account, a muted conversation, no portal account).",
+        "Fix the address in the directory, or un-suppress it (Deliveries) once it works again; a skip needs nothing.",
+        "Non envoyé, volontairement : l'adresse a déjà été rejetée et est suspendue, ou la ligne dit "
+        "skipped: et pourquoi (compte inactif, conversation en sourdine, pas de compte sur le portail).",
+        "Corrigez l'adresse dans l'annuaire, ou levez la suspension (Envois) quand elle fonctionne ; un saut ne demande rien.",
+    ),
+    (
+        "no_portal_account",
+        "outbound",
+        "Not notified: the participant has no portal account (seed 003 notifies only those who have "
+        "one; external agents are always notified by email).",
+        "Nothing to do; the application sets portal_account once the person has an account.",
+        "Pas de notification : le participant n'a pas de compte sur le portail (le seed 003 ne prévient "
+        "que ceux qui en ont un ; les intervenants extérieurs sont toujours prévenus par e-mail).",
+        "Rien à faire ; l'application indique portal_account dès que la personne a un compte.",
     ),
     (
         "address_suppressed",

@@ -62,6 +62,8 @@ RELAY_DENIED = SmtpReply(550, "5.7.1", "Relay access denied")
 UNKNOWN_RECIPIENT = SmtpReply(550, "5.1.1", "No such recipient")
 TOO_MANY_TOKENS = SmtpReply(452, "4.5.3", "Too many recipients; send this one separately")
 POLICY_DENIED = SmtpReply(550, "5.7.1", "This reply cannot be accepted; please use the secure portal")
+# The same refusal to an external agent (seed 003), who has no portal to be sent to.
+POLICY_DENIED_EXTERNAL = SmtpReply(550, "5.7.1", "This reply cannot be accepted; please contact the practice")
 SENDER_MISMATCH = SmtpReply(550, "5.7.1", "Sender not authorised for this address")
 AUTH_FAILED = SmtpReply(550, "5.7.1", "Message failed sender authentication (DMARC)")
 SPF_FAILED = SmtpReply(550, "5.7.1", "Message failed sender authentication (SPF)")

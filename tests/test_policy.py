@@ -1,10 +1,20 @@
-"""The posting policy as a table: one row per product rule (seeds 000-004), for reading and posting."""
+"""The posting policy as a table: one row per product rule (seeds 000-004), for reading and posting;
+seed 003's external agents on every conversation kind; who may join a conversation; quick notes."""
 
 from __future__ import annotations
 
 import pytest
 
-from mailbridge.policy.rules import Person, Situation, can_post, can_read, can_read_message
+from mailbridge.policy.rules import (
+    Joining,
+    Person,
+    Situation,
+    can_join,
+    can_post,
+    can_quick_note,
+    can_read,
+    can_read_message,
+)
 
 PROVIDER = Person(1, "staff", "provider", holds_company=True)
 PROVIDER_NOFAV = Person(2, "staff", "provider", holds_company=False)
@@ -15,6 +25,11 @@ CLIENT_FAV2 = Person(11, "client", holds_company=True)
 CLIENT_NOFAV = Person(12, "client", holds_company=False)
 INACTIVE = Person(13, "client", active=False, holds_company=True)
 INACTIVE_STAFF = Person(5, "staff", "provider", active=False, holds_company=True)
+# seed 003's external agents: outside the practice (a referring physician, a school counsellor)
+AGENT = Person(20, "external")
+AGENT2 = Person(21, "external")
+AGENT_FAV = Person(22, "external", holds_company=True)  # a favourite row would change nothing
+INACTIVE_AGENT = Person(23, "external", active=False)
 
 
 def sit(actor: Person, kind: str, participants: tuple[Person, ...], **kw: object) -> Situation:
@@ -272,6 +287,119 @@ TABLE = [
         True,
         "allowed",
     ),
+    # external agents (seed 003 "optionally include ... external agents"; issue 19): participants of
+    # company, confidential and private conversations, by email only, never through favourites
+    *[
+        row
+        for kind in ("company", "confidential", "private")
+        for row in (
+            (
+                f"{kind}: external agent participant replies by email",
+                sit(AGENT, kind, (PROVIDER, CLIENT_FAV, AGENT), by_email=True),
+                True,
+                True,
+                "allowed",
+            ),
+            (
+                f"{kind}: external agent participant, the app posts as them",
+                sit(AGENT, kind, (PROVIDER, CLIENT_FAV, AGENT)),
+                True,
+                False,
+                "external_by_email_only",
+            ),
+            (
+                f"{kind}: external agent not a participant",
+                sit(AGENT, kind, (PROVIDER, CLIENT_FAV), by_email=True),
+                False,
+                False,
+                "not_participant",
+            ),
+            (
+                f"{kind}: external agent with the company's favourite, not a participant",
+                sit(AGENT_FAV, kind, (PROVIDER, CLIENT_FAV), by_email=True),
+                False,
+                False,
+                "not_participant",
+            ),
+            (
+                f"{kind}: inactive external agent",
+                sit(INACTIVE_AGENT, kind, (PROVIDER, CLIENT_FAV, INACTIVE_AGENT), by_email=True),
+                False,
+                False,
+                "account_inactive",
+            ),
+        )
+    ],
+    (
+        "direct: an external agent never reads a direct channel, even listed in it",
+        sit(AGENT, "direct", (PROVIDER, AGENT), friendship="accepted", by_email=True),
+        False,
+        False,
+        "not_participant",
+    ),
+    (
+        "confidential: an agent needs no favourite (designated by staff)",
+        sit(AGENT, "confidential", (PROVIDER, CLIENT_FAV, AGENT), by_email=True),
+        True,
+        True,
+        "allowed",
+    ),
+    (
+        "private: two clients and an agent is still a group, for the agent",
+        sit(AGENT, "private", (PROVIDER, CLIENT_FAV, CLIENT_FAV2, AGENT), by_email=True),
+        True,
+        False,
+        "group_conversation",
+    ),
+    (
+        "private: two clients and an agent is still a group, for a client",
+        sit(CLIENT_FAV, "private", (PROVIDER, CLIENT_FAV, CLIENT_FAV2, AGENT)),
+        True,
+        False,
+        "group_conversation",
+    ),
+    (
+        "private: one client and agents, the client replies",
+        sit(CLIENT_FAV, "private", (PROVIDER, CLIENT_FAV, AGENT, AGENT2)),
+        True,
+        True,
+        "allowed",
+    ),
+    (
+        "private: one client and agents, an agent replies",
+        sit(AGENT2, "private", (PROVIDER, CLIENT_FAV, AGENT, AGENT2), by_email=True),
+        True,
+        True,
+        "allowed",
+    ),
+    (
+        "private: staff and agents only, an agent replies",
+        sit(AGENT, "private", (PROVIDER, AGENT, AGENT2), by_email=True),
+        True,
+        True,
+        "allowed",
+    ),
+    (
+        "an external agent writes no internal note",
+        sit(AGENT, "private", (PROVIDER, CLIENT_FAV, AGENT), internal=True, by_email=True),
+        True,
+        False,
+        "internal_requires_staff",
+    ),
+    (
+        "company: a client following the company does not read through an agent participant",
+        sit(CLIENT_FAV2, "company", (PROVIDER, AGENT_FAV)),
+        False,
+        False,
+        "not_participant",
+    ),
+    (
+        "staff and clients post from the app and by email alike",
+        sit(CLIENT_FAV, "private", (PROVIDER, CLIENT_FAV), by_email=True),
+        True,
+        True,
+        "allowed",
+    ),
     # internal notes, deletion, minimum body
     (
         "internal note by staff",
@@ -322,16 +450,99 @@ def test_policy_table(name: str, situation: Situation, read: bool, post: bool, r
     assert verdict.rule  # every decision names the rule that made it
 
 
-def test_account_verdict_names_only_deactivated_staff() -> None:
+def test_account_verdict_names_only_deactivated_staff_and_agents() -> None:
     from mailbridge.policy.rules import account_verdict
 
     refused = account_verdict(INACTIVE_STAFF)
     assert refused is not None and (refused.allowed, refused.reason) == (False, "account_inactive")
-    assert account_verdict(PROVIDER) is None
+    agent = account_verdict(INACTIVE_AGENT)
+    assert agent is not None and (agent.rule, agent.reason) == (
+        "account_inactive_external",
+        "account_inactive",
+    )
+    assert account_verdict(PROVIDER) is None and account_verdict(AGENT) is None
     assert account_verdict(INACTIVE) is None  # inactive clients: seed 003 limits only whom they write to
+
+
+# Who may be made a participant: (name, joining, allowed, reason)
+JOIN_TABLE = (
+    [
+        (f"{kind}: staff add an agent", Joining(kind, AGENT, PROVIDER), True, "allowed")
+        for kind in ("company", "confidential", "private")
+    ]
+    + [
+        (f"{kind}: the app adds an agent", Joining(kind, AGENT), True, "allowed")
+        for kind in ("company", "confidential", "private")
+    ]
+    + [
+        (
+            f"{kind}: a client brings an agent in",
+            Joining(kind, AGENT, CLIENT_FAV),
+            False,
+            "external_added_by_staff",
+        )
+        for kind in ("company", "confidential", "private")
+    ]
+    + [
+        (
+            "private: an agent brings another agent in",
+            Joining("private", AGENT2, AGENT),
+            False,
+            "external_added_by_staff",
+        ),
+        ("direct: staff add an agent", Joining("direct", AGENT, PROVIDER), False, "direct_staff_only"),
+        ("direct: the app adds an agent", Joining("direct", AGENT), False, "direct_staff_only"),
+        ("direct: the app adds a client", Joining("direct", CLIENT_FAV), False, "direct_staff_only"),
+        ("direct: staff add staff", Joining("direct", PROVIDER_NOFAV, PROVIDER), True, "allowed"),
+        ("private: a client adds staff", Joining("private", BILLER, CLIENT_FAV), True, "allowed"),
+        ("private: staff add a client", Joining("private", CLIENT_FAV, PROVIDER), True, "allowed"),
+    ]
+)
+
+
+@pytest.mark.parametrize(("name", "joining", "allowed", "reason"), JOIN_TABLE, ids=[r[0] for r in JOIN_TABLE])
+def test_joining_table(name: str, joining: Joining, allowed: bool, reason: str) -> None:
+    verdict = can_join(joining)
+    assert (verdict.allowed, verdict.reason) == (allowed, reason)
+    assert verdict.rule
+
+
+# Seed 003's quick note counts clients only: (name, situation, allowed, reason)
+QUICK_NOTE_TABLE = [
+    (
+        "one client and agents",
+        sit(PROVIDER, "private", (PROVIDER, CLIENT_FAV, AGENT, AGENT2)),
+        True,
+        "allowed",
+    ),
+    (
+        "one client, an agent, company",
+        sit(PROVIDER, "company", (PROVIDER, CLIENT_FAV, AGENT)),
+        True,
+        "allowed",
+    ),
+    (
+        "two clients and an agent",
+        sit(PROVIDER, "private", (PROVIDER, CLIENT_FAV, CLIENT_FAV2, AGENT)),
+        False,
+        "group_conversation",
+    ),
+    ("agents but no client", sit(PROVIDER, "private", (PROVIDER, AGENT)), False, "no_client"),
+    ("an agent is not staff", sit(AGENT, "private", (PROVIDER, CLIENT_FAV, AGENT)), False, "staff_only"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "situation", "allowed", "reason"), QUICK_NOTE_TABLE, ids=[r[0] for r in QUICK_NOTE_TABLE]
+)
+def test_quick_note_counts_clients_only(name: str, situation: Situation, allowed: bool, reason: str) -> None:
+    verdict = can_quick_note(situation)
+    assert verdict.allowed is allowed
+    assert verdict.reason == reason and verdict.rule
 
 
 def test_internal_notes_hidden_from_clients() -> None:
     assert can_read_message(PROVIDER, internal=True)
     assert not can_read_message(CLIENT_FAV, internal=True)
+    assert not can_read_message(AGENT, internal=True)
     assert can_read_message(CLIENT_FAV, internal=False)

@@ -144,11 +144,22 @@ def _everything_as_sent(services: Any, api: Any, tmp_path: Path) -> list[bytes]:
     base = "/api/v1/practices/acme"
     from tests.conftest import PRACTICE
 
-    settings = {"brand_color": "#0a7766", "footer": "12 Harbour Street, Bristol BS1 4QA\n+44 117 496 0000"}
+    settings = {
+        "brand_color": "#0a7766",
+        "footer": "12 Harbour Street, Bristol BS1 4QA\n+44 117 496 0000",
+        "external_content": {"company": "full"},  # external agents: company in full, private minimal
+    }
     assert (
         api.put(base, json={**PRACTICE, "settings": {**PRACTICE["settings"], **settings}}).status_code == 200
     )
     assert api.put(f"{base}/logo", content=_logo()).status_code == 200
+    agents = {"alice": "referrer", "bob": "counsellor"}  # seed 003's external agents, English and French
+    for agent, email_address, locale in (
+        ("referrer", "dr.referrer@client.test", "en"),
+        ("counsellor", "counsellor@client.test", "fr"),
+    ):
+        user = {"email": email_address, "name": "Dr Rita Referrer", "kind": "external", "locale": locale}
+        assert api.put(f"{base}/users/{agent}", json=user).status_code == 201
     body = (
         "Hello,\n\nYour VAT return for the second quarter is ready. I have attached the draft and the "
         "list of receipts we still need; could you check the figures and send the two missing invoices "
@@ -159,15 +170,22 @@ def _everything_as_sent(services: Any, api: Any, tmp_path: Path) -> list[bytes]:
             services,
             kind="company",
             company="bakery",
-            participants=(who,),
+            participants=(who, agents[who]),
             subject="Quarterly VAT return",
             body=body,
         )
         open_conversation(
-            services, kind="private", participants=(who,), subject="Your next appointment", body=body
+            services,
+            kind="private",
+            participants=(who, agents[who]),
+            subject="Your next appointment",
+            body=body,
         )
     sent: list[bytes] = []
-    raw = tmp_path / "forwarded.eml"
+    # A raw copy as rows from before object storage name it: only DATA_DIR/inbound is read that way.
+    assert services.vault.legacy_raw is not None
+    services.vault.legacy_raw.mkdir(parents=True, exist_ok=True)
+    raw = services.vault.legacy_raw / "forwarded.eml"
     raw.write_bytes(
         b"From: someone@example.org\r\nTo: postmaster@acme.test\r\nSubject: Hello\r\n\r\nHello postmaster.\r\n"
     )
@@ -186,6 +204,15 @@ def _everything_as_sent(services: Any, api: Any, tmp_path: Path) -> list[bytes]:
                 kind=OutboxKind.notice,
                 to_address="alice@client.test",
                 payload={"reason": "body_too_short", "locale": lang},
+            )
+            agent = directory.get_user(session, practice, "referrer" if lang == "en" else "counsellor")
+            enqueue_email(  # notice_external: to an external agent, no sign-in link
+                session,
+                practice,
+                kind=OutboxKind.notice,
+                to_address=agent.email,
+                recipient_id=agent.id,
+                payload={"reason": "group_conversation", "locale": lang},
             )
             inbound = InboundLog(
                 door="smtp", raw_sha256=hashlib.sha256(raw.read_bytes()).hexdigest(), raw_ref=ref
@@ -207,7 +234,7 @@ def _everything_as_sent(services: Any, api: Any, tmp_path: Path) -> list[bytes]:
 
 @pytest.mark.slow
 def test_spamassassin_scores_every_template_under_one(sqlite_services: Any, tmp_path: Path) -> None:
-    """One spamassassin process for all eight messages (~5 s here; one per message took ~3.5 s each)."""
+    """One spamassassin process for all fourteen messages (~5 s here; one per message took ~3.5 s each)."""
     from fastapi.testclient import TestClient
 
     from mailbridge.api.app import create_app
@@ -218,8 +245,9 @@ def test_spamassassin_scores_every_template_under_one(sqlite_services: Any, tmp_
     enable_dkim(sqlite_services)
     with TestClient(create_app(sqlite_services), headers={"Authorization": f"Bearer {API_KEY}"}) as api:
         sent = _everything_as_sent(sqlite_services, api, tmp_path)
-    # per language: a full and a minimal notification, a notice and a forward
-    assert len(sent) == 8, [email.message_from_bytes(d)["Subject"] for d in sent]
+    # per language: a full and a minimal notification to a client and to an external agent, a notice
+    # to each, and a forward: every template
+    assert len(sent) == 14, [email.message_from_bytes(d)["Subject"] for d in sent]
     path = tmp_path / "all.mbox"
     box = mailbox.mbox(path)
     for data in sent:

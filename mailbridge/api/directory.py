@@ -72,6 +72,7 @@ def user_out(session: Session, u: User) -> UserOut:
         role=u.role.value if u.role else None,
         active=u.active,
         locale=u.locale,
+        portal_account=u.portal_account,
         email_bouncing=hit is not None and hit.reason in suppressions.BOUNCING,
         email_suppression=hit.reason.value if hit is not None else None,
     )

@@ -73,10 +73,18 @@ class UserIn(Strict):
     email: EmailStr
     alt_emails: list[EmailStr] = []
     name: str = Field(min_length=1, max_length=255)
-    kind: Literal["staff", "client"]
+    kind: Literal["staff", "client", "external"] = Field(
+        description="external: seed 003's external agent (a referring physician, a school counsellor…), "
+        "outside the practice, who reads and replies by email only; no role, no portal account"
+    )
     role: Literal["provider", "biller", "front_office", "admin"] | None = None
     active: bool = True
     locale: Locale = "en"
+    portal_account: bool | None = Field(
+        default=None,
+        description="seed 003: only participants with a portal account are notified. Left out: true for "
+        "staff and clients; external agents never have one (true is refused) and are always notified",
+    )
 
     def fields(self) -> dict[str, Any]:
         """Keyword arguments for ``directory.upsert_user``: the API and the importer load users alike."""
@@ -94,6 +102,7 @@ class UserIn(Strict):
             "role": StaffRole(self.role) if self.role else None,
             "active": self.active,
             "locale": self.locale,
+            "portal_account": self.portal_account,
         }
 
 
@@ -106,6 +115,7 @@ class UserOut(BaseModel):
     role: str | None
     active: bool
     locale: str
+    portal_account: bool
     email_bouncing: bool  # the primary address bounces (hard, or soft until it expires): ask for a new one
     email_suppression: str | None = (
         None  # hard_bounce | soft_bounce | complaint: why it gets no notifications

@@ -40,7 +40,15 @@ from mailbridge.outbound.render import (
 from .deps import ServicesDep
 
 router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["templates"])
-TemplateName = Literal["notification_full", "notification_minimal", "notice", "forward"]
+TemplateName = Literal[
+    "notification_full",
+    "notification_minimal",
+    "notice",
+    "forward",
+    "notification_external_full",
+    "notification_external_minimal",
+    "notice_external",
+]
 LocaleQuery = Annotated[Literal["en", "fr"], Query(description="the template's language")]
 
 

@@ -15,7 +15,15 @@ from mailbridge.outbound.deliver import Delivery
 from mailbridge.outbound.render import LOCALES, NOTICE_TEXTS, Rendered, Renderer
 from mailbridge.wiring import Services
 
-TEMPLATES = ("notification_full", "notification_minimal", "notice", "forward")
+TEMPLATES = (
+    "notification_full",
+    "notification_minimal",
+    "notice",
+    "forward",
+    "notification_external_full",
+    "notification_external_minimal",
+    "notice_external",
+)
 
 
 @dataclass(frozen=True)
@@ -59,9 +67,10 @@ def render_sample(
         )
         override = Source(own.subject, own.text, own.mjml) if own is not None else None
     r = renderer(services)
-    if template == "notice":
+    if template in ("notice", "notice_external"):
         files = ["setup.exe (program or script)"] if notice_reason == "attachment_withheld" else []
-        rendered = r.notice(notice_reason, locale, {**context, "files": files}, override)
+        external = template == "notice_external"
+        rendered = r.notice(notice_reason, locale, {**context, "files": files}, override, external)
     else:
         rendered = r.render(template, locale, context, override)
     return Sample(template, locale, notice_reason, rendered)

@@ -32,10 +32,12 @@ from mailbridge.domain.models import (
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.domain.visibility import readable_by
 from mailbridge.policy.rules import (
+    Joining,
     Person,
     Situation,
     Verdict,
     account_verdict,
+    can_join,
     can_post,
     can_read,
     can_read_message,
@@ -85,8 +87,10 @@ def situation(
     internal: bool = False,
     body: str = "",
     is_reply: bool = True,
+    by_email: bool = False,
 ) -> Situation:
-    """A fresh snapshot of everything the policy looks at: favourites removed yesterday matter today."""
+    """A fresh snapshot of everything the policy looks at: favourites removed yesterday matter today.
+    ``by_email``: the post being judged arrives by email (external agents post no other way)."""
     members = [p.user for p in conversation.active_participants()]
     holders: set[int] = set()
     if conversation.company_id is not None:
@@ -107,6 +111,7 @@ def situation(
         min_body_chars=settings.min_body_chars,
         group_privacy=settings.group_privacy,
         is_reply=is_reply,
+        by_email=by_email,
     )
 
 
@@ -138,13 +143,34 @@ def validate_new_conversation(
     if len(ids) != len(set(ids)):
         raise Invalid("duplicate_participants", "participants contain duplicates", "participants")
     members = {u.id: u for u in [author, *participants]}
-    if kind == ConversationKind.direct:
-        if any(u.kind != UserKind.staff for u in members.values()):
-            raise Invalid("direct_staff_only", "direct conversations are between two staff", "participants")
-        if len(members) != 2:
-            raise Invalid("direct_two_people", "a direct conversation has exactly two people", "participants")
+    if kind == ConversationKind.direct and author.kind != UserKind.staff:
+        raise Invalid("direct_staff_only", "direct conversations are between two staff", "participants")
+    for user in participants:
+        if user.id != author.id:
+            require_may_join(kind, user, added_by=author)
+    if kind == ConversationKind.direct and len(members) != 2:
+        raise Invalid("direct_two_people", "a direct conversation has exactly two people", "participants")
     if len(members) < 2:
         raise Invalid("no_recipient", "a conversation needs at least one other participant", "participants")
+
+
+def require_may_join(kind: ConversationKind, user: User, added_by: User | None = None) -> None:
+    """The joining rules (``policy.rules.can_join``): a direct channel is between two staff (422
+    ``direct_staff_only``); an external agent joins only when staff add them (403
+    ``external_added_by_staff``). ``added_by`` None: the app's participant route, the practice's own
+    screens."""
+    verdict = can_join(
+        Joining(
+            kind=kind.value,
+            person=_person(user, False),
+            added_by=_person(added_by, False) if added_by is not None else None,
+        )
+    )
+    if verdict.allowed:
+        return
+    if verdict.reason == "direct_staff_only":
+        raise Invalid("direct_staff_only", "direct conversations are between two staff", "participants")
+    raise Forbidden(verdict.reason, f"not allowed ({verdict.rule})", "participants")
 
 
 def require_company_clients(
@@ -199,7 +225,8 @@ def create_conversation(
     for user in members.values():
         conversation.participants.append(Participant(user_id=user.id, user=user))
     session.flush()
-    snapshot = situation(session, author, conversation, body=body, is_reply=False)
+    by_email = source != MessageSource.app
+    snapshot = situation(session, author, conversation, body=body, is_reply=False, by_email=by_email)
     verdict = can_post(snapshot)
     if not verdict.allowed:
         raise PolicyDenied(verdict)
@@ -236,7 +263,13 @@ def post_message(
     notify: bool = True,
 ) -> Message:
     snapshot = post_situation(
-        session, author, conversation, body=body, internal=internal, has_files=bool(attachments)
+        session,
+        author,
+        conversation,
+        body=body,
+        internal=internal,
+        has_files=bool(attachments),
+        by_email=source != MessageSource.app,
     )
     verdict = can_post(snapshot)
     if not verdict.allowed:
@@ -266,10 +299,11 @@ def post_situation(
     body: str,
     internal: bool = False,
     has_files: bool = False,
+    by_email: bool = False,
 ) -> Situation:
     # A message that carries only files is not "too short": the minimum applies to typed text.
     effective = body if body.strip() or not has_files else "x" * 10_000
-    return situation(session, author, conversation, internal=internal, body=effective)
+    return situation(session, author, conversation, internal=internal, body=effective, by_email=by_email)
 
 
 def _write_message(
@@ -487,6 +521,7 @@ def delete_conversation(
 
 
 def add_participant(session: Session, conversation: Conversation, user: User) -> None:
+    require_may_join(conversation.kind, user)
     require_company_clients(session, conversation.kind, conversation.company_id, [user])
     for p in conversation.participants:
         if p.user_id == user.id:

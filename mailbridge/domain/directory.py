@@ -167,9 +167,22 @@ def upsert_user(
     role: StaffRole | None,
     active: bool,
     locale: str,
+    portal_account: bool | None = None,
 ) -> tuple[User, bool]:
+    """Create or update a user. ``portal_account`` left out: staff and clients have one, external
+    agents (seed 003: outside the practice, by email only) never do."""
     if kind == UserKind.client and role is not None:
         raise Invalid("invalid_role", "clients have no staff role", "role")
+    if kind == UserKind.external and role is not None:
+        raise Invalid("invalid_role", "external agents have no staff role", "role")
+    if kind == UserKind.external and portal_account:
+        raise Invalid(
+            "invalid_portal_account",
+            "external agents have no portal account: they read and reply by email",
+            "portal_account",
+        )
+    if portal_account is None:
+        portal_account = kind != UserKind.external
     user = session.scalar(
         select(User).where(User.practice_id == practice.id, User.external_id == external_id)
     )
@@ -189,6 +202,7 @@ def upsert_user(
     user.role = role
     user.active = active
     user.locale = locale
+    user.portal_account = portal_account
     wanted = {primary: True} | {a.lower(): False for a in alt_emails if a.lower() != primary}
     existing = {a.address: a for a in user.addresses}
     for address, entry in existing.items():
@@ -220,6 +234,14 @@ def upsert_company(
 
 
 def set_favorite(session: Session, user: User, company: Company, on: bool) -> None:
+    if on and user.kind == UserKind.external:
+        # The read rules ignore an agent's favourites anyway (external_agent_participants_only);
+        # refusing them keeps the directory saying what the rules do.
+        raise Invalid(
+            "external_no_favorites",
+            "external agents follow no company: they take part only where staff add them",
+            "user",
+        )
     exists = session.get(Favorite, (user.id, company.id)) is not None
     if on and not exists:
         session.add(Favorite(user_id=user.id, company_id=company.id))

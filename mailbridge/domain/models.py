@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -56,6 +57,7 @@ def new_id() -> str:
 class UserKind(enum.StrEnum):
     staff = "staff"
     client = "client"
+    external = "external"  # seed 003's external agents: outside the practice, by email only
 
 
 class StaffRole(enum.StrEnum):
@@ -177,6 +179,9 @@ class User(Base):
     kind: Mapped[UserKind] = mapped_column(_enum(UserKind))
     role: Mapped[StaffRole | None] = mapped_column(_enum(StaffRole), nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Seed 003: "recipients with a portal account created will be immediately notified". Staff and
+    # clients without one get no notification; external agents never have one (they read by email).
+    portal_account: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[created_at]
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

@@ -1,8 +1,8 @@
 """A practice's own settings, validated: limits, notification content, sender-proof strictness.
 
 Writes are merges (JSON Merge Patch, RFC 7396): a key left out of a write keeps its stored value,
-``null`` removes it (its default applies again), and an object such as ``notify_content`` is merged
-key by key the same way. A directory sync that only knows some keys cannot reset the others.
+``null`` removes it (its default applies again), and an object such as ``notify_content`` (or
+``external_content``) is merged key by key the same way. A directory sync that only knows some keys cannot reset the others.
 Only the keys a practice set are stored, so a default that changes in a later version applies to
 every practice that never chose otherwise.
 
@@ -50,6 +50,23 @@ class NotifyContent(BaseModel):
     direct: ContentMode = "full"
 
 
+class ExternalContent(BaseModel):
+    """What an external agent's notification shows, per conversation kind (issue 19, seed 003).
+
+    Their notification is the only way they read, but they are outside the practice: minimal
+    everywhere unless the practice allows more (typically ``company``). No ``direct`` key: external
+    agents never take part in direct channels."""
+
+    model_config = ConfigDict(extra="forbid")
+    company: ContentMode = "minimal"
+    confidential: ContentMode = "minimal"
+    private: ContentMode = "minimal"
+
+    def mode(self, kind: str) -> ContentMode:
+        found: ContentMode = getattr(self, kind, "minimal")
+        return found
+
+
 class PracticeSettings(BaseModel):
     """Defaults applied for missing keys; unknown keys are kept for forward compatibility."""
 
@@ -60,6 +77,7 @@ class PracticeSettings(BaseModel):
     attachment_max_count: int = Field(default=20, ge=0, le=500)
     message_max_bytes: int | None = Field(default=None, ge=1024 * 1024, le=SERVER_MAX_MESSAGE_BYTES)
     notify_content: NotifyContent = NotifyContent()
+    external_content: ExternalContent = ExternalContent()
     group_privacy: bool = True
     reply_by_email: bool = True
     reply_local_template: str = Field(default="reply+{token}", pattern=r"^[a-z0-9._-]*[+.-]?\{token\}$")

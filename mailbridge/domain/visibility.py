@@ -7,8 +7,9 @@ and pages. It must stay *exactly* equal to ``can_read``: ``tests/test_visibility
 two over a table of situations (every kind, staff and clients, participants removed, companies
 followed or not, deleted conversations). A rule added to ``READ_RULES`` needs its clause here.
 
-A deactivated staff account reads nothing (``account_inactive_staff``): callers refuse it first
-(403), as ``conversations.require_active_account`` does, so no clause is needed for it.
+A deactivated staff account or external agent reads nothing (``account_inactive_staff``,
+``account_inactive_external``): callers refuse it first (403), as
+``conversations.require_active_account`` does, so no clause is needed for them.
 """
 
 from __future__ import annotations
@@ -91,6 +92,13 @@ def readable_by(reader: User) -> ColumnElement[bool]:
             ),
             # confidential_designated_clients: a participant who follows the company
             and_(kind == ConversationKind.confidential, takes_part, follows),
+        )
+    elif reader.kind == UserKind.external:
+        # external_agent_participants_only: company, confidential and private, as a participant;
+        # direct_between_friends refuses them, favourites never count
+        rules = and_(
+            kind.in_([ConversationKind.company, ConversationKind.confidential, ConversationKind.private]),
+            takes_part,
         )
     else:  # default_deny
         rules = false()

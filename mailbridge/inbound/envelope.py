@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailbridge.domain.domains import OPERATOR_LOCALS, owner_of
-from mailbridge.domain.models import Practice, Route
+from mailbridge.domain.models import Practice, Route, User, UserKind
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound.tokens import AddressTemplate, TokenIssuer
 from mailbridge.replies import (
@@ -140,9 +140,13 @@ def _decide_on_reply_domain(
     if row is None or row.practice_id != practice.id:  # tenant isolation: same answer as unknown
         return RecipientDecision(UNKNOWN_RECIPIENT, None, "token_invalid")
     if not settings.reply_by_email:
-        from mailbridge.replies import POLICY_DENIED
+        from mailbridge.replies import POLICY_DENIED, POLICY_DENIED_EXTERNAL
 
-        return RecipientDecision(POLICY_DENIED, None, "reply_by_email_disabled")
+        owner = session.get(User, row.user_id)  # an external agent has no portal to be pointed to
+        external = owner is not None and owner.kind == UserKind.external
+        return RecipientDecision(
+            POLICY_DENIED_EXTERNAL if external else POLICY_DENIED, None, "reply_by_email_disabled"
+        )
     target = Target(
         "reply", practice.id, full, token_id=row.id, user_id=row.user_id, conversation_id=row.conversation_id
     )

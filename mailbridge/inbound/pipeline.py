@@ -594,12 +594,13 @@ def sender_policy(ctx: Context) -> None:
             body=ctx.body,
             internal=ctx.internal,
             has_files=bool(ctx.parsed and ctx.parsed.attachments),
+            by_email=True,
         )
     )
     ctx.rule = verdict.rule
     if not verdict.allowed:
         ctx.notice_reason = verdict.reason
-        raise Rejected(replies.POLICY_DENIED, verdict.reason)
+        raise Rejected(_policy_denied(ctx.sender), verdict.reason)
     strict = ctx.settings.sender_auth == "aligned_required" or conversation.kind in (
         ConversationKind.confidential,
         ConversationKind.private,
@@ -608,8 +609,18 @@ def sender_policy(ctx: Context) -> None:
         _quarantine(ctx, "auth_not_aligned")
 
 
+def _policy_denied(sender: User | None) -> SmtpReply:
+    """A reply refused by the policy; an external agent has no portal to be pointed to."""
+    if sender is not None and sender.kind == UserKind.external:
+        return replies.POLICY_DENIED_EXTERNAL
+    return replies.POLICY_DENIED
+
+
 def _route_policy(ctx: Context, session: Session) -> None:
     route = session.get_one(Route, ctx.envelope.target.route_id)
+    # Only a known client opens a conversation at a practice address. An external agent (seed 003)
+    # takes part where staff add them: to a practice address they are a sender the practice has not
+    # asked for, handled as a stranger (refused, or held for staff with ``unknown_senders: triage``).
     if ctx.sender is None or ctx.sender.kind != UserKind.client:
         if route.unknown_senders == "triage":
             _quarantine(ctx, "unknown_sender")
@@ -775,7 +786,7 @@ def _store_locked(
     except convs.PolicyDenied as exc:  # the state changed between the check and the commit
         session.rollback()
         ctx.notice_reason = exc.verdict.reason
-        raise Rejected(replies.POLICY_DENIED, exc.verdict.reason) from exc
+        raise Rejected(_policy_denied(ctx.sender), exc.verdict.reason) from exc
     except BaseException:
         session.rollback()
         raise

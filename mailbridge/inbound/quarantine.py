@@ -374,6 +374,7 @@ def _release_reply(
             body=post.body,
             internal=post.internal,
             has_files=bool(parsed.attachments),
+            by_email=True,  # a held email, posted as it would have been on arrival
         )
     )
     if not verdict.allowed:

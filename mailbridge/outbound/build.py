@@ -23,7 +23,15 @@ from sqlalchemy.orm import Session
 
 from mailbridge.domain import suppressions
 from mailbridge.domain.fingerprint import fingerprint
-from mailbridge.domain.models import InboundLog, Outbox, OutboxKind, Practice, PracticeLogo, utcnow
+from mailbridge.domain.models import (
+    InboundLog,
+    Outbox,
+    OutboxKind,
+    Practice,
+    PracticeLogo,
+    UserKind,
+    utcnow,
+)
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound.envelope import verp_address
 from mailbridge.inbound.tokens import AddressTemplate, TokenIssuer
@@ -44,6 +52,7 @@ from mailbridge.outbound.context import (
     size_text,
     split_withheld,
 )
+from mailbridge.outbound.fanout import notifiable
 from mailbridge.outbound.keys import KeyStore
 from mailbridge.outbound.render import LOCALES, Rendered, Renderer, Source
 from mailbridge.outbound.sign import DkimSigner
@@ -222,18 +231,26 @@ class Builder:
             raise NothingToSend("conversation deleted")
         if (recipient.id, conversation.id) in batch.muted:  # unsubscribed since the row was written
             raise NothingToSend("recipient muted this conversation")
+        if not notifiable(recipient):  # seed 003: a portal account taken away since the row was written
+            raise NothingToSend("recipient has no portal account")
         # One snapshot answers both questions: may they still read it, and may they answer by email?
         snapshot = batch.situation(session, recipient, conversation, POLICY_BODY)
         if not can_read(snapshot).allowed:  # policy re-checked at send time too
             raise NothingToSend("recipient may no longer read")
-        mode = getattr(settings.notify_content, conversation.kind.value)
+        # An external agent (seed 003) reads only this email: the practice decides how much it shows
+        # (external_content, minimal unless allowed), and it never offers a portal or the app.
+        external = recipient.kind == UserKind.external
+        if external:
+            mode = settings.external_content.mode(conversation.kind.value)
+        else:
+            mode = getattr(settings.notify_content, conversation.kind.value)
         domain = self._domain(practice)
         first_id = batch.first_ids.get(conversation.id)
         root_id = f"<n.{first_id or message.id}.{recipient.id}@{domain}>"
         message_id = f"<n.{message.id}.{recipient.id}@{domain}>"
         is_first = first_id is None or first_id == message.id
         reply = None
-        if settings.reply_by_email and can_post(snapshot).allowed:
+        if settings.reply_by_email and can_post(replace(snapshot, by_email=True)).allowed:
             reply = ReplyAddress(
                 practice.id,
                 recipient.id,
@@ -255,11 +272,12 @@ class Builder:
         # shows anything of the conversation: not the author, the subject, the body or the files.
         shown = not minimal or settings.minimal_shows_practice
         identity, inline = self._identity(practice, settings, batch.logos.get(practice.id), lang, shown)
-        context: dict[str, Any] = {
-            **identity,
-            "unsubscribe_link": unsubscribe,
-            "preferences_link": preferences,
-        }
+        context: dict[str, Any] = {**identity, "unsubscribe_link": unsubscribe}
+        if external:  # no portal: neither the sign-in page nor the app's settings
+            del context["signin_link"]
+            context["reply_allowed"] = reply is not None
+        else:
+            context["preferences_link"] = preferences
         shown_body = ""  # what the notification shows of the message (its fingerprint's body)
         if not minimal:
             body, withheld = split_withheld(message.body)
@@ -277,12 +295,15 @@ class Builder:
                     for a in message.attachments
                 ],
                 "withheld": withheld,
-                "link": link,
                 "reply_allowed": reply is not None,
                 "is_first": is_first,
                 "coalesced": int((row.payload or {}).get("coalesced", 1)),
             }
+            if not external:
+                context["link"] = link
         name = "notification_minimal" if minimal else "notification_full"
+        if external:
+            name = "notification_external_minimal" if minimal else "notification_external_full"
         rendered = self._render(batch, practice, name, lang, context, inline)
         from_name = (
             f"{message.author.name} via {practice.name}" if not minimal else practice.name if shown else None
@@ -376,14 +397,20 @@ class Builder:
         lang = _lang(str(payload.get("locale", practice.locale)))
         shown = settings.minimal_shows_practice  # a notice is as discreet as a minimal notification
         identity, inline = self._identity(practice, settings, batch.logos.get(practice.id), lang, shown)
-        explanation, advice = self.renderer.notice_texts(str(payload.get("reason", "")), lang)
+        # To an external agent (seed 003), who has no portal: no sign-in link, advice by email.
+        recipient = batch.users.get(row.recipient_id) if row.recipient_id is not None else None
+        external = recipient is not None and recipient.kind == UserKind.external
+        explanation, advice = self.renderer.notice_texts(str(payload.get("reason", "")), lang, external)
         context = {
             **identity,
             "files": [str(f) for f in payload.get("files", [])],
             "explanation": explanation,
             "advice": advice,
         }
-        rendered = self._render(batch, practice, "notice", lang, context, inline)
+        if external:
+            del context["signin_link"]
+        name = "notice_external" if external else "notice"
+        rendered = self._render(batch, practice, name, lang, context, inline)
         in_reply_to = str(payload.get("in_reply_to") or "") or None
         env = Envelope(
             from_address=named(practice.name if shown else None, practice.notify_from),

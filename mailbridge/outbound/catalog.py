@@ -1,10 +1,15 @@
 """What each template may show: its variables, the links it must carry, and realistic sample data.
 
-One table for the four templates, read by the renderer (to check a practice's template before it is
+One table for the templates, read by the renderer (to check a practice's template before it is
 saved), by the preview endpoint, by the tests (SpamAssassin, HTML validation, packaging) and by the
 pictures in ``docs/notifications/``. A minimal notification may use only :data:`MINIMAL`: nothing
 from the conversation (no subject, author, body, attachment names, company), checked on the
 template's syntax tree before it is saved.
+
+An external agent (seed 003: outside the practice, by email only) has no portal: the templates made
+for them (``*_external*``) may not name the sign-in link, the conversation's page or the app's
+notification settings at all, so no practice's own version can offer them a portal either. They
+say how to answer instead: by replying to the email.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ IDENTITY = frozenset(
 NOTIFICATION = IDENTITY | {"unsubscribe_link", "preferences_link"}
 #: What a minimal notification may show: nothing about the conversation.
 MINIMAL = NOTIFICATION
+#: An external agent's templates: the practice's identity without the sign-in link (no portal).
+EXTERNAL_IDENTITY = IDENTITY - {"signin_link"}
+#: Every notification to an external agent: the one-click unsubscribe page (mailbridge's own, no
+#: account needed) and whether they may answer by email; never the app's settings page.
+EXTERNAL_NOTIFICATION = EXTERNAL_IDENTITY | {"unsubscribe_link", "reply_allowed"}
 #: The conversation's content, for full notifications only.
 CONTENT = frozenset(
     {
@@ -41,6 +51,10 @@ CONTENT = frozenset(
         "coalesced",
     }
 )
+#: The conversation's content for an external agent: everything but its page in the app.
+EXTERNAL_CONTENT = CONTENT - {"link", "reply_allowed"}
+#: What an external agent's templates may never name, whatever a practice writes in its own.
+PORTAL_LINKS = frozenset({"signin_link", "link", "preferences_link"})
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,17 @@ SPECS: dict[str, Spec] = {
         ("signin_link",),
     ),
     "forward": Spec(IDENTITY | {"rcpt"}, dict(_FOOTER), ()),
+    "notification_external_full": Spec(
+        EXTERNAL_NOTIFICATION | EXTERNAL_CONTENT,
+        {**_FOOTER, "attachments": frozenset({"name", "size", "size_text"})},
+        ("unsubscribe_link",),
+    ),
+    "notification_external_minimal": Spec(
+        EXTERNAL_NOTIFICATION, dict(_FOOTER), ("unsubscribe_link",), minimal=True
+    ),
+    "notice_external": Spec(
+        EXTERNAL_IDENTITY | {"explanation", "advice", "files"}, {**_FOOTER, "files": frozenset[str]()}, ()
+    ),
 }
 
 #: What a loop may read besides its item: ``loop.index``, ``loop.first``…
@@ -131,12 +156,16 @@ def sample_context(name: str, lang: str, identity: dict[str, Any] | None = None)
         "signin_link": SAMPLE_LINKS["signin_link"],
         **(identity or {}),
     }
+    external = is_external(name)
+    if external:
+        context.pop("signin_link", None)
     if name.startswith("notification"):
-        context |= {
-            "unsubscribe_link": SAMPLE_LINKS["unsubscribe_link"],
-            "preferences_link": SAMPLE_LINKS["preferences_link"],
-        }
-    if name == "notification_full":
+        context |= {"unsubscribe_link": SAMPLE_LINKS["unsubscribe_link"]}
+        if not external:
+            context |= {"preferences_link": SAMPLE_LINKS["preferences_link"]}
+    if name == "notification_external_minimal":
+        context |= {"reply_allowed": True}
+    if name in ("notification_full", "notification_external_full"):
         context |= {
             "author_name": "Dr Alex Smith",
             "subject": _SAMPLE_SUBJECT[lang],
@@ -154,12 +183,19 @@ def sample_context(name: str, lang: str, identity: dict[str, Any] | None = None)
             "is_first": False,
             "coalesced": 1,
         }
-    elif name == "notice":
+        if external:
+            del context["link"]
+    elif name in ("notice", "notice_external"):
         explanation, advice = _SAMPLE_NOTICE[lang]
         context |= {"explanation": explanation, "advice": advice, "files": []}
     elif name == "forward":
         context |= {"rcpt": "postmaster@acme-counselling.example"}
     return context
+
+
+def is_external(name: str) -> bool:
+    """A template for an external agent (no portal: no sign-in link, no app link)."""
+    return name.endswith("_external") or "_external_" in name
 
 
 def preview_context(
@@ -175,6 +211,10 @@ def preview_context(
     For previews (the API's, a console's): *logo_src* may be a ``data:`` URI there."""
     from mailbridge.outbound.context import practice_identity
 
-    shown = (not SPECS[name].minimal and name != "notice") or settings.minimal_shows_practice
+    shown = (
+        not SPECS[name].minimal and name not in ("notice", "notice_external")
+    ) or settings.minimal_shows_practice
     identity = practice_identity(practice_name, settings, lang, shown, app_url, logo_src)
+    if is_external(name):
+        identity.pop("signin_link", None)
     return sample_context(name, lang, identity)

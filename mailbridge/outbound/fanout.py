@@ -18,6 +18,7 @@ from mailbridge.domain.models import (
     OutboxKind,
     OutboxState,
     Practice,
+    User,
     UserKind,
     utcnow,
 )
@@ -36,7 +37,11 @@ def enqueue_notifications(
     message: Message,
     snapshot: Situation | None = None,
 ) -> int:
-    """Every participant but the author who may read the conversation now; internal notes to staff only."""
+    """Every participant but the author who may read the conversation now; internal notes to staff only.
+
+    Seed 003: "recipients with a portal account created will be immediately notified": a staff member
+    or client without one is skipped (``skipped: no_portal_account`` in the delivery log). External
+    agents never have one and are always notified: the email is the only way they read."""
     from dataclasses import replace
 
     from mailbridge.domain.conversations import practice_settings, situation
@@ -62,6 +67,9 @@ def enqueue_notifications(
             _skipped(session, practice, conversation, message, user.id, user.email, verdict.reason)
             continue
         if not verdict.allowed:
+            continue
+        if not notifiable(user):
+            _skipped(session, practice, conversation, message, user.id, user.email, "no_portal_account")
             continue
         if user.id in muted:  # one-click unsubscribe from this conversation's notifications (RFC 8058)
             _skipped(session, practice, conversation, message, user.id, user.email, "conversation_muted")
@@ -98,6 +106,12 @@ def enqueue_notifications(
     return created
 
 
+def notifiable(user: User) -> bool:
+    """Seed 003's rule: someone with a portal account is notified; an external agent too, who reads
+    by email and never in a portal. Fan-out and the worker (at send time) both ask this."""
+    return user.portal_account or user.kind == UserKind.external
+
+
 def _skipped(
     session: Session,
     practice: Practice,
@@ -108,7 +122,7 @@ def _skipped(
     reason: str,
     answer: str | None = None,
 ) -> None:
-    """A participant deliberately not notified (a deactivated account, a muted
+    """A participant deliberately not notified (a deactivated account, no portal account, a muted
     conversation, a suppressed address) leaves a row in the delivery log
     saying so, never sent: ``GET …/outbound?state=suppressed`` shows who and why."""
     log.info(

@@ -31,7 +31,15 @@ from mailbridge.outbound.sandbox import check_syntax, make_environment, remote_r
 LOCALES = ("en", "fr")
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 PARTS = (".subject.txt", ".txt", ".mjml")
-REQUIRED = ("notification_full", "notification_minimal", "notice", "forward")  # what build.py renders
+REQUIRED = (  # what build.py renders
+    "notification_full",
+    "notification_minimal",
+    "notice",
+    "forward",
+    "notification_external_full",
+    "notification_external_minimal",
+    "notice_external",
+)
 PARTIALS = "partials"
 #: Gmail clips a message whose HTML passes 102 KB ("[Message clipped]"); a template must stay clear of it.
 HTML_MAX_BYTES = 100 * 1024
@@ -139,6 +147,22 @@ NOTICE_TEXTS: dict[str, dict[str, tuple[str, str]]] = {
 }
 
 
+# An external agent has no portal and no application: advice that sends someone there says
+# instead what they can do by email or with the practice.
+EXTERNAL_ADVICE: dict[str, dict[str, str]] = {
+    "en": {
+        "group_conversation": "Please ask the practice to start a new conversation with you.",
+        "inactive_client": "Please contact the practice.",
+        "direct_channel_closed": "Please contact the practice.",
+    },
+    "fr": {
+        "group_conversation": "Merci de demander au cabinet de démarrer une nouvelle conversation avec vous.",
+        "inactive_client": "Merci de contacter le cabinet.",
+        "direct_channel_closed": "Merci de contacter le cabinet.",
+    },
+}
+
+
 def _one_line(value: str) -> str:
     return " ".join(value.split())
 
@@ -190,17 +214,29 @@ class Renderer:
             source = override.over(source)
         return self._render(source, lang, context)
 
-    def notice_texts(self, reason: str, locale: str) -> tuple[str, str]:
-        """``(explanation, advice)`` of a notice for *reason*, in *locale*."""
+    def notice_texts(self, reason: str, locale: str, external: bool = False) -> tuple[str, str]:
+        """``(explanation, advice)`` of a notice for *reason*, in *locale*; *external*: for an
+        external agent, whose advice never sends them to a portal or an application."""
         lang = locale if locale in LOCALES else "en"
-        return NOTICE_TEXTS[lang].get(reason, NOTICE_TEXTS[lang]["empty_message"])
+        explanation, advice = NOTICE_TEXTS[lang].get(reason, NOTICE_TEXTS[lang]["empty_message"])
+        if external:
+            advice = EXTERNAL_ADVICE[lang].get(reason, advice)
+        return explanation, advice
 
     def notice(
-        self, reason: str, locale: str, context: dict[str, Any], override: Source | None = None
+        self,
+        reason: str,
+        locale: str,
+        context: dict[str, Any],
+        override: Source | None = None,
+        external: bool = False,
     ) -> Rendered:
-        explanation, advice = self.notice_texts(reason, locale)
+        explanation, advice = self.notice_texts(reason, locale, external)
         return self.render(
-            "notice", locale, {**context, "explanation": explanation, "advice": advice}, override
+            "notice_external" if external else "notice",
+            locale,
+            {**context, "explanation": explanation, "advice": advice},
+            override,
         )
 
     def _render(self, source: Source, lang: str, context: dict[str, Any]) -> Rendered:

@@ -92,7 +92,12 @@ class BatchSnapshot:
     def load(cls, session: Session, rows: Sequence[Outbox]) -> BatchSnapshot:
         notifications = [r for r in rows if r.kind == OutboxKind.notification]
         message_ids = {r.message_id for r in notifications if r.message_id}
-        user_ids = {r.recipient_id for r in notifications if r.recipient_id is not None}
+        # Notices name their recipient too: an external agent's notice has no sign-in link.
+        user_ids = {
+            r.recipient_id
+            for r in rows
+            if r.recipient_id is not None and r.kind in (OutboxKind.notification, OutboxKind.notice)
+        }
         # Message.author is joined and Message.attachments select-in loaded: two queries in all.
         messages = (
             {m.id: m for m in session.scalars(select(Message).where(Message.id.in_(message_ids)))}

@@ -2,7 +2,9 @@
 
 The rules come from the product documents (../shared/seeds): company, confidential and private
 conversations (seeds 000-002), group privacy and inactive clients (seed 003), direct channels between
-two friends (seed 004), deactivated staff accounts (seed 003's inactive users, applied to staff).
+two friends (seed 004), deactivated staff accounts (seed 003's inactive users, applied to staff), and
+external agents (seed 003's "external agents": someone outside the practice, such as a referring
+physician, who takes part by email only).
 Each rule looks at a ``Situation`` (a snapshot of the current state, built fresh for every decision)
 and returns a refusal, an explicit allow, or ``None`` to let the next rule speak. The first rule that
 speaks decides; the name of that rule is recorded with every inbound email.
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["company", "confidential", "private", "direct"]
-UserKind = Literal["staff", "client"]
+UserKind = Literal["staff", "client", "external"]
 Role = Literal["provider", "biller", "front_office", "admin"]
 FriendState = Literal["requested", "accepted", "closed"]
 
@@ -42,6 +44,7 @@ class Situation:
     min_body_chars: int = 1
     group_privacy: bool = True
     is_reply: bool = True  # False when the message opens the conversation
+    by_email: bool = False  # the post arrives by email (a reply, a released reply), not from the app
 
     @property
     def actor_is_participant(self) -> bool:
@@ -82,16 +85,33 @@ def conversation_deleted(s: Situation) -> Verdict | None:
 
 
 def account_verdict(actor: Person) -> Verdict | None:
-    """A deactivated staff account neither reads, posts nor is notified (seed 003 marks users inactive to
-    cut them off; for staff the product documents imply no exception). Inactive clients keep reading
-    and reach billing and front office (see ``inactive_client_to_provider``)."""
+    """A deactivated staff account or external agent neither reads, posts nor is notified (seed 003
+    marks users inactive to cut them off; for staff and people outside the practice the product
+    documents imply no exception). Inactive clients keep reading and reach billing and front office
+    (see ``inactive_client_to_provider``)."""
+    return _inactive_staff(actor) or _inactive_external(actor)
+
+
+def _inactive_staff(actor: Person) -> Verdict | None:
     if actor.kind == "staff" and not actor.active:
         return _deny("account_inactive_staff", "account_inactive")
     return None
 
 
+def _inactive_external(actor: Person) -> Verdict | None:
+    if actor.kind == "external" and not actor.active:
+        return _deny("account_inactive_external", "account_inactive")
+    return None
+
+
 def account_inactive_staff(s: Situation) -> Verdict | None:
-    return account_verdict(s.actor)
+    """A deactivated staff account reads nothing, anywhere (seed 003's inactive users)."""
+    return _inactive_staff(s.actor)
+
+
+def account_inactive_external(s: Situation) -> Verdict | None:
+    """Issue 19 on seed 003: an inactive external agent gets nothing and cannot post."""
+    return _inactive_external(s.actor)
 
 
 def direct_between_friends(s: Situation) -> Verdict | None:
@@ -101,6 +121,18 @@ def direct_between_friends(s: Situation) -> Verdict | None:
     if s.actor.kind == "staff" and s.actor_is_participant:
         return _allow("direct_between_friends")
     return _deny("direct_between_friends", "not_participant")
+
+
+def external_agent_participants_only(s: Situation) -> Verdict | None:
+    """Seed 003 ("optionally include ... external agents"): someone outside the practice reads a
+    company, confidential or private conversation only while a participant, where staff added them.
+    Favourites never open anything to them: they are nobody's client and follow no company. Direct
+    channels are between two staff (``direct_between_friends``, before this rule, refuses them)."""
+    if s.actor.kind != "external":
+        return None
+    if s.actor_is_participant:
+        return _allow("external_agent_participants_only")
+    return _deny("external_agent_participants_only", "not_participant")
 
 
 def private_participants_only(s: Situation) -> Verdict | None:
@@ -145,7 +177,9 @@ def confidential_designated_clients(s: Situation) -> Verdict | None:
 READ_RULES: tuple[Rule, ...] = (
     conversation_deleted,
     account_inactive_staff,
+    account_inactive_external,
     direct_between_friends,
+    external_agent_participants_only,
     private_participants_only,
     staff_with_favourite,
     company_clients,
@@ -153,6 +187,14 @@ READ_RULES: tuple[Rule, ...] = (
 )
 
 # ---- posting (applied after the reading rules allowed) ---------------------------------------------
+
+
+def external_agent_by_email_only(s: Situation) -> Verdict | None:
+    """Seed 003's external agents have no portal account: they read their notifications and answer
+    them by email. The app never posts as them; only a post that arrives by email may be theirs."""
+    if s.actor.kind == "external" and not s.by_email:
+        return _deny("external_agent_by_email_only", "external_by_email_only")
+    return None
 
 
 def direct_channel_open(s: Situation) -> Verdict | None:
@@ -166,7 +208,8 @@ def direct_channel_open(s: Situation) -> Verdict | None:
 
 
 def group_privacy(s: Situation) -> Verdict | None:
-    """Seed 003: a private message sent to more than one client cannot be replied to; start a new one."""
+    """Seed 003: a private message sent to more than one client cannot be replied to; start a new one.
+    Only clients count: staff and external agents never make a conversation a group."""
     if s.kind == "private" and s.group_privacy and s.is_reply and len(s.client_participants) > 1:
         return _deny("group_privacy", "group_conversation")
     return None
@@ -195,6 +238,7 @@ def minimum_body(s: Situation) -> Verdict | None:
 
 
 POST_RULES: tuple[Rule, ...] = (
+    external_agent_by_email_only,
     direct_channel_open,
     group_privacy,
     inactive_client_to_provider,
@@ -239,7 +283,8 @@ def quick_note_staff_only(s: Situation) -> Verdict | None:
 
 def quick_note_one_client(s: Situation) -> Verdict | None:
     """Seed 003: "You can create a quick note entry when only 1 client is included (+ unlimited staff).
-    Group messages (2+ clients) do not support this feature." Only clients count; staff never do."""
+    Group messages (2+ clients) do not support this feature." Only clients count; staff and
+    external agents never do."""
     clients = len(s.client_participants)
     if clients > 1:
         return _deny("quick_note_one_client", "group_conversation")
@@ -257,3 +302,44 @@ def can_quick_note(s: Situation) -> Verdict:
     if not read.allowed:
         return read
     return quick_note_one_client(s) or _allow("quick_note_one_client")
+
+
+# ---- taking part (who may be made a participant) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Joining:
+    """Someone made a participant: when a conversation is created (``added_by``: its author) or
+    through the app's participant route (``added_by`` None: the practice's own screens, staff)."""
+
+    kind: Kind
+    person: Person
+    added_by: Person | None = None
+
+
+JoinRule = Callable[[Joining], Verdict | None]
+
+
+def direct_between_staff(j: Joining) -> Verdict | None:
+    """Seed 004: a direct channel is between two staff friends; clients and external agents never join."""
+    if j.kind == "direct" and j.person.kind != "staff":
+        return _deny("direct_between_staff", "direct_staff_only")
+    return None
+
+
+def external_agent_added_by_staff(j: Joining) -> Verdict | None:
+    """Seed 003: staff may include external agents in a message; a client may not bring one in."""
+    if j.person.kind == "external" and j.added_by is not None and j.added_by.kind != "staff":
+        return _deny("external_agent_added_by_staff", "external_added_by_staff")
+    return None
+
+
+JOIN_RULES: tuple[JoinRule, ...] = (direct_between_staff, external_agent_added_by_staff)
+
+
+def can_join(j: Joining) -> Verdict:
+    for rule in JOIN_RULES:
+        verdict = rule(j)
+        if verdict is not None:
+            return verdict
+    return _allow("may_join")
