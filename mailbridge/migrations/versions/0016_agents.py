@@ -1,7 +1,7 @@
 """Users' portal account (seed 003: only recipients with a portal account are notified)
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0005
 Create Date: 2026-12-05
 
 Every existing user has one (the default); external agents (``kind = 'external'``, a new value of a
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0016"
-down_revision = "0014"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
