@@ -171,7 +171,7 @@ CASES: list[tuple[str, str, str]] = [
         "Got it, thanks.\n\nBest regards,\nJane",
         "Got it, thanks.\n\nBest regards,\nJane",
     ),
-    ("forward_below_text_is_hidden", FORWARDED, "FYI"),
+    ("forward_under_a_bare_cover_note_is_the_message", FORWARDED, FORWARDED),
     ("forward_alone_is_content", FORWARDED.split("\n", 2)[2], FORWARDED.split("\n", 2)[2]),
     (
         "german",

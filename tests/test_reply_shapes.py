@@ -172,6 +172,25 @@ def test_forward_as_the_whole_message_is_kept(forward: str) -> None:
     assert extract_reply(forward + "\n").visible == forward
 
 
+@pytest.mark.parametrize(
+    ("cover", "forward"),
+    [
+        ("FYI", GMAIL_FORWARD),
+        ("Please see below.", APPLE_FORWARD),
+        ("Pour info", LOCALISED_FORWARDS["fr"]),
+        ("Zur Info:", LOCALISED_FORWARDS["de"]),
+    ],
+)
+def test_forward_under_a_bare_cover_note_is_the_message(cover: str, forward: str) -> None:
+    """ "FYI" above a forward says only "here it is": the forward is what the author sends, so it stays
+    visible with the note (a note that says something of its own hides it, as above)."""
+    reply = extract_reply(f"{cover}\n\n{forward}\n")
+    assert reply.visible == f"{cover}\n\n{forward}"
+    assert extract_reply(f"{cover} Can you check the third line?\n\n{forward}\n").visible == (
+        f"{cover} Can you check the third line?"
+    )
+
+
 def test_html_forward_below_text_is_hidden_and_alone_is_kept() -> None:
     block = (
         '<div class="gmail_quote"><div dir="ltr" class="gmail_attr">---------- Forwarded message ---------<br>'

@@ -266,6 +266,12 @@ class _Scan:
     has_content: bool = True  # False: only quotes, their headers and markers (history, nothing new)
 
 
+def _only_cover_note(lines: Sequence[str]) -> bool:
+    """The author's lines above a forward say nothing but "FYI" (or the like, in a few languages)."""
+    said = [line for line in lines if line.strip() and not _is_quote(line)]
+    return len(said) == 1 and bool(v.FORWARD_COVER.match(said[0]))
+
+
 def _scan(lines: Sequence[str]) -> _Scan:
     """Find where the author's text ends, and which attribution lines belong to '>' blocks.
 
@@ -283,7 +289,7 @@ def _scan(lines: Sequence[str]) -> _Scan:
         if v.FORWARD_MARKER.match(line):
             # Below the author's words, a forwarded message is what they point at: hidden, like
             # history. Alone, it is what they are sending: kept whole.
-            if has_content:
+            if has_content and not _only_cover_note(lines[:i]):
                 return _Scan(_extend_cut_upwards(lines, i), None, headers)
             return _Scan(i, i, headers)
         header = _match_attribution(lines, i)

@@ -168,6 +168,15 @@ ORIGINAL_MARKER = re.compile(
     rf"^\s*(?:{DASHES}\s*(?:{ORIGINAL_NAMES})\s*[:：]?\s*{DASHES}|(?:{ORIGINAL_NAMES})\s*[:：]?\s*{DASHES})\s*$",
     re.IGNORECASE,
 )
+# A cover note that only says "here it is" (FYI, see below, pour info…): above a forwarded message it
+# adds nothing of its own, and the forward is what the author sends, kept visible with the note.
+FORWARD_COVER = re.compile(
+    r"^\W*(?:fyi|f\.y\.i|for\s+your\s+information|see\s+below|please\s+see\s+below|see\s+attached|"
+    r"forwarding|fwd|pour\s+info(?:rmation)?|voir\s+ci-dessous|ci-dessous|zur\s+info(?:rmation)?|"
+    r"zur\s+kenntnis(?:nahme)?|siehe\s+unten|para\s+(?:tu|su)\s+información|ver\s+abajo|"
+    r"per\s+(?:tua\s+)?informazione|vedi\s+sotto|ter\s+info(?:rmatie)?|zie\s+hieronder)\W*$",
+    re.IGNORECASE,
+)
 FORWARD_MARKER = re.compile(
     rf"^\s*(?:{DASHES}\s*(?:{FORWARD_NAMES})\s*[:：]?\s*{DASHES}|"
     r"(?:begin\s+forwarded\s+message|début\s+du\s+message\s+réexpédié|anfang\s+der\s+weitergeleiteten\s+"
