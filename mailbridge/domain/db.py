@@ -7,7 +7,7 @@ import fcntl
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -200,3 +200,37 @@ def pending_migrations(engine: Engine) -> str | None:
         f"database is at revision {current or 'none (empty)'}, the code needs {head}: "
         "run `mailbridge db upgrade` or `mailbridge serve --migrate`"
     )
+
+
+def nudge_on_commit(
+    sessions: sessionmaker[Session], wants: Callable[[Session], bool], nudge: Callable[[], None], key: str
+) -> Callable[[], None]:
+    """Call *nudge* after each commit of this process whose flushes *wants* (a worker's own rows
+    written): the worker then works within milliseconds instead of at its next poll. Rows written by
+    another process or node are found by the poll. *key* names the flag kept in ``session.info``
+    between a flush and the commit. Returns a function that removes the listeners."""
+
+    def after_flush(session: Session, _context: Any) -> None:
+        if wants(session):
+            session.info[key] = True
+
+    def after_commit(session: Session) -> None:
+        if session.info.pop(key, False):
+            nudge()
+
+    def after_rollback(session: Session) -> None:
+        session.info.pop(key, None)
+
+    listeners: tuple[tuple[str, Callable[..., None]], ...] = (
+        ("after_flush", after_flush),
+        ("after_commit", after_commit),
+        ("after_rollback", after_rollback),
+    )
+    for name, listener in listeners:
+        event.listen(sessions, name, listener)
+
+    def remove() -> None:
+        for name, listener in listeners:
+            event.remove(sessions, name, listener)
+
+    return remove

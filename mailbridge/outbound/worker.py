@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailbridge.domain import events
-from mailbridge.domain.db import transaction, writer_gate
+from mailbridge.domain.db import nudge_on_commit, transaction, writer_gate
 from mailbridge.domain.models import Outbox, OutboxState, Practice, utcnow
 from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.logs import delivery_attempt, redact_address
@@ -467,37 +467,14 @@ def _report(attempt: dict[str, Any]) -> None:
 
 
 def wake_on_commit(sessions: sessionmaker[Session], worker: Worker) -> Any:
-    """Nudge *worker* whenever a transaction of this process commits new outbox rows.
-
-    A reply's notification then leaves within milliseconds instead of up to ``outbox_poll_seconds``
-    later. Rows written by another process or node are found by the poll. Returns a function that
-    removes the listeners.
-    """
-
-    def after_flush(session: Session, _context: Any) -> None:
-        if any(isinstance(obj, Outbox) for obj in session.new):  # pre-flush state, per SQLAlchemy
-            session.info["outbox_written"] = True
-
-    def after_commit(session: Session) -> None:
-        if session.info.pop("outbox_written", False):
-            worker.nudge()
-
-    def after_rollback(session: Session) -> None:
-        session.info.pop("outbox_written", None)
-
-    listeners = (
-        ("after_flush", after_flush),
-        ("after_commit", after_commit),
-        ("after_rollback", after_rollback),
+    """Nudge *worker* whenever a transaction of this process commits new outbox rows (a reply's
+    notification then leaves within milliseconds). Returns a function that removes the listeners."""
+    return nudge_on_commit(
+        sessions,
+        lambda session: any(isinstance(obj, Outbox) for obj in session.new),  # pre-flush state
+        worker.nudge,
+        "outbox_written",
     )
-    for name, listener in listeners:
-        event.listen(sessions, name, listener)
-
-    def remove() -> None:
-        for name, listener in listeners:
-            event.remove(sessions, name, listener)
-
-    return remove
 
 
 def start_worker(services: Any, stop: asyncio.Event) -> asyncio.Task[None]:

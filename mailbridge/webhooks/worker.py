@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from mailbridge.crypto.keyring import Keyring
 from mailbridge.domain import events
-from mailbridge.domain.db import transaction, writer_gate
+from mailbridge.domain.db import nudge_on_commit, transaction, writer_gate
 from mailbridge.domain.models import (
     Event,
     WebhookDelivery,
@@ -483,35 +483,15 @@ WAKING = (Event, WebhookDelivery, WebhookEndpoint)
 
 def wake_on_commit(sessions: sessionmaker[Session], worker: WebhookWorker) -> Any:
     """Nudge *worker* when a transaction of this process commits an event, or changes a delivery or an
-    endpoint (a redelivery, an endpoint enabled again): webhooks leave within milliseconds."""
-    from sqlalchemy import event as sa_event
+    endpoint (a redelivery, an endpoint enabled again): webhooks leave within milliseconds. The
+    worker's own commits do not wake it."""
 
-    def after_flush(session: Session, _context: Any) -> None:
+    def wants(session: Session) -> bool:
         if session.info.get("webhook_worker"):
-            return
-        if any(isinstance(obj, WAKING) for obj in (*session.new, *session.dirty)):
-            session.info["webhook_written"] = True
+            return False
+        return any(isinstance(obj, WAKING) for obj in (*session.new, *session.dirty))
 
-    def after_commit(session: Session) -> None:
-        if session.info.pop("webhook_written", False):
-            worker.nudge()
-
-    def after_rollback(session: Session) -> None:
-        session.info.pop("webhook_written", None)
-
-    listeners = (
-        ("after_flush", after_flush),
-        ("after_commit", after_commit),
-        ("after_rollback", after_rollback),
-    )
-    for name, listener in listeners:
-        sa_event.listen(sessions, name, listener)
-
-    def remove() -> None:
-        for name, listener in listeners:
-            sa_event.remove(sessions, name, listener)
-
-    return remove
+    return nudge_on_commit(sessions, wants, worker.nudge, "webhook_written")
 
 
 def start_webhook_worker(services: Any, stop: asyncio.Event) -> asyncio.Task[None]:
