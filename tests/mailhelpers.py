@@ -86,7 +86,9 @@ def open_conversation(
         return conversation.id
 
 
-def add_client(services: Services, external_id: str, email: str, practice: str = "acme") -> None:
+def add_client(
+    services: Services, external_id: str, email: str, practice: str = "acme", name: str | None = None
+) -> None:
     """A client whose address is on a domain the test's DNS table treats specially."""
     from mailbridge.domain.models import UserKind
 
@@ -98,7 +100,7 @@ def add_client(services: Services, external_id: str, email: str, practice: str =
             external_id,
             email=email,
             alt_emails=[],
-            name=external_id.title(),
+            name=name or external_id.title(),
             kind=UserKind.client,
             role=None,
             active=True,

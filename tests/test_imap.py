@@ -29,7 +29,6 @@ from mailbridge.domain.models import (
     Mailbox,
     Message,
     MessageSource,
-    UserKind,
 )
 from mailbridge.ingress import imap
 from mailbridge.ingress.imap import (
@@ -52,7 +51,7 @@ from mailbridge.ingress.imap import (
 from mailbridge.wiring import Services
 from tests.conftest import API_KEY, make_services, seed
 from tests.dovecot import PASSWORD, Dovecot, running_dovecot
-from tests.mailhelpers import open_conversation, reply_address
+from tests.mailhelpers import add_client, open_conversation, reply_address
 
 CLIENT = "erin@mail.example"  # no DMARC record: From-match is the proof a company conversation needs
 
@@ -82,20 +81,7 @@ def dovecot() -> Iterator[Dovecot]:
 def svc(tmp_path: Path) -> Iterator[Services]:
     services = make_services(tmp_path, f"sqlite:///{tmp_path / 'mailbridge.db'}")
     seed(services)
-    with transaction(services.sessions) as session:
-        practice = directory.get_practice(session, "acme")
-        directory.upsert_user(
-            session,
-            practice,
-            "erin",
-            email=CLIENT,
-            alt_emails=[],
-            name="Erin Client",
-            kind=UserKind.client,
-            role=None,
-            active=True,
-            locale="en",
-        )
+    add_client(services, "erin", CLIENT, name="Erin Client")
     yield services
     services.close()
 

@@ -25,12 +25,12 @@ from sqlalchemy import select
 from mailbridge.cli import main
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
-from mailbridge.domain.models import InboundState, Mailbox, UserKind, utcnow
+from mailbridge.domain.models import InboundState, Mailbox, utcnow
 from mailbridge.inbound import pipeline
 from mailbridge.wiring import Services
 from tests.conftest import API_KEY, _truncate_pg, make_services, pg_url_for, seed
 from tests.dovecot import PASSWORD, Dovecot
-from tests.mailhelpers import open_conversation, reply_address
+from tests.mailhelpers import add_client, open_conversation, reply_address
 from tests.test_imap import (
     CLIENT,
     FAST,
@@ -55,20 +55,7 @@ HELD = replace(FAST, lease_seconds=30.0)
 
 
 def add_erin(services: Services) -> None:
-    with transaction(services.sessions) as session:
-        practice = directory.get_practice(session, "acme")
-        directory.upsert_user(
-            session,
-            practice,
-            "erin",
-            email=CLIENT,
-            alt_emails=[],
-            name="Erin Client",
-            kind=UserKind.client,
-            role=None,
-            active=True,
-            locale="en",
-        )
+    add_client(services, "erin", CLIENT, name="Erin Client")
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from mailbridge.ingress.oauth import OAuthConfig, OAuthSecrets, TokenSource, che
 from mailbridge.wiring import Services
 from tests.conftest import API_KEY, make_services, seed
 from tests.dovecot import Dovecot, running_dovecot
+from tests.mailhelpers import add_client
 from tests.oauthpeer import OAuthPeer
 from tests.test_imap import (
     CLIENT,
@@ -61,28 +62,11 @@ def oauth_dovecot(peer: OAuthPeer) -> Iterator[Dovecot]:
 
 @pytest.fixture
 def svc(tmp_path: Path) -> Iterator[Services]:
-    from mailbridge.domain import directory
-    from mailbridge.domain.db import transaction
-    from mailbridge.domain.models import UserKind
-
     services = make_services(
         tmp_path, f"sqlite:///{tmp_path / 'mailbridge.db'}", oauth_allow_private_endpoints=True
     )
     seed(services)
-    with transaction(services.sessions) as session:
-        practice = directory.get_practice(session, "acme")
-        directory.upsert_user(
-            session,
-            practice,
-            "erin",
-            email=CLIENT,
-            alt_emails=[],
-            name="Erin Client",
-            kind=UserKind.client,
-            role=None,
-            active=True,
-            locale="en",
-        )
+    add_client(services, "erin", CLIENT, name="Erin Client")
     yield services
     services.close()
 

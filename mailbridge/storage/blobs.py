@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from mailbridge.storage.objects import ObjectNotFoundError
+from mailbridge.storage.objects import ObjectNotFoundError, fsync_dir
 from mailbridge.storage.vault import ENCRYPTED_SUFFIX, Vault, sha256_file
 
 __all__ = [
@@ -88,15 +88,6 @@ def blob_key(sha256: str) -> str:
     """The storage key of a blob: two levels of fan-out, then the full hash ("ab/cd/abcd…")."""
     digest = check_sha256(sha256)
     return f"{digest[:2]}/{digest[2:4]}/{digest}"
-
-
-def _fsync_dir(path: Path) -> None:
-    # A rename or unlink is durable only once the directory holding the entry is synced.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalBlobStore:
@@ -177,7 +168,7 @@ class LocalBlobStore:
             path.unlink()
         except FileNotFoundError:
             return
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def path_hint(self, sha256: str) -> str:
         return blob_key(sha256)
@@ -208,7 +199,7 @@ class LocalBlobStore:
         # Two writers of the same content may both get here; each rename is atomic and the bytes
         # are identical, so whichever lands last leaves the same single file.
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return blob
 
     def _ensure_dir(self, directory: Path) -> None:
@@ -220,7 +211,7 @@ class LocalBlobStore:
         for path in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 path.mkdir()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
 
 def _read_chunks(path: Path) -> Iterator[bytes]:

@@ -79,7 +79,8 @@ class ObjectStore(Protocol):
     def describe(self) -> str: ...
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """A rename or unlink is durable only once the directory holding the entry is synced."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -116,9 +117,9 @@ class LocalObjectStore:
             for directory in reversed(missing):
                 with contextlib.suppress(FileExistsError):
                     directory.mkdir()
-                _fsync_dir(directory.parent)
+                fsync_dir(directory.parent)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             if isinstance(exc, StorageError):
                 raise
@@ -148,7 +149,7 @@ class LocalObjectStore:
         except OSError as exc:
             _count_error("delete")
             raise StorageError(f"storage: cannot delete {key}: {exc.strerror or exc}") from exc
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self.root
