@@ -79,6 +79,7 @@ def upsert_practice(
     patch = dict(settings)
     if "dkim_selector" in patch:
         _check_dkim_selector(session, practice, patch.pop("dkim_selector"))
+    _refuse_unknown_settings(patch)
     try:
         merged = merge_patch((practice.settings or {}) if practice is not None else {}, patch)
     except ValueError as exc:
@@ -106,6 +107,20 @@ def upsert_practice(
             "reply_domain_taken", f"{domain} is already a domain of another practice", "reply_domain"
         ) from None
     return practice, created
+
+
+def _refuse_unknown_settings(patch: dict[str, Any]) -> None:
+    """A key no version knows is a typo or a setting of another product: refused, naming it, as an
+    unknown top-level key is (it used to be stored and silently ignored). Keys stored by an older
+    version stay readable and may be cleared (null): only what a write sets is checked."""
+    known = set(PracticeSettings.model_fields)
+    for key, value in patch.items():
+        if key not in known and value is not None:
+            raise Invalid(
+                "invalid_settings",
+                f"settings.{key}: unknown setting (known: {', '.join(sorted(known | {'dkim_selector'}))})",
+                f"settings.{key}",
+            )
 
 
 def active_dkim_selector(session: Session, practice: Practice | None) -> str | None:
