@@ -182,7 +182,8 @@ def list_conversations(
         page = convs.conversations_page(
             session, p, actor, order=order, limit=paging.limit, cursor=paging.cursor
         )
-        return page_out(page, conversation_out)
+        summaries = convs.message_summaries(session, [c.id for c in page.items], actor)
+        return page_out(page, lambda c: conversation_out(c, summary=summaries.get(c.id, (0, None))))
 
 
 @router.get("/conversations/{conversation}", response_model=ConversationOut)
@@ -235,6 +236,16 @@ def delete_conversation(
         )
     _after_erasure(svc, orphans)
     return Response(status_code=204)
+
+
+@router.get("/messages/{message}", response_model=MessageOut)
+def get_message(practice: str, message: str, svc: ServicesDep, as_: str = Query(alias="as")) -> MessageOut:
+    """One message as ``as`` may read it (the conversation's read rules; internal notes for staff
+    only). A message they may not read answers 404 ``message_not_found``, exactly as an unknown id."""
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        actor = directory.get_user(session, p, as_, "as")
+        return message_out(convs.readable_message(session, p, message, actor))
 
 
 @router.delete("/messages/{message}", status_code=204)
