@@ -65,14 +65,12 @@ class ItemResult:
 class ItemFailed(DomainError):
     """An atomic load stopped at this item: its own problem (status, code, field), naming the item."""
 
-    def __init__(self, result: ItemResult) -> None:
-        assert result.error is not None
-        error = result.error
+    def __init__(self, kind: ItemType, ident: str, error: DomainError) -> None:
         super().__init__(
             error.code,
-            f"{result.type} {result.id}: {error.detail}",
+            f"{kind} {ident}: {error.detail}",
             error.field,
-            {**error.extra, "item": {"type": result.type, "id": result.id}},
+            {**error.extra, "item": {"type": kind, "id": ident}},
         )
         self.status = error.status
 
@@ -89,10 +87,9 @@ def apply_directory(
             with _item_scope(session, atomic):
                 created = apply(session, practice, *args)
         except DomainError as exc:
-            result = ItemResult(kind, ident, "failed", exc)
             if atomic:
-                raise ItemFailed(result) from None
-            results.append(result)
+                raise ItemFailed(kind, ident, exc) from None
+            results.append(ItemResult(kind, ident, "failed", exc))
             return
         results.append(ItemResult(kind, ident, "created" if created else "updated"))
 

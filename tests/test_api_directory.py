@@ -363,3 +363,42 @@ def test_bulk_upsert_atomic_is_all_or_nothing_like_the_cli(seeded: Any, api: Any
     assert bad_shape.status_code == 422 and bad_shape.json()["field"].startswith("users.x")
     unknown = api.post(f"{BASE}/directory/import", json={"people": {}})
     assert unknown.status_code == 422 and unknown.json()["field"] == "people"
+
+
+def test_the_import_command_applies_the_same_items_atomically(
+    tmp_path: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    """`mailbridge import` runs apply_directory too: a failing item names itself, nothing is written."""
+    from mailbridge.cli import main
+
+    monkeypatch.setenv("MAILBRIDGE_DATA_DIR", str(tmp_path / "var"))
+    practice = {
+        "slug": "imp",
+        "name": "Imported",
+        "reply_domain": "reply.imp.test",
+        "notify_from": "n@imp.test",
+    }
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(
+            {
+                "practices": [
+                    practice
+                    | {
+                        "users": {"u1": {"email": "u1@x.test", "name": "U", "kind": "client"}},
+                        "favorites": [["u1", "nowhere"]],
+                    }
+                ]
+            }
+        )
+    )
+    assert main(["import", str(bad)]) == 2
+    assert "company_not_found: favorite u1/nowhere" in capsys.readouterr().err
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"practices": [practice | {"companies": {"k": {"name": "K"}}}]}))
+    assert main(["import", str(good)]) == 0
+    assert "1 practices, 0 users, 1 companies" in capsys.readouterr().out
+    follow = tmp_path / "follow.json"
+    follow.write_text(json.dumps({"practices": [practice | {"favorites": [["u1", "k"]]}]}))
+    assert main(["import", str(follow)]) == 2
+    assert "user_not_found: favorite u1/k" in capsys.readouterr().err  # the first load wrote nothing
