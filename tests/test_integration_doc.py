@@ -50,3 +50,25 @@ def test_the_walking_example_returns_every_conversation(seeded: Any, api: Any) -
     exec(python_block("def every_conversation("), namespace)
     walked = [c["id"] for c in namespace["every_conversation"](api, "dr-smith")]
     assert sorted(walked) == sorted(made)
+
+
+def test_every_refusal_an_integrator_can_meet_when_posting_is_explained() -> None:
+    """Section 7 states the product rules without the seeds: every reason a posting or joining rule
+    can refuse with is named there (the behaviour itself is tested through HTTP elsewhere)."""
+    import inspect
+
+    from mailbridge.policy import rules
+
+    text = " ".join(DOC.read_text().split())
+    reasons = {"account_inactive", "friendship_not_accepted", "direct_channel_closed"}  # via variables
+    for rule in (*rules.POST_RULES, *rules.JOIN_RULES):
+        reasons |= set(re.findall(r'_deny\("[^"]+", "([^"]+)"\)', inspect.getsource(rule)))
+    assert len(reasons) >= 10
+    for reason in sorted(reasons):
+        assert f"`{reason}`" in text or f" {reason}`" in text, reason
+    for heading in (
+        "Companies and favourites: membership",
+        "Deleting users and companies",
+        "People: three kinds",
+    ):
+        assert heading in text

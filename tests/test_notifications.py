@@ -261,8 +261,33 @@ def test_full_notification_lists_attachments_sizes_and_withheld_files(seeded: An
         "participants": ["alice"],
         "body": "Here are the documents.\n\n<script>alert(1)</script>",
     }
-    created = api.post(f"{BASE}/conversations", data={"payload": json.dumps(payload)}, files=files)
-    assert created.status_code == 201, created.text
+    # The app's door refuses a withheld file (422, issue 20 item 9); email posts without it, with the
+    # withheld line, through the same intake: that is the post made here.
+    refused = api.post(f"{BASE}/conversations", data={"payload": json.dumps(payload)}, files=files)
+    assert refused.status_code == 422 and refused.json()["code"] == "attachment_refused"
+    from mailbridge.domain import conversations as convs
+    from mailbridge.domain import directory
+    from mailbridge.domain.models import ConversationKind, MessageSource
+    from mailbridge.storage.intake import Upload, intake_uploads
+
+    with transaction(seeded.sessions) as session:
+        p = directory.get_practice(session, "acme")
+        uploads = [Upload(name, kind, handle) for _, (name, handle, kind) in files]
+        for upload in uploads:
+            upload.file.seek(0)
+        intake = intake_uploads(seeded.blobs, convs.practice_settings(p), uploads, "en", p.id)
+        convs.create_conversation(
+            session,
+            p,
+            kind=ConversationKind.company,
+            company=directory.get_company(session, p, "bakery"),
+            subject=payload["subject"],
+            author=directory.get_user(session, p, "dr-smith"),
+            participants=[directory.get_user(session, p, "alice")],
+            body=intake.with_withheld_line(payload["body"]),
+            source=MessageSource.email,
+            attachments=intake.accepted,
+        )
     (msg,) = deliver(seeded)
     html, text = html_of(msg), plain_text(msg)
     assert "report.pdf" in html and "2 KB" in html

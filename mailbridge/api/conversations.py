@@ -20,7 +20,7 @@ from mailbridge.domain.db import flush_journal, transaction
 from mailbridge.domain.errors import Damaged, Forbidden, Invalid, NotFound, Unavailable
 from mailbridge.domain.models import Attachment, ConversationKind, Message, MessageSource
 from mailbridge.storage.blobs import BlobNotFoundError
-from mailbridge.storage.intake import Intake, Upload, intake_uploads
+from mailbridge.storage.intake import Intake, Upload, intake_uploads, require_all_accepted
 
 from .deps import ServicesDep, conversation_out, message_out
 from .paging import PageQuery, page_out, page_query
@@ -29,6 +29,8 @@ from .schemas import ConversationIn, ConversationOut, MessageIn, MessageOut, Pag
 router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["conversations"])
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+
+MULTIPART_FIELDS = ("payload", "attachments")
 
 MULTIPART_DOC: dict[str, Any] = {
     "requestBody": {
@@ -62,15 +64,23 @@ async def _read_body(request: Request, model: type[M]) -> tuple[M, list[Upload]]
     try:
         if content_type.startswith("multipart/form-data"):
             form = await request.form(max_files=1000, max_fields=50)
+            for name in form:
+                if name not in MULTIPART_FIELDS:
+                    raise Invalid(
+                        "invalid_request",
+                        f"{name}: unknown multipart field (expected payload and attachments)",
+                        name,
+                    )
             raw = form.get("payload")
             if not isinstance(raw, str):
                 raise Invalid("invalid_request", "payload: a JSON string field is required", "payload")
             data = json.loads(raw)
             for item in form.getlist("attachments"):
-                if isinstance(item, UploadFile):
-                    uploads.append(
-                        Upload(item.filename, item.content_type or "application/octet-stream", item.file)
-                    )
+                if not isinstance(item, UploadFile):
+                    raise Invalid("invalid_request", "attachments: each part must be a file", "attachments")
+                uploads.append(
+                    Upload(item.filename, item.content_type or "application/octet-stream", item.file)
+                )
         else:
             data = await request.json()
         return model.model_validate(data), uploads
@@ -98,6 +108,7 @@ def _create_conversation(
         author = directory.get_user(session, p, body.author, "author")
         company = directory.get_company(session, p, body.company, "company") if body.company else None
         people = [directory.get_user(session, p, ext, "participants") for ext in body.participants]
+        require_all_accepted(convs.practice_settings(p), uploads)
         intake: Intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale, p.id)
         text = intake.with_withheld_line(body.body)
         conversation, message = convs.create_conversation(
@@ -135,6 +146,7 @@ def _post_message(
         p = directory.get_practice(session, practice)
         author = directory.get_user(session, p, body.author, "author")
         conversation = convs.get_conversation(session, p, conversation_id)
+        require_all_accepted(convs.practice_settings(p), uploads)
         intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale, p.id)
         message = convs.post_message(
             session,
@@ -170,7 +182,8 @@ def list_conversations(
         page = convs.conversations_page(
             session, p, actor, order=order, limit=paging.limit, cursor=paging.cursor
         )
-        return page_out(page, conversation_out)
+        summaries = convs.message_summaries(session, [c.id for c in page.items], actor)
+        return page_out(page, lambda c: conversation_out(c, summary=summaries.get(c.id, (0, None))))
 
 
 @router.get("/conversations/{conversation}", response_model=ConversationOut)
@@ -223,6 +236,16 @@ def delete_conversation(
         )
     _after_erasure(svc, orphans)
     return Response(status_code=204)
+
+
+@router.get("/messages/{message}", response_model=MessageOut)
+def get_message(practice: str, message: str, svc: ServicesDep, as_: str = Query(alias="as")) -> MessageOut:
+    """One message as ``as`` may read it (the conversation's read rules; internal notes for staff
+    only). A message they may not read answers 404 ``message_not_found``, exactly as an unknown id."""
+    with transaction(svc.sessions) as session:
+        p = directory.get_practice(session, practice)
+        actor = directory.get_user(session, p, as_, "as")
+        return message_out(convs.readable_message(session, p, message, actor))
 
 
 @router.delete("/messages/{message}", status_code=204)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security
@@ -101,6 +102,7 @@ def attachment_out(a: Attachment) -> AttachmentOut:
 def message_out(m: Message) -> MessageOut:
     return MessageOut(
         id=m.id,
+        conversation=m.conversation_id,
         author=m.author.external_id,
         body=m.body,
         body_html=m.body_html,
@@ -111,7 +113,16 @@ def message_out(m: Message) -> MessageOut:
     )
 
 
-def conversation_out(c: Conversation, messages: list[Message] | None = None) -> ConversationOut:
+def conversation_out(
+    c: Conversation,
+    messages: list[Message] | None = None,
+    summary: tuple[int, datetime | None] | None = None,
+) -> ConversationOut:
+    """With *messages* (the reader's thread), the count and latest time come from them; a list item
+    passes its *summary* (count, latest) from one query for the whole page instead."""
+    shown = messages or []
+    if summary is None:
+        summary = (len(shown), max((m.created_at for m in shown), default=None))
     return ConversationOut(
         id=c.id,
         kind=c.kind.value,
@@ -119,5 +130,7 @@ def conversation_out(c: Conversation, messages: list[Message] | None = None) -> 
         subject=c.subject,
         participants=[p.user.external_id for p in c.active_participants()],
         created_at=c.created_at,
-        messages=[message_out(m) for m in messages or []],
+        message_count=summary[0],
+        last_message_at=summary[1],
+        messages=[message_out(m) for m in shown],
     )

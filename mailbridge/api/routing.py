@@ -130,8 +130,7 @@ def release(
         )
         contact = done.contact
         out = ReleasedOut(
-            **message_out(done.message).model_dump(),
-            conversation=done.message.conversation_id,
+            **message_out(done.message).model_dump(),  # conversation included
             contact=ContactOut(
                 id=contact.external_id, email=contact.email, name=contact.name, created=done.contact_created
             )

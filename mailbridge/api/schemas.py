@@ -166,6 +166,7 @@ class AttachmentOut(BaseModel):
 
 class MessageOut(BaseModel):
     id: str
+    conversation: str = Field(description="The id of the conversation the message belongs to")
     author: str
     body: str
     body_html: str | None
@@ -173,7 +174,11 @@ class MessageOut(BaseModel):
     internal: bool
     created_at: datetime
     attachments: list[AttachmentOut]
-    withheld: list[dict[str, str]] = []
+    withheld: list[dict[str, str]] = Field(
+        default=[],
+        description="Always empty for app posts: a file the rules withhold is refused with 422 "
+        "attachment_refused. Kept for compatibility; an email's withheld files are named in its body.",
+    )
 
 
 class ConversationOut(BaseModel):
@@ -183,7 +188,16 @@ class ConversationOut(BaseModel):
     subject: str
     participants: list[str]
     created_at: datetime
-    messages: list[MessageOut] = []
+    last_message_at: datetime | None = Field(
+        default=None, description="When the latest message this reader may see was posted"
+    )
+    message_count: int = Field(default=0, description="How many messages this reader may see")
+    messages: list[MessageOut] = Field(
+        default=[],
+        description="The thread (GET of one conversation, and the answer to its creation). Always empty "
+        "in list items, kept there for compatibility and deprecated: use message_count and "
+        "last_message_at, and GET …/conversations/{id}/messages for the thread.",
+    )
 
 
 class Items(BaseModel):
@@ -198,3 +212,38 @@ class Page(BaseModel):
         default=None,
         description="Opaque; pass it as ?cursor= to get the next page. null: this is the last page.",
     )
+
+
+class UserPage(Page):
+    items: list[UserOut]
+
+
+class CompanyPage(Page):
+    items: list[CompanyOut]
+
+
+class FriendshipPage(Page):
+    items: list[FriendshipOut]
+
+
+class ItemError(BaseModel):
+    status: int
+    code: str
+    detail: str
+    field: str | None = None
+
+
+class ItemResultOut(BaseModel):
+    type: Literal["user", "company", "favorite", "friendship"]
+    id: str = Field(description="The item's id; user/company for a favourite, user_a/user_b for a friendship")
+    status: Literal["created", "updated", "failed"]
+    error: ItemError | None = Field(
+        default=None, description="Why a failed item failed (its problem, as the single route answers)"
+    )
+
+
+class BulkOut(BaseModel):
+    results: list[ItemResultOut] = Field(
+        description="One per item, users then companies, favourites, friendships, in the order given"
+    )
+    counts: dict[str, int] = Field(description="created, updated, failed")

@@ -550,3 +550,40 @@ def count_messages(session: Session, conversation_id: str) -> int:
         )
         or 0
     )
+
+
+def message_summaries(
+    session: Session, conversation_ids: Sequence[str], actor: User
+) -> dict[str, tuple[int, Any]]:
+    """Per conversation, how many messages *actor* may see and when the latest was posted: one
+    grouped query for a whole list page (internal notes count for staff only, as they read them)."""
+    if not conversation_ids:
+        return {}
+    query = (
+        select(Message.conversation_id, func.count(), func.max(Message.created_at))
+        .where(Message.conversation_id.in_(list(conversation_ids)), Message.deleted_at.is_(None))
+        .group_by(Message.conversation_id)
+    )
+    if not can_read_message(Person(id=actor.id, kind=actor.kind.value), True):
+        query = query.where(Message.internal.is_(False))
+    return {cid: (count, latest) for cid, count, latest in session.execute(query).all()}
+
+
+def readable_message(session: Session, practice: Practice, message_id: str, actor: User) -> Message:
+    """One message, if *actor* may read it: in a conversation they may read (the read rules), not
+    deleted, and not an internal note unless they are staff. Anything else is the same 404 as an
+    unknown id, so the answer never tells that a message exists. A deactivated account is refused
+    first (403 ``account_inactive``), whatever the id, as on every read."""
+    require_active_account(actor)
+    missing = NotFound("message_not_found", "message not found")
+    message = session.get(Message, message_id)
+    if message is None or message.deleted_at is not None:
+        raise missing
+    conversation = session.get(Conversation, message.conversation_id)
+    if conversation is None or conversation.practice_id != practice.id:
+        raise missing
+    if not readable(session, actor, conversation).allowed:
+        raise missing
+    if not can_read_message(Person(id=actor.id, kind=actor.kind.value), message.internal):
+        raise missing
+    return message

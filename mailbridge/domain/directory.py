@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -43,7 +43,9 @@ def get_practice(session: Session, slug: str) -> Practice:
 
 def get_user(session: Session, practice: Practice, external_id: str, field: str | None = None) -> User:
     user = session.scalar(
-        select(User).where(User.practice_id == practice.id, User.external_id == external_id)
+        select(User).where(
+            User.practice_id == practice.id, User.external_id == external_id, User.deleted_at.is_(None)
+        )
     )
     if user is None:
         raise NotFound("user_not_found", f"user {external_id!r} not found", field)
@@ -52,7 +54,11 @@ def get_user(session: Session, practice: Practice, external_id: str, field: str 
 
 def get_company(session: Session, practice: Practice, external_id: str, field: str | None = None) -> Company:
     company = session.scalar(
-        select(Company).where(Company.practice_id == practice.id, Company.external_id == external_id)
+        select(Company).where(
+            Company.practice_id == practice.id,
+            Company.external_id == external_id,
+            Company.deleted_at.is_(None),
+        )
     )
     if company is None:
         raise NotFound("company_not_found", f"company {external_id!r} not found", field)
@@ -79,6 +85,7 @@ def upsert_practice(
     patch = dict(settings)
     if "dkim_selector" in patch:
         _check_dkim_selector(session, practice, patch.pop("dkim_selector"))
+    _refuse_unknown_settings(patch)
     try:
         merged = merge_patch((practice.settings or {}) if practice is not None else {}, patch)
     except ValueError as exc:
@@ -106,6 +113,20 @@ def upsert_practice(
             "reply_domain_taken", f"{domain} is already a domain of another practice", "reply_domain"
         ) from None
     return practice, created
+
+
+def _refuse_unknown_settings(patch: dict[str, Any]) -> None:
+    """A key no version knows is a typo or a setting of another product: refused, naming it, as an
+    unknown top-level key is (it used to be stored and silently ignored). Keys stored by an older
+    version stay readable and may be cleared (null): only what a write sets is checked."""
+    known = set(PracticeSettings.model_fields)
+    for key, value in patch.items():
+        if key not in known and value is not None:
+            raise Invalid(
+                "invalid_settings",
+                f"settings.{key}: unknown setting (known: {', '.join(sorted(known | {'dkim_selector'}))})",
+                f"settings.{key}",
+            )
 
 
 def active_dkim_selector(session: Session, practice: Practice | None) -> str | None:
@@ -186,10 +207,13 @@ def upsert_user(
     user = session.scalar(
         select(User).where(User.practice_id == practice.id, User.external_id == external_id)
     )
-    created = user is None
+    created = user is None or user.deleted_at is not None
     if user is None:
         user = User(practice_id=practice.id, external_id=external_id)
         session.add(user)
+    # A deleted id comes back as a new member: nothing it left (conversations, favourites,
+    # friendships) returns, and its kind may differ.
+    user.deleted_at = None
     was_kind = user.kind if not created else None
     if was_kind is not None and was_kind != kind:
         raise Invalid("kind_change", "a user's kind cannot change", "kind")
@@ -224,16 +248,18 @@ def upsert_company(
     company = session.scalar(
         select(Company).where(Company.practice_id == practice.id, Company.external_id == external_id)
     )
-    created = company is None
+    created = company is None or company.deleted_at is not None
     if company is None:
         company = Company(practice_id=practice.id, external_id=external_id)
         session.add(company)
+    company.deleted_at = None  # a deleted id comes back without its former members
     company.name = name
     session.flush()
     return company, created
 
 
-def set_favorite(session: Session, user: User, company: Company, on: bool) -> None:
+def set_favorite(session: Session, user: User, company: Company, on: bool) -> bool:
+    """Follow (*on*) or stop following a company; True when that changed something."""
     if on and user.kind == UserKind.external:
         # The read rules ignore an agent's favourites anyway (external_agent_participants_only);
         # refusing them keeps the directory saying what the rules do.
@@ -250,6 +276,7 @@ def set_favorite(session: Session, user: User, company: Company, on: bool) -> No
             delete(Favorite).where(Favorite.user_id == user.id, Favorite.company_id == company.id)
         )
     session.flush()
+    return on != exists
 
 
 def friendship_between(session: Session, a: User, b: User) -> Friendship | None:
@@ -294,6 +321,101 @@ def set_friendship(
         ]
         revoke_for_conversations(session, direct_with_b)
     return friendship
+
+
+def _changed(result: Any) -> int:
+    """Rows an UPDATE or DELETE changed (``CursorResult.rowcount``; typed as a plain ``Result``)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def delete_user(session: Session, practice: Practice, user: User) -> dict[str, int]:
+    """The app deleted a user: they leave the directory and everything that lets them read or be
+    written to, and nothing anyone else wrote, nor any record, is lost.
+
+    What ends: every participation (as ``DELETE …/participants/{user}`` does: their reply addresses
+    stop working, they are notified of nothing, pending notifications to them are cancelled), their
+    favourites (company memberships), their friendships (closed, so no direct channel reopens),
+    their addresses (mail from them is then a stranger's; another user may take the address).
+    The account is also inactive, so every rule for deactivated accounts applies should anything
+    still name it. What stays: the messages they wrote (still showing their id as the author), the
+    conversations they started (only their creator could delete a whole thread, so these stay until
+    their messages are deleted one by one by their authors), chart notes, and the audit trail, to
+    which a ``user_deleted`` row is added. Their id answers 404 from now on; a ``PUT`` brings it back
+    as a new member, with none of the above. Returns what ended, for the audit row.
+    """
+    from mailbridge.domain import audit
+    from mailbridge.domain.models import Outbox, OutboxState, ReplyToken, utcnow
+
+    now = utcnow()
+    left = _changed(
+        session.execute(
+            update(Participant)
+            .where(Participant.user_id == user.id, Participant.removed_at.is_(None))
+            .values(removed_at=now)
+        )
+    )
+    session.execute(
+        update(ReplyToken)
+        .where(ReplyToken.user_id == user.id, ReplyToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    cancelled = _changed(
+        session.execute(
+            update(Outbox)
+            .where(Outbox.recipient_id == user.id, Outbox.state == OutboxState.pending)
+            .values(state=OutboxState.failed, last_answer="cancelled: user deleted")
+        )
+    )
+    favourites = _changed(session.execute(delete(Favorite).where(Favorite.user_id == user.id)))
+    friendships = _changed(
+        session.execute(
+            update(Friendship)
+            .where(
+                or_(Friendship.user_low_id == user.id, Friendship.user_high_id == user.id),
+                Friendship.state != FriendshipState.closed,
+            )
+            .values(state=FriendshipState.closed)
+        )
+    )
+    user.addresses.clear()
+    user.active = False
+    user.deleted_at = now
+    ended = {
+        "conversations_left": left,
+        "favorites_removed": favourites,
+        "friendships_closed": friendships,
+        "notifications_cancelled": cancelled,
+    }
+    audit.record(session, practice, "user_deleted", audit.SERVICE, "user", user.external_id, ended)
+    session.flush()
+    return ended
+
+
+def delete_company(session: Session, practice: Practice, company: Company) -> dict[str, int]:
+    """The app deleted a company (a client file): it leaves the directory and its favourites end, so
+    nobody is a member any more. Its conversations stay, with their messages (content is deleted
+    only by the seed-003 deletion rules, never as a side effect), and the read rules now find no
+    member: company conversations are read by their participants, confidential ones by their staff
+    participants only (a client reads a confidential conversation only while following its company).
+    New conversations, favourites and imports cannot name it (404) until a ``PUT`` brings the id back
+    with no members. Returns what ended, for the ``company_deleted`` audit row."""
+    from mailbridge.domain import audit
+    from mailbridge.domain.models import utcnow
+
+    favourites = _changed(session.execute(delete(Favorite).where(Favorite.company_id == company.id)))
+    conversations = (
+        session.scalar(
+            select(func.count())
+            .select_from(Conversation)
+            .where(Conversation.company_id == company.id, Conversation.deleted_at.is_(None))
+        )
+        or 0
+    )
+    company.deleted_at = utcnow()
+    ended = {"favorites_removed": favourites, "conversations_kept": conversations}
+    audit.record(session, practice, "company_deleted", audit.SERVICE, "company", company.external_id, ended)
+    session.flush()
+    return ended
 
 
 def favourite_company_ids(session: Session, user: User) -> set[int]:

@@ -184,6 +184,9 @@ class User(Base):
     portal_account: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[created_at]
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # DELETE …/users/{id}: the row stays (messages name their author, audit rows their actor), out
+    # of the directory (domain/directory.delete_user says what else ends). A PUT brings the id back.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     addresses: Mapped[list[UserAddress]] = relationship(back_populates="user", cascade="all, delete-orphan")
 
@@ -220,6 +223,8 @@ class Company(Base):
     practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"), index=True)
     external_id: Mapped[external_id]
     name: Mapped[str] = mapped_column(String(255))
+    # DELETE …/companies/{id}: the row stays (conversations name their company), its favourites go.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Favorite(Base):

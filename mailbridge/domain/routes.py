@@ -41,7 +41,11 @@ def upsert_route(session: Session, practice: Practice, address: str, body: Route
     if not body.staff and not body.roles:
         raise Invalid("empty_group", "a route needs staff or roles", "staff")
     for ext in body.staff:
-        user = session.scalar(select(User).where(User.practice_id == practice.id, User.external_id == ext))
+        user = session.scalar(
+            select(User).where(
+                User.practice_id == practice.id, User.external_id == ext, User.deleted_at.is_(None)
+            )
+        )
         if user is None or user.kind != UserKind.staff:
             raise Invalid("unknown_staff", f"{ext!r} is not a staff member", "staff")
     route = session.scalar(select(Route).where(Route.address == address))

@@ -110,6 +110,38 @@ def judge_uploads(settings: PracticeSettings, uploads: Sequence[Upload]) -> list
     return judged
 
 
+class AttachmentRefused(Invalid):
+    """An app upload with a file the rules withhold: the uploader hears it (422) instead of a 201 whose
+    body was rewritten. Email keeps its withheld line and notice: its sender cannot be asked to retry."""
+
+    def __init__(self, refused: Sequence[Verdict]) -> None:
+        first = refused[0]
+        names = ", ".join(f"{v.filename} ({v.explanation or v.reason})" for v in refused)
+        super().__init__(
+            "attachment_refused",
+            f"attachment refused: {names}; nothing was posted",
+            "attachments",
+            {
+                "filename": first.filename,
+                "reason": first.reason,
+                "attachments": [
+                    {"filename": v.filename, "reason": v.reason or "", "explanation": v.explanation or ""}
+                    for v in refused
+                ],
+            },
+        )
+
+
+def require_all_accepted(settings: PracticeSettings, uploads: Sequence[Upload]) -> None:
+    """The app's door: every file passes the rules or nothing is posted (``AttachmentRefused``, 422).
+    Judged before anything is stored, so a refusal leaves no object behind."""
+    if len(uploads) > settings.attachment_max_count:
+        raise TooManyAttachments(settings.attachment_max_count)
+    refused = [verdict for verdict, _, _ in judge_uploads(settings, uploads) if not verdict.accepted]
+    if refused:
+        raise AttachmentRefused(refused)
+
+
 def intake_uploads(
     blobs: BlobStore,
     settings: PracticeSettings,
