@@ -29,15 +29,21 @@ from sqlalchemy.types import TypeDecorator
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timestamps are UTC-aware everywhere: SQLite stores no zone, so it is put back on the way out."""
+    """Timestamps are UTC-aware everywhere: SQLite stores no zone, so it is put back on the way out.
+
+    On the way in every value becomes UTC: SQLite's DateTime keeps the wall-clock digits and drops
+    the offset, so ``18:39:43+01:00`` used to be stored (and compared, e.g. by the API's ``since``)
+    as 18:39:43 UTC, an hour late (issue 20, item 8). A naive value is taken as UTC, as documented."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is None:
