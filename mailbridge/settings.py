@@ -174,6 +174,8 @@ class Settings(BaseSettings):
     api_key: str = ""
     api_docs: bool = False  # serve Swagger UI at /docs (no key; it loads its assets from a public CDN)
     app_url: str = "http://127.0.0.1:8080"  # sign-in links in notifications
+    # Idempotency-Key answers (api/idempotency.py) are replayed to retries this long, then purged.
+    api_idempotency_retention_hours: int = Field(default=24, ge=24, le=24 * 30)
     # Where mail clients reach mailbridge's own HTTP listener from outside: the one-click unsubscribe
     # links (List-Unsubscribe, RFC 8058) point at <public_url>/u/<token>. Empty: http://<http_listen>,
     # fine for a demo; RFC 8058 wants https, so mail clients offer one-click only with an https URL.

@@ -26,6 +26,7 @@ from . import (
     webhooks,
 )
 from .deps import require_api_key, require_platform
+from .idempotency import IdempotencyMiddleware
 
 
 def create_app(services: Services) -> FastAPI:
@@ -40,6 +41,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     problems.install(app)
+    app.add_middleware(IdempotencyMiddleware, services=services)  # Idempotency-Key on writes
     secured = [Depends(require_api_key)]
     app.include_router(directory.router, dependencies=secured)
     app.include_router(conversations.router, dependencies=secured)

@@ -922,3 +922,26 @@ class PracticeLogo(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[created_at]
+
+
+class IdempotencyKey(Base):
+    """One ``Idempotency-Key`` a caller sent with a write (issue 20, item 4; mailbridge/api/idempotency.py).
+
+    The row is the lock: it is inserted before the request runs (``response_status`` NULL: in
+    flight), so a second node seeing it answers 409; once the answer is known it is stored here and
+    replayed to a retry with the same fingerprint (method, path, body). Scoped by practice (the
+    slug in the path, empty for platform routes) and caller (the API key's id, or ``platform``).
+    Purged by housekeeping after ``api_idempotency_retention_hours``."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("practice", "principal", "key"),)
+    id: Mapped[pk_int]
+    practice: Mapped[str] = mapped_column(String(128))
+    principal: Mapped[str] = mapped_column(String(40))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response_headers: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[created_at] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    locked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
