@@ -29,7 +29,9 @@ def test_since_converts_every_offset_to_utc(seeded: Any, api: Any) -> None:
     with live_server(seeded) as server:
         code, _ = send(
             server,
-            reply_message("alice@client.test", reply_address(seeded, conversation, "alice"), "Tuesday is fine."),
+            reply_message(
+                "alice@client.test", reply_address(seeded, conversation, "alice"), "Tuesday is fine."
+            ),
             "alice@client.test",
             reply_address(seeded, conversation, "alice"),
         )
