@@ -187,6 +187,10 @@ class Settings(BaseSettings):
     preferences_link_path: str = DEFAULT_PREFERENCES_PATH  # appended to app_url
     # Idempotency-Key answers (api/idempotency.py) are replayed to retries this long, then purged.
     api_idempotency_retention_hours: int = Field(default=24, ge=24, le=24 * 30)
+    # Per API key and per node (api/ratelimit.py): a bucket of api_rate_limit_burst requests refilled
+    # at api_rate_limit a second; an empty bucket answers 429 with Retry-After. 0: no limit.
+    api_rate_limit: float = Field(default=100.0, ge=0)
+    api_rate_limit_burst: int = Field(default=1000, ge=1)
     # Where mail clients reach mailbridge's own HTTP listener from outside: the one-click unsubscribe
     # links (List-Unsubscribe, RFC 8058) point at <public_url>/u/<token>. Empty: http://<http_listen>,
     # fine for a demo; RFC 8058 wants https, so mail clients offer one-click only with an https URL.
