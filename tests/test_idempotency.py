@@ -197,3 +197,30 @@ def test_a_retry_on_another_node_while_the_first_runs_is_409(seeded: Any, tmp_pa
         assert notifications(seeded) == 1
     finally:
         node_b.close()
+
+
+def test_a_5xx_is_not_kept_so_the_retry_runs_again(tmp_path: Path, s3_peer: Any) -> None:
+    """The object store is unreachable: the upload fails with a 5xx, the key is free again, and the
+    retry runs (and fails again, honestly) rather than replaying the failure."""
+    from tests.conftest import seed
+
+    services = make_services(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'mailbridge.db'}",
+        storage_url="s3://no-such-bucket/mb",
+        s3_endpoint_url=s3_peer.endpoint,
+    )
+    try:
+        seed(services)
+        files = [("attachments", ("scan.pdf", b"%PDF-1.4\n" + b"x" * 1000, "application/pdf"))]
+        data = {"payload": json.dumps(CONVERSATION)}
+        headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "upload-5xx"}
+        with TestClient(create_app(services), headers=headers, raise_server_exceptions=False) as client:
+            for _ in range(2):
+                failed = client.post(f"{BASE}/conversations", data=data, files=files)
+                assert failed.status_code >= 500, failed.text
+                assert "idempotent-replayed" not in failed.headers
+                assert count(services, IdempotencyKey) == 0
+        assert count(services, Message) == 0
+    finally:
+        services.close()
