@@ -224,3 +224,12 @@ def test_a_5xx_is_not_kept_so_the_retry_runs_again(tmp_path: Path, s3_peer: Any)
         assert count(services, Message) == 0
     finally:
         services.close()
+
+
+def test_the_openapi_document_declares_the_header(api: Any) -> None:
+    spec = api.get("/openapi.json").json()
+    post = spec["paths"]["/api/v1/practices/{practice}/conversations"]["post"]
+    assert [p["name"] for p in post["parameters"]].count("Idempotency-Key") == 1
+    get = spec["paths"]["/api/v1/practices/{practice}/conversations"]["get"]
+    assert "Idempotency-Key" not in [p["name"] for p in get.get("parameters", [])]
+    assert api.get("/openapi.json").json() == spec  # built once

@@ -27,7 +27,7 @@ from . import (
 )
 from .deps import require_api_key, require_platform
 from .etag import ETagMiddleware
-from .idempotency import IdempotencyMiddleware
+from .idempotency import IdempotencyMiddleware, document
 from .ratelimit import RateLimitMiddleware
 
 
@@ -48,6 +48,7 @@ def create_app(services: Services) -> FastAPI:
     # no Access-Control-* header is ever sent and browsers refuse cross-origin calls.
     app.add_middleware(ETagMiddleware)
     app.add_middleware(IdempotencyMiddleware, services=services)
+    document(app)  # the Idempotency-Key header in /openapi.json
     settings = services.settings
     app.add_middleware(RateLimitMiddleware, rate=settings.api_rate_limit, burst=settings.api_rate_limit_burst)
     secured = [Depends(require_api_key)]

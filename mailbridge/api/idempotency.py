@@ -33,6 +33,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from fastapi import FastAPI
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -280,3 +281,35 @@ async def _drain(receive: Receive, feed: Callable[[bytes], None]) -> bool:
         feed(message.get("body", b""))
         if not message.get("more_body", False):
             return True
+
+
+def document(app: FastAPI) -> None:
+    """Declare the header on every write under ``/api/`` in the OpenAPI document (wrapping whatever
+    ``app.openapi`` already is, so other customisations keep working)."""
+    previous = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        cached = app.openapi_schema
+        schema: dict[str, Any] = previous()
+        if schema is cached:  # built (and given the header) before
+            return schema
+        parameter = {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": (
+                "Makes a retry safe (draft-ietf-httpapi-idempotency-key-header): the same key with the "
+                "same request replays the first answer (`Idempotent-Replayed: true`); with another "
+                "request `422 idempotency_key_reused`; while the first runs `409 idempotency_key_in_flight`."
+            ),
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        }
+        for path, item in schema.get("paths", {}).items():
+            if not path.startswith("/api/"):
+                continue
+            for method, operation in item.items():
+                if method.upper() in METHODS and isinstance(operation, dict):
+                    operation.setdefault("parameters", []).append(parameter)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI documents this override
