@@ -233,3 +233,22 @@ def test_the_openapi_document_declares_the_header(api: Any) -> None:
     get = spec["paths"]["/api/v1/practices/{practice}/conversations"]["get"]
     assert "Idempotency-Key" not in [p["name"] for p in get.get("parameters", [])]
     assert api.get("/openapi.json").json() == spec  # built once
+
+
+def test_a_key_left_in_flight_by_a_dead_node_is_taken_over(seeded: Any, api: Any) -> None:
+    """A node died mid-request (its row in flight, its lease past): the retry runs rather than
+    getting 409 for ever; a fresh lease still answers 409."""
+    key = {"Idempotency-Key": "orphan"}
+    assert api.post(f"{BASE}/conversations", json=CONVERSATION, headers=key).status_code == 201
+    with seeded.sessions() as session, session.begin():  # as a node that died before answering
+        session.execute(update(IdempotencyKey).values(response_status=None, locked_at=utcnow()))
+    busy = api.post(f"{BASE}/conversations", json=CONVERSATION, headers=key)
+    assert (busy.status_code, busy.json()["code"]) == (409, "idempotency_key_in_flight")
+    with seeded.sessions() as session, session.begin():
+        session.execute(update(IdempotencyKey).values(locked_at=utcnow() - timedelta(minutes=20)))
+    retried = api.post(f"{BASE}/conversations", json=CONVERSATION, headers=key)
+    assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers
+    assert (
+        api.post(f"{BASE}/conversations", json=CONVERSATION, headers=key).headers["idempotent-replayed"]
+        == "true"
+    )

@@ -12,7 +12,7 @@ the draft's quoted sf-string form accepted too) runs at most once per practice, 
   idempotency_key_reused``;
 - a 5xx, a 401 or a 429 is not stored (the request did not complete, or never ran): the row goes,
   and the client may retry with the same key; a node that dies mid-request leaves a row whose lock
-  expires after ``domain.idempotency.LEASE``;
+  expires after ``domain.idempotency.LEASE`` (renewed while a long upload streams);
 - rows live ``api_idempotency_retention_hours`` (at least 24), then housekeeping purges them.
 
 The fingerprint is a SHA-256 of the method, path, query, media type and the body *as it streams*
@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -40,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailbridge.access import apikeys
 from mailbridge.domain.db import transaction
-from mailbridge.domain.idempotency import Stored, claim, complete, release
+from mailbridge.domain.idempotency import LEASE, Stored, claim, complete, release, renew
 from mailbridge.wiring import Services
 
 METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -227,11 +228,15 @@ class IdempotencyMiddleware:
         retry sent the moment the client reads it is replayed (never a spurious 409)."""
         sessions = self.services.sessions
         state: dict[str, Any] = {"complete": False, "start": None, "body": [], "stored": False}
+        renewed = [time.monotonic()]
 
         async def hashing_receive() -> Message:
             message = await receive()
             if message["type"] == "http.request":
                 fingerprint.feed(message.get("body", b""))
+                if time.monotonic() - renewed[0] > LEASE.total_seconds() / 3:  # a long upload
+                    renewed[0] = time.monotonic()
+                    await run_in_threadpool(renew, sessions, row_id)
                 if not message.get("more_body", False):
                     state["complete"] = True
             return message

@@ -102,6 +102,16 @@ def complete(
         )
 
 
+def renew(sessions: sessionmaker[Session], row_id: int) -> None:
+    """Still running (a long upload): push the lease back so no other node takes the key over."""
+    with transaction(sessions) as session:
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.id == row_id, IdempotencyKey.response_status.is_(None))
+            .values(locked_at=utcnow())
+        )
+
+
 def release(sessions: sessionmaker[Session], row_id: int) -> None:
     with transaction(sessions) as session:
         session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row_id))
