@@ -22,6 +22,7 @@ from sqlalchemy import and_, or_, select, update
 from mailbridge.domain import suppressions
 from mailbridge.domain.db import transaction
 from mailbridge.domain.erasure import erase_item, raw_refs
+from mailbridge.domain.idempotency import purge
 from mailbridge.domain.models import InboundLog, InboundState, QuarantineItem, utcnow
 from mailbridge.wiring import Services
 
@@ -114,6 +115,15 @@ def purge_suppressions(services: Services) -> int:
     return removed
 
 
+def purge_idempotency_keys(services: Services) -> int:
+    """Idempotency-Key answers older than ``api_idempotency_retention_hours`` (api/idempotency.py)."""
+    hours = services.settings.api_idempotency_retention_hours
+    removed = purge(services.sessions, timedelta(hours=hours))
+    if removed:
+        log.info("idempotency_keys_purged", extra={"count": removed})
+    return removed
+
+
 def _legacy_named(services: Services, path: object) -> bool:
     """A pre-upgrade row may still name this local file as its raw copy."""
     with services.sessions() as session:
@@ -158,6 +168,7 @@ async def run_housekeeping(services: Services, stop: asyncio.Event, every: float
             await asyncio.to_thread(purge_discarded, services)
             await asyncio.to_thread(purge_suppressions, services)
             await asyncio.to_thread(sweep_raw_objects, services)
+            await asyncio.to_thread(purge_idempotency_keys, services)
         except Exception:
             log.warning("housekeeping_failed", exc_info=True)
         with contextlib.suppress(TimeoutError):

@@ -117,6 +117,11 @@ HTTP_LIMITS = Counter(
     ["limit"],
     registry=REGISTRY,
 )
+API_RATE_LIMITED = Counter(
+    "mailbridge_api_rate_limited_total",
+    "API requests refused with 429 by the per-key rate limit (api/ratelimit.py)",
+    registry=REGISTRY,
+)
 ACCEPT_ERRORS = Counter(
     "mailbridge_accept_errors_total",
     "Connections the operating system could not accept (out of descriptors or memory)",

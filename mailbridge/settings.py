@@ -16,6 +16,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from mailbridge.domain.links import (
+    DEFAULT_CONVERSATION_PATH,
+    DEFAULT_PREFERENCES_PATH,
+    check_app_url,
+    check_link_path,
+)
+
 
 def _check_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
@@ -173,7 +180,17 @@ class Settings(BaseSettings):
     # The messaging app
     api_key: str = ""
     api_docs: bool = False  # serve Swagger UI at /docs (no key; it loads its assets from a public CDN)
-    app_url: str = "http://127.0.0.1:8080"  # sign-in links in notifications
+    # The messaging app's base URL: the sign-in, conversation and preferences links of notifications
+    # (a practice with its own portal sets its own app_url and paths in its settings).
+    app_url: str = "http://127.0.0.1:8080"
+    conversation_link_path: str = DEFAULT_CONVERSATION_PATH  # appended to app_url; {conversation}: its id
+    preferences_link_path: str = DEFAULT_PREFERENCES_PATH  # appended to app_url
+    # Idempotency-Key answers (api/idempotency.py) are replayed to retries this long, then purged.
+    api_idempotency_retention_hours: int = Field(default=24, ge=24, le=24 * 30)
+    # Per API key and per node (api/ratelimit.py): a bucket of api_rate_limit_burst requests refilled
+    # at api_rate_limit a second; an empty bucket answers 429 with Retry-After. 0: no limit.
+    api_rate_limit: float = Field(default=100.0, ge=0)
+    api_rate_limit_burst: int = Field(default=1000, ge=1)
     # Where mail clients reach mailbridge's own HTTP listener from outside: the one-click unsubscribe
     # links (List-Unsubscribe, RFC 8058) point at <public_url>/u/<token>. Empty: http://<http_listen>,
     # fine for a demo; RFC 8058 wants https, so mail clients offer one-click only with an https URL.
@@ -226,6 +243,21 @@ class Settings(BaseSettings):
         if value and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[A-Za-z0-9._~/-]*)?", value):
             raise ValueError(f"expected http(s)://host[:port][/path], got {value!r}")
         return value
+
+    @field_validator("app_url")
+    @classmethod
+    def _app_url(cls, value: str) -> str:
+        return check_app_url(value, allow_http=True)  # the operator's: plain http allowed (a test install)
+
+    @field_validator("conversation_link_path")
+    @classmethod
+    def _conversation_path(cls, value: str) -> str:
+        return check_link_path(value, placeholder=True)
+
+    @field_validator("preferences_link_path")
+    @classmethod
+    def _preferences_path(cls, value: str) -> str:
+        return check_link_path(value, placeholder=False)
 
     @field_validator("smarthost")
     @classmethod

@@ -26,6 +26,9 @@ from . import (
     webhooks,
 )
 from .deps import require_api_key, require_platform
+from .etag import ETagMiddleware
+from .idempotency import IdempotencyMiddleware, document
+from .ratelimit import RateLimitMiddleware
 
 
 def create_app(services: Services) -> FastAPI:
@@ -40,6 +43,14 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     problems.install(app)
+    # Outermost last: the rate limit refuses before anything runs; Idempotency-Key on writes; ETag
+    # and 304 on JSON reads. CORS stays off on purpose: the API key never belongs in a browser, so
+    # no Access-Control-* header is ever sent and browsers refuse cross-origin calls.
+    app.add_middleware(ETagMiddleware)
+    app.add_middleware(IdempotencyMiddleware, services=services)
+    document(app)  # the Idempotency-Key header in /openapi.json
+    settings = services.settings
+    app.add_middleware(RateLimitMiddleware, rate=settings.api_rate_limit, burst=settings.api_rate_limit_burst)
     secured = [Depends(require_api_key)]
     app.include_router(directory.router, dependencies=secured)
     app.include_router(conversations.router, dependencies=secured)

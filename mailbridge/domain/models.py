@@ -29,15 +29,21 @@ from sqlalchemy.types import TypeDecorator
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timestamps are UTC-aware everywhere: SQLite stores no zone, so it is put back on the way out."""
+    """Timestamps are UTC-aware everywhere: SQLite stores no zone, so it is put back on the way out.
+
+    On the way in every value becomes UTC: SQLite's DateTime keeps the wall-clock digits and drops
+    the offset, so ``18:39:43+01:00`` used to be stored (and compared, e.g. by the API's ``since``)
+    as 18:39:43 UTC, an hour late (issue 20, item 8). A naive value is taken as UTC, as documented."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is None:
@@ -921,3 +927,26 @@ class PracticeLogo(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[created_at]
+
+
+class IdempotencyKey(Base):
+    """One ``Idempotency-Key`` a caller sent with a write (issue 20, item 4; mailbridge/api/idempotency.py).
+
+    The row is the lock: it is inserted before the request runs (``response_status`` NULL: in
+    flight), so a second node seeing it answers 409; once the answer is known it is stored here and
+    replayed to a retry with the same fingerprint (method, path, body). Scoped by practice (the
+    slug in the path, empty for platform routes) and caller (the API key's id, or ``platform``).
+    Purged by housekeeping after ``api_idempotency_retention_hours``."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("practice", "principal", "key"),)
+    id: Mapped[pk_int]
+    practice: Mapped[str] = mapped_column(String(128))
+    principal: Mapped[str] = mapped_column(String(40))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response_headers: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[created_at] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    locked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

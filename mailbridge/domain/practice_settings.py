@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from mailbridge.domain.links import check_app_url, check_link_path
 from mailbridge.domain.validators import check_email
 
 ContentMode = Literal["full", "minimal"]
@@ -95,6 +96,26 @@ class PracticeSettings(BaseModel):
     brand_color: str | None = Field(default=None, pattern=BRAND_COLOR)
     footer: str | None = Field(default=None, max_length=FOOTER_MAX_CHARS)
     minimal_shows_practice: bool = True
+    # The practice's own portal (issue 20, item 13): its notifications link there instead of the
+    # operator's app_url / link paths. https only (http to localhost); see domain/links.py.
+    app_url: str | None = None
+    conversation_link_path: str | None = None
+    preferences_link_path: str | None = None
+
+    @field_validator("app_url")
+    @classmethod
+    def _app_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_app_url(value, allow_http=False)
+
+    @field_validator("conversation_link_path")
+    @classmethod
+    def _conversation_path(cls, value: str | None) -> str | None:
+        return None if value is None else check_link_path(value, placeholder=True)
+
+    @field_validator("preferences_link_path")
+    @classmethod
+    def _preferences_path(cls, value: str | None) -> str | None:
+        return None if value is None else check_link_path(value, placeholder=False)
 
     @field_validator("footer")
     @classmethod

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from mailbridge.domain import suppressions
 from mailbridge.domain.fingerprint import fingerprint
+from mailbridge.domain.links import DEFAULT_CONVERSATION_PATH, DEFAULT_PREFERENCES_PATH, conversation_link
 from mailbridge.domain.models import (
     InboundLog,
     Outbox,
@@ -142,6 +143,8 @@ class Builder:
     vault: Vault | None = None  # where forwarded mail's raw copy is read from (any node's)
     unsubscribe: UnsubscribeTokens | None = None  # None: List-Unsubscribe names the app's settings page
     public_url: str = ""  # mailbridge's own base URL, for the one-click unsubscribe links
+    conversation_link_path: str = DEFAULT_CONVERSATION_PATH  # the operator's; a practice may set its own
+    preferences_link_path: str = DEFAULT_PREFERENCES_PATH
 
     def build(self, session: Session, row: Outbox, snapshot: BatchSnapshot | None = None) -> Built:
         """Signed bytes for one row: the three steps in a row (the worker spreads them over a batch)."""
@@ -258,9 +261,11 @@ class Builder:
                 settings.reply_local_template,
                 practice.reply_domain,
             )
-        app = self.app_url.rstrip("/")
-        link = f"{app}/conversations/{conversation.id}"
-        preferences = f"{app}/settings/notifications"
+        app = (settings.app_url or self.app_url).rstrip("/")  # a practice's own portal first
+        link = conversation_link(
+            app, settings.conversation_link_path or self.conversation_link_path, conversation.id
+        )
+        preferences = app + (settings.preferences_link_path or self.preferences_link_path)
         unsubscribe = preferences
         if self.unsubscribe is not None:
             token = self.unsubscribe.issue(practice.id, recipient.id, conversation.id)

@@ -129,5 +129,5 @@ def practice_identity(
         "brand_text_color": text_on(color),
         "logo_src": logo_src if shown else "",
         "footer_lines": settings.footer_lines if shown else [],
-        "signin_link": app_url.rstrip("/") + "/",
+        "signin_link": (settings.app_url or app_url).rstrip("/") + "/",  # the practice's portal first
     }

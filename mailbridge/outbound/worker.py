@@ -121,6 +121,8 @@ class Worker:
             vault=services.vault,
             unsubscribe=services.unsubscribe,
             public_url=settings.effective_public_url,
+            conversation_link_path=settings.conversation_link_path,
+            preferences_link_path=settings.preferences_link_path,
         )
         return cls(
             sessions=services.sessions,
