@@ -24,7 +24,16 @@ from mailbridge.storage.intake import Intake, Upload, intake_uploads
 
 from .deps import ServicesDep, conversation_out, message_out
 from .paging import PageQuery, page_out, page_query
-from .schemas import ConversationIn, ConversationOut, MessageIn, MessageOut, Page
+from .schemas import (
+    ConversationIn,
+    ConversationOut,
+    ConversationPage,
+    MessageIn,
+    MessageOut,
+    MessagePage,
+    Page,
+    WithheldOut,
+)
 
 router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["conversations"])
 log = logging.getLogger(__name__)
@@ -113,7 +122,7 @@ def _create_conversation(
             attachments=intake.accepted,
         )
         out = conversation_out(conversation, [message])
-        out.messages[0].withheld = intake.withheld_dicts()
+        out.messages[0].withheld = [WithheldOut(**w) for w in intake.withheld_dicts()]
         return out
 
 
@@ -147,11 +156,11 @@ def _post_message(
             attachments=intake.accepted,
         )
         out = message_out(message)
-        out.withheld = intake.withheld_dicts()
+        out.withheld = [WithheldOut(**w) for w in intake.withheld_dicts()]
         return out
 
 
-@router.get("/conversations", response_model=Page)
+@router.get("/conversations", response_model=ConversationPage)
 def list_conversations(
     practice: str,
     svc: ServicesDep,
@@ -184,7 +193,7 @@ def get_conversation(
         return conversation_out(conv, convs.messages_for(session, conv, actor))
 
 
-@router.get("/conversations/{conversation}/messages", response_model=Page)
+@router.get("/conversations/{conversation}/messages", response_model=MessagePage)
 def list_messages(
     practice: str,
     conversation: str,
