@@ -121,6 +121,17 @@ def _schema_of(model: type[BaseModel], components: dict[str, Any]) -> dict[str, 
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
+def _named(operation: str, response: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """An inline JSON schema (a route answering a dict) becomes a named component, so that 200 and
+    201 share one model in generated clients instead of two that clash."""
+    media = response["content"].get("application/json")
+    if media is None or "$ref" in media.get("schema", {}):
+        return
+    name = operation[:1].upper() + operation[1:] + "Result"
+    schemas.setdefault(name, media["schema"])
+    media["schema"] = {"$ref": f"#/components/schemas/{name}"}
+
+
 def _problem_response(description: str, ref: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": ref}}}
 
@@ -148,6 +159,7 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
                 and "content" in ok
                 and op["operationId"] not in REPLACE_ONLY
             ):
+                _named(op["operationId"], ok, schemas)
                 responses.setdefault("201", {**ok, "description": "Created"})
                 ok["description"] = "Replaced (updated)"
             for status, description in ERROR_STATUSES.items():
@@ -206,7 +218,11 @@ def _ops(spec: dict[str, Any]) -> None:
     ready["security"] = [{}, {"apiKey": []}]  # no key needed; the platform key shows more
     logo = paths["/api/v1/practices/{practice}/logo"]["put"]
     binary = {"schema": {"type": "string", "format": "binary"}}
-    logo["requestBody"] = {"required": True, "content": {"image/png": binary, "image/jpeg": binary}}
+    logo["requestBody"] = {
+        "required": True,
+        "description": "the image's bytes (PNG or JPEG, judged by the bytes whatever the Content-Type)",
+        "content": {"application/octet-stream": binary},
+    }
     html = {"text/html": {"schema": {"type": "string"}}}
     pages = {
         "200": "The page (GET: a button; POST: done, idempotently).",
