@@ -23,9 +23,19 @@ class Reason:
     en: tuple[str, str]
     fr: tuple[str, str]
     titles: tuple[str, str] | None = None  # (EN, FR) short titles: codes the HTTP API answers with
+    api: tuple[str, str, str, str] | None = None  # what the API says when the mail sentences don't fit
 
     def explain(self, locale: str) -> tuple[str, str]:
         return self.fr if locale.lower().startswith("fr") else self.en
+
+    def problem(self, locale: str) -> tuple[str, str, str]:
+        """(title, detail, hint) of an API problem document with this code, in *locale*."""
+        if self.api is not None:
+            en1, en2, fr1, fr2 = self.api
+            detail, hint = (fr1, fr2) if locale.lower().startswith("fr") else (en1, en2)
+        else:
+            detail, hint = self.explain(locale)
+        return self.title(locale), detail, hint
 
     def title(self, locale: str) -> str:
         """The problem document's ``title``: the code's own, else its group's."""
@@ -2326,8 +2336,121 @@ _TITLES: dict[str, tuple[str, str]] = {
 }
 
 
+# What the API says (detail, hint) for codes whose catalogue sentences speak of email: the person
+# refused is using the app, not answering a notification.
+_API_TEXTS: dict[str, tuple[str, str, str, str]] = {
+    "group_conversation": (
+        "This conversation includes several clients: a client cannot post to all of them.",
+        "Write to the practice in a conversation of your own.",
+        "Cette conversation réunit plusieurs clients : un client ne peut pas écrire à tous.",
+        "Écrivez au cabinet dans une conversation à vous.",
+    ),
+    "body_too_short": (
+        "The message is shorter than the practice's minimum length.",
+        "Write a little more and send again.",
+        "Le message est plus court que la longueur minimale du cabinet.",
+        "Écrivez un peu plus et renvoyez.",
+    ),
+    "not_participant": (
+        "You are not (or no longer) a participant of this conversation.",
+        "Ask a staff member to add you.",
+        "Vous ne participez pas (ou plus) à cette conversation.",
+        "Demandez à un membre du personnel de vous ajouter.",
+    ),
+    "not_following_company": (
+        "This conversation belongs to a company you do not follow.",
+        "Add the company to your favourites first.",
+        "Cette conversation appartient à une entreprise que vous ne suivez pas.",
+        "Ajoutez d'abord l'entreprise à vos favoris.",
+    ),
+    "not_company_client": (
+        "This confidential conversation is only for the company's designated clients.",
+        "Ask a staff member if you should take part.",
+        "Cette conversation confidentielle est réservée aux clients désignés de l'entreprise.",
+        "Demandez à un membre du personnel si vous devez y prendre part.",
+    ),
+    "no_client": (
+        "This conversation has no client: a quick note needs exactly one.",
+        "Use it in a conversation with one client.",
+        "Cette conversation n'a pas de client : une note rapide en demande exactement un.",
+        "Utilisez-la dans une conversation avec un seul client.",
+    ),
+    "external_by_email_only": (
+        "External agents take part by email only, never through the application.",
+        "Let the agent answer the notification email.",
+        "Les intervenants externes participent uniquement par courriel, jamais par l'application.",
+        "Laissez l'intervenant répondre au courriel de notification.",
+    ),
+    "external_added_by_staff": (
+        "Only staff members may add an external agent to a conversation.",
+        "Ask a staff member to add them.",
+        "Seul le personnel peut ajouter un intervenant externe à une conversation.",
+        "Demandez à un membre du personnel de l'ajouter.",
+    ),
+    "direct_channel_closed": (
+        "This direct channel was closed.",
+        "Open a new conversation if you need to write.",
+        "Ce canal direct a été fermé.",
+        "Ouvrez une nouvelle conversation si vous devez écrire.",
+    ),
+    "friendship_not_accepted": (
+        "A direct channel needs both staff members to be connected.",
+        "Accept the connection first.",
+        "Un canal direct demande que les deux membres du personnel soient en relation.",
+        "Acceptez d'abord la mise en relation.",
+    ),
+    "inactive_client": (
+        "The client's account is inactive: it cannot post to a provider.",
+        "Ask the practice to reactivate the account.",
+        "Le compte du client est inactif : il ne peut pas écrire à un praticien.",
+        "Demandez au cabinet de réactiver le compte.",
+    ),
+    "internal_requires_staff": (
+        "Only staff members may write internal notes.",
+        "Send it as a normal message, or ask a staff member.",
+        "Seul le personnel peut écrire des notes internes.",
+        "Envoyez un message normal, ou demandez à un membre du personnel.",
+    ),
+    "not_allowed": (
+        "This is not allowed in this conversation.",
+        "Ask the practice if you think it should be.",
+        "Ce n'est pas permis dans cette conversation.",
+        "Demandez au cabinet si cela devrait l'être.",
+    ),
+    "conversation_deleted": (
+        "The conversation was deleted.",
+        "Nothing to do.",
+        "La conversation a été supprimée.",
+        "Rien à faire.",
+    ),
+    "direct_staff_only": (
+        "A direct channel is between two staff members: clients and external agents never join one.",
+        "Use a private conversation instead.",
+        "Un canal direct réunit deux membres du personnel : clients et intervenants externes n'y entrent jamais.",
+        "Utilisez plutôt une conversation privée.",
+    ),
+    "account_inactive": (
+        "This account is inactive: it reads, posts and decides nothing.",
+        "Ask the practice to reactivate the account.",
+        "Ce compte est inactif : il ne lit, n'écrit et ne décide rien.",
+        "Demandez au cabinet de réactiver le compte.",
+    ),
+    "empty_message": (
+        "The message has no text and no attachment.",
+        "Write a message.",
+        "Le message n'a ni texte ni pièce jointe.",
+        "Écrivez un message.",
+    ),
+    "internal_error": (
+        "Something failed on our side; nothing was changed.",
+        "Try again in a moment; if it persists, tell the practice.",
+        "Quelque chose a échoué de notre côté ; rien n'a été modifié.",
+        "Réessayez dans un instant ; si cela persiste, prévenez le cabinet.",
+    ),
+}
+
 CATALOGUE: dict[str, Reason] = {
-    code: Reason(code, group, (en1, en2), (fr1, fr2), _TITLES.get(code))
+    code: Reason(code, group, (en1, en2), (fr1, fr2), _TITLES.get(code), _API_TEXTS.get(code))
     for code, group, en1, en2, fr1, fr2 in _ENTRIES
 }
 for code, group, t_en, en1, en2, t_fr, fr1, fr2 in _API:
@@ -2335,7 +2458,7 @@ for code, group, t_en, en1, en2, t_fr, fr1, fr2 in _API:
     CATALOGUE[code] = (
         Reason(code, group, (en1, en2), (fr1, fr2), (t_en, t_fr))
         if known is None
-        else Reason(code, known.group, known.en, known.fr, (t_en, t_fr))
+        else Reason(code, known.group, known.en, known.fr, (t_en, t_fr), known.api)
     )
 API_CODES: frozenset[str] = frozenset(c for c, r in CATALOGUE.items() if r.titles is not None)
 """Every code an HTTP API problem may carry: the ``Problem.code`` enum of /openapi.json."""
@@ -2368,15 +2491,17 @@ def markdown() -> str:
             lines += [f"| `{r.code}` | {r.en[0]} | {r.en[1]} |" for r in entries]
         lines.append("")
     lines += [
-        "The HTTP API answers with these codes in `application/problem+json` documents whose `title`",
-        "and `detail` are the sentences above in the user's language (English or French); the codes that",
-        "also appear above as policy or mail reasons have these API titles:",
+        "## API: refusals that are also mail reasons",
         "",
-        "| code | title |",
-        "|---|---|",
+        "The HTTP API answers with the codes of the `API:` groups above, and with these, in",
+        "`application/problem+json` documents whose `title`, `detail` and `hint` are these sentences in",
+        "the user's language (English or French; docs/api.md says how it is chosen):",
+        "",
+        "| code | title | what it means | what to do |",
+        "|---|---|---|---|",
     ]
     lines += [
-        f"| `{code}` | {CATALOGUE[code].title('en')} |"
+        "| `{}` | {} | {} | {} |".format(code, *CATALOGUE[code].problem("en"))
         for code in sorted(API_CODES)
         if CATALOGUE[code].group not in API_GROUPS
     ]

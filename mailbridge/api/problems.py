@@ -44,8 +44,7 @@ def problem(
     entry = CATALOGUE.get(code)
     title, hint = code.replace("_", " "), None
     if entry is not None:
-        title = entry.title(locale)
-        detail, hint = entry.explain(locale)
+        title, detail, hint = entry.problem(locale)
     body: dict[str, object] = {
         **(extra or {}),
         "type": "about:blank",
