@@ -158,3 +158,16 @@ def test_lists_are_typed_and_enums_shared(spec: dict[str, Any]) -> None:
     assert set(paths["/readyz"]["get"]["responses"]) >= {"200", "503"}
     assert paths["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
     json.dumps(spec)  # serialisable as served
+
+
+def test_no_list_answers_bare_objects(spec: dict[str, Any]) -> None:
+    schemas = spec["components"]["schemas"]
+    lists = 0
+    for path, operations in spec["paths"].items():
+        ok = operations.get("get", {}).get("responses", {}).get("200", {})
+        ref = ok.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
+        items = schemas.get(ref.rpartition("/")[2], {}).get("properties", {}).get("items")
+        if items is not None and items.get("type") == "array":
+            lists += 1
+            assert "$ref" in items["items"], path
+    assert lists >= 15

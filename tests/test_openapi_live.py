@@ -29,6 +29,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
 from mailbridge.domain.models import InboundLog, QuarantineItem
+from mailbridge.webhooks.worker import WebhookWorker
 from tests.conftest import API_KEY
 
 BASE = "/api/v1/practices/acme"
@@ -273,7 +274,15 @@ def test_every_route_answers_as_the_document_says(walker: Any) -> None:
         assert api.get(f"{prefix}/webhooks/w1").status_code == 200
         assert api.get(f"{prefix}/webhooks").status_code == 200
         assert api.post(f"{prefix}/webhooks/w1/rotate-secret").status_code == 200
-        assert api.get(f"{prefix}/webhooks/w1/deliveries").status_code == 200
+        assert api.put(f"{prefix}/webhooks/w1", json=hook).status_code == 200  # active again
+        message = {"author": "dr-smith", "body": "One more message for the hook."}
+        assert api.post(f"{BASE}/conversations/{cid}/messages", json=message).status_code == 201
+        WebhookWorker.from_services(svc).dispatch()  # events → deliveries (nothing is sent here)
+        deliveries = api.get(f"{prefix}/webhooks/w1/deliveries")
+        assert deliveries.status_code == 200 and deliveries.json()["items"], deliveries.text
+        pending = deliveries.json()["items"][0]["id"]  # no worker here: still pending
+        redelivered = api.post(f"{prefix}/webhooks/w1/deliveries/{pending}/redeliver")
+        assert redelivered.status_code in (202, 409)
         assert api.post(f"{prefix}/webhooks/w1/deliveries/nope/redeliver").status_code == 404
         assert api.delete(f"{prefix}/webhooks/w1").status_code == 204
         assert api.get(f"{prefix}/webhooks/w1").status_code == 404
