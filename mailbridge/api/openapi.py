@@ -105,6 +105,58 @@ RENAMES = {
 }
 
 
+# What an operation does, for those whose function has no docstring (README's table says the same).
+DESCRIPTIONS = {
+    "getPractice": "The practice, its effective settings and its DKIM state as this node sees it.",
+    "putUser": "Create (201) or replace (200) a user of the directory. A kind never changes (409 "
+    "`kind_change`); staff need a role; external agents have no role and no portal account.",
+    "getUser": "A user, with `email_bouncing` and `email_suppression` for the primary address.",
+    "putCompany": "Create (201) or rename (200) a company.",
+    "putFavorite": "The user follows the company (company conversations, confidential ones where designated).",
+    "deleteFavorite": "The user no longer follows the company; 204 whether or not they did (idempotent).",
+    "putFriendship": "Create (201) or change (200) the friendship of two staff members: a direct channel "
+    "needs it accepted; closing it closes their direct conversations.",
+    "createConversation": "Open a conversation with its first message: JSON (`ConversationIn`), or "
+    "multipart with a `payload` JSON field and `attachments` files. The policy decides (403 with its "
+    "reason, 422 for invalid input); withheld files are listed in `withheld`.",
+    "postMessage": "Post a message as `author`: JSON (`MessageIn`) or multipart with files. The policy "
+    "decides now (403 with its reason; a too short body is 422 `body_too_short`).",
+    "getConversation": "The conversation as `as` may see it, with its messages (internal notes hidden from clients).",
+    "deleteConversation": "Delete the conversation as `as`, the staff member who started it (403 `not_creator` "
+    "otherwise): every copy of its content is erased, an audit row is kept.",
+    "deleteMessage": "Delete a message as `as`, the staff member who sent it (403 `not_author` otherwise): its "
+    "content is erased, an audit row is kept.",
+    "addParticipant": "Add a user to the conversation (the joining rules apply).",
+    "removeParticipant": "Remove a user from the conversation and revoke their reply address; 204 also "
+    "when they were not a participant (idempotent).",
+    "downloadAttachment": "Download a file as `as` (who must be able to read its message), as an attachment.",
+    "putRoute": "Create (201) or replace (200) a practice address that opens conversations.",
+    "deleteRoute": "Remove a practice address.",
+    "listRoutes": "The practice's addresses.",
+    "releaseQuarantined": "Post held mail as the pipeline would have (judged by the policy now), as `as` "
+    "(staff); audited.",
+    "putMailbox": "Create (201) or replace (200) an IMAP mailbox to poll; secrets are write-only.",
+    "getMailbox": "A mailbox and its polling status (secrets never returned).",
+    "deleteMailbox": "Stop polling and forget the mailbox.",
+    "listMailboxes": "The practice's mailboxes and their status.",
+    "listAudit": "The audit trail, newest first: who did what to which object, never content.",
+    "getWebhook": "A webhook endpoint (never its secret).",
+    "deleteWebhook": "Delete a webhook endpoint: nothing more is sent to it.",
+    "listWebhooks": "The practice's webhook endpoints.",
+    "getPlatformWebhook": "A platform webhook endpoint (never its secret).",
+    "deletePlatformWebhook": "Delete a platform webhook endpoint.",
+    "listPlatformWebhooks": "The platform's webhook endpoints (every practice's events).",
+    "rotatePlatformWebhookSecret": "A new secret, shown once; the old one keeps signing for `overlap_seconds`.",
+    "listPlatformWebhookDeliveries": "A platform endpoint's delivery log, newest first.",
+    "redeliverPlatformWebhookDelivery": "Send one delivery again (same `webhook-id`).",
+    "listTemplates": "The notification templates, the practice's own versions and the shipped ones.",
+    "getTemplate": "A template in a locale: the practice's own version, else the shipped one.",
+    "getLogo": "The practice's logo (PNG or JPEG).",
+    "deleteLogo": "Remove the practice's logo from its notifications.",
+    "listMutes": "Who gets no notification emails for this conversation.",
+}
+
+
 def operation_id(route: APIRoute) -> str:
     """``create_conversation`` → ``createConversation`` (FastAPI's ``generate_unique_id_function``)."""
     name = RENAMES.get(route.name, route.name)
@@ -173,8 +225,10 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
                 responses.pop("415", None)
                 responses.pop("413", None)
                 responses.pop("400", None)
-            if not op.get("description") and op.get("summary"):
-                op["description"] = op["summary"] + "."
+            if op["operationId"] in DESCRIPTIONS and not op.get("description"):
+                op["description"] = DESCRIPTIONS[op["operationId"]]
+            if not op.get("description"):
+                op["description"] = op.get("summary", op["operationId"]) + "."
     _ops(spec)
     return spec
 
