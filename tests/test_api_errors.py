@@ -36,6 +36,8 @@ def test_unreadable_bodies_are_400_and_other_media_types_415(seeded: Any, api: A
             "invalid_json",
         )
         assert "field" not in bad
+    files = {"attachments": ("a.txt", b"hi", "text/plain")}
+    is_problem(api.put(f"{BASE}/companies/c9", files=files), 415, "unsupported_media_type")  # JSON only here
     form = {"content-type": "application/x-www-form-urlencoded"}
     is_problem(
         api.put(f"{BASE}/companies/c9", content=b"name=Bakery", headers=form), 415, "unsupported_media_type"

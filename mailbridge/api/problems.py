@@ -28,7 +28,7 @@ from mailbridge.reasons import CATALOGUE
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 LOCALES = ("en", "fr")
-JSON_TYPES = ("application/json", "multipart/form-data")
+JSON_TYPES = ("application/json",)  # the routes FastAPI parses read JSON only (files: conversations.py)
 
 
 def problem(
