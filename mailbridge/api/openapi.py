@@ -74,6 +74,7 @@ ERROR_STATUSES: dict[str, str] = {
     "413": "The body is too large (`payload_too_large`).",
     "415": "The body's Content-Type is not accepted (`unsupported_media_type`).",
     "422": "Well-formed but invalid input: `field` and `errors` say which values.",
+    "429": "Too many requests for this key: wait as `Retry-After` says.",
     "500": "A fault on our side (`internal_error`, `attachment_unreadable`).",
     "503": "A dependency cannot be reached now; retry later (`storage_unavailable`).",
 }
