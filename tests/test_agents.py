@@ -106,7 +106,8 @@ def test_the_user_payload_carries_external_agents_and_portal_accounts(seeded: An
         response = api.put(f"{BASE}/users/referrer-2", json=body)
         assert (response.status_code, response.json()["code"]) == (422, code), body
     # a client does not become an agent (nor the reverse): a kind never changes
-    assert api.put(f"{BASE}/users/alice", json=AGENT).json()["code"] == "kind_change"
+    changed = api.put(f"{BASE}/users/alice", json=AGENT)
+    assert (changed.status_code, changed.json()["code"]) == (409, "kind_change")
     # an agent follows no company: take part only where staff add them
     favourite = api.put(f"{BASE}/users/referrer/favorites/bakery")
     assert (favourite.status_code, favourite.json()["code"]) == (422, "external_no_favorites")

@@ -245,6 +245,7 @@ def test_openapi_documents_limit_cursor_and_next_cursor(api: Any) -> None:
         names = {p["name"] for p in operation["parameters"]}
         assert {"limit", "cursor"} <= names, path
         schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
-        name = schema["$ref"].rpartition("/")[2]  # Page, or a typed page (SuppressionItems)
+        name = schema["$ref"].rpartition("/")[2]  # a typed page (ConversationPage, SuppressionItems…)
         assert "next_cursor" in spec["components"]["schemas"][name]["properties"], path
-    assert "next_cursor" in spec["components"]["schemas"]["Page"]["properties"]
+        items = spec["components"]["schemas"][name]["properties"]["items"]["items"]
+        assert "$ref" in items, path  # typed items, never bare objects (issue 20 #5)

@@ -18,6 +18,7 @@ from . import (
     domains,
     mailboxes,
     maillog,
+    openapi,
     problems,
     routing,
     suppressions,
@@ -40,7 +41,9 @@ def create_app(services: Services) -> FastAPI:
         # turns it on (api_docs). /openapi.json describes the routes, as README does: served openly.
         docs_url="/docs" if getattr(services.settings, "api_docs", False) else None,
         redoc_url=None,
+        generate_unique_id_function=openapi.operation_id,
     )
+    openapi.install(app)
     app.state.services = services
     problems.install(app)
     # Outermost last: the rate limit refuses before anything runs; Idempotency-Key on writes; ETag
@@ -74,6 +77,7 @@ def create_app(services: Services) -> FastAPI:
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
+        """Liveness: the process answers. No key."""
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"])
@@ -92,6 +96,7 @@ def create_app(services: Services) -> FastAPI:
 
     @app.get("/metrics", tags=["ops"], dependencies=[Depends(require_platform)])
     def metrics() -> Response:
+        """Prometheus metrics (text format). The platform key only."""
         from mailbridge.observability import render_metrics
 
         body, content_type = render_metrics(services)

@@ -11,6 +11,7 @@ from mailbridge.domain import directory, pagination
 from mailbridge.domain.db import transaction
 from mailbridge.domain.models import AuditEvent
 
+from . import listings
 from .deps import ServicesDep
 from .paging import PageQuery, page_query
 from .schemas import Page
@@ -19,7 +20,7 @@ router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["audit"])
 AUDIT_KEYS = (pagination.Key(AuditEvent.created_at, "created_at"), pagination.Key(AuditEvent.id, "id"))
 
 
-@router.get("/audit", response_model=Page)
+@router.get("/audit", response_model=listings.AuditPage)
 def audit_trail(
     practice: str,
     svc: ServicesDep,

@@ -41,6 +41,10 @@ class ChartNoteOut(BaseModel):
     created_at: datetime
 
 
+class ChartNotePage(Page):
+    items: list[ChartNoteOut]
+
+
 def note_out(note: ChartNote) -> ChartNoteOut:
     return ChartNoteOut(
         id=note.id,
@@ -65,7 +69,7 @@ def quick_note(practice: str, conversation: str, body: QuickNoteIn, svc: Service
         return note_out(note)
 
 
-@router.get("/clients/{user}/chart-notes", response_model=Page)
+@router.get("/clients/{user}/chart-notes", response_model=ChartNotePage)
 def list_chart_notes(
     practice: str,
     user: str,

@@ -17,14 +17,32 @@ from mailbridge.crypto.keyring import KeyringError
 from mailbridge.domain import conversations as convs
 from mailbridge.domain import directory
 from mailbridge.domain.db import flush_journal, transaction
-from mailbridge.domain.errors import Damaged, Forbidden, Invalid, NotFound, Unavailable
+from mailbridge.domain.errors import (
+    Damaged,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unavailable,
+    Unreadable,
+    UnsupportedMediaType,
+)
 from mailbridge.domain.models import Attachment, ConversationKind, Message, MessageSource
 from mailbridge.storage.blobs import BlobNotFoundError
 from mailbridge.storage.intake import Intake, Upload, intake_uploads, require_all_accepted
 
 from .deps import ServicesDep, conversation_out, message_out
 from .paging import PageQuery, page_out, page_query
-from .schemas import ConversationIn, ConversationOut, MessageIn, MessageOut, Page
+from .problems import field_errors
+from .schemas import (
+    ConversationIn,
+    ConversationOut,
+    ConversationPage,
+    MessageIn,
+    MessageOut,
+    MessagePage,
+    Page,
+    WithheldOut,
+)
 
 router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["conversations"])
 log = logging.getLogger(__name__)
@@ -58,11 +76,13 @@ def _doc(name: str) -> dict[str, Any]:
 
 
 async def _read_body(request: Request, model: type[M]) -> tuple[M, list[Upload]]:
-    """JSON, or multipart with a ``payload`` JSON field and ``attachments`` files (spooled, never in memory)."""
-    content_type = request.headers.get("content-type", "")
+    """JSON, or multipart with a ``payload`` JSON field and ``attachments`` files (spooled, never in
+    memory). Another Content-Type is 415, a body that is not JSON 400, invalid values 422 with every
+    error (docs/api.md)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     uploads: list[Upload] = []
     try:
-        if content_type.startswith("multipart/form-data"):
+        if content_type == "multipart/form-data":
             form = await request.form(max_files=1000, max_fields=50)
             for name in form:
                 if name not in MULTIPART_FIELDS:
@@ -81,15 +101,20 @@ async def _read_body(request: Request, model: type[M]) -> tuple[M, list[Upload]]
                 uploads.append(
                     Upload(item.filename, item.content_type or "application/octet-stream", item.file)
                 )
-        else:
+        elif content_type in ("", "application/json") or content_type.endswith("+json"):
             data = await request.json()
+        else:
+            raise UnsupportedMediaType(
+                "unsupported_media_type", "send application/json or multipart/form-data"
+            )
         return model.model_validate(data), uploads
-    except json.JSONDecodeError:
-        raise Invalid("invalid_request", "body is not valid JSON", None) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Unreadable("invalid_json", "the body is not valid JSON") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise Invalid("invalid_request", f"{field}: {first['msg']}", field) from None
+        errors = field_errors(exc.errors(), ())
+        raise Invalid(
+            "invalid_request", errors[0]["detail"], errors[0]["field"], {"errors": errors}
+        ) from None
 
 
 @router.post(
@@ -124,7 +149,7 @@ def _create_conversation(
             attachments=intake.accepted,
         )
         out = conversation_out(conversation, [message])
-        out.messages[0].withheld = intake.withheld_dicts()
+        out.messages[0].withheld = [WithheldOut(**w) for w in intake.withheld_dicts()]
         return out
 
 
@@ -159,11 +184,11 @@ def _post_message(
             attachments=intake.accepted,
         )
         out = message_out(message)
-        out.withheld = intake.withheld_dicts()
+        out.withheld = [WithheldOut(**w) for w in intake.withheld_dicts()]
         return out
 
 
-@router.get("/conversations", response_model=Page)
+@router.get("/conversations", response_model=ConversationPage)
 def list_conversations(
     practice: str,
     svc: ServicesDep,
@@ -197,7 +222,7 @@ def get_conversation(
         return conversation_out(conv, convs.messages_for(session, conv, actor))
 
 
-@router.get("/conversations/{conversation}/messages", response_model=Page)
+@router.get("/conversations/{conversation}/messages", response_model=MessagePage)
 def list_messages(
     practice: str,
     conversation: str,
@@ -220,7 +245,7 @@ def _readable(session: Any, p: Any, conversation_id: str, actor: Any) -> Any:
     if not verdict.allowed:
         if verdict.reason == "conversation_deleted":
             raise NotFound("conversation_not_found", "conversation not found")
-        raise Forbidden(verdict.reason, f"not allowed ({verdict.rule})")
+        raise Forbidden(verdict.reason, "not allowed by the conversation's rules")
     return conv
 
 

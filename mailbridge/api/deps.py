@@ -72,6 +72,7 @@ async def require_api_key(request: Request, who: Annotated[Principal, Depends(pr
     practice. Another practice's key gets the same 404 as an unknown practice, before the body is
     even read, so a key cannot tell which practices exist."""
     if who.is_platform:
+        request.state.authorised_practice = request.path_params.get("practice")
         return who
     slug = request.path_params.get("practice")
     if slug is None:
@@ -80,6 +81,7 @@ async def require_api_key(request: Request, who: Annotated[Principal, Depends(pr
         raise NotFound("practice_not_found", f"practice {slug!r} not found")
     if who.scope == "read" and request.method not in apikeys.READ_METHODS:
         raise Forbidden("read_only_key", "this key may only read (GET)")
+    request.state.authorised_practice = slug  # problems may now answer in the ``as`` user's language
     return who
 
 

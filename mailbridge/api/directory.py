@@ -182,13 +182,15 @@ def delete_favorite(practice: str, user: str, company: str, svc: ServicesDep) ->
 
 @router.put("/{practice}/friendships/{user_a}/{user_b}", response_model=FriendshipOut)
 def put_friendship(
-    practice: str, user_a: str, user_b: str, body: FriendshipIn, svc: ServicesDep
+    practice: str, user_a: str, user_b: str, body: FriendshipIn, svc: ServicesDep, response: Response
 ) -> FriendshipOut:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         a = directory.get_user(session, p, user_a, "user_a")
         b = directory.get_user(session, p, user_b, "user_b")
+        created = directory.friendship_between(session, a, b) is None
         row = directory.set_friendship(session, p, a, b, FriendshipState(body.state))
+        response.status_code = 201 if created else 200
         return FriendshipOut(user_a=user_a, user_b=user_b, state=row.state.value)
 
 

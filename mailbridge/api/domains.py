@@ -10,6 +10,7 @@ from mailbridge.domain import directory
 from mailbridge.domain import domains as owned
 from mailbridge.domain.db import transaction
 
+from . import listings
 from .deps import ServicesDep
 from .schemas import Items
 
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/api/v1/practices/{practice}", tags=["routing"])
 platform_router = APIRouter(prefix="/api/v1/platform/practices/{practice}", tags=["platform"])
 
 
-@router.get("/domains", response_model=Items)
+@router.get("/domains", response_model=listings.DomainList)
 def list_domains(practice: str, svc: ServicesDep) -> Items:
     """The domains whose mail is this practice's: routes and postmaster@ exist only there."""
     with transaction(svc.sessions) as session:

@@ -14,6 +14,7 @@ from mailbridge.domain.db import transaction
 from mailbridge.domain.models import InboundLog, InboundState, Outbox, OutboxState
 from mailbridge.domain.pagination import Key
 
+from . import listings
 from .deps import ServicesDep
 from .paging import PageQuery, page_query
 from .schemas import Page
@@ -26,7 +27,7 @@ OUTBOUND_KEYS = (Key(Outbox.created_at, "created_at"), Key(Outbox.id, "id"))
 LogPage = Annotated[PageQuery, Depends(page_query(default=100, maximum=1000))]
 
 
-@router.get("/inbound", response_model=Page)
+@router.get("/inbound", response_model=listings.InboundPage)
 def inbound(
     practice: str,
     svc: ServicesDep,
@@ -76,7 +77,7 @@ def inbound(
         )
 
 
-@router.get("/outbound", response_model=Page)
+@router.get("/outbound", response_model=listings.OutboundPage)
 def outbound(practice: str, svc: ServicesDep, paging: LogPage, state: OutboxState | None = None) -> Page:
     """Newest first."""
     with transaction(svc.sessions) as session:

@@ -15,6 +15,7 @@ from mailbridge.domain.routes import RouteIn, route_out, upsert_route
 from mailbridge.domain.routes import delete_route as remove_route
 from mailbridge.inbound import quarantine
 
+from . import listings
 from .deps import ServicesDep, message_out
 from .paging import PageQuery, page_query
 from .schemas import Items, Locale, MessageOut, Page
@@ -64,7 +65,7 @@ def put_route(
         return route_out(route)
 
 
-@router.get("/routes", response_model=Items)
+@router.get("/routes", response_model=listings.RouteList)
 def list_routes(practice: str, svc: ServicesDep) -> Items:
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
@@ -80,7 +81,7 @@ def delete_route(practice: str, address: str, svc: ServicesDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/quarantine", response_model=Page)
+@router.get("/quarantine", response_model=listings.QuarantinePage)
 def list_quarantine(
     practice: str,
     svc: ServicesDep,

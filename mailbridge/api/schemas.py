@@ -7,7 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from mailbridge.domain.models import ConversationKind, FriendshipState, MessageSource, StaffRole, UserKind
 from mailbridge.domain.validators import check_email
+
+# The domain's enums are the API's: one named schema each in /openapi.json, shared by the input and
+# the output models (a generated client gets one type for `kind` whether it sends or reads it).
+__all__ = ["ConversationKind", "FriendshipState", "MessageSource", "StaffRole", "UserKind"]
 
 Locale = Literal["en", "fr"]
 
@@ -73,11 +78,11 @@ class UserIn(Strict):
     email: EmailStr
     alt_emails: list[EmailStr] = []
     name: str = Field(min_length=1, max_length=255)
-    kind: Literal["staff", "client", "external"] = Field(
+    kind: UserKind = Field(
         description="external: seed 003's external agent (a referring physician, a school counsellor…), "
         "outside the practice, who reads and replies by email only; no role, no portal account"
     )
-    role: Literal["provider", "biller", "front_office", "admin"] | None = None
+    role: StaffRole | None = None
     active: bool = True
     locale: Locale = "en"
     portal_account: bool | None = Field(
@@ -111,8 +116,8 @@ class UserOut(BaseModel):
     email: str
     alt_emails: list[str]
     name: str
-    kind: str
-    role: str | None
+    kind: UserKind
+    role: StaffRole | None
     active: bool
     locale: str
     portal_account: bool
@@ -132,17 +137,19 @@ class CompanyOut(BaseModel):
 
 
 class FriendshipIn(Strict):
-    state: Literal["requested", "accepted", "closed"]
+    state: FriendshipState
 
 
 class FriendshipOut(BaseModel):
     user_a: str
     user_b: str
-    state: str
+    state: FriendshipState
 
 
 class ConversationIn(Strict):
-    kind: Literal["company", "confidential", "private", "direct"]
+    """A new conversation and its first message (JSON, or the ``payload`` field of a multipart body)."""
+
+    kind: ConversationKind
     company: str | None = None
     subject: str = Field(min_length=1, max_length=255)
     author: str
@@ -151,6 +158,8 @@ class ConversationIn(Strict):
 
 
 class MessageIn(Strict):
+    """A message posted by the app (JSON, or the ``payload`` field of a multipart body)."""
+
     author: str
     body: str
     internal: bool = False
@@ -164,17 +173,23 @@ class AttachmentOut(BaseModel):
     sha256: str
 
 
+class WithheldOut(BaseModel):
+    filename: str
+    reason: str = Field(description="the attachment reason code (docs/reasons.md)")
+    explanation: str
+
+
 class MessageOut(BaseModel):
     id: str
     conversation: str = Field(description="The id of the conversation the message belongs to")
     author: str
     body: str
     body_html: str | None
-    source: Literal["app", "email", "imap"]
+    source: MessageSource
     internal: bool
     created_at: datetime
     attachments: list[AttachmentOut]
-    withheld: list[dict[str, str]] = Field(
+    withheld: list[WithheldOut] = Field(
         default=[],
         description="Always empty for app posts: a file the rules withhold is refused with 422 "
         "attachment_refused. Kept for compatibility; an email's withheld files are named in its body.",
@@ -183,7 +198,7 @@ class MessageOut(BaseModel):
 
 class ConversationOut(BaseModel):
     id: str
-    kind: str
+    kind: ConversationKind
     company: str | None
     subject: str
     participants: list[str]
@@ -201,17 +216,28 @@ class ConversationOut(BaseModel):
 
 
 class Items(BaseModel):
+    """A whole list (short by nature: routes, mailboxes, webhooks, domains)."""
+
     items: list[Any]
 
 
 class Page(BaseModel):
-    """A page of a list (keyset pagination): ``next_cursor`` goes in ``?cursor=`` for the next page."""
+    """A page of a list (keyset pagination): ``next_cursor`` goes in ``?cursor=`` for the next page.
+    The typed pages below (``ConversationPage``…) name their items for /openapi.json."""
 
     items: list[Any]
     next_cursor: str | None = Field(
         default=None,
         description="Opaque; pass it as ?cursor= to get the next page. null: this is the last page.",
     )
+
+
+class ConversationPage(Page):
+    items: list[ConversationOut]
+
+
+class MessagePage(Page):
+    items: list[MessageOut]
 
 
 class UserPage(Page):

@@ -24,6 +24,7 @@ from mailbridge.webhooks import endpoints
 from mailbridge.webhooks.addresses import check_url
 from mailbridge.webhooks.payloads import Renderer, event_out
 
+from . import listings
 from .deps import ServicesDep, require_platform
 from .paging import PageQuery, page_out, page_query
 from .schemas import Items, Page, Strict
@@ -135,7 +136,7 @@ def put_webhook(
     return _put(practice, name, body, svc, response)
 
 
-@practice_router.get("/webhooks", response_model=Items)
+@practice_router.get("/webhooks", response_model=listings.WebhookList)
 def list_webhooks(practice: str, svc: ServicesDep) -> Items:
     return _list(practice, svc)
 
@@ -156,7 +157,7 @@ def rotate_secret(practice: str, name: str, svc: ServicesDep, body: RotateIn | N
     return _rotate(practice, name, body, svc)
 
 
-@practice_router.get("/webhooks/{name}/deliveries", response_model=Page)
+@practice_router.get("/webhooks/{name}/deliveries", response_model=listings.DeliveryPage)
 def list_deliveries(
     practice: str,
     name: str,
@@ -174,7 +175,7 @@ def redeliver(practice: str, name: str, delivery: str, svc: ServicesDep) -> dict
     return _redeliver(practice, name, delivery, svc)
 
 
-@practice_router.get("/events", response_model=Page)
+@practice_router.get("/events", response_model=listings.EventPage)
 def list_events(
     practice: str,
     svc: ServicesDep,
@@ -202,7 +203,7 @@ def put_platform_webhook(name: str, body: WebhookIn, svc: ServicesDep, response:
     return _put(None, name, body, svc, response)
 
 
-@platform_router.get("/webhooks", response_model=Items)
+@platform_router.get("/webhooks", response_model=listings.WebhookList)
 def list_platform_webhooks(svc: ServicesDep) -> Items:
     return _list(None, svc)
 
@@ -222,7 +223,7 @@ def rotate_platform_secret(name: str, svc: ServicesDep, body: RotateIn | None = 
     return _rotate(None, name, body, svc)
 
 
-@platform_router.get("/webhooks/{name}/deliveries", response_model=Page)
+@platform_router.get("/webhooks/{name}/deliveries", response_model=listings.DeliveryPage)
 def list_platform_deliveries(
     name: str, svc: ServicesDep, paging: Paging, state: str | None = Query(None, description=STATE_DOC)
 ) -> Page:

@@ -63,7 +63,7 @@ def create_quick_note(
     if not verdict.allowed:
         if verdict.reason == "conversation_deleted":
             raise NotFound("conversation_not_found", "conversation not found")
-        raise Forbidden(verdict.reason, f"not allowed ({verdict.rule})")
+        raise Forbidden(verdict.reason, "not allowed by the quick note's rules")
     [client] = [p.user for p in conversation.active_participants() if p.user.kind == UserKind.client]
     if text is None:
         text = prefill(conversation, messages_for(session, conversation, author))

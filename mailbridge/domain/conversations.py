@@ -59,9 +59,20 @@ class NewAttachment:
     storage_key: str | None = None  # the blob store's reference (None: the legacy hash-named file)
 
 
+# Policy refusals about what is posted rather than who posts: invalid input (422), not 403.
+INPUT_REASONS = {"body_too_short": "body"}
+
+
 class PolicyDenied(Forbidden):
+    """The policy's refusal: 403 with its reason code, or 422 for a refusal of the input itself
+    (docs/api.md: one status per class of error). The rule's name stays out of the text."""
+
     def __init__(self, verdict: Verdict) -> None:
-        super().__init__(verdict.reason, f"not allowed ({verdict.rule})")
+        super().__init__(
+            verdict.reason, "not allowed by the conversation's rules", INPUT_REASONS.get(verdict.reason)
+        )
+        if verdict.reason in INPUT_REASONS:
+            self.status = 422
         self.verdict = verdict
 
 
@@ -170,7 +181,7 @@ def require_may_join(kind: ConversationKind, user: User, added_by: User | None =
         return
     if verdict.reason == "direct_staff_only":
         raise Invalid("direct_staff_only", "direct conversations are between two staff", "participants")
-    raise Forbidden(verdict.reason, f"not allowed ({verdict.rule})", "participants")
+    raise Forbidden(verdict.reason, "not allowed by the conversation's rules", "participants")
 
 
 def require_company_clients(
@@ -362,7 +373,7 @@ def require_active_account(actor: User) -> None:
     """A deactivated staff account reads nothing: 403 ``account_inactive`` rather than an empty list."""
     verdict = account_verdict(_person(actor, False))
     if verdict is not None:
-        raise Forbidden(verdict.reason, f"not allowed ({verdict.rule})")
+        raise Forbidden(verdict.reason, "not allowed: the account is inactive")
 
 
 def conversations_for(session: Session, practice: Practice, actor: User) -> list[Conversation]:
@@ -540,7 +551,8 @@ def remove_participant(session: Session, conversation: Conversation, user: User)
             revoke_for_participant(session, conversation.id, user.id)
             session.flush()
             return
-    raise NotFound("participant_not_found", "not a participant")
+    # Not (or no longer) a participant: nothing to do. DELETE is idempotent (docs/api.md): a retried
+    # removal answers 204 like the first, as a repeated DELETE of a favourite or a mute does.
 
 
 def count_messages(session: Session, conversation_id: str) -> int:

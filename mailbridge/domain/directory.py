@@ -216,7 +216,7 @@ def upsert_user(
     user.deleted_at = None
     was_kind = user.kind if not created else None
     if was_kind is not None and was_kind != kind:
-        raise Invalid("kind_change", "a user's kind cannot change", "kind")
+        raise Conflict("kind_change", "a user's kind cannot change", "kind")
     primary = email.lower()
     # A new address starts clean by itself: suppressions belong to addresses, not users, and
     # ``email_bouncing`` is derived from the primary address's (domain/suppressions.py).
@@ -292,7 +292,7 @@ def set_friendship(
     if a.id == b.id:
         raise Invalid("same_user", "a friendship needs two different users", "user_b")
     if a.kind != UserKind.staff or b.kind != UserKind.staff:
-        raise Invalid("staff_only", "direct channels are between two staff members", "user_b")
+        raise Invalid("direct_staff_only", "direct channels are between two staff members", "user_b")
     friendship = friendship_between(session, a, b)
     if friendship is None:
         low, high = sorted((a.id, b.id))

@@ -32,6 +32,18 @@ class Conflict(DomainError):
     status = 409
 
 
+class Unreadable(DomainError):
+    """The request's body cannot be read (not JSON): 400 ``invalid_json``."""
+
+    status = 400
+
+
+class UnsupportedMediaType(DomainError):
+    """A body in a Content-Type the route does not read: 415 ``unsupported_media_type``."""
+
+    status = 415
+
+
 class Damaged(DomainError):
     """Stored content that is missing or fails authentication: a fault for the operator, never garbage."""
 

@@ -33,7 +33,7 @@ from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction
 from mailbridge.domain.domains import domain_of, owns
 from mailbridge.domain.erasure import raw_refs
-from mailbridge.domain.errors import Conflict, Invalid, NotFound
+from mailbridge.domain.errors import Conflict, Forbidden, Invalid, NotFound
 from mailbridge.domain.fingerprint import Fingerprint
 from mailbridge.domain.models import (
     AuditEvent,
@@ -224,7 +224,7 @@ def staff_actor(session: Session, practice: Practice, external_id: str | None) -
         raise Invalid("actor_required", "say who decides: ?as=<staff member's external id>", "as")
     user = directory.get_user(session, practice, external_id, "as")
     if user.kind != UserKind.staff:
-        raise Invalid("staff_only", "only staff review quarantined mail", "as")
+        raise Forbidden("staff_only", "only staff review quarantined mail", "as")
     convs.require_active_account(user)  # a deactivated account decides nothing
     return audit.Actor.staff(user)
 
