@@ -98,7 +98,6 @@ def test_unknown_settings_keys_are_refused_like_unknown_top_level_keys(seeded: A
     assert refused.status_code == 422
     assert refused.json()["code"] == "invalid_settings"
     assert refused.json()["field"] == "settings.brand_colour"
-    assert "brand_colour" in refused.json()["detail"]
     assert api.get(BASE).json()["settings"]["min_body_chars"] == 10  # nothing stored
     nested = api.put(BASE, json=practice | {"settings": {"notify_content": {"privat": "full"}}})
     assert nested.status_code == 422 and nested.json()["code"] == "invalid_settings"
@@ -148,7 +147,7 @@ def test_companies_favourites_and_friendships_are_listed(seeded: Any, api: Any) 
     assert [c["id"] for c in _walk(api, f"{BASE}/users/alice/favorites", 1)] == ["bakery", "garage"]
     assert _walk(api, f"{BASE}/users/dave/favorites", 5) == []
     assert api.get(f"{BASE}/users/nobody/favorites").status_code == 404
-    assert api.put(f"{BASE}/friendships/billing/dr-jones", json={"state": "requested"}).status_code == 200
+    assert api.put(f"{BASE}/friendships/billing/dr-jones", json={"state": "requested"}).status_code == 201
     every = _walk(api, f"{BASE}/friendships", 1)
     pairs = {(f["user_a"], f["user_b"], f["state"]) for f in every}
     assert len(every) == 2 and ("dr-smith", "dr-jones", "accepted") in pairs
@@ -228,12 +227,14 @@ def test_one_message_is_read_by_the_rules_and_unreadable_is_exactly_unknown(seed
     assert api.get(f"{BASE}/messages/{note['id']}?as=dr-smith").json()["internal"] is True
     unknown = api.get(f"{BASE}/messages/{'0' * 32}?as=alice")
     assert unknown.status_code == 404
-    for refused in (
-        api.get(f"{BASE}/messages/{note['id']}?as=alice"),  # an internal note, to a client
-        api.get(f"{BASE}/messages/{first['id']}?as=bob"),  # not his conversation
-        api.get(f"{BASE}/messages/{first['id']}?as=dr-jones"),  # private, not a participant
+    for actor, refused in (
+        ("alice", api.get(f"{BASE}/messages/{note['id']}?as=alice")),  # an internal note, to a client
+        ("bob", api.get(f"{BASE}/messages/{first['id']}?as=bob")),  # not his conversation
+        ("dr-jones", api.get(f"{BASE}/messages/{first['id']}?as=dr-jones")),  # private, not a participant
     ):
-        assert refused.status_code == 404 and refused.json() == unknown.json()
+        # The same answer as an unknown id asked by the same person (in that person's language)
+        unknown_to_them = api.get(f"{BASE}/messages/{'0' * 32}?as={actor}")
+        assert refused.status_code == 404 and refused.json() == unknown_to_them.json()
     other = {"name": "Other", "reply_domain": "reply.other.test", "notify_from": "n@other.test"}
     assert api.put("/api/v1/practices/other", json=other).status_code == 201
     api.put(
@@ -336,7 +337,7 @@ def test_bulk_upsert_reports_each_item_and_keeps_the_good_ones(seeded: Any, api:
         ("favorite", "erin/florist", "created", None),
         ("favorite", "erin/nowhere", "failed", "company_not_found"),
         ("friendship", "dr-smith/billing", "created", None),
-        ("friendship", "dr-smith/alice", "failed", "staff_only"),
+        ("friendship", "dr-smith/alice", "failed", "direct_staff_only"),
     ]
     assert answer.json()["counts"] == {"created": 4, "updated": 1, "failed": 3}
     failed = answer.json()["results"][5]["error"]

@@ -40,6 +40,20 @@ def raised_codes() -> set[str]:
                 codes.add(first.value)
             if name == "_deny" and len(node.args) == 2 and isinstance(node.args[1], ast.Constant):
                 codes.add(str(node.args[1].value))  # policy/rules.py: _deny(rule, reason)
+        for cls in ast.walk(ast.parse(path.read_text())):
+            # an error subclass naming its code once: class AttachmentRefused(Invalid): super().__init__("…")
+            if isinstance(cls, ast.ClassDef) and any(getattr(b, "id", "") in ERRORS for b in cls.bases):
+                for call in ast.walk(cls):
+                    if (
+                        isinstance(call, ast.Call)
+                        and isinstance(call.func, ast.Attribute)
+                        and call.func.attr == "__init__"
+                        and call.args
+                        and isinstance(call.args[0], ast.Constant)
+                    ):
+                        codes.add(str(call.args[0].value))
+        # the ASGI middlewares' answers (idempotency, rate limit): send_problem(scope, send, 429, "…")
+        codes |= set(re.findall(r'send_problem\(\s*scope,\s*send,\s*\d{3},\s*"([a-z_]+)"', path.read_text()))
     problems = (ROOT / "mailbridge" / "api" / "problems.py").read_text()
     codes |= set(re.findall(r'problem\(\s*\d{3},\s*"([a-z_]+)"', problems))
     codes |= set(re.findall(r'\d{3}: "([a-z_]+)"', problems))

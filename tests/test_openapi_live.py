@@ -311,6 +311,18 @@ def test_every_route_answers_as_the_document_says(walker: Any) -> None:
     assert bare.get("/readyz").status_code in (200, 503)
     assert api.get("/metrics").status_code == 200
     assert bare.get("/metrics").status_code == 401
+    # ---- the directory read back, in bulk, and deleted
+    assert api.get(f"{BASE}/users?kind=staff&limit=2").status_code == 200
+    assert api.get(f"{BASE}/companies").status_code == 200
+    assert api.get(f"{BASE}/users/alice/favorites").status_code == 200
+    assert api.get(f"{BASE}/friendships").status_code == 200
+    bulk = {"users": {"s10": staff | {"email": "s10@acme.test"}}, "companies": {"c10": {"name": "C10"}}}
+    assert api.post(f"{BASE}/directory/import", json=bulk).status_code == 200
+    assert api.get(f"{BASE}/messages/{conv['messages'][0]['id']}?as=alice").status_code == 200
+    assert api.get(f"{BASE}/messages/{'0' * 32}?as=alice").status_code == 404
+    assert api.delete(f"{BASE}/users/s10").status_code == 204
+    assert api.delete(f"{BASE}/companies/c10").status_code == 204
+    assert api.delete(f"{BASE}/companies/c10").status_code == 404
     # ---- the practice and the conversation last: deletion
     assert api.delete(f"{BASE}/conversations/{cid}?as=dr-smith").status_code == 204
     assert api.delete(f"{BASE}/conversations/{cid}?as=dr-smith").status_code == 404

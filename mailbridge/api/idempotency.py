@@ -27,7 +27,6 @@ response seen whole; the route code knows nothing of it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from collections.abc import Callable
@@ -43,6 +42,8 @@ from mailbridge.access import apikeys
 from mailbridge.domain.db import transaction
 from mailbridge.domain.idempotency import LEASE, Stored, claim, complete, release, renew
 from mailbridge.wiring import Services
+
+from .problems import send_problem
 
 METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 HEADER = b"idempotency-key"
@@ -130,21 +131,6 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def _problem(send: Send, status: int, code: str, detail: str, extra: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps(
-        {
-            "type": "about:blank",
-            "title": code.replace("_", " "),
-            "status": status,
-            "code": code,
-            "detail": detail,
-        }
-    ).encode()
-    headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers + extra})
-    await send({"type": "http.response.body", "body": body})
-
-
 class IdempotencyMiddleware:
     """See the module docstring."""
 
@@ -164,12 +150,12 @@ class IdempotencyMiddleware:
         if len(key) >= 2 and key[0] == key[-1] == '"':
             key = key[1:-1]  # the draft's sf-string form
         if not _KEY.fullmatch(key):
-            await _problem(
+            await send_problem(
+                scope,
                 send,
                 422,
                 "idempotency_key_invalid",
                 "Idempotency-Key: 1 to 255 printable ASCII characters",
-                [],
             )
             return
         principal = await caller(self.services, (_header(scope, b"authorization") or b"").decode("latin-1"))
@@ -188,31 +174,32 @@ class IdempotencyMiddleware:
         sessions = self.services.sessions
         held = await run_in_threadpool(claim, sessions, practice, principal, key, retention)
         if isinstance(held, Stored):
-            await self._answer_from(held, fingerprint, receive, send)
+            await self._answer_from(held, fingerprint, scope, receive, send)
             return
         await self._run(scope, receive, send, held, fingerprint)
 
     async def _answer_from(
-        self, held: Stored, fingerprint: Fingerprint, receive: Receive, send: Send
+        self, held: Stored, fingerprint: Fingerprint, scope: Scope, receive: Receive, send: Send
     ) -> None:
         if held.status is None:
-            await _problem(
+            await send_problem(
+                scope,
                 send,
                 409,
                 "idempotency_key_in_flight",
                 "a request with this Idempotency-Key is still being processed: retry shortly",
-                [(b"retry-after", b"1")],
+                {"Retry-After": "1"},
             )
             return
         if not await _drain(receive, fingerprint.feed):
             return  # the client went away
         if fingerprint.hexdigest() != held.fingerprint:
-            await _problem(
+            await send_problem(
+                scope,
                 send,
                 422,
                 "idempotency_key_reused",
                 "this Idempotency-Key was used for a different request (method, path or body)",
-                [],
             )
             return
         headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in held.headers]

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Scope, Send
 
 from mailbridge.domain.errors import DomainError
 from mailbridge.reasons import CATALOGUE
@@ -58,6 +59,24 @@ def problem(
     if field:
         body["field"] = field
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers={"Content-Language": locale})
+
+
+async def send_problem(
+    scope: Scope, send: Send, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> None:
+    """A problem answered from ASGI middleware (idempotency, rate limit), before any route runs: the
+    same document as the routes' (catalogue sentences in the Accept-Language locale)."""
+    lang = ""
+    for name, value in scope.get("headers", ()):
+        if name == b"accept-language":
+            lang = bytes(value).decode("latin-1")
+    response = problem(status, code, detail, locale=accept_language(lang) or "en")
+    response.headers.update(headers or {})
+    await response(scope, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def accept_language(header: str) -> str | None:

@@ -17,7 +17,6 @@ above what an app or the tests send; ``api_rate_limit = 0`` turns the limit off.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections import OrderedDict
@@ -26,6 +25,8 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mailbridge.observability import API_RATE_LIMITED
+
+from .problems import send_problem
 
 MAX_BUCKETS = 10_000
 
@@ -82,19 +83,11 @@ class RateLimitMiddleware:
             return
         API_RATE_LIMITED.inc()
         retry_after = max(1, math.ceil(wait))
-        body = json.dumps(
-            {
-                "type": "about:blank",
-                "title": "rate limited",
-                "status": 429,
-                "code": "rate_limited",
-                "detail": f"too many requests with this key: retry after {retry_after} s",
-            }
-        ).encode()
-        headers = [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry_after).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(
+            scope,
+            send,
+            429,
+            "rate_limited",
+            f"too many requests with this key: retry after {retry_after} s",
+            {"Retry-After": str(retry_after)},
+        )
