@@ -50,6 +50,15 @@ def get_user(session: Session, practice: Practice, external_id: str, field: str 
     return user
 
 
+def get_actor(session: Session, practice: Practice, external_id: str | None) -> User:
+    """Who acts, named by ``?as=``: required wherever something is done on a user's behalf, so the
+    rules are applied to someone (422 ``actor_required`` without it; the old participant routes took
+    no actor and applied no rule)."""
+    if not external_id:
+        raise Invalid("actor_required", "say who acts: ?as=<the user's external id>", "as")
+    return get_user(session, practice, external_id, "as")
+
+
 def get_company(session: Session, practice: Practice, external_id: str, field: str | None = None) -> Company:
     company = session.scalar(
         select(Company).where(Company.practice_id == practice.id, Company.external_id == external_id)

@@ -220,9 +220,7 @@ def require_own_mail(session: Session, practice: Practice, item: QuarantineItem)
 
 def staff_actor(session: Session, practice: Practice, external_id: str | None) -> audit.Actor:
     """The staff member deciding, named by ``?as=``: required, so every decision has someone behind it."""
-    if not external_id:
-        raise Invalid("actor_required", "say who decides: ?as=<staff member's external id>", "as")
-    user = directory.get_user(session, practice, external_id, "as")
+    user = directory.get_actor(session, practice, external_id)
     if user.kind != UserKind.staff:
         raise Invalid("staff_only", "only staff review quarantined mail", "as")
     convs.require_active_account(user)  # a deactivated account decides nothing
