@@ -434,6 +434,14 @@ _ENTRIES: tuple[tuple[str, str, str, str, str, str], ...] = (
         "Une personne qui n'est pas cliente a écrit à une adresse du cabinet. Retenu si l'adresse trie les inconnus, refusé sinon.",
         "Libérez-le vers un nouveau contact si c'est une vraie demande, ou vers le client qui a écrit d'une autre adresse ; écartez le spam.",
     ),
+    (
+        "ambiguous_sender",
+        "quarantined",
+        "The sender's address belongs to more than one person in the directory (a duplicate from before addresses were unique), so the message was not attributed to anyone. Held when the address triages strangers, refused otherwise.",
+        "Have the application give each person their own address (the directory now refuses duplicates), then release it to the right client.",
+        "L'adresse de l'expéditeur appartient à plusieurs personnes de l'annuaire (un doublon d'avant l'unicité des adresses) : le message n'a été attribué à personne. Retenu si l'adresse trie les inconnus, refusé sinon.",
+        "Faites donner à chacun sa propre adresse dans l'application (l'annuaire refuse désormais les doublons), puis libérez-le vers le bon client.",
+    ),
     # ---- refused: the message --------------------------------------------------------------------
     (
         "message_too_big",
