@@ -198,7 +198,6 @@ def upsert_user(
     )
     primary = normalise(email)
     wanted = {primary: True} | {normalise(a): False for a in alt_emails if normalise(a) != primary}
-    _require_addresses_free(session, practice, external_id, wanted, primary)
     created = user is None
     if user is None:
         user = User(practice_id=practice.id, external_id=external_id)
@@ -206,6 +205,7 @@ def upsert_user(
     was_kind = user.kind if not created else None
     if was_kind is not None and was_kind != kind:
         raise Invalid("kind_change", "a user's kind cannot change", "kind")
+    _require_addresses_free(session, practice, external_id, wanted, primary)
     # A new address starts clean by itself: suppressions belong to addresses, not users, and
     # ``email_bouncing`` is derived from the primary address's (domain/suppressions.py).
     user.email = email
