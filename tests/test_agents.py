@@ -261,7 +261,10 @@ def test_a_removed_agent_is_refused_with_550_5_1_1(seeded: Any, api: Any, live: 
     conversation = create(api, participants=["alice", "referrer"])["id"]
     (notification,) = to(deliver(seeded), "dr.referrer@client.test")
     reply_to = str(notification["Reply-To"])
-    assert api.delete(f"{BASE}/conversations/{conversation}/participants/referrer").status_code == 204
+    assert (
+        api.delete(f"{BASE}/conversations/{conversation}/participants/referrer?as=dr-smith").status_code
+        == 204
+    )
     answer = reply_message("dr.referrer@client.test", reply_to, "One more thing about Alice.")
     code, text = send(live, answer, "dr.referrer@client.test", reply_to)
     assert (code, text) == (550, b"5.1.1 No such recipient")
@@ -367,11 +370,13 @@ def test_the_app_cannot_post_as_an_agent_nor_let_a_client_bring_one_in(seeded: A
     )
     assert (direct.status_code, direct.json()["code"]) == (422, "direct_staff_only")
     channel = create(api, kind="direct", participants=["dr-jones"])["id"]
-    added = api.put(f"{BASE}/conversations/{channel}/participants/referrer")
+    added = api.put(f"{BASE}/conversations/{channel}/participants/referrer?as=dr-smith")
     assert (added.status_code, added.json()["code"]) == (422, "direct_staff_only")
-    # staff add an agent to a conversation later: the app's participant route
+    # staff add an agent to a conversation later: the app's participant route, as staff
     later = create(api, participants=["bob"])["id"]
-    assert api.put(f"{BASE}/conversations/{later}/participants/referrer").status_code == 204
+    by_bob = api.put(f"{BASE}/conversations/{later}/participants/referrer?as=bob")
+    assert (by_bob.status_code, by_bob.json()["code"]) == (403, "staff_only")
+    assert api.put(f"{BASE}/conversations/{later}/participants/referrer?as=dr-smith").status_code == 204
     listed = api.get(f"{BASE}/conversations?as=referrer").json()["items"]
     assert {c["id"] for c in listed} == {conversation, later}
 

@@ -130,7 +130,8 @@ def test_policy_is_asked_for_every_recipient_of_a_batch(seeded: Any) -> None:
     with transaction(seeded.sessions) as session:
         p = directory.get_practice(session, "acme")
         conversation = convs.get_conversation(session, p, conv)
-        convs.remove_participant(session, conversation, directory.get_user(session, p, "bob"))
+        smith, bob = directory.get_user(session, p, "dr-smith"), directory.get_user(session, p, "bob")
+        convs.remove_participant(session, conversation, smith, bob)
     with Sink() as sink:
         drain(worker_for(seeded, sink))
     assert [r.rcpts for r in sink.received] == [["alice@client.test"]]
@@ -164,7 +165,8 @@ def test_snapshot_situation_is_conversations_situation(seeded: Any, order: str) 
     with transaction(seeded.sessions) as session:
         p = directory.get_practice(session, "acme")
         removed = convs.get_conversation(session, p, conversations[3])
-        convs.remove_participant(session, removed, directory.get_user(session, p, "bob"))
+        smith, bob = directory.get_user(session, p, "dr-smith"), directory.get_user(session, p, "bob")
+        convs.remove_participant(session, removed, smith, bob)
     with seeded.sessions() as session:
         users = list(session.scalars(select(User).order_by(User.id)))
         if order == "bob_first":

@@ -39,11 +39,16 @@ def deactivate(services: Any, who: str) -> None:
         session.execute(update(User).where(User.external_id == who).values(active=False))
 
 
-def remove(services: Any, conversation_id: str, who: str) -> None:
+def remove(services: Any, conversation_id: str, who: str, actor: str = "dr-smith") -> None:
     with transaction(services.sessions) as session:
         practice = directory.get_practice(session, "acme")
         conversation = convs.get_conversation(session, practice, conversation_id)
-        convs.remove_participant(session, conversation, directory.get_user(session, practice, who))
+        convs.remove_participant(
+            session,
+            conversation,
+            directory.get_user(session, practice, actor),
+            directory.get_user(session, practice, who),
+        )
 
 
 def run_reply(
@@ -116,7 +121,7 @@ def test_client_deactivated_during_the_dns_checks_is_refused_with_a_notice(
 def test_participant_removed_while_the_attachments_are_checked_is_refused(
     seeded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    conversation = open_conversation(seeded)
+    conversation = open_conversation(seeded, participants=("alice", "billing"))  # someone stays
     address = reply_address(seeded, conversation, "alice")
     msg = reply_message("alice@client.test", address, "Tuesday at 10 works, notes attached.")
     msg.add_attachment(b"some notes\n" * 20, maintype="text", subtype="plain", filename="notes.txt")
@@ -151,7 +156,7 @@ def test_token_revoked_between_rcpt_and_the_end_of_data_is_refused(
         msg,
         monkeypatch,
         "authenticate",
-        lambda: remove(seeded, conversation, "dr-smith"),
+        lambda: remove(seeded, conversation, "dr-smith", actor="billing"),
     )
     assert_refused(seeded, outcome, "token_revoked")
 

@@ -7,8 +7,10 @@ import pytest
 
 from mailbridge.policy.rules import (
     Joining,
+    Membership,
     Person,
     Situation,
+    can_change_members,
     can_join,
     can_post,
     can_quick_note,
@@ -505,6 +507,146 @@ def test_joining_table(name: str, joining: Joining, allowed: bool, reason: str) 
     verdict = can_join(joining)
     assert (verdict.allowed, verdict.reason) == (allowed, reason)
     assert verdict.rule
+
+
+# Changing who takes part in an existing conversation (issue 20): (name, membership, allowed, reason)
+def change(
+    actor: Person, kind: str, members: tuple[Person, ...], person: Person, adding: bool, **kw: object
+) -> Membership:
+    return Membership(sit(actor, kind, members, **kw), person, adding, creator_id=PROVIDER.id)
+
+
+CONFIDENTIAL_MEMBERS = (PROVIDER, CLIENT_FAV)
+MEMBERSHIP_TABLE = [
+    (
+        "private: staff add staff",
+        change(PROVIDER, "private", (PROVIDER, CLIENT_FAV), BILLER, True),
+        True,
+        "allowed",
+    ),
+    (
+        "private: staff who cannot read",
+        change(BILLER, "private", (PROVIDER, CLIENT_FAV), BILLER, True),
+        False,
+        "not_participant",
+    ),
+    (
+        "private: a client adds a client",
+        change(CLIENT_FAV, "private", (PROVIDER, CLIENT_FAV), CLIENT_NOFAV, True),
+        False,
+        "staff_only",
+    ),
+    (
+        "private: an agent adds",
+        change(AGENT, "private", (PROVIDER, AGENT), BILLER, True),
+        False,
+        "staff_only",
+    ),
+    (
+        "private: a second client",
+        change(PROVIDER, "private", (PROVIDER, CLIENT_FAV), CLIENT_FAV2, True),
+        False,
+        "private_has_client",
+    ),
+    (
+        "private: a second client, group privacy off",
+        change(PROVIDER, "private", (PROVIDER, CLIENT_FAV), CLIENT_FAV2, True, group_privacy=False),
+        True,
+        "allowed",
+    ),
+    (
+        "private: staff add an agent",
+        change(PROVIDER, "private", (PROVIDER, CLIENT_FAV), AGENT, True),
+        True,
+        "allowed",
+    ),
+    (
+        "direct: a third staff member",
+        change(PROVIDER, "direct", (PROVIDER, BILLER), FRONT, True),
+        False,
+        "direct_two_people",
+    ),
+    (
+        "direct: a client",
+        change(PROVIDER, "direct", (PROVIDER, BILLER), CLIENT_FAV, True),
+        False,
+        "direct_staff_only",
+    ),
+    (
+        "direct: one of the two again",
+        change(PROVIDER, "direct", (PROVIDER, BILLER), BILLER, True),
+        True,
+        "allowed",
+    ),
+    (
+        "direct: one of the two leaves",
+        change(PROVIDER, "direct", (PROVIDER, BILLER), BILLER, False),
+        False,
+        "direct_two_people",
+    ),
+    (
+        "confidential: a client outside the company",
+        change(PROVIDER, "confidential", CONFIDENTIAL_MEMBERS, CLIENT_NOFAV, True),
+        False,
+        "client_not_following_company",
+    ),
+    (
+        "confidential: a client of the company",
+        change(PROVIDER, "confidential", CONFIDENTIAL_MEMBERS, CLIENT_FAV2, True),
+        True,
+        "allowed",
+    ),
+    (
+        "company: staff following it add",
+        change(BILLER, "company", (PROVIDER, CLIENT_FAV), FRONT, True),
+        True,
+        "allowed",
+    ),
+    (
+        "company: staff not following it",
+        change(PROVIDER_NOFAV, "company", (PROVIDER, CLIENT_FAV), FRONT, True),
+        False,
+        "not_following_company",
+    ),
+    (
+        "the creator is removed",
+        change(BILLER, "private", (PROVIDER, BILLER, CLIENT_FAV), PROVIDER, False),
+        False,
+        "creator_stays",
+    ),
+    (
+        "the last other participant",
+        change(PROVIDER, "private", (PROVIDER, CLIENT_FAV), CLIENT_FAV, False),
+        False,
+        "no_recipient",
+    ),
+    (
+        "staff leave",
+        change(BILLER, "private", (PROVIDER, BILLER, CLIENT_FAV), BILLER, False),
+        True,
+        "allowed",
+    ),
+    (
+        "inactive staff",
+        change(INACTIVE_STAFF, "private", (PROVIDER, INACTIVE_STAFF, CLIENT_FAV), FRONT, True),
+        False,
+        "account_inactive",
+    ),
+    (
+        "deleted conversation",
+        change(PROVIDER, "private", (PROVIDER, CLIENT_FAV), FRONT, True, deleted=True),
+        False,
+        "conversation_deleted",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "membership", "allowed", "reason"), MEMBERSHIP_TABLE, ids=[r[0] for r in MEMBERSHIP_TABLE]
+)
+def test_membership_table(name: str, membership: Membership, allowed: bool, reason: str) -> None:
+    verdict = can_change_members(membership)
+    assert (verdict.allowed, verdict.reason) == (allowed, reason)
 
 
 # Seed 003's quick note counts clients only: (name, situation, allowed, reason)

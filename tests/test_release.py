@@ -134,8 +134,8 @@ def test_released_staff_note_stays_internal(seeded: Any, api: Any, live: Any) ->
 
 
 def test_release_is_judged_by_the_policy_now(seeded: Any, api: Any, live: Any) -> None:
-    """A reply held for review is refused at release if the policy refuses it now: here the private
-    conversation gained a second client meanwhile (seed 003: group messages cannot be replied to)."""
+    """A reply held for review is refused at release if the policy refuses it now: here the client
+    was made inactive meanwhile (seed 003: inactive clients cannot write to their provider)."""
     add_client(seeded, "finn", "finn@nodns.test")
     conv = open_conversation(seeded, participants=("finn",))
     address = reply_address(seeded, conv, "finn")
@@ -144,13 +144,15 @@ def test_release_is_judged_by_the_policy_now(seeded: Any, api: Any, live: Any) -
         == 250
     )
     (item,) = held(api)
-    assert api.put(f"{BASE}/conversations/{conv}/participants/bob").status_code == 204
+    finn = {"email": "finn@nodns.test", "name": "Finn", "kind": "client"}
+    assert api.put(f"{BASE}/users/finn", json=finn | {"active": False}).status_code == 200
     refused = api.post(f"{BASE}/quarantine/{item['id']}/release?as=frontdesk", json={})
-    assert (refused.status_code, refused.json()["code"]) == (403, "group_conversation")
+    assert (refused.status_code, refused.json()["code"]) == (403, "inactive_client")
     assert held(api)[0]["id"] == item["id"]  # still held, nothing posted
     assert raw_path_of(seeded, item["id"]) is not None
-    assert api.delete(f"{BASE}/conversations/{conv}/participants/bob").status_code == 204
-    assert api.delete(f"{BASE}/conversations/{conv}/participants/finn").status_code == 204
+    assert api.put(f"{BASE}/users/finn", json=finn | {"active": True}).status_code == 200
+    assert api.put(f"{BASE}/conversations/{conv}/participants/billing?as=dr-smith").status_code == 204
+    assert api.delete(f"{BASE}/conversations/{conv}/participants/finn?as=dr-smith").status_code == 204
     gone = api.post(f"{BASE}/quarantine/{item['id']}/release?as=frontdesk", json={})
     assert (gone.status_code, gone.json()["code"]) == (409, "token_revoked")  # as the pipeline would
 

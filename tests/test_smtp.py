@@ -238,7 +238,10 @@ def test_removed_participant_token_revoked(seeded: Any, live: Any) -> None:
     with transaction(seeded.sessions) as session:
         p = directory.get_practice(session, "acme")
         convs.remove_participant(
-            session, convs.get_conversation(session, p, conv), directory.get_user(session, p, "alice")
+            session,
+            convs.get_conversation(session, p, conv),
+            directory.get_user(session, p, "dr-smith"),
+            directory.get_user(session, p, "alice"),
         )
     msg = reply_message("alice@client.test", address, "Am I still in this conversation?")
     assert send(live, msg, "alice@client.test", address) == wire(replies.UNKNOWN_RECIPIENT)

@@ -19,7 +19,6 @@ from mailbridge.domain import directory
 from mailbridge.domain.db import flush_journal, transaction
 from mailbridge.domain.errors import (
     Damaged,
-    Forbidden,
     Invalid,
     NotFound,
     Unavailable,
@@ -170,7 +169,7 @@ def _post_message(
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         author = directory.get_user(session, p, body.author, "author")
-        conversation = convs.get_conversation(session, p, conversation_id)
+        conversation = convs.conversation_for(session, p, conversation_id, author)
         require_all_accepted(convs.practice_settings(p), uploads)
         intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale, p.id)
         message = convs.post_message(
@@ -218,7 +217,7 @@ def get_conversation(
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         actor = directory.get_user(session, p, as_, "as")
-        conv = _readable(session, p, conversation, actor)
+        conv = convs.conversation_for(session, p, conversation, actor)
         return conversation_out(conv, convs.messages_for(session, conv, actor))
 
 
@@ -234,19 +233,9 @@ def list_messages(
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         actor = directory.get_user(session, p, as_, "as")
-        conv = _readable(session, p, conversation, actor)
+        conv = convs.conversation_for(session, p, conversation, actor)
         page = convs.messages_page(session, conv, actor, limit=paging.limit, cursor=paging.cursor)
         return page_out(page, message_out)
-
-
-def _readable(session: Any, p: Any, conversation_id: str, actor: Any) -> Any:
-    conv = convs.get_conversation(session, p, conversation_id)
-    verdict = convs.readable(session, actor, conv)
-    if not verdict.allowed:
-        if verdict.reason == "conversation_deleted":
-            raise NotFound("conversation_not_found", "conversation not found")
-        raise Forbidden(verdict.reason, "not allowed by the conversation's rules")
-    return conv
 
 
 @router.delete("/conversations/{conversation}", status_code=204)
@@ -257,7 +246,7 @@ def delete_conversation(
         p = directory.get_practice(session, practice)
         actor = directory.get_user(session, p, as_, "as")
         orphans = convs.delete_conversation(
-            session, p, convs.get_conversation(session, p, conversation), actor
+            session, p, convs.conversation_for(session, p, conversation, actor), actor
         )
     _after_erasure(svc, orphans)
     return Response(status_code=204)
@@ -296,21 +285,47 @@ def _after_erasure(svc: Any, orphans: list[str]) -> None:
         )
 
 
+AS_ACTOR = Query(
+    default=None,
+    alias="as",
+    description="required: the staff member making the change (external id); without it 422 "
+    "`actor_required`. The change is judged as if they made it in the app: they must read the "
+    "conversation (else 404, as a conversation that does not exist) and the result must keep the "
+    "rules of its kind.",
+)
+
+
 @router.put("/conversations/{conversation}/participants/{user}", status_code=204)
-def add_participant(practice: str, conversation: str, user: str, svc: ServicesDep) -> Response:
+def add_participant(
+    practice: str, conversation: str, user: str, svc: ServicesDep, as_: str | None = AS_ACTOR
+) -> Response:
+    """Staff who may read the conversation add someone (403 ``staff_only`` for anyone else), with the
+    rules creation applies: a direct channel is the two friends only (422 ``direct_two_people``),
+    agents and clients never join one (422 ``direct_staff_only``), a confidential one takes only
+    clients of its company (422 ``client_not_following_company``), a private one with a client takes
+    no second client while group privacy is on (422 ``private_has_client``), an agent is added by
+    staff only. Adding a current participant again changes nothing (204)."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        conv = convs.get_conversation(session, p, conversation)
-        convs.add_participant(session, conv, directory.get_user(session, p, user))
+        actor = directory.get_actor(session, p, as_)
+        conv = convs.conversation_for(session, p, conversation, actor)
+        convs.add_participant(session, conv, actor, directory.get_user(session, p, user, "user"))
     return Response(status_code=204)
 
 
 @router.delete("/conversations/{conversation}/participants/{user}", status_code=204)
-def remove_participant(practice: str, conversation: str, user: str, svc: ServicesDep) -> Response:
+def remove_participant(
+    practice: str, conversation: str, user: str, svc: ServicesDep, as_: str | None = AS_ACTOR
+) -> Response:
+    """Staff who may read the conversation remove someone; the creator stays (422 ``creator_stays``),
+    a direct channel keeps its two friends (422 ``direct_two_people``), and one other participant
+    besides whoever remains must stay (422 ``no_recipient``). The removed participant's reply address
+    is revoked."""
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
-        conv = convs.get_conversation(session, p, conversation)
-        convs.remove_participant(session, conv, directory.get_user(session, p, user))
+        actor = directory.get_actor(session, p, as_)
+        conv = convs.conversation_for(session, p, conversation, actor)
+        convs.remove_participant(session, conv, actor, directory.get_user(session, p, user, "user"))
     return Response(status_code=204)
 
 
@@ -321,12 +336,13 @@ def download_attachment(
     with transaction(svc.sessions) as session:
         p = directory.get_practice(session, practice)
         actor = directory.get_user(session, p, as_, "as")
+        convs.require_active_account(actor)
         row = session.get(Attachment, attachment)
-        if row is None:
-            raise NotFound("attachment_not_found", "attachment not found")
-        message = session.get_one(Message, row.message_id)
-        _readable(session, p, message.conversation_id, actor)  # raises unless the actor may read it
-        if message.internal and actor.kind.value != "staff":
+        # One the actor may not read (its message's conversation, an internal note) answers exactly
+        # as one that does not exist.
+        if row is None or not convs.may_read_message(
+            session, p, session.get_one(Message, row.message_id), actor
+        ):
             raise NotFound("attachment_not_found", "attachment not found")
         ref, filename, size = row.storage_key or row.sha256, row.filename, row.size
         content_type = row.content_type

@@ -189,10 +189,13 @@ def list_mutes(practice: str, conversation: str, svc: ServicesDep) -> MutesOut:
 
 @api_router.put("/mutes/{user}", status_code=204)
 def put_mute(practice: str, conversation: str, user: str, svc: ServicesDep) -> Response:
-    """No more notification emails about this conversation for *user* (as the one-click link does)."""
+    """No more notification emails about this conversation for *user* (as the one-click link does).
+    *user* acts for themselves: a conversation they may not read answers 404 ``conversation_not_found``,
+    as one that does not exist."""
     with transaction(svc.sessions) as session:
-        p, c = _conversation(session, practice, conversation)
+        p = directory.get_practice(session, practice)
         u = directory.get_user(session, p, user)
+        c = convs.conversation_for(session, p, conversation, u)  # theirs to mute: one they read
         if mutes.mute(session, p.id, u.id, c.id, "api"):
             NOTIFICATION_MUTES.labels("api").inc()
     return Response(status_code=204)
@@ -202,6 +205,7 @@ def put_mute(practice: str, conversation: str, user: str, svc: ServicesDep) -> R
 def delete_mute(practice: str, conversation: str, user: str, svc: ServicesDep) -> Response:
     """Notification emails again (a one-click unsubscribe undone from the app)."""
     with transaction(svc.sessions) as session:
-        p, c = _conversation(session, practice, conversation)
-        mutes.unmute(session, directory.get_user(session, p, user).id, c.id)
+        p = directory.get_practice(session, practice)
+        u = directory.get_user(session, p, user)
+        mutes.unmute(session, u.id, convs.conversation_for(session, p, conversation, u).id)
     return Response(status_code=204)

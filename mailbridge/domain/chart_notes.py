@@ -21,10 +21,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import events, pagination
-from mailbridge.domain.conversations import messages_for, require_active_account, situation
-from mailbridge.domain.errors import Forbidden, Invalid, NotFound
+from mailbridge.domain.conversations import (
+    conversation_not_found,
+    messages_for,
+    require_active_account,
+    situation,
+)
+from mailbridge.domain.errors import Forbidden, Invalid
 from mailbridge.domain.models import ChartNote, Conversation, Message, Practice, User, UserKind
-from mailbridge.policy.rules import can_quick_note
+from mailbridge.policy.rules import can_quick_note, can_read
 
 MAX_TITLE = 255
 MAX_TEXT = 200_000
@@ -59,10 +64,11 @@ def create_quick_note(
 ) -> ChartNote:
     """Judge (``can_quick_note``), write the chart note of the thread's one client, announce it."""
     require_active_account(author)
-    verdict = can_quick_note(situation(session, author, conversation))
+    snapshot = situation(session, author, conversation)
+    if not can_read(snapshot).allowed:  # unreadable: answered as a conversation that does not exist
+        raise conversation_not_found()
+    verdict = can_quick_note(snapshot)
     if not verdict.allowed:
-        if verdict.reason == "conversation_deleted":
-            raise NotFound("conversation_not_found", "conversation not found")
         raise Forbidden(verdict.reason, "not allowed by the quick note's rules")
     [client] = [p.user for p in conversation.active_participants() if p.user.kind == UserKind.client]
     if text is None:

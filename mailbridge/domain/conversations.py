@@ -6,7 +6,7 @@ rows and the notifications to send (transactional outbox) in the caller's transa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +33,17 @@ from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.domain.visibility import readable_by
 from mailbridge.policy.rules import (
     Joining,
+    Membership,
     Person,
     Situation,
     Verdict,
     account_verdict,
+    can_change_members,
     can_join,
     can_post,
     can_read,
     can_read_message,
+    is_read_refusal,
 )
 
 MAX_SUBJECT = 255
@@ -137,13 +140,30 @@ def readable(session: Session, actor: User, conversation: Conversation) -> Verdi
     return can_read(situation(session, actor, conversation))
 
 
+def conversation_not_found() -> NotFound:
+    return NotFound("conversation_not_found", "conversation not found")
+
+
+def conversation_for(session: Session, practice: Practice, conversation_id: str, actor: User) -> Conversation:
+    """The conversation, if the actor may read it (the read rules). One they may not read answers
+    exactly as one that does not exist (404 ``conversation_not_found``): a refusal would tell them it
+    exists. A deactivated account is told so first (403 ``account_inactive``), whatever it asks for."""
+    require_active_account(actor)
+    conversation = get_conversation(session, practice, conversation_id)
+    if not readable(session, actor, conversation).allowed:
+        raise conversation_not_found()
+    return conversation
+
+
 def validate_new_conversation(
     kind: ConversationKind,
     company: Company | None,
     subject: str,
     author: User,
     participants: Sequence[User],
+    holders: Collection[int] = frozenset(),
 ) -> None:
+    """``holders``: who among the author and participants follows ``company``."""
     if len(subject) > MAX_SUBJECT:
         raise Invalid("subject_too_long", f"subject longer than {MAX_SUBJECT} characters", "subject")
     if kind in (ConversationKind.company, ConversationKind.confidential) and company is None:
@@ -156,53 +176,69 @@ def validate_new_conversation(
     members = {u.id: u for u in [author, *participants]}
     if kind == ConversationKind.direct and author.kind != UserKind.staff:
         raise Invalid("direct_staff_only", "direct conversations are between two staff", "participants")
-    for user in participants:
-        if user.id != author.id:
-            require_may_join(kind, user, added_by=author)
+    require_may_join(
+        kind, [(author, None), *((u, author) for u in participants if u.id != author.id)], holders
+    )
     if kind == ConversationKind.direct and len(members) != 2:
         raise Invalid("direct_two_people", "a direct conversation has exactly two people", "participants")
     if len(members) < 2:
         raise Invalid("no_recipient", "a conversation needs at least one other participant", "participants")
 
 
-def require_may_join(kind: ConversationKind, user: User, added_by: User | None = None) -> None:
-    """The joining rules (``policy.rules.can_join``): a direct channel is between two staff (422
-    ``direct_staff_only``); an external agent joins only when staff add them (403
-    ``external_added_by_staff``). ``added_by`` None: the app's participant route, the practice's own
-    screens."""
-    verdict = can_join(
-        Joining(
-            kind=kind.value,
-            person=_person(user, False),
-            added_by=_person(added_by, False) if added_by is not None else None,
-        )
-    )
-    if verdict.allowed:
-        return
-    if verdict.reason == "direct_staff_only":
-        raise Invalid("direct_staff_only", "direct conversations are between two staff", "participants")
-    raise Forbidden(verdict.reason, "not allowed by the conversation's rules", "participants")
-
-
-def require_company_clients(
-    session: Session, kind: ConversationKind, company_id: int | None, people: Sequence[User]
+def require_may_join(
+    kind: ConversationKind, joins: Sequence[tuple[User, User | None]], holders: Collection[int]
 ) -> None:
-    """Seed 001: only clients of the company (it is among their favourites) read a confidential
-    conversation. A client designated without it would never see it: refused (422), naming them,
-    rather than created for nobody."""
-    if kind != ConversationKind.confidential or company_id is None:
-        return
-    clients = [u for u in people if u.kind == UserKind.client]
-    holders = holders_of(session, company_id, [u.id for u in clients])
-    outside = sorted(u.external_id for u in clients if u.id not in holders)
-    if outside:
-        raise Invalid(
-            "client_not_following_company",
-            "these clients do not have the conversation's company among their favourites and could "
-            f"not read it: {', '.join(outside)}",
-            "participants",
-            {"participants": outside},
+    """The joining rules (``policy.rules.can_join``) for each (person, added by) pair, whichever door
+    makes them a participant: a direct channel is between two staff (422 ``direct_staff_only``); an
+    external agent joins only when staff add them (403 ``external_added_by_staff``); a confidential
+    conversation takes only clients of its company (422 ``client_not_following_company``, naming
+    every such client in ``participants``). ``holders``: who follows the conversation's company."""
+    outside: list[str] = []
+    for user, added_by in joins:
+        verdict = can_join(
+            Joining(
+                kind=kind.value,
+                person=_person(user, user.id in holders),
+                added_by=_person(added_by, False) if added_by is not None else None,
+            )
         )
+        if verdict.allowed:
+            continue
+        if verdict.reason == "client_not_following_company":
+            outside.append(user.external_id)
+            continue
+        raise _refusal(verdict, "participants")
+    if outside:
+        raise _outside_company(outside)
+
+
+def _outside_company(external_ids: Sequence[str]) -> Invalid:
+    names = sorted(external_ids)
+    return Invalid(
+        "client_not_following_company",
+        "these clients do not have the conversation's company among their favourites and could "
+        f"not read it: {', '.join(names)}",
+        "participants",
+        {"participants": names},
+    )
+
+
+# What each refusal of the joining and membership rules answers: the actor may not (403), or the
+# conversation would break a rule of its kind (422). Anything else the rules say is 403.
+_INVALID_MEMBERSHIP = {
+    "direct_staff_only": "direct conversations are between two staff",
+    "direct_two_people": "a direct conversation has exactly two people, the two friends",
+    "creator_stays": "the staff member who started the conversation stays in it",
+    "no_recipient": "a conversation needs at least one other participant",
+    "private_has_client": "a private conversation with a client takes no other client (group "
+    "privacy): they would read what that client wrote; start a new conversation",
+}
+
+
+def _refusal(verdict: Verdict, field: str) -> Forbidden | Invalid:
+    if verdict.reason in _INVALID_MEMBERSHIP:
+        return Invalid(verdict.reason, _INVALID_MEMBERSHIP[verdict.reason], field)
+    return Forbidden(verdict.reason, "not allowed by the conversation's rules", field)
 
 
 def create_conversation(
@@ -222,8 +258,8 @@ def create_conversation(
     idempotency_key: str | None = None,
     notify: bool = True,
 ) -> tuple[Conversation, Message]:
-    validate_new_conversation(kind, company, subject, author, participants)
-    require_company_clients(session, kind, company.id if company else None, [author, *participants])
+    holders = holders_of(session, company.id, [u.id for u in [author, *participants]]) if company else set()
+    validate_new_conversation(kind, company, subject, author, participants, holders)
     conversation = Conversation(
         practice_id=practice.id,
         kind=kind,
@@ -486,12 +522,17 @@ def unreferenced(session: Session, refs: Sequence[str]) -> list[str]:
 
 
 def delete_message(session: Session, practice: Practice, message_id: str, actor: User) -> list[str]:
-    """Seed 003: staff may permanently delete any message they sent."""
-    message = session.get(Message, message_id)
-    if message is None or message.deleted_at is not None:
-        raise NotFound("message_not_found", "message not found")
-    get_conversation(session, practice, message.conversation_id)  # tenant check: another practice's id is 404
+    """Seed 003: staff may permanently delete any message they sent. A message the actor cannot read
+    (another practice's, in a conversation they may not read, an internal note and they are not staff)
+    answers exactly as one that does not exist: 404 ``message_not_found``."""
     require_active_account(actor)
+    message = session.get(Message, message_id)
+    if (
+        message is None
+        or message.deleted_at is not None
+        or not may_read_message(session, practice, message, actor)
+    ):
+        raise NotFound("message_not_found", "message not found")
     if actor.kind != UserKind.staff or message.author_id != actor.id:
         raise Forbidden("not_author", "only the staff member who sent a message may delete it")
     hashes = _erase(session, message)
@@ -507,10 +548,11 @@ def delete_message(session: Session, practice: Practice, message_id: str, actor:
 def delete_conversation(
     session: Session, practice: Practice, conversation: Conversation, actor: User
 ) -> list[str]:
-    """Seed 003: a whole thread may be deleted only by the staff member who started it."""
-    if conversation.deleted_at is not None:
-        raise NotFound("conversation_not_found", "conversation not found")
+    """Seed 003: a whole thread may be deleted only by the staff member who started it; one the actor
+    cannot read answers 404 as one that does not exist."""
     require_active_account(actor)
+    if conversation.deleted_at is not None or not readable(session, actor, conversation).allowed:
+        raise conversation_not_found()
     if actor.kind != UserKind.staff or conversation.creator_id != actor.id:
         raise Forbidden("not_creator", "only the staff member who started a conversation may delete it")
     messages = session.scalars(select(Message).where(Message.conversation_id == conversation.id)).all()
@@ -531,20 +573,65 @@ def delete_conversation(
     return unreferenced(session, hashes) + raw
 
 
-def add_participant(session: Session, conversation: Conversation, user: User) -> None:
-    require_may_join(conversation.kind, user)
-    require_company_clients(session, conversation.kind, conversation.company_id, [user])
+def may_read_message(session: Session, practice: Practice, message: Message, actor: User) -> bool:
+    """The actor may read this message: its conversation is this practice's and readable by them, and
+    it is not an internal note unless they are staff (``can_read_message``)."""
+    conversation = session.get(Conversation, message.conversation_id)
+    if conversation is None or conversation.practice_id != practice.id:
+        return False
+    if not can_read_message(_person(actor, False), message.internal):
+        return False
+    return readable(session, actor, conversation).allowed
+
+
+def _judge_membership(
+    session: Session, conversation: Conversation, actor: User, user: User, *, adding: bool
+) -> None:
+    """``policy.rules.can_change_members``: the actor must read the conversation (else 404, as one
+    that does not exist), be staff (403 ``staff_only``), and the result must keep the rules of the
+    conversation's kind, the same joining rules creation applies."""
+    require_active_account(actor)
+    snapshot = situation(session, actor, conversation)
+    holds = conversation.company_id is not None and bool(
+        holders_of(session, conversation.company_id, [user.id])
+    )
+    verdict = can_change_members(
+        Membership(
+            situation=snapshot,
+            person=_person(user, holds),
+            adding=adding,
+            creator_id=conversation.creator_id,
+        )
+    )
+    if verdict.allowed:
+        return
+    if is_read_refusal(verdict):
+        raise conversation_not_found()
+    if verdict.reason == "client_not_following_company":
+        raise _outside_company([user.external_id])
+    raise _refusal(verdict, "user")
+
+
+def add_participant(session: Session, conversation: Conversation, actor: User, user: User) -> bool:
+    """``actor`` makes ``user`` a participant (again); False when they already were one."""
+    _judge_membership(session, conversation, actor, user, adding=True)
     for p in conversation.participants:
         if p.user_id == user.id:
+            if p.removed_at is None:
+                return False
             p.removed_at = None
-            return
+            session.flush()
+            return True
     conversation.participants.append(Participant(user_id=user.id, user=user))
     session.flush()
+    return True
 
 
-def remove_participant(session: Session, conversation: Conversation, user: User) -> None:
+def remove_participant(session: Session, conversation: Conversation, actor: User, user: User) -> None:
+    """``actor`` removes ``user``: their reply token is revoked (a reply then answers ``550 5.1.1``)."""
     from mailbridge.inbound.tokens import revoke_for_participant
 
+    _judge_membership(session, conversation, actor, user, adding=False)
     for p in conversation.participants:
         if p.user_id == user.id and p.removed_at is None:
             p.removed_at = utcnow()

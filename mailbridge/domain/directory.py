@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailbridge.domain.addresses import normalise
 from mailbridge.domain.domains import check_reply_domain_free
 from mailbridge.domain.errors import Conflict, Invalid, NotFound
 from mailbridge.domain.models import (
@@ -50,6 +51,15 @@ def get_user(session: Session, practice: Practice, external_id: str, field: str 
     if user is None:
         raise NotFound("user_not_found", f"user {external_id!r} not found", field)
     return user
+
+
+def get_actor(session: Session, practice: Practice, external_id: str | None) -> User:
+    """Who acts, named by ``?as=``: required wherever something is done on a user's behalf, so the
+    rules are applied to someone (422 ``actor_required`` without it; the old participant routes took
+    no actor and applied no rule)."""
+    if not external_id:
+        raise Invalid("actor_required", "say who acts: ?as=<the user's external id>", "as")
+    return get_user(session, practice, external_id, "as")
 
 
 def get_company(session: Session, practice: Practice, external_id: str, field: str | None = None) -> Company:
@@ -207,6 +217,8 @@ def upsert_user(
     user = session.scalar(
         select(User).where(User.practice_id == practice.id, User.external_id == external_id)
     )
+    primary = normalise(email)
+    wanted = {primary: True} | {normalise(a): False for a in alt_emails if normalise(a) != primary}
     created = user is None or user.deleted_at is not None
     if user is None:
         user = User(practice_id=practice.id, external_id=external_id)
@@ -217,7 +229,7 @@ def upsert_user(
     was_kind = user.kind if not created else None
     if was_kind is not None and was_kind != kind:
         raise Conflict("kind_change", "a user's kind cannot change", "kind")
-    primary = email.lower()
+    _require_addresses_free(session, practice, external_id, wanted, primary)
     # A new address starts clean by itself: suppressions belong to addresses, not users, and
     # ``email_bouncing`` is derived from the primary address's (domain/suppressions.py).
     user.email = email
@@ -227,7 +239,6 @@ def upsert_user(
     user.active = active
     user.locale = locale
     user.portal_account = portal_account
-    wanted = {primary: True} | {a.lower(): False for a in alt_emails if a.lower() != primary}
     existing = {a.address: a for a in user.addresses}
     for address, entry in existing.items():
         if address not in wanted:
@@ -235,11 +246,65 @@ def upsert_user(
     for address, is_primary in wanted.items():
         if address in existing:
             existing[address].primary = is_primary
+            existing[address].address_key = address  # a duplicate from before 0017, now resolved
         else:
-            user.addresses.append(UserAddress(practice_id=practice.id, address=address, primary=is_primary))
-    session.flush()
+            user.addresses.append(
+                UserAddress(practice_id=practice.id, address=address, address_key=address, primary=is_primary)
+            )
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:  # two syncs claiming one address at once: the unique index decides
+        if "address_key" not in str(exc.orig):
+            raise
+        _require_addresses_free(session, practice, external_id, wanted, primary)
+        raise
     # Deactivation revokes nothing: the policy is evaluated at each use, so reactivation restores it.
     return user, created
+
+
+def users_at(session: Session, practice_id: int, address: str) -> list[User]:
+    """Who holds this address in the practice (compared normalised). More than one only for a
+    duplicate made before addresses were unique (migration 0017): callers never pick one of them."""
+    return list(
+        session.scalars(
+            select(User)
+            .join(UserAddress, UserAddress.user_id == User.id)
+            .where(UserAddress.practice_id == practice_id, UserAddress.address == normalise(address))
+            .order_by(User.external_id)
+        )
+        .unique()
+        .all()
+    )
+
+
+def _require_addresses_free(
+    session: Session, practice: Practice, external_id: str, wanted: dict[str, bool], primary: str
+) -> None:
+    """An address (primary or alternate) has one holder per practice: another user's is 409
+    ``email_taken``, naming the holder (``holder``, their external id) and the ``address``. Mail from
+    a shared address could not be attributed to anyone (sender recognition) nor trusted as theirs."""
+    with session.no_autoflush:
+        taken = session.execute(
+            select(UserAddress.address, User.external_id)
+            .join(User, User.id == UserAddress.user_id)
+            .where(
+                UserAddress.practice_id == practice.id,
+                UserAddress.address.in_(sorted(wanted)),
+                User.external_id != external_id,
+            )
+            .order_by(UserAddress.address, User.external_id)
+        ).first()
+    if taken is None:
+        return
+    address, holder = taken
+    raise Conflict(
+        "email_taken",
+        f"user {external_id!r}: {address} is already an address of user {holder!r} (addresses are "
+        "unique in a practice, compared without regard to case)",
+        "email" if address == primary else "alt_emails",
+        {"holder": holder, "address": address},
+    )
 
 
 def upsert_company(

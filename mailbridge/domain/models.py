@@ -27,6 +27,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from mailbridge.domain.addresses import normalise
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timestamps are UTC-aware everywhere: SQLite stores no zone, so it is put back on the way out.
@@ -201,24 +203,29 @@ class User(Base):
         return sorted(a.address for a in self.addresses if not a.primary)
 
     def owns_address(self, address: str) -> bool:
-        wanted = address.lower()
+        wanted = normalise(address)
         return any(a.address == wanted for a in self.addresses)
 
 
 class UserAddress(Base):
-    """Every address a user may write from: the primary and verified alternates, lower-cased."""
+    """Every address a user may write from: the primary and verified alternates, normalised
+    (``domain.addresses.normalise``). One holder per address in a practice: ``address_key`` is the
+    address under a unique index; it is null only on duplicates made before addresses were unique
+    (migration 0017 keeps and reports them, and sender recognition refuses to guess between them)."""
 
     __tablename__ = "user_addresses"
     id: Mapped[pk_int]
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     practice_id: Mapped[int] = mapped_column(ForeignKey("practices.id", ondelete="CASCADE"))
     address: Mapped[str] = mapped_column(String(320))
+    address_key: Mapped[str | None] = mapped_column(String(320), nullable=True)
     primary: Mapped[bool] = mapped_column(Boolean, default=False)
     user: Mapped[User] = relationship(back_populates="addresses")
 
     __table_args__ = (
         UniqueConstraint("user_id", "address"),
         Index("ix_user_addresses_practice_address", "practice_id", "address"),
+        Index("uq_user_addresses_practice_address_key", "practice_id", "address_key", unique=True),
     )
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import audit, events
+from mailbridge.domain.addresses import normalise
 from mailbridge.domain.models import Practice, Suppression, SuppressionReason, utcnow
 from mailbridge.logs import redact_address
 
@@ -46,7 +47,8 @@ class SuppressionPolicy:
 
 
 def normalize(address: str) -> str:
-    return address.strip().strip("<>").strip().lower()
+    """The one comparison form (``domain.addresses.normalise``): a suppression matches the directory's."""
+    return normalise(address)
 
 
 def live(now: datetime) -> ColumnElement[bool]:

@@ -37,8 +37,10 @@ from mailbridge import replies
 from mailbridge.crypto.keyring import KeyringError
 from mailbridge.domain import conversations as convs
 from mailbridge.domain import events
+from mailbridge.domain.addresses import normalise
 from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction, writer_gate
+from mailbridge.domain.directory import users_at
 from mailbridge.domain.fingerprint import Fingerprint
 from mailbridge.domain.models import (
     Conversation,
@@ -54,7 +56,6 @@ from mailbridge.domain.models import (
     ReplyToken,
     Route,
     User,
-    UserAddress,
     UserKind,
     new_id,
     utcnow,
@@ -190,6 +191,7 @@ class Context:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     rule: str | None = None
     notice_reason: str | None = None
+    ambiguous: list[str] = field(default_factory=list)  # a route sender's address has several holders
     details: dict[str, Any] = field(default_factory=dict)
     session: Session | None = None  # the run's one session (see the module docstring)
     # Held here because the identity map only keeps objects somebody still references.
@@ -390,7 +392,7 @@ def resolve_sender(ctx: Context) -> None:
     address = single_from(ctx.msg)
     if address is None:
         raise Rejected(replies.AMBIGUOUS_FROM, "from_ambiguous")
-    ctx.from_address = address.addr_spec.lower()
+    ctx.from_address = normalise(address.addr_spec)
     ctx.details["from"] = ctx.from_address
     target = ctx.envelope.target
     session = ctx.db
@@ -412,15 +414,13 @@ def resolve_sender(ctx: Context) -> None:
         # round trip fewer than a step of its own); extract_body cuts their quoted copy.
         ctx.answered = _answered(ctx)
     elif target.kind == "route":
-        users = (
-            session.scalars(
-                select(User)
-                .join(UserAddress, UserAddress.user_id == User.id)
-                .where(UserAddress.practice_id == ctx.practice_id, UserAddress.address == ctx.from_address)
-            )
-            .unique()
-            .all()
-        )
+        users = users_at(session, target.practice_id, ctx.from_address)
+        if len(users) > 1:
+            # A duplicate from before addresses were unique (migration 0017): whoever we picked, the
+            # mail might be someone else's. Nobody is the sender; the log names the holders.
+            ctx.ambiguous = [u.external_id for u in users]
+            ctx.details["holders"] = ctx.ambiguous
+            log.warning("ambiguous_sender", extra={"holders": ctx.ambiguous})
         ctx.sender = users[0] if len(users) == 1 else None
         ctx.notice_to = (ctx.sender.id, ctx.sender.locale) if ctx.sender is not None else None
         if ctx.sender is not None and ctx.sender.kind == UserKind.staff:
@@ -439,7 +439,7 @@ def route_gate(ctx: Context) -> None:
 
     route = ctx.db.get_one(Route, target.route_id)
     if (ctx.sender is None or ctx.sender.kind != UserKind.client) and route.unknown_senders != "triage":
-        raise Rejected(replies.POLICY_DENIED, "unknown_sender")
+        raise Rejected(replies.POLICY_DENIED, _stranger(ctx))
     if not group_members(ctx.db, route):
         raise Rejected(replies.POLICY_DENIED, "route_empty")
 
@@ -609,6 +609,13 @@ def sender_policy(ctx: Context) -> None:
         _quarantine(ctx, "auth_not_aligned")
 
 
+def _stranger(ctx: Context) -> str:
+    """Why a route's sender is nobody we know: not in the directory, or at an address two users
+    hold (a duplicate from before 0017), which we do not guess between."""
+    reason = "ambiguous_sender" if ctx.ambiguous else "unknown_sender"
+    return reason
+
+
 def _policy_denied(sender: User | None) -> SmtpReply:
     """A reply refused by the policy; an external agent has no portal to be pointed to."""
     if sender is not None and sender.kind == UserKind.external:
@@ -623,8 +630,8 @@ def _route_policy(ctx: Context, session: Session) -> None:
     # asked for, handled as a stranger (refused, or held for staff with ``unknown_senders: triage``).
     if ctx.sender is None or ctx.sender.kind != UserKind.client:
         if route.unknown_senders == "triage":
-            _quarantine(ctx, "unknown_sender")
-        raise Rejected(replies.POLICY_DENIED, "unknown_sender")
+            _quarantine(ctx, _stranger(ctx))
+        raise Rejected(replies.POLICY_DENIED, _stranger(ctx))
     from mailbridge.domain.routes import group_members
 
     members = group_members(session, route)

@@ -46,7 +46,6 @@ from mailbridge.domain.models import (
     ReplyToken,
     Route,
     User,
-    UserAddress,
     UserKind,
     utcnow,
 )
@@ -69,6 +68,11 @@ REASON_TEXT: dict[str, str] = {
     "auth_not_aligned": (
         "The sender's address could not be verified: neither SPF nor DKIM passed for the domain in "
         "From, and this conversation requires it. Release it only if you know the sender wrote it."
+    ),
+    "ambiguous_sender": (
+        "The sender's address belongs to more than one person in the practice's directory (a "
+        "duplicate from before addresses were unique), so it was not attributed to anyone. Have the "
+        "app give each person their own address, then release it to the right client."
     ),
     "unknown_sender": (
         "The sender is not in the practice's directory. If this is a genuine enquiry, release it to "
@@ -220,9 +224,7 @@ def require_own_mail(session: Session, practice: Practice, item: QuarantineItem)
 
 def staff_actor(session: Session, practice: Practice, external_id: str | None) -> audit.Actor:
     """The staff member deciding, named by ``?as=``: required, so every decision has someone behind it."""
-    if not external_id:
-        raise Invalid("actor_required", "say who decides: ?as=<staff member's external id>", "as")
-    user = directory.get_user(session, practice, external_id, "as")
+    user = directory.get_actor(session, practice, external_id)
     if user.kind != UserKind.staff:
         raise Forbidden("staff_only", "only staff review quarantined mail", "as")
     convs.require_active_account(user)  # a deactivated account decides nothing
@@ -524,15 +526,8 @@ def _reply_author(session: Session, item: QuarantineItem, inbound: InboundLog) -
 
 
 def _known_client(session: Session, practice: Practice, address: str) -> User | None:
-    users = (
-        session.scalars(
-            select(User)
-            .join(UserAddress, UserAddress.user_id == User.id)
-            .where(UserAddress.practice_id == practice.id, UserAddress.address == address.lower())
-        )
-        .unique()
-        .all()
-    )
+    """The one client at this address; None when nobody, or several (never a guess), hold it."""
+    users = directory.users_at(session, practice.id, address)
     return users[0] if len(users) == 1 and users[0].kind == UserKind.client else None
 
 
@@ -575,11 +570,7 @@ def _create_contact(
     """A client from the sender's address and display name; the caller learns its external id."""
     if not _PLAIN_ADDRESS.match(address) or ".." in address:
         raise Invalid("contact_address_unusable", "the sender's address cannot receive notifications", None)
-    owners = session.scalars(
-        select(User.external_id)
-        .join(UserAddress, UserAddress.user_id == User.id)
-        .where(UserAddress.practice_id == practice.id, UserAddress.address == address)
-    ).all()
+    owners = [u.external_id for u in directory.users_at(session, practice.id, address)]
     if owners:
         raise Conflict(
             "contact_exists",

@@ -309,8 +309,9 @@ def can_quick_note(s: Situation) -> Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Joining:
-    """Someone made a participant: when a conversation is created (``added_by``: its author) or
-    through the app's participant route (``added_by`` None: the practice's own screens, staff)."""
+    """Someone made a participant: by the author when a conversation is created, or by staff through
+    the app's participant route (``added_by``: who adds them). ``added_by`` None: the author of a new
+    conversation taking part in it. ``person.holds_company``: they follow the conversation's company."""
 
     kind: Kind
     person: Person
@@ -334,7 +335,19 @@ def external_agent_added_by_staff(j: Joining) -> Verdict | None:
     return None
 
 
-JOIN_RULES: tuple[JoinRule, ...] = (direct_between_staff, external_agent_added_by_staff)
+def confidential_company_clients(j: Joining) -> Verdict | None:
+    """Seed 001: only clients of the company (it is among their favourites) read a confidential
+    conversation; a client designated without it would never see it, so they are not made one."""
+    if j.kind == "confidential" and j.person.kind == "client" and not j.person.holds_company:
+        return _deny("confidential_company_clients", "client_not_following_company")
+    return None
+
+
+JOIN_RULES: tuple[JoinRule, ...] = (
+    direct_between_staff,
+    external_agent_added_by_staff,
+    confidential_company_clients,
+)
 
 
 def can_join(j: Joining) -> Verdict:
@@ -343,3 +356,114 @@ def can_join(j: Joining) -> Verdict:
         if verdict is not None:
             return verdict
     return _allow("may_join")
+
+
+# ---- changing who takes part in an existing conversation ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """``situation.actor`` adds (``adding``) or removes ``person`` in the conversation ``situation``
+    describes as it is now. ``creator_id``: who started it."""
+
+    situation: Situation
+    person: Person
+    adding: bool
+    creator_id: int | None = None
+
+    @property
+    def person_is_participant(self) -> bool:
+        return any(p.id == self.person.id for p in self.situation.participants)
+
+
+MembershipRule = Callable[[Membership], Verdict | None]
+
+
+def members_changed_by_staff(m: Membership) -> Verdict | None:
+    """The participants a conversation was created with are the author's choice (seeds 000-003); later
+    changes are the practice's, made by staff who may read it. A client adding another client would
+    show them a thread written for someone else; an external agent acts by email only."""
+    if m.situation.actor.kind != "staff":
+        return _deny("members_changed_by_staff", "staff_only")
+    return None
+
+
+def joining_rules(m: Membership) -> Verdict | None:
+    """Whoever is added meets the joining rules creation applies (``can_join``), the actor adding."""
+    if not m.adding:
+        return None
+    verdict = can_join(Joining(kind=m.situation.kind, person=m.person, added_by=m.situation.actor))
+    return None if verdict.allowed else verdict
+
+
+def direct_members_fixed(m: Membership) -> Verdict | None:
+    """Seed 004: a direct channel is exactly the two friends, for its whole life (closing the
+    friendship closes it); nobody joins or leaves. Adding one of the two again changes nothing."""
+    if m.situation.kind != "direct":
+        return None
+    if m.adding and m.person_is_participant:
+        return None
+    return _deny("direct_members_fixed", "direct_two_people")
+
+
+def creator_stays(m: Membership) -> Verdict | None:
+    """Seed 003 ties a thread to the staff member who started it (only they delete it): they stay."""
+    if not m.adding and m.creator_id is not None and m.person.id == m.creator_id:
+        return _deny("creator_stays", "creator_stays")
+    return None
+
+
+def someone_else_stays(m: Membership) -> Verdict | None:
+    """As at creation, a conversation has at least one other participant than its author."""
+    if m.adding or not m.person_is_participant:
+        return None
+    if len([p for p in m.situation.participants if p.id != m.person.id]) < 2:
+        return _deny("someone_else_stays", "no_recipient")
+    return None
+
+
+def private_one_client_joins(m: Membership) -> Verdict | None:
+    """Seed 003: "messages sent to more than 1 client cannot be replied to for privacy reasons ...
+    you would need to compose a new message". A second client added to a private conversation would
+    read everything the first wrote: with group privacy on, start a new conversation instead."""
+    s = m.situation
+    if not m.adding or s.kind != "private" or not s.group_privacy or m.person.kind != "client":
+        return None
+    if m.person_is_participant or not s.client_participants:
+        return None
+    return _deny("private_one_client_joins", "private_has_client")
+
+
+MEMBERSHIP_RULES: tuple[MembershipRule, ...] = (
+    members_changed_by_staff,
+    joining_rules,
+    direct_members_fixed,
+    creator_stays,
+    someone_else_stays,
+    private_one_client_joins,
+)
+
+
+def can_change_members(m: Membership) -> Verdict:
+    """The actor must read the conversation (the read rules), then the membership rules (an addition
+    meets the joining rules creation applies, with the actor as ``added_by``)."""
+    read = can_read(m.situation)
+    if not read.allowed:
+        return read
+    for rule in MEMBERSHIP_RULES:
+        verdict = rule(m)
+        if verdict is not None:
+            return verdict
+    return _allow("may_join" if m.adding else "may_leave")
+
+
+def is_read_refusal(verdict: Verdict) -> bool:
+    """A refusal by the read rules: the actor may not know the conversation exists (answered as 404)."""
+    return not verdict.allowed and verdict.rule in READ_RULE_NAMES
+
+
+# The rules about the conversation, not about the actor's own account (a deactivated account is told
+# so, 403 ``account_inactive``, whatever it asks for: that reveals nothing about the object).
+READ_RULE_NAMES = frozenset(
+    rule.__name__ for rule in READ_RULES if rule not in (account_inactive_staff, account_inactive_external)
+) | {"default_deny"}
