@@ -51,8 +51,8 @@ def test_the_answer_follows_the_actor_then_accept_language(seeded: Any, api: Any
         french.json()["title"] == "Conversation de groupe" and french.json()["code"] == "group_conversation"
     )
     # a route with as=: the acting user's locale (bob is French) whatever the header says
-    other = new_conv(api, participants=["alice"]).json()
-    refused = api.get(f"{BASE}/conversations/{other['id']}?as=bob", headers={"Accept-Language": "en"})
+    first = group["messages"][0]["id"]  # bob reads it (a participant) but did not write it
+    refused = api.delete(f"{BASE}/messages/{first}?as=bob", headers={"Accept-Language": "en"})
     assert refused.status_code == 403 and refused.headers["content-language"] == "fr"
     assert refused.json()["detail"] == CATALOGUE[refused.json()["code"]].problem("fr")[1]
     alice = api.get(f"{BASE}/conversations/nope?as=alice", headers={"Accept-Language": "fr"})
