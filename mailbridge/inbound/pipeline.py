@@ -186,6 +186,9 @@ class Context:
     internal: bool = False
     intake: Intake | None = None
     large: bool = False  # streamed from disk: never the whole message in memory
+    # The idempotency key's body hash, once per run: for a large message taken while prescan holds
+    # its bytes, so the file is not read again for it (issue 17 item 2).
+    body_digest: str | None = None
     own_addresses: frozenset[str] = frozenset()  # the practice's notification address and reply domain
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     rule: str | None = None
@@ -287,7 +290,8 @@ def store_raw(ctx: Context) -> None:
 
 def prescan(ctx: Context) -> None:
     # A large message is read once for this linear pass and released before anything else holds it;
-    # never more than the limit, whatever size the door reported (finding 10).
+    # never more than the limit, whatever size the door reported (finding 10). The idempotency
+    # key's body hash is taken from the same bytes.
     limit = ctx.settings.effective_message_max_bytes
     if ctx.large:
         with open(ctx.raw_path, "rb") as handle:
@@ -297,6 +301,8 @@ def prescan(ctx: Context) -> None:
     if len(raw) > limit:
         raise Rejected(replies.message_too_big(limit), "message_too_big")
     result = prescan_mod.prescan(raw, ctx.deps.prescan_limits)
+    if ctx.large and result.ok:
+        ctx.body_digest = body_hash(raw, ctx.raw_path)  # in memory now: one read of the file fewer
     del raw
     if result.ok:
         return
@@ -871,8 +877,13 @@ def _body_start(raw: bytes) -> int:
     """Where the body begins: after the first empty line (CRLF or bare LF), or the end if none."""
     if raw.startswith((b"\r\n", b"\n")):
         return 2 if raw.startswith(b"\r\n") else 1
-    ends = [(i, i + len(sep)) for sep in (b"\n\r\n", b"\n\n") if (i := raw.find(sep)) >= 0]
-    return min(ends)[1] if ends else len(raw)
+    # A bare-LF blank line counts only before the first CRLF one: a CRLF message has none, and
+    # searching all of it (137 MB for the largest) cost more than hashing it.
+    crlf = raw.find(b"\n\r\n")
+    lf = raw.find(b"\n\n", 0, crlf + 1 if crlf >= 0 else len(raw))
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else len(raw)
 
 
 def body_hash(raw: bytes | None, path: Path) -> str:
@@ -900,8 +911,9 @@ def post_key(who: str, message_id: str, digest: str) -> str:
 def idempotency_key(ctx: Context) -> str:
     target = ctx.envelope.target
     who = f"t{target.token_id}" if target.kind == "reply" else f"r{target.route_id}:{ctx.from_address}"
-    digest = body_hash(None if ctx.large else ctx.raw, ctx.raw_path)
-    return post_key(who, str(ctx.details.get("message_id", "")), digest)
+    if ctx.body_digest is None:
+        ctx.body_digest = body_hash(None if ctx.large else ctx.raw, ctx.raw_path)
+    return post_key(who, str(ctx.details.get("message_id", "")), ctx.body_digest)
 
 
 STEPS: tuple[Step, ...] = (
