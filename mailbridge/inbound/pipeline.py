@@ -40,6 +40,7 @@ from mailbridge.domain import events
 from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction, writer_gate
 from mailbridge.domain.fingerprint import Fingerprint
+from mailbridge.domain.groupcommit import GroupCommitter
 from mailbridge.domain.models import (
     Conversation,
     ConversationKind,
@@ -156,6 +157,7 @@ class Deps:
     dns_budget: float = 10.0  # seconds authentication may spend waiting on DNS, per message
     cpu_budget: float = 20.0  # seconds of CPU the steps may use, per message (checked between steps)
     refused_keep_bytes: int = 64 * 1024  # of a refused or deferred message's raw copy
+    committer: GroupCommitter | None = None  # group commit of the final transactions (SQLite)
 
 
 @dataclass
@@ -725,89 +727,112 @@ def take_attachments(ctx: Context) -> None:
 
 
 def store(ctx: Context) -> None:
-    """Message, attachment rows, notifications and the inbound row's final state in one transaction."""
+    """Message, attachment rows, notifications and the inbound row's final state in one transaction;
+    with ``Deps.committer`` (group commit, SQLite) that transaction is a savepoint of one shared by
+    the runs that reach this step together, committed once for all of them (domain/groupcommit.py).
+    Either way the step returns only once the commit containing this message is durable."""
     assert ctx.sender is not None
     key = idempotency_key(ctx)
     accepted = ctx.intake.accepted if ctx.intake else []
     source = MessageSource.imap if ctx.envelope.door == "imap" else MessageSource.email
-    session = ctx.db
-    with writer_gate(ctx.deps.sessions):
-        _store_locked(ctx, session, key, accepted, source)
 
+    def work(session: Session) -> tuple[str, str]:
+        return _post_in(ctx, session, key, accepted, source)
 
-def _store_locked(
-    ctx: Context, session: Session, key: str, accepted: list[NewAttachment], source: MessageSource
-) -> None:
-    assert ctx.sender is not None
-    # Everything read earlier in the run is read again: rights may have changed during DNS or the
-    # attachment checks (a client deactivated, a participant removed), and the post is judged on
-    # what is true now, in the transaction that writes it.
-    session.expire_all()
     try:
-        # A repeat (same token, Message-ID and body) meets the unique idempotency key at the insert.
-        practice = session.get_one(Practice, ctx.practice_id)
-        if ctx.envelope.target.kind == "route":
-            message = _open_conversation(ctx, session, practice, ctx.sender, key, source)
+        committer = ctx.deps.committer
+        if committer is not None:
+            posted, conversation_id = committer.run(work)
         else:
-            assert ctx.conversation_id is not None
-            # The policy's reads again, as one statement (conversation, participants, favourites).
-            found, known = convs.conversation_for_policy(session, ctx.conversation_id)
-            if found is None:
-                raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
-            conversation = found
-            message = convs.post_message(
-                session,
-                practice,
-                conversation,
-                ctx.sender,
-                body=ctx.body,
-                body_html=ctx.body_html,
-                hidden_text=ctx.hidden,
-                internal=ctx.internal,
-                source=source,
-                attachments=accepted,
-                idempotency_key=key,
-                known=known,
-            )
-            # The token was live at RCPT; revoked since (participant removed, conversation deleted),
-            # the reply is refused as an unknown address would have been.
-            used = session.execute(
-                update(TOKEN_TABLE)
-                .where(TOKEN_TABLE.c.id == ctx.envelope.target.token_id, TOKEN_TABLE.c.revoked_at.is_(None))
-                .values(last_used_at=utcnow())
-            )
-            if getattr(used, "rowcount", 1) != 1:
-                raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
-        ctx.details["posted"] = message.id
-        ctx.conversation_id = message.conversation_id
-        session.execute(
-            update(INBOUND_TABLE)
-            .where(INBOUND_TABLE.c.id == ctx.inbound_id)
-            .values(
-                **_final_values(ctx, InboundState.posted, "posted", replies.OK),
-                posted_message_id=message.id,
-                conversation_id=message.conversation_id,
-                raw_ref=None,  # the post lives in the database; the raw copy goes after the commit
-            )
-        )
-        if ctx.envelope.finalize is not None:
-            ctx.envelope.finalize(session)
-        if ctx.notice_reason == "attachment_withheld":
-            _notice(session, practice, ctx, "attachment_withheld")
-        session.commit()
-        ctx.raw_forgotten = True
+            session = ctx.db
+            with writer_gate(ctx.deps.sessions):
+                try:
+                    posted, conversation_id = work(session)
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
     except IntegrityError as exc:
-        session.rollback()
+        ctx.details.pop("posted", None)  # rolled back: nothing was posted
         if "idempotency_key" in str(exc.orig).lower():  # uq_messages_idempotency_key, any dialect
             raise Done(InboundState.duplicate, "duplicate_suppressed") from exc
         raise
     except convs.PolicyDenied as exc:  # the state changed between the check and the commit
-        session.rollback()
+        ctx.details.pop("posted", None)
         ctx.notice_reason = exc.verdict.reason
         raise Rejected(_policy_denied(ctx.sender), exc.verdict.reason) from exc
     except BaseException:
-        session.rollback()
+        ctx.details.pop("posted", None)
         raise
+    ctx.details["posted"] = posted
+    ctx.conversation_id = conversation_id
+    ctx.raw_forgotten = True
+
+
+def _post_in(
+    ctx: Context, session: Session, key: str, accepted: list[NewAttachment], source: MessageSource
+) -> tuple[str, str]:
+    """The post's writes in *session*'s open transaction, neither committed nor rolled back here:
+    the posted message's id and its conversation's."""
+    assert ctx.sender is not None
+    sender_id = ctx.sender.id
+    # Everything read earlier in the run is read again: rights may have changed during DNS or the
+    # attachment checks (a client deactivated, a participant removed), and the post is judged on
+    # what is true now, in the transaction that writes it.
+    session.expire_all()
+    # A repeat (same token, Message-ID and body) meets the unique idempotency key at the insert.
+    practice = session.get_one(Practice, ctx.practice_id)
+    if ctx.envelope.target.kind == "route":
+        sender = session.get_one(User, sender_id)  # the run's own session, or the group's
+        message = _open_conversation(ctx, session, practice, sender, key, source)
+    else:
+        assert ctx.conversation_id is not None
+        # The policy's reads again, as one statement (conversation, participants, favourites).
+        found, known = convs.conversation_for_policy(session, ctx.conversation_id)
+        if found is None:
+            raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
+        conversation = found
+        # A participant was just loaded (refreshed) with the conversation: no statement.
+        sender = session.get_one(User, sender_id)
+        message = convs.post_message(
+            session,
+            practice,
+            conversation,
+            sender,
+            body=ctx.body,
+            body_html=ctx.body_html,
+            hidden_text=ctx.hidden,
+            internal=ctx.internal,
+            source=source,
+            attachments=accepted,
+            idempotency_key=key,
+            known=known,
+        )
+        # The token was live at RCPT; revoked since (participant removed, conversation deleted),
+        # the reply is refused as an unknown address would have been.
+        used = session.execute(
+            update(TOKEN_TABLE)
+            .where(TOKEN_TABLE.c.id == ctx.envelope.target.token_id, TOKEN_TABLE.c.revoked_at.is_(None))
+            .values(last_used_at=utcnow())
+        )
+        if getattr(used, "rowcount", 1) != 1:
+            raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
+    ctx.details["posted"] = message.id
+    session.execute(
+        update(INBOUND_TABLE)
+        .where(INBOUND_TABLE.c.id == ctx.inbound_id)
+        .values(
+            **_final_values(ctx, InboundState.posted, "posted", replies.OK),
+            posted_message_id=message.id,
+            conversation_id=message.conversation_id,
+            raw_ref=None,  # the post lives in the database; the raw copy goes after the commit
+        )
+    )
+    if ctx.envelope.finalize is not None:
+        ctx.envelope.finalize(session)
+    if ctx.notice_reason == "attachment_withheld":
+        _notice(session, practice, ctx, "attachment_withheld")
+    return message.id, message.conversation_id
 
 
 def _open_conversation(
