@@ -78,13 +78,20 @@ class GroupCommitter:
     def _commit(self, batch: list[_Job[Any]]) -> None:
         try:
             with writer_gate(self._sessions), self._sessions() as session:
-                session.execute(text("UPDATE inbound_log SET id = id WHERE 0 = 1"))  # BEGIN (module doc)
-                for job in batch:
+                if len(batch) == 1:  # alone: its own transaction, no savepoint to pay for
                     try:
-                        with session.begin_nested():
-                            job.result = job.work(session)
-                    except Exception as exc:  # this run's alone: rolled back to its savepoint
-                        job.error = exc
+                        batch[0].result = batch[0].work(session)
+                    except Exception as exc:
+                        session.rollback()
+                        batch[0].error = exc
+                else:
+                    session.execute(text("UPDATE inbound_log SET id = id WHERE 0 = 1"))  # BEGIN (module doc)
+                    for job in batch:
+                        try:
+                            with session.begin_nested():
+                                job.result = job.work(session)
+                        except Exception as exc:  # this run's alone: rolled back to its savepoint
+                            job.error = exc
                 session.commit()
             self.commits += 1
             self.transactions += len(batch)
