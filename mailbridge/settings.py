@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # Processes accepting SMTP on smtp_listen (SO_REUSEPORT), each with a delivery worker: the work
     # is CPU-bound Python, one process uses one core. 0 = one per CPU. Connection limits apply per process.
     smtp_processes: int = Field(default=1, ge=0, le=64)
+    # SQLite: the final transactions of replies processed together share one commit (one fsync),
+    # each in a savepoint of its own; every 250 still follows the commit containing its message.
+    # PostgreSQL groups concurrent commits by itself: ignored there (domain/groupcommit.py).
+    group_commit: bool = True
     # MTAs in front (Postfix's smtpd_proxy_filter) allowed to tell, with XFORWARD, the address and
     # HELO of the client they are relaying, so SPF judges that client and not the MTA. Addresses or
     # networks; empty: XFORWARD is offered to nobody. These peers are exempt from the per-IP cap.

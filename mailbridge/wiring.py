@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailbridge.crypto.keyring import Keyring, KeyringError, load_master_keys
 from mailbridge.domain.db import make_engine, make_session_factory
+from mailbridge.domain.groupcommit import GroupCommitter
 from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.inbound.dns import NameserverResolver, Resolver
 from mailbridge.inbound.tokens import TokenIssuer
@@ -130,7 +133,24 @@ def pipeline_deps(services: Services) -> Any:
         dns_budget=settings.dns_budget_seconds,
         cpu_budget=settings.pipeline_cpu_budget_seconds,
         refused_keep_bytes=settings.raw_refused_keep_bytes,
+        committer=group_committer(services),
     )
+
+
+_COMMITTERS: weakref.WeakKeyDictionary[Any, GroupCommitter] = weakref.WeakKeyDictionary()
+_COMMITTERS_LOCK = threading.Lock()
+
+
+def group_committer(services: Services) -> GroupCommitter | None:
+    """One per session factory (every door of the process shares it), SQLite only: PostgreSQL already
+    shares WAL flushes between concurrent commits and runs them in parallel (domain/groupcommit.py)."""
+    if not services.settings.group_commit or services.engine.dialect.name != "sqlite":
+        return None
+    with _COMMITTERS_LOCK:
+        found = _COMMITTERS.get(services.sessions)
+        if found is None:
+            found = _COMMITTERS[services.sessions] = GroupCommitter(services.sessions)
+        return found
 
 
 def suppression_policy(settings: Settings) -> SuppressionPolicy:

@@ -6,14 +6,19 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from mailbridge.domain.db import transaction
 from mailbridge.domain.models import Attachment, InboundLog, Message, Outbox, OutboxKind
+from mailbridge.inbound.pipeline import body_hash
 from tests import filemakers as fm
 from tests.mailhelpers import live_server, open_conversation, reply_address, reply_message, send
 
@@ -178,6 +183,26 @@ def test_large_message_streams_to_disk(seeded: Any, door: Any) -> None:
     assert list((seeded.settings.data_dir / "spool").glob("*")) == []  # temporary files cleaned
 
 
+def test_large_message_sent_twice_is_posted_once(seeded: Any, door: Any) -> None:
+    """A large message's idempotency hash is taken while prescan holds its bytes (one read of the
+    file fewer): the same message again must still meet it and be suppressed as a duplicate."""
+    server, conv, address = door
+    set_limits(seeded, attachment_max_bytes=20 * 1024 * 1024)
+    msg = with_files(
+        reply_message("alice@client.test", address, "The scan again."),
+        [("scan.pdf", "application/pdf", fm.pdf() + os.urandom(6 * 1024 * 1024))],
+    )
+    assert send(server, msg, "alice@client.test", address)[0] == 250
+    assert send(server, msg, "alice@client.test", address)[0] == 250
+    with seeded.sessions() as session:
+        states = session.scalars(select(InboundLog.state).order_by(InboundLog.received_at)).all()
+        posted = session.scalars(
+            select(Message).where(Message.conversation_id == conv, Message.body == "The scan again.")
+        ).all()
+    assert [s.value for s in states][-2:] == ["posted", "duplicate"]
+    assert len(posted) == 1
+
+
 def test_corrupt_base64_and_inline_cid(seeded: Any, door: Any) -> None:
     server, conv, address = door
     raw = (
@@ -325,3 +350,18 @@ def test_text_based_launchers_withheld_through_smtp(seeded: Any, door: Any) -> N
         row = session.scalars(select(InboundLog).order_by(InboundLog.received_at.desc())).first()
     verdicts = {d["filename"]: d["reason"] for d in row.details["attachments"]}  # type: ignore[union-attr]
     assert verdicts == {name: "executable" for name, _, _ in LAUNCHERS} | {"notes.txt": None}
+
+
+_PIECES = st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b"a: b", b"x", b" ", b"\n\r\n"]), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=_PIECES)
+def test_body_hash_in_memory_equals_streamed(pieces: list[bytes]) -> None:
+    """The idempotency hash of a large message is taken in memory (prescan holds its bytes); a held
+    message's release takes it streamed from the file: both must give the same key."""
+    raw = b"".join(pieces)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.eml"
+        path.write_bytes(raw)
+        assert body_hash(raw, path) == body_hash(None, path)

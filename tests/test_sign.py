@@ -30,7 +30,10 @@ import dns.rrset
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from dkim.canonicalization import Relaxed
 from dns.rdtypes.ANY.TXT import TXT
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailbridge.outbound.sign import (
     OVERSIGNED_HEADERS,
@@ -41,6 +44,8 @@ from mailbridge.outbound.sign import (
     generate_ed25519_key,
     generate_rsa_key,
     public_txt_value,
+    relaxed_body,
+    relaxed_headers,
 )
 
 DOMAIN = "riverside-clinic.test"  # .test is reserved: never resolvable for real
@@ -659,3 +664,26 @@ def test_rsa_first_whatever_the_key_order(keys: Keys) -> None:
 def test_rejects_message_without_exactly_one_from(message: bytes, keys: Keys) -> None:
     with pytest.raises(ValueError, match="exactly one From"):
         DkimSigner([keys.rsa]).sign(message)
+
+
+# Bytes where canonicalisation has choices to make: spaces, tabs, CR, LF, CRLF, other whitespace.
+_WSP_HEAVY = st.lists(
+    st.sampled_from([b" ", b"\t", b"\r\n", b"\r", b"\n", b"a", b"\xc3\xa9", b"\x0b", b"\x0c", b"  \t "]),
+    max_size=60,
+).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=_WSP_HEAVY | st.binary(max_size=200))
+def test_relaxed_body_equals_dkimpys(body: bytes) -> None:
+    assert relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    fields=st.lists(
+        st.tuples(_WSP_HEAVY | st.binary(max_size=20), _WSP_HEAVY | st.binary(max_size=80)), max_size=6
+    )
+)
+def test_relaxed_headers_equal_dkimpys(fields: list[tuple[bytes, bytes]]) -> None:
+    assert relaxed_headers(fields) == Relaxed.canonicalize_headers(fields)

@@ -10,8 +10,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session, contains_eager
 
 from mailbridge.domain import audit, erasure, events, pagination
 from mailbridge.domain.directory import friendship_between, holders_of
@@ -21,6 +21,7 @@ from mailbridge.domain.models import (
     Company,
     Conversation,
     ConversationKind,
+    Favorite,
     Message,
     MessageSource,
     Participant,
@@ -93,6 +94,45 @@ def _person(user: User, holds_company: bool) -> Person:
     )
 
 
+@dataclass(frozen=True)
+class KnownHolders:
+    """Which of *covered* hold the conversation's company among their favourites, read with the
+    conversation (``conversation_for_policy``): ``situation`` asks again only for anyone else."""
+
+    covered: frozenset[int]
+    holders: frozenset[int]
+
+
+def conversation_for_policy(
+    session: Session, conversation_id: str
+) -> tuple[Conversation | None, KnownHolders]:
+    """The conversation, its company, its participants with their users and which of them hold its
+    company among their favourites: everything ``situation`` reads, in ONE statement (it took three:
+    the conversation, its participants, the favourites). Rows already loaded are refreshed
+    (``populate_existing``): the policy is judged on what the database says now."""
+    rows = (
+        session.execute(
+            select(Conversation, Favorite.user_id)
+            .outerjoin(Conversation.participants)
+            .outerjoin(Participant.user)
+            .outerjoin(
+                Favorite,
+                and_(Favorite.company_id == Conversation.company_id, Favorite.user_id == Participant.user_id),
+            )
+            .where(Conversation.id == conversation_id)
+            .options(contains_eager(Conversation.participants).contains_eager(Participant.user))
+            .execution_options(populate_existing=True)
+        )
+        .unique()
+        .all()
+    )
+    if not rows:
+        return None, KnownHolders(frozenset(), frozenset())
+    conversation = rows[0][0]
+    covered = frozenset(p.user_id for p in conversation.participants)
+    return conversation, KnownHolders(covered, frozenset(uid for _, uid in rows if uid is not None))
+
+
 def situation(
     session: Session,
     actor: User,
@@ -102,13 +142,20 @@ def situation(
     body: str = "",
     is_reply: bool = True,
     by_email: bool = False,
+    known: KnownHolders | None = None,
 ) -> Situation:
     """A fresh snapshot of everything the policy looks at: favourites removed yesterday matter today.
-    ``by_email``: the post being judged arrives by email (external agents post no other way)."""
+    ``by_email``: the post being judged arrives by email (external agents post no other way).
+    ``known``: favourites read with the conversation in the same transaction (no second read)."""
     members = [p.user for p in conversation.active_participants()]
     holders: set[int] = set()
     if conversation.company_id is not None:
-        holders = holders_of(session, conversation.company_id, [u.id for u in members] + [actor.id])
+        ids = [u.id for u in members] + [actor.id]
+        if known is not None:
+            holders = set(known.holders)
+            ids = [i for i in ids if i not in known.covered]
+        if ids:
+            holders |= holders_of(session, conversation.company_id, ids)
     friendship = None
     if conversation.kind == ConversationKind.direct and len(members) == 2:
         found = friendship_between(session, members[0], members[1])
@@ -308,6 +355,7 @@ def post_message(
     attachments: Sequence[NewAttachment] = (),
     idempotency_key: str | None = None,
     notify: bool = True,
+    known: KnownHolders | None = None,
 ) -> Message:
     snapshot = post_situation(
         session,
@@ -317,6 +365,7 @@ def post_message(
         internal=internal,
         has_files=bool(attachments),
         by_email=source != MessageSource.app,
+        known=known,
     )
     verdict = can_post(snapshot)
     if not verdict.allowed:
@@ -347,10 +396,13 @@ def post_situation(
     internal: bool = False,
     has_files: bool = False,
     by_email: bool = False,
+    known: KnownHolders | None = None,
 ) -> Situation:
     # A message that carries only files is not "too short": the minimum applies to typed text.
     effective = body if body.strip() or not has_files else "x" * 10_000
-    return situation(session, author, conversation, internal=internal, body=effective, by_email=by_email)
+    return situation(
+        session, author, conversation, internal=internal, body=effective, by_email=by_email, known=known
+    )
 
 
 def _write_message(
@@ -379,9 +431,9 @@ def _write_message(
         source=source,
         internal=internal,
         idempotency_key=idempotency_key,
-    )
-    for position, item in enumerate(attachments):
-        message.attachments.append(
+        # Given at construction, the collection is known complete: no SELECT after the INSERT when
+        # the event counts the attachments (an empty collection would otherwise be lazy-loaded).
+        attachments=[
             Attachment(
                 position=position,
                 filename=item.filename,
@@ -392,7 +444,9 @@ def _write_message(
                 content_id=item.content_id,
                 storage_key=item.storage_key,
             )
-        )
+            for position, item in enumerate(attachments)
+        ],
+    )
     session.add(message)
     conversation.updated_at = utcnow()
     session.flush()

@@ -42,6 +42,7 @@ from mailbridge.domain.conversations import NewAttachment
 from mailbridge.domain.db import transaction, writer_gate
 from mailbridge.domain.directory import users_at
 from mailbridge.domain.fingerprint import Fingerprint
+from mailbridge.domain.groupcommit import GroupCommitter
 from mailbridge.domain.models import (
     Conversation,
     ConversationKind,
@@ -157,6 +158,7 @@ class Deps:
     dns_budget: float = 10.0  # seconds authentication may spend waiting on DNS, per message
     cpu_budget: float = 20.0  # seconds of CPU the steps may use, per message (checked between steps)
     refused_keep_bytes: int = 64 * 1024  # of a refused or deferred message's raw copy
+    committer: GroupCommitter | None = None  # group commit of the final transactions (SQLite)
 
 
 @dataclass
@@ -187,6 +189,9 @@ class Context:
     internal: bool = False
     intake: Intake | None = None
     large: bool = False  # streamed from disk: never the whole message in memory
+    # The idempotency key's body hash, once per run: for a large message taken while prescan holds
+    # its bytes, so the file is not read again for it (issue 17 item 2).
+    body_digest: str | None = None
     own_addresses: frozenset[str] = frozenset()  # the practice's notification address and reply domain
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     rule: str | None = None
@@ -217,18 +222,21 @@ Step = Callable[[Context], None]
 
 
 def store_raw(ctx: Context) -> None:
-    """Raw bytes first (Mailman's switchboard), before any decision: the local file is fsynced (the
-    run's working copy), the copy every node can read is put into the object store (encrypted),
-    then the inbound row naming it is committed. A crash in between leaves an object no row names
-    (the housekeeping sweep removes it), never a row naming a missing object."""
+    """Raw bytes first (Mailman's switchboard), before any decision: the copy every node can read is
+    put into the object store (encrypted; the store makes it durable before returning), then the
+    inbound row naming it is committed. A crash in between leaves an object no row names (the
+    housekeeping sweep removes it), never a row naming a missing object.
+
+    The local file is this run's working copy only: nothing reads it after a crash (a restarted run
+    reads the object the row names, and the sweep removes orphaned working copies), so it is not
+    fsynced: that was one of four fsyncs per reply for no guarantee (docs/benchmarks.md, steps).
+    The practice is read in the same transaction as the insert: one round trip fewer."""
     day = ctx.deps.raw_dir / date.today().isoformat()
     day.mkdir(parents=True, exist_ok=True)
     row_id = new_id()
     final = day / f"{row_id}.eml"
     practice_id = ctx.envelope.target.practice_id
     try:
-        with open(ctx.raw_path, "rb+") as handle:
-            os.fsync(handle.fileno())
         os.replace(ctx.raw_path, final)
     except OSError as exc:
         raise Deferred(replies.TEMPFAIL, "tempfail_disk") from exc
@@ -257,6 +265,7 @@ def store_raw(ctx: Context) -> None:
                     details={},
                 )
             )
+            practice = ctx.db.get(Practice, practice_id)
             ctx.db.commit()
     except BaseException:
         with contextlib.suppress(SQLAlchemyError):
@@ -268,8 +277,8 @@ def store_raw(ctx: Context) -> None:
     ctx.raw_ref = ref
     ctx.inbound_id = row_id
     ctx.raw_path = final
-    ctx.practice_id = ctx.envelope.target.practice_id
-    ctx.practice = practice = ctx.db.get(Practice, ctx.practice_id)
+    ctx.practice_id = practice_id
+    ctx.practice = practice
     if practice is not None:
         ctx.practice_slug = practice.slug
         ctx.settings = PracticeSettings.model_validate(practice.settings or {})
@@ -285,7 +294,8 @@ def store_raw(ctx: Context) -> None:
 
 def prescan(ctx: Context) -> None:
     # A large message is read once for this linear pass and released before anything else holds it;
-    # never more than the limit, whatever size the door reported (finding 10).
+    # never more than the limit, whatever size the door reported (finding 10). The idempotency
+    # key's body hash is taken from the same bytes.
     limit = ctx.settings.effective_message_max_bytes
     if ctx.large:
         with open(ctx.raw_path, "rb") as handle:
@@ -295,6 +305,8 @@ def prescan(ctx: Context) -> None:
     if len(raw) > limit:
         raise Rejected(replies.message_too_big(limit), "message_too_big")
     result = prescan_mod.prescan(raw, ctx.deps.prescan_limits)
+    if ctx.large and result.ok:
+        ctx.body_digest = body_hash(raw, ctx.raw_path)  # in memory now: one read of the file fewer
     del raw
     if result.ok:
         return
@@ -582,8 +594,9 @@ def sender_policy(ctx: Context) -> None:
     if target.kind == "route":
         _route_policy(ctx, session)
         return
-    ctx.conversation = conversation = session.get(Conversation, ctx.conversation_id)
-    assert ctx.sender is not None
+    assert ctx.sender is not None and ctx.conversation_id is not None
+    conversation, known = convs.conversation_for_policy(session, ctx.conversation_id)
+    ctx.conversation = conversation
     if conversation is None:
         raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
     verdict = can_post(
@@ -595,6 +608,7 @@ def sender_policy(ctx: Context) -> None:
             internal=ctx.internal,
             has_files=bool(ctx.parsed and ctx.parsed.attachments),
             by_email=True,
+            known=known,
         )
     )
     ctx.rule = verdict.rule
@@ -720,83 +734,112 @@ def take_attachments(ctx: Context) -> None:
 
 
 def store(ctx: Context) -> None:
-    """Message, attachment rows, notifications and the inbound row's final state in one transaction."""
+    """Message, attachment rows, notifications and the inbound row's final state in one transaction;
+    with ``Deps.committer`` (group commit, SQLite) that transaction is a savepoint of one shared by
+    the runs that reach this step together, committed once for all of them (domain/groupcommit.py).
+    Either way the step returns only once the commit containing this message is durable."""
     assert ctx.sender is not None
     key = idempotency_key(ctx)
     accepted = ctx.intake.accepted if ctx.intake else []
     source = MessageSource.imap if ctx.envelope.door == "imap" else MessageSource.email
-    session = ctx.db
-    with writer_gate(ctx.deps.sessions):
-        _store_locked(ctx, session, key, accepted, source)
 
+    def work(session: Session) -> tuple[str, str]:
+        return _post_in(ctx, session, key, accepted, source)
 
-def _store_locked(
-    ctx: Context, session: Session, key: str, accepted: list[NewAttachment], source: MessageSource
-) -> None:
-    assert ctx.sender is not None
-    # Everything read earlier in the run is read again: rights may have changed during DNS or the
-    # attachment checks (a client deactivated, a participant removed), and the post is judged on
-    # what is true now, in the transaction that writes it.
-    session.expire_all()
     try:
-        # A repeat (same token, Message-ID and body) meets the unique idempotency key at the insert.
-        practice = session.get_one(Practice, ctx.practice_id)
-        if ctx.envelope.target.kind == "route":
-            message = _open_conversation(ctx, session, practice, ctx.sender, key, source)
+        committer = ctx.deps.committer
+        if committer is not None:
+            posted, conversation_id = committer.run(work)
         else:
-            conversation = session.get_one(Conversation, ctx.conversation_id)
-            message = convs.post_message(
-                session,
-                practice,
-                conversation,
-                ctx.sender,
-                body=ctx.body,
-                body_html=ctx.body_html,
-                hidden_text=ctx.hidden,
-                internal=ctx.internal,
-                source=source,
-                attachments=accepted,
-                idempotency_key=key,
-            )
-            # The token was live at RCPT; revoked since (participant removed, conversation deleted),
-            # the reply is refused as an unknown address would have been.
-            used = session.execute(
-                update(TOKEN_TABLE)
-                .where(TOKEN_TABLE.c.id == ctx.envelope.target.token_id, TOKEN_TABLE.c.revoked_at.is_(None))
-                .values(last_used_at=utcnow())
-            )
-            if getattr(used, "rowcount", 1) != 1:
-                raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
-        ctx.details["posted"] = message.id
-        ctx.conversation_id = message.conversation_id
-        session.execute(
-            update(INBOUND_TABLE)
-            .where(INBOUND_TABLE.c.id == ctx.inbound_id)
-            .values(
-                **_final_values(ctx, InboundState.posted, "posted", replies.OK),
-                posted_message_id=message.id,
-                conversation_id=message.conversation_id,
-                raw_ref=None,  # the post lives in the database; the raw copy goes after the commit
-            )
-        )
-        if ctx.envelope.finalize is not None:
-            ctx.envelope.finalize(session)
-        if ctx.notice_reason == "attachment_withheld":
-            _notice(session, practice, ctx, "attachment_withheld")
-        session.commit()
-        ctx.raw_forgotten = True
+            session = ctx.db
+            with writer_gate(ctx.deps.sessions):
+                try:
+                    posted, conversation_id = work(session)
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
     except IntegrityError as exc:
-        session.rollback()
+        ctx.details.pop("posted", None)  # rolled back: nothing was posted
         if "idempotency_key" in str(exc.orig).lower():  # uq_messages_idempotency_key, any dialect
             raise Done(InboundState.duplicate, "duplicate_suppressed") from exc
         raise
     except convs.PolicyDenied as exc:  # the state changed between the check and the commit
-        session.rollback()
+        ctx.details.pop("posted", None)
         ctx.notice_reason = exc.verdict.reason
         raise Rejected(_policy_denied(ctx.sender), exc.verdict.reason) from exc
     except BaseException:
-        session.rollback()
+        ctx.details.pop("posted", None)
         raise
+    ctx.details["posted"] = posted
+    ctx.conversation_id = conversation_id
+    ctx.raw_forgotten = True
+
+
+def _post_in(
+    ctx: Context, session: Session, key: str, accepted: list[NewAttachment], source: MessageSource
+) -> tuple[str, str]:
+    """The post's writes in *session*'s open transaction, neither committed nor rolled back here:
+    the posted message's id and its conversation's."""
+    assert ctx.sender is not None
+    sender_id = ctx.sender.id
+    # Everything read earlier in the run is read again: rights may have changed during DNS or the
+    # attachment checks (a client deactivated, a participant removed), and the post is judged on
+    # what is true now, in the transaction that writes it.
+    session.expire_all()
+    # A repeat (same token, Message-ID and body) meets the unique idempotency key at the insert.
+    practice = session.get_one(Practice, ctx.practice_id)
+    if ctx.envelope.target.kind == "route":
+        sender = session.get_one(User, sender_id)  # the run's own session, or the group's
+        message = _open_conversation(ctx, session, practice, sender, key, source)
+    else:
+        assert ctx.conversation_id is not None
+        # The policy's reads again, as one statement (conversation, participants, favourites).
+        found, known = convs.conversation_for_policy(session, ctx.conversation_id)
+        if found is None:
+            raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
+        conversation = found
+        # A participant was just loaded (refreshed) with the conversation: no statement.
+        sender = session.get_one(User, sender_id)
+        message = convs.post_message(
+            session,
+            practice,
+            conversation,
+            sender,
+            body=ctx.body,
+            body_html=ctx.body_html,
+            hidden_text=ctx.hidden,
+            internal=ctx.internal,
+            source=source,
+            attachments=accepted,
+            idempotency_key=key,
+            known=known,
+        )
+        # The token was live at RCPT; revoked since (participant removed, conversation deleted),
+        # the reply is refused as an unknown address would have been.
+        used = session.execute(
+            update(TOKEN_TABLE)
+            .where(TOKEN_TABLE.c.id == ctx.envelope.target.token_id, TOKEN_TABLE.c.revoked_at.is_(None))
+            .values(last_used_at=utcnow())
+        )
+        if getattr(used, "rowcount", 1) != 1:
+            raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
+    ctx.details["posted"] = message.id
+    session.execute(
+        update(INBOUND_TABLE)
+        .where(INBOUND_TABLE.c.id == ctx.inbound_id)
+        .values(
+            **_final_values(ctx, InboundState.posted, "posted", replies.OK),
+            posted_message_id=message.id,
+            conversation_id=message.conversation_id,
+            raw_ref=None,  # the post lives in the database; the raw copy goes after the commit
+        )
+    )
+    if ctx.envelope.finalize is not None:
+        ctx.envelope.finalize(session)
+    if ctx.notice_reason == "attachment_withheld":
+        _notice(session, practice, ctx, "attachment_withheld")
+    return message.id, message.conversation_id
 
 
 def _open_conversation(
@@ -866,8 +909,13 @@ def _body_start(raw: bytes) -> int:
     """Where the body begins: after the first empty line (CRLF or bare LF), or the end if none."""
     if raw.startswith((b"\r\n", b"\n")):
         return 2 if raw.startswith(b"\r\n") else 1
-    ends = [(i, i + len(sep)) for sep in (b"\n\r\n", b"\n\n") if (i := raw.find(sep)) >= 0]
-    return min(ends)[1] if ends else len(raw)
+    # A bare-LF blank line counts only before the first CRLF one: a CRLF message has none, and
+    # searching all of it (137 MB for the largest) cost more than hashing it.
+    crlf = raw.find(b"\n\r\n")
+    lf = raw.find(b"\n\n", 0, crlf + 1 if crlf >= 0 else len(raw))
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else len(raw)
 
 
 def body_hash(raw: bytes | None, path: Path) -> str:
@@ -895,8 +943,9 @@ def post_key(who: str, message_id: str, digest: str) -> str:
 def idempotency_key(ctx: Context) -> str:
     target = ctx.envelope.target
     who = f"t{target.token_id}" if target.kind == "reply" else f"r{target.route_id}:{ctx.from_address}"
-    digest = body_hash(None if ctx.large else ctx.raw, ctx.raw_path)
-    return post_key(who, str(ctx.details.get("message_id", "")), digest)
+    if ctx.body_digest is None:
+        ctx.body_digest = body_hash(None if ctx.large else ctx.raw, ctx.raw_path)
+    return post_key(who, str(ctx.details.get("message_id", "")), ctx.body_digest)
 
 
 STEPS: tuple[Step, ...] = (

@@ -162,8 +162,8 @@ class _Spool:
 
     Writes of ``SPOOL_FLUSH`` or more go to a thread, so a slow or full disk never holds the event
     loop; a message's last, smaller write stays on the loop: it lands in the page cache in
-    microseconds, less than a thread hop costs (the pipeline's ``store_raw`` fsyncs it in its own
-    thread). A write still running when the peer goes away removes the file when it is done.
+    microseconds, less than a thread hop costs (the pipeline's ``store_raw`` puts the durable copy
+    into the object store in its own thread). A write still running when the peer goes away removes the file when it is done.
     """
 
     def __init__(self, path: Path, fd: int) -> None:

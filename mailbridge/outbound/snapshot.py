@@ -12,6 +12,8 @@ The policy question (may this recipient still read the conversation, may they an
 is still asked for every row, on state read during this batch: the conversation's snapshot comes
 from ``conversations.situation`` itself, once per conversation, and each recipient is then judged
 as its actor, exactly as ``fanout.enqueue_notifications`` does (see :meth:`BatchSnapshot.situation`).
+Which participants hold each conversation's company among their favourites is read for the whole
+batch in one query too (it was one query per conversation).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mailbridge.domain.models import (
     Conversation,
     DkimKeyRow,
     DkimKeyState,
+    Favorite,
     Message,
     Outbox,
     OutboxKind,
@@ -85,6 +88,7 @@ class BatchSnapshot:
     templates: dict[tuple[int, str, str], PracticeTemplate] = field(default_factory=dict)
     logos: dict[int, PracticeLogo] = field(default_factory=dict)  # practice id → its logo
     muted: set[tuple[int, str]] = field(default_factory=set)  # (recipient id, conversation id)
+    holders: dict[str, convs.KnownHolders] = field(default_factory=dict)  # conversation id → favourites
     _settings: dict[int, PracticeSettings] = field(default_factory=dict)
     _situations: dict[tuple[str, str], Situation] = field(default_factory=dict)
 
@@ -150,6 +154,7 @@ class BatchSnapshot:
             templates=templates.active(session, practice_ids),
             logos=logos,
             muted=mutes.muted_pairs(session, conversation_ids),
+            holders=_holders(session, conversations.values()),
         )
 
     def settings(self, practice: Practice) -> PracticeSettings:
@@ -174,9 +179,33 @@ class BatchSnapshot:
         key = (conversation.id, body)
         base = self._situations.get(key)
         if base is None:
-            base = self._situations[key] = convs.situation(session, recipient, conversation, body=body)
+            base = self._situations[key] = convs.situation(
+                session, recipient, conversation, body=body, known=self.holders.get(conversation.id)
+            )
             return base
         for person in base.participants:
             if person.id == recipient.id:
                 return replace(base, actor=person)
         return convs.situation(session, recipient, conversation, body=body)
+
+
+def _holders(session: Session, conversations: Iterable[Conversation]) -> dict[str, convs.KnownHolders]:
+    """For each conversation with a company: which of its participants (removed ones too) hold that
+    company among their favourites, from one query for the batch, in the batch's transaction."""
+    found = [c for c in conversations if c.company_id is not None]
+    companies = {c.company_id for c in found}
+    members = {p.user_id for c in found for p in c.participants}
+    if not companies or not members:
+        return {}
+    pairs = set(
+        session.execute(
+            select(Favorite.company_id, Favorite.user_id).where(
+                Favorite.company_id.in_(companies), Favorite.user_id.in_(members)
+            )
+        ).tuples()
+    )
+    out = {}
+    for c in found:
+        covered = frozenset(p.user_id for p in c.participants)
+        out[c.id] = convs.KnownHolders(covered, frozenset(u for u in covered if (c.company_id, u) in pairs))
+    return out
