@@ -197,13 +197,12 @@ def _holders(session: Session, conversations: Iterable[Conversation]) -> dict[st
     members = {p.user_id for c in found for p in c.participants}
     if not companies or not members:
         return {}
-    pairs = set(
-        session.execute(
-            select(Favorite.company_id, Favorite.user_id).where(
-                Favorite.company_id.in_(companies), Favorite.user_id.in_(members)
-            )
-        ).tuples()
+    rows = session.execute(
+        select(Favorite.company_id, Favorite.user_id).where(
+            Favorite.company_id.in_(companies), Favorite.user_id.in_(members)
+        )
     )
+    pairs = {(company_id, user_id) for company_id, user_id in rows}
     out = {}
     for c in found:
         covered = frozenset(p.user_id for p in c.participants)
