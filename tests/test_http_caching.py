@@ -14,15 +14,7 @@ from mailbridge.api.app import create_app
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
 from tests.conftest import API_KEY, make_services, seed
-
-BASE = "/api/v1/practices/acme"
-CONVERSATION = {
-    "kind": "private",
-    "subject": "Your next appointment",
-    "author": "dr-smith",
-    "participants": ["alice"],
-    "body": "Hello Alice, shall we meet on Tuesday?",
-}
+from tests.test_idempotency import BASE, CONVERSATION
 
 
 def test_reads_carry_an_etag_and_answer_304_when_it_matches(seeded: Any, api: Any) -> None:
