@@ -219,6 +219,7 @@ def test_a_5xx_is_not_kept_so_the_retry_runs_again(tmp_path: Path, s3_peer: Any)
             for _ in range(2):
                 failed = client.post(f"{BASE}/conversations", data=data, files=files)
                 assert failed.status_code >= 500, failed.text
+                assert (failed.status_code, failed.json()["code"]) == (503, "storage_unavailable")
                 assert "idempotent-replayed" not in failed.headers
                 assert count(services, IdempotencyKey) == 0
         assert count(services, Message) == 0

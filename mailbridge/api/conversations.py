@@ -27,7 +27,8 @@ from mailbridge.domain.errors import (
 )
 from mailbridge.domain.models import Attachment, ConversationKind, Message, MessageSource
 from mailbridge.storage.blobs import BlobNotFoundError
-from mailbridge.storage.intake import Intake, Upload, intake_uploads, require_all_accepted
+from mailbridge.storage.intake import Intake, Upload, intake_uploads
+from mailbridge.storage.objects import StorageError
 
 from .deps import ServicesDep, conversation_out, message_out
 from .paging import PageQuery, page_out, page_query
@@ -132,8 +133,7 @@ def _create_conversation(
         author = directory.get_user(session, p, body.author, "author")
         company = directory.get_company(session, p, body.company, "company") if body.company else None
         people = [directory.get_user(session, p, ext, "participants") for ext in body.participants]
-        require_all_accepted(convs.practice_settings(p), uploads)
-        intake: Intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale, p.id)
+        intake: Intake = _store_uploads(svc, p, uploads)
         text = intake.with_withheld_line(body.body)
         conversation, message = convs.create_conversation(
             session,
@@ -170,8 +170,7 @@ def _post_message(
         p = directory.get_practice(session, practice)
         author = directory.get_user(session, p, body.author, "author")
         conversation = convs.conversation_for(session, p, conversation_id, author)
-        require_all_accepted(convs.practice_settings(p), uploads)
-        intake = intake_uploads(svc.blobs, convs.practice_settings(p), uploads, p.locale, p.id)
+        intake = _store_uploads(svc, p, uploads)
         message = convs.post_message(
             session,
             p,
@@ -367,6 +366,19 @@ def download_attachment(
             "Cache-Control": "private, no-store",
         },
     )
+
+
+def _store_uploads(svc: Any, p: Any, uploads: list[Upload]) -> Intake:
+    """The app's uploads, judged once: a withheld file refuses the whole post (422
+    ``attachment_refused``); a file store that cannot be reached is 503 ``storage_unavailable`` with
+    a WARNING line (the store's own metric and /readyz say it too), never a bare 500."""
+    try:
+        return intake_uploads(
+            svc.blobs, convs.practice_settings(p), uploads, p.locale, p.id, refuse_withheld=True
+        )
+    except StorageError as exc:
+        log.warning("upload_storage_unavailable", extra={"practice": p.slug, "error": str(exc)[:200]})
+        raise Unavailable("storage_unavailable", "the file store cannot be reached; retry later") from exc
 
 
 def _open_stored(svc: Any, ref: str, attachment: str) -> BinaryIO:

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Scope, Send
 
@@ -147,11 +148,12 @@ def unreadable_body(request: Request) -> str | None:
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
-        return problem(exc.status, exc.code, exc.detail, exc.field, exc.extra, user_locale(request))
+        locale = await run_in_threadpool(user_locale, request)  # a read: never on the event loop
+        return problem(exc.status, exc.code, exc.detail, exc.field, exc.extra, locale)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        locale = user_locale(request)
+        locale = await run_in_threadpool(user_locale, request)
         errors = list(exc.errors())
         body_errors = [e for e in errors if e.get("loc", ())[:1] == ("body",)]
         if body_errors and unreadable_body(request):

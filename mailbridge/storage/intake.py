@@ -132,32 +132,33 @@ class AttachmentRefused(Invalid):
         )
 
 
-def require_all_accepted(settings: PracticeSettings, uploads: Sequence[Upload]) -> None:
-    """The app's door: every file passes the rules or nothing is posted (``AttachmentRefused``, 422).
-    Judged before anything is stored, so a refusal leaves no object behind."""
-    if len(uploads) > settings.attachment_max_count:
-        raise TooManyAttachments(settings.attachment_max_count)
-    refused = [verdict for verdict, _, _ in judge_uploads(settings, uploads) if not verdict.accepted]
-    if refused:
-        raise AttachmentRefused(refused)
-
-
 def intake_uploads(
     blobs: BlobStore,
     settings: PracticeSettings,
     uploads: Sequence[Upload],
     locale: str,
     practice_id: int | None = None,
+    *,
+    refuse_withheld: bool = False,
 ) -> Intake:
-    """Judge every file by its bytes, store the accepted ones (content-addressed), report the rest."""
+    """Judge every file by its bytes, store the accepted ones (content-addressed), report the rest.
+
+    ``refuse_withheld``: the app's door. Every file passes the rules or nothing is posted
+    (``AttachmentRefused``, 422), decided after judging them all and before storing any, so a
+    refusal leaves no object behind. Email keeps its withheld line and notice: its sender cannot be
+    asked to retry."""
     rules = rules_for(settings)
     if len(uploads) > rules.max_count:
         raise TooManyAttachments(rules.max_count)
     intake = Intake(locale=locale)
+    candidates = []
     for index, upload in enumerate(uploads, start=1):
         candidate = _candidate(upload)
-        verdict = judge(candidate, rules, index)
-        intake.verdicts.append(verdict)
+        intake.verdicts.append(judge(candidate, rules, index))
+        candidates.append(candidate)
+    if refuse_withheld and intake.withheld:
+        raise AttachmentRefused(intake.withheld)
+    for upload, candidate, verdict in zip(uploads, candidates, intake.verdicts, strict=True):
         if not verdict.accepted:
             continue
         if upload.path is not None:
