@@ -14,7 +14,7 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.headerregistry import Address
 from typing import Any
 
@@ -35,7 +35,7 @@ from mailbridge.domain.models import (
 )
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound.envelope import verp_address
-from mailbridge.inbound.tokens import AddressTemplate, TokenIssuer
+from mailbridge.inbound.tokens import AddressTemplate, TokenIssuer, token_hash
 from mailbridge.observability import TEMPLATE_OVERRIDE_FAILED
 from mailbridge.outbound.compose import (
     Envelope,
@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 # The body the policy is asked about: long enough that a practice's minimum length never decides
 # whether a recipient may answer a notification by email.
 POLICY_BODY = "x" * 10_000
+#: Reply tokens kept in memory by lookup hash (``Builder.reply_token``); past this, forgotten at once.
+ISSUED_KEPT = 20_000
 
 
 class NothingToSend(Exception):
@@ -101,6 +103,8 @@ class ReplyAddress:
     conversation_id: str
     local_template: str
     domain: str
+    lookup: str | None = None  # ReplyToken.lookup of the pair's live token when the batch was read
+
 
     def address(self, token: str) -> Address:
         return named(None, f"{AddressTemplate(self.local_template).local_part(token)}@{self.domain}")
@@ -145,6 +149,8 @@ class Builder:
     public_url: str = ""  # mailbridge's own base URL, for the one-click unsubscribe links
     conversation_link_path: str = DEFAULT_CONVERSATION_PATH  # the operator's; a practice may set its own
     preferences_link_path: str = DEFAULT_PREFERENCES_PATH
+    # SHA-256 (ReplyToken.lookup) → the reply token it hashes, for tokens this process has issued.
+    _issued: dict[str, str] = field(default_factory=dict, repr=False)
 
     def build(self, session: Session, row: Outbox, snapshot: BatchSnapshot | None = None) -> Built:
         """Signed bytes for one row: the three steps in a row (the worker spreads them over a batch)."""
@@ -186,11 +192,26 @@ class Builder:
         )
 
     def reply_token(self, session: Session, draft: Draft) -> str | None:
-        """The recipient's reply token when they may answer by email: created on first use (a write)."""
+        """The recipient's reply token when they may answer by email: created on first use (a write).
+
+        ``TokenIssuer.issue`` reads the pair's row with one query per notification. The batch has
+        read every pair's live row (``BatchSnapshot.reply_lookups``: the SHA-256 the database keeps)
+        in one query, so a token this process issued before is taken from memory when its hash is
+        still the row's lookup: same token, no query. A revoked or replaced token has another lookup
+        (or none), and ``issue`` decides as always.
+        """
         if draft.reply is None:
             return None
         reply = draft.reply
-        return self.tokens.issue(session, reply.practice_id, reply.user_id, reply.conversation_id)
+        if reply.lookup is not None:
+            known = self._issued.get(reply.lookup)
+            if known is not None:
+                return known
+        token = self.tokens.issue(session, reply.practice_id, reply.user_id, reply.conversation_id)
+        if len(self._issued) >= ISSUED_KEPT:
+            self._issued.clear()
+        self._issued[token_hash(token)] = token
+        return token
 
     def finish(self, draft: Draft, token: str | None) -> Built:
         """Compose and sign: CPU only, no database."""
@@ -260,6 +281,7 @@ class Builder:
                 conversation.id,
                 settings.reply_local_template,
                 practice.reply_domain,
+                batch.reply_lookups.get((recipient.id, conversation.id)),
             )
         app = (settings.app_url or self.app_url).rstrip("/")  # a practice's own portal first
         link = conversation_link(

@@ -223,6 +223,24 @@ def relaxed_body(body: bytes) -> bytes:
     return canonical
 
 
+def split_message(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """``dkim.rfc822_parse(message)``: the header fields and the body (CRLF line ends).
+
+    dkimpy splits the whole message into lines with a regex to find the header section's end,
+    then joins the body's lines again. When every line end is CRLF (as the worker composes), the
+    header section ends at the first empty line, the first CRLF CRLF, and the body is already what
+    the join gives: only the header section is handed to dkimpy. Any other message goes whole.
+    """
+    end = message.find(b"\r\n\r\n")
+    if end > 0 and not message.startswith(b"\r\n"):
+        head, body = message[: end + 4], message[end + 4 :]
+        if head.count(b"\n") == head.count(b"\r\n") and body.count(b"\n") == body.count(b"\r\n"):
+            headers, _ = dkim.rfc822_parse(head)
+            return headers, body
+    headers, body = dkim.rfc822_parse(message)
+    return headers, body
+
+
 def _dkim_signature_header(
     canonical_headers: list[tuple[bytes, bytes]],
     canonical_body_hash: bytes,
@@ -293,7 +311,7 @@ class DkimSigner:
         first_newline = message.find(b"\n")
         linesep = b"\r\n" if first_newline > 0 and message[first_newline - 1] == 0x0D else b"\n"
         try:
-            headers, body = dkim.rfc822_parse(message)
+            headers, body = split_message(message)
         except dkim.MessageFormatError as exc:
             raise ValueError(f"cannot DKIM-sign a malformed message: {exc}") from None
         from_count = sum(1 for name, _ in headers if name.lower() == b"from")
