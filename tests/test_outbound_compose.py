@@ -17,6 +17,8 @@ from email import quoprimime
 from email.headerregistry import Address
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailbridge.outbound import compose as compose_module
 from mailbridge.outbound.catalog import sample_context
@@ -235,6 +237,11 @@ VERBATIM_CASES: list[tuple[str, str | Address]] = [
     ("To", named(None, "alice@client.test")),
     ("To", named("Alice Martin", "alice@client.test")),
     ("Subject", "Hello"),  # not one of the verbatim fields
+    ("List-Unsubscribe", "<https://mb.example/u/" + "t" * 120 + ">"),
+    ("List-Unsubscribe", "<https://mb.example/u/abc>"),
+    ("List-Unsubscribe", "<https://mb.example/u/a=?utf-8?q?b?=>"),
+    ("List-Unsubscribe", "<https://mb.example/u/a b>"),
+    ("List-Unsubscribe", "<https://mb.example/u/é>"),
 ]
 
 
@@ -316,3 +323,18 @@ def test_quoted_printable_line_by_line_equals_quoprimime_on_the_whole_body() -> 
         assert cte == expected_cte, text
         if cte != "base64":
             assert body == expected, text
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    line=st.lists(
+        st.sampled_from([b"=", b" ", b"\t", b"a", b"\xc3\xa9", b"\x85", b"\x0c", b"x" * 70, b"==", b"~"])
+        | st.binary(max_size=4).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+        max_size=60,
+    ).map(b"".join)
+)
+def test_one_quoted_printable_line_equals_quoprimime(line: bytes) -> None:
+    expected = quoprimime.body_encode(line.decode("latin-1") + "\n", 78)[:-1]
+    encoded, lf_length = compose_module._qp_line.__wrapped__(line)
+    assert encoded == expected.replace("\n", "\r\n").encode("ascii")
+    assert lf_length == len(expected)

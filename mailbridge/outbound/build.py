@@ -331,7 +331,7 @@ class Builder:
         name = "notification_minimal" if minimal else "notification_full"
         if external:
             name = "notification_external_minimal" if minimal else "notification_external_full"
-        rendered = self._render(batch, practice, name, lang, context, inline)
+        rendered, shared = self._render(batch, practice, name, lang, context, inline, shared=True)
         from_name = (
             f"{message.author.name} via {practice.name}" if not minimal else practice.name if shown else None
         )
@@ -352,7 +352,7 @@ class Builder:
         )
         sent = notification_fingerprint(
             self.fingerprint_key,
-            rendered,
+            shared,  # what the recipients' copies share: the same fingerprint, computed once
             body=shown_body,
             from_name=from_name,
             notify_from=practice.notify_from,
@@ -384,8 +384,12 @@ class Builder:
         lang: str,
         context: dict[str, Any],
         inline: tuple[InlineImage, ...],
-    ) -> Rendered:
+        shared: bool = False,
+    ) -> tuple[Rendered, Rendered]:
         """The practice's own template when it has one that renders cleanly, else the default.
+
+        Returns the rendering twice, or with *shared*, the default's rendering and the one its
+        recipients share but for their own link (``Renderer.render_shared``: rendered once for all).
 
         A practice's template was checked when saved, but real data can still break it (a value the
         sample did not have) or make it put something forbidden in the HTML: then the default is
@@ -401,7 +405,7 @@ class Builder:
             except Exception as exc:  # the sandbox and StrictUndefined raise TemplateError subclasses
                 problems = [f"{type(exc).__name__}: {exc}"]
             if not problems:
-                return rendered
+                return rendered, rendered
             log.warning(
                 "template_override_failed",
                 extra={
@@ -413,7 +417,10 @@ class Builder:
                 },
             )
             TEMPLATE_OVERRIDE_FAILED.labels(practice.slug).inc()
-        return self.renderer.render(name, lang, context)
+        if shared:
+            return self.renderer.render_shared(name, lang, context)
+        rendered = self.renderer.render(name, lang, context)
+        return rendered, rendered
 
     def _notice(
         self, batch: BatchSnapshot, practice: Practice, settings: PracticeSettings, row: Outbox
@@ -437,7 +444,7 @@ class Builder:
         if external:
             del context["signin_link"]
         name = "notice_external" if external else "notice"
-        rendered = self._render(batch, practice, name, lang, context, inline)
+        rendered, _ = self._render(batch, practice, name, lang, context, inline)
         in_reply_to = str(payload.get("in_reply_to") or "") or None
         env = Envelope(
             from_address=named(practice.name if shown else None, practice.notify_from),
@@ -470,7 +477,7 @@ class Builder:
         lang = _lang(practice.locale)
         identity, inline = self._identity(practice, settings, batch.logos.get(practice.id), lang, True)
         context = {**identity, "rcpt": str(payload.get("rcpt", ""))}
-        rendered = self._render(batch, practice, "forward", lang, context, inline)
+        rendered, _ = self._render(batch, practice, "forward", lang, context, inline)
         message_id = f"<f.{row.id}@{self._domain(practice)}>"
         env = Envelope(
             from_address=named("mailbridge", practice.notify_from),

@@ -13,7 +13,6 @@ import sys
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import quoprimime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import SMTP as _SMTP
@@ -240,6 +239,10 @@ def _verbatim(name: str, value: str | Address) -> bytes | None:
         text = f"{value.username}@{value.domain}"
         if not _PLAIN_ADDRESS.fullmatch(text):
             return None
+    elif lower == "list-unsubscribe":  # _UriListHeader writes one URI whole, however long
+        if not _ONE_URI.fullmatch(value) or "=?" in value:
+            return None
+        return f"{name}: {value}".encode("ascii") + _LINESEP
     else:
         pattern = _VERBATIM.get(lower)
         if pattern is None or not pattern.fullmatch(value) or "=?" in value:
@@ -284,18 +287,62 @@ def _text_body(text: str) -> tuple[str, bytes]:
     return "quoted-printable", _LINESEP.join([_qp_line(line)[0] for line in lines]) + _LINESEP
 
 
-@functools.lru_cache(maxsize=8192)
+# What quoprimime's body map writes as "=XX": every octet but TAB and the printable ones ("=" is
+# replaced before, with bytes.replace, being the one frequent in HTML).
+_QP_OTHER = re.compile(rb"[^\t -~]")
+_QP_SOFT_BREAK = b"=" + _LINESEP
+
+
+def _qp_escape(match: re.Match[bytes]) -> bytes:
+    return b"=%02X" % match.group()[0]
+
+
+@functools.lru_cache(maxsize=4096)
 def _qp_line(line: bytes) -> tuple[bytes, int]:
-    """One line (no line end) as ``quoprimime.body_encode`` writes it, with CRLF after each soft
-    break; and the length it has there with LF ones.
+    """One line (no line end) as ``quoprimime.body_encode(..., 78)`` writes it, with CRLF after each
+    soft break; and the length it has there with LF ones.
 
     ``body_encode`` translates every character but the printable ones, TAB, CR and LF, then encodes
-    line by line, each line on its own: so a body's encoding is its lines' encodings joined. Most
-    lines of a notification's HTML are the template's and repeat from one notification to the next:
-    their encoding is kept (a bounded cache), and only the message's own lines are encoded again.
+    line by line, each line on its own: so a body's encoding is its lines' encodings joined. Here
+    the translation is two passes over bytes (``str.translate`` with a table of strings was most of
+    the time) and the cutting is ``body_encode``'s loop, step for step; the result is compared with
+    ``body_encode`` in tests/test_outbound_compose.py. Lines that repeat (the template's) are kept
+    in a bounded cache.
     """
-    encoded = quoprimime.body_encode(line.decode("latin-1") + "\n", _MAX_LINE)[:-1]
-    return _crlf(encoded), len(encoded)
+    quoted = line.replace(b"=", b"=3D")
+    if _QP_OTHER.search(quoted):
+        quoted = _QP_OTHER.sub(_qp_escape, quoted)
+    pieces: list[bytes] = []
+    start = 0
+    laststart = len(quoted) - 1 - _MAX_LINE
+    while start <= laststart:
+        stop = start + _MAX_LINE - 1
+        if quoted[stop - 2] == 0x3D:  # "=": do not cut an escape sequence
+            pieces.append(quoted[start : stop - 1])
+            start = stop - 2
+        elif quoted[stop - 1] == 0x3D:
+            pieces.append(quoted[start:stop])
+            start = stop - 1
+        else:
+            pieces.append(quoted[start:stop] + b"=")
+            start = stop
+    soft_breaks = len(pieces)
+    if quoted and quoted[-1] in b" \t":  # a line ending in whitespace, as body_encode ends it
+        room = start - laststart
+        last = quoted[-1]
+        if room >= 3:
+            tail = b"=%02X" % last
+        elif room == 2:
+            tail = bytes((last,)) + _QP_SOFT_BREAK
+            soft_breaks += 1
+        else:
+            tail = _QP_SOFT_BREAK + b"=%02X" % last
+            soft_breaks += 1
+        pieces.append(quoted[start:-1] + tail)
+    else:
+        pieces.append(quoted[start:])
+    encoded = _LINESEP.join(pieces)
+    return encoded, len(encoded) - soft_breaks  # each CRLF is one LF in body_encode's output
 
 
 def _crlf(encoded: str) -> bytes:
