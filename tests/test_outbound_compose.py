@@ -253,7 +253,7 @@ def test_fields_written_verbatim_fold_as_their_header_objects(name: str, value: 
 def test_random_verbatim_shapes_fold_as_their_header_objects() -> None:
     rng = random.Random(5)
     atext = string.ascii_letters + string.digits + ".!#$%&'*+/=^_`{|}~-"
-    odd = "<>@ ?()\"\t"
+    odd = '<>@ ?()"\t'
 
     def some(alphabet: str, most: int) -> str:
         return "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, most)))
@@ -314,7 +314,8 @@ def test_quoted_printable_line_by_line_equals_quoprimime_on_the_whole_body() -> 
     texts = list(BODIES.values())
     for _ in range(400):
         lines = [
-            "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40))) for _ in range(rng.randrange(1, 25))
+            "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40)))
+            for _ in range(rng.randrange(1, 25))
         ]
         texts.append(rng.choice(["\n", "\r\n", "\r"]).join(lines) + rng.choice(["", "\n", " ", "\t\n"]))
     for text in texts:

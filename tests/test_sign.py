@@ -692,7 +692,18 @@ def test_relaxed_headers_equal_dkimpys(fields: list[tuple[bytes, bytes]]) -> Non
 
 _MESSAGE_PIECES = st.lists(
     st.sampled_from(
-        [b"From: a@x.test", b"Subject: s", b" folded", b"\tfolded", b"X:y", b"", b"body", b"  ", b"From x", b"::"]
+        [
+            b"From: a@x.test",
+            b"Subject: s",
+            b" folded",
+            b"\tfolded",
+            b"X:y",
+            b"",
+            b"body",
+            b"  ",
+            b"From x",
+            b"::",
+        ]
     )
     | st.binary(max_size=10),
     max_size=12,

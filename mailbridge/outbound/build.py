@@ -105,7 +105,6 @@ class ReplyAddress:
     domain: str
     lookup: str | None = None  # ReplyToken.lookup of the pair's live token when the batch was read
 
-
     def address(self, token: str) -> Address:
         return named(None, f"{AddressTemplate(self.local_template).local_part(token)}@{self.domain}")
 

@@ -401,7 +401,7 @@ def _multipart(subtype: str, parts: list[bytes], mime_version: bool) -> tuple[li
 
 
 #: A boundary as ``_boundary`` first draws it: 15 "=", 19 digits, "==".
-_BOUNDARY_SHAPE = re.compile(r"={15}[0-9]{%d}==" % _BOUNDARY_WIDTH)
+_BOUNDARY_SHAPE = re.compile(rf"={{15}}[0-9]{{{_BOUNDARY_WIDTH}}}==")
 _BOUNDARY_STANDIN = "=" * 15 + "0" * _BOUNDARY_WIDTH + "=="
 
 

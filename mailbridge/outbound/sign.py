@@ -223,7 +223,7 @@ def relaxed_body(body: bytes) -> bytes:
     return canonical
 
 
-def split_message(message: bytes) -> tuple[list[list[bytes]], bytes]:
+def split_message(message: bytes) -> tuple[Any, bytes]:  # dkimpy's [name, value] lists
     """``dkim.rfc822_parse(message)``: the header fields and the body (CRLF line ends).
 
     dkimpy splits the whole message into lines with a regex to find the header section's end,
