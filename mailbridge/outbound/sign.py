@@ -195,12 +195,25 @@ def signed_header_list(headers: Sequence[Sequence[bytes]]) -> tuple[bytes, ...]:
 
 def _compress_wsp(value: bytes) -> bytes:
     """Every run of SP/HTAB as one SP: dkimpy's ``compress_whitespace`` (``re.sub(b"[\\t ]+", b" ")``)
-    with ``bytes.replace``, which runs at memory speed (a pass halves the longest run)."""
+    without a regex. A notification's body has a few dozen runs (the HTML's indentation) in 17 KB:
+    ``bytes.find`` jumps from one to the next at memory speed and only the runs are looked at, where
+    repeated ``replace`` passes copied the whole body several times."""
     if b"\t" in value:
         value = value.replace(b"\t", b" ")
-    while b"  " in value:
-        value = value.replace(b"  ", b" ")
-    return value
+    at = value.find(b"  ")
+    if at < 0:
+        return value
+    pieces = []
+    start, end = 0, len(value)
+    while at >= 0:
+        after = at + 2
+        while after < end and value[after] == 0x20:
+            after += 1
+        pieces.append(value[start : at + 1])  # the run's first space stays
+        start = after
+        at = value.find(b"  ", after)
+    pieces.append(value[start:])
+    return b"".join(pieces)
 
 
 def relaxed_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
