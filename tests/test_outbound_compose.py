@@ -6,14 +6,21 @@ outputs must be identical. The bodies cover every transfer encoding the content 
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
 import random
+import string
 import sys
 from datetime import UTC, datetime
+from email import quoprimime
+from email.headerregistry import Address
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from mailbridge.outbound import compose as compose_module
 from mailbridge.outbound.catalog import sample_context
 from mailbridge.outbound.compose import (
     Envelope,
@@ -198,3 +205,137 @@ def test_parses_back_with_one_recipient_and_both_alternatives() -> None:
     # parsed from wire format, the decoded parts keep their CRLF line ends
     assert text.replace("\r\n", "\n") == BODIES["utf8_long_lines"]
     assert html.replace("\r\n", "\n") == "<p>é</p>\n"
+
+
+# ---- the fast paths inside compose_bytes, each against what it replaces ------------------------------
+
+VERBATIM_CASES: list[tuple[str, str | Address]] = [
+    ("Message-ID", "<n.0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0.12@acme.example>"),
+    ("Message-ID", "<a@b>"),
+    ("Message-ID", "<n." + "x" * 62 + "@acme.example>"),  # one past the line: folded
+    ("Message-ID", "<n." + "x" * 60 + "@acme.example>"),  # exactly 78
+    ("Message-ID", "<a=?utf-8?q?x?=@b>"),  # an encoded word's opening: never verbatim
+    ("Message-ID", "<a b@c>"),
+    ("Message-ID", "<(comment)a@b>"),
+    ("Message-ID", "no brackets@all"),
+    ("In-Reply-To", "<n.root.1@acme.test>"),
+    ("References", "<n.root.1@acme.test>"),
+    ("References", "<a@x.test> <b@x.test> <c@x.test>"),
+    ("References", " ".join(["<a@x.test>", "<b@x.test>", "<c@x.test>"] * 8)),  # too long: folded
+    ("References", "<a@x.test>  <b@x.test>"),
+    ("Thread-Index", thread_index("conv", ROOT, ROOT, 1)),
+    ("Thread-Index", thread_index("conv", ROOT, ROOT, 0)),
+    ("Thread-Index", "AAAA=="),
+    ("Date", "Tue, 05 Mar 2024 09:15:00 +0000"),
+    ("Date", "Wed, 31 Dec 2031 23:59:59 -0000"),
+    ("Date", "Tue, 5 Mar 2024 09:15:00 +0000"),
+    ("Reply-To", named(None, "reply+abcdefghijklmnopqrstuvwxyz234567@reply.acme.test")),
+    ("Reply-To", named(None, "reply." + "a" * 62 + "@reply.acme.test")),  # too long: folded
+    ("Reply-To", named("Alice", "reply+abc@reply.acme.test")),
+    ("Reply-To", Address(username="a..b", domain="x.test")),
+    ("Reply-To", Address(username='we"ird', domain="x.test")),
+    ("To", named(None, "alice@client.test")),
+    ("To", named("Alice Martin", "alice@client.test")),
+    ("Subject", "Hello"),  # not one of the verbatim fields
+    ("List-Unsubscribe", "<https://mb.example/u/" + "t" * 120 + ">"),
+    ("List-Unsubscribe", "<https://mb.example/u/abc>"),
+    ("List-Unsubscribe", "<https://mb.example/u/a=?utf-8?q?b?=>"),
+    ("List-Unsubscribe", "<https://mb.example/u/a b>"),
+    ("List-Unsubscribe", "<https://mb.example/u/é>"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), VERBATIM_CASES)
+def test_fields_written_verbatim_fold_as_their_header_objects(name: str, value: str | Address) -> None:
+    assert compose_module._fold(name, value) == compose_module._fold_slow(name, value)
+
+
+def test_random_verbatim_shapes_fold_as_their_header_objects() -> None:
+    rng = random.Random(5)
+    atext = string.ascii_letters + string.digits + ".!#$%&'*+/=^_`{|}~-"
+    odd = '<>@ ?()"\t'
+
+    def some(alphabet: str, most: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, most)))
+
+    verbatim = 0
+    for _ in range(3000):
+        value = f"<{some(atext, 40)}@{some(string.ascii_letters + '.-', 30)}>"
+        if rng.random() < 0.3:
+            value = " ".join([value, f"<{some(atext, 20)}@{some('ab.-', 10)}>"])
+        if rng.random() < 0.2:
+            at = rng.randrange(len(value))
+            value = value[:at] + rng.choice(odd) + value[at:]
+        for name in ("Message-ID", "References", "Thread-Index", "Date"):
+            try:
+                expected = compose_module._fold_slow(name, value)
+            except Exception:  # the standard library's parser fails on some: so must compose
+                assert compose_module._verbatim(name, value) is None, (name, value)
+                continue
+            assert compose_module._fold(name, value) == expected, (name, value)
+            verbatim += compose_module._verbatim(name, value) is not None
+    assert verbatim > 1000  # the shapes written directly were tried, not only the others
+
+
+def test_multipart_content_type_with_any_boundary_folds_as_the_header_object() -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        boundary = "=" * 15 + f"{rng.randrange(sys.maxsize):019d}" + "=="
+        for subtype in ("alternative", "related", "mixed"):
+            value = f'multipart/{subtype}; boundary="{boundary}"'
+            assert compose_module._multipart_type(subtype, boundary) == compose_module._fold_slow(
+                "Content-Type", value
+            )
+    retry = "=" * 15 + "1" * 19 + "==.0"
+    assert compose_module._multipart_type("alternative", retry) == compose_module._fold_slow(
+        "Content-Type", f'multipart/alternative; boundary="{retry}"'
+    )
+
+
+def _text_body_reference(text: str) -> tuple[str, bytes]:
+    """The content manager's choice with quoprimime over the whole body (before line caching)."""
+    lines = text.encode("utf-8").splitlines()
+    if max((len(line) for line in lines), default=0) <= 78:
+        body = b"\r\n".join(lines) + b"\r\n"
+        return ("7bit" if body.isascii() else "8bit"), body
+    sniff = b"\r\n".join(lines[:10]) + b"\r\n"
+    sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), 78)
+    if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
+        return "base64", b""  # unchanged code; compared on its choice only
+    if len(lines) <= 10:
+        return "quoted-printable", sniff_qp.replace("\n", "\r\n").encode("ascii")
+    encoded = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), 78)
+    return "quoted-printable", encoded.replace("\n", "\r\n").encode("ascii")
+
+
+def test_quoted_printable_line_by_line_equals_quoprimime_on_the_whole_body() -> None:
+    rng = random.Random(9)
+    pieces = ["word", "=", " ", "\t", "é", "Привет", "--", ".", "\x0c", "\x85", "a" * 70, "=" * 3, "€"]
+    texts = list(BODIES.values())
+    for _ in range(400):
+        lines = [
+            "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40)))
+            for _ in range(rng.randrange(1, 25))
+        ]
+        texts.append(rng.choice(["\n", "\r\n", "\r"]).join(lines) + rng.choice(["", "\n", " ", "\t\n"]))
+    for text in texts:
+        cte, body = compose_module._text_body(text)
+        expected_cte, expected = _text_body_reference(text)
+        assert cte == expected_cte, text
+        if cte != "base64":
+            assert body == expected, text
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    line=st.lists(
+        st.sampled_from([b"=", b" ", b"\t", b"a", b"\xc3\xa9", b"\x85", b"\x0c", b"x" * 70, b"==", b"~"])
+        | st.binary(max_size=4).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+        max_size=60,
+    ).map(b"".join)
+)
+def test_one_quoted_printable_line_equals_quoprimime(line: bytes) -> None:
+    expected = quoprimime.body_encode(line.decode("latin-1") + "\n", 78)[:-1]
+    encoded, lf_length = compose_module._qp_line.__wrapped__(line)
+    assert encoded == expected.replace("\n", "\r\n").encode("ascii")
+    assert lf_length == len(expected)

@@ -46,6 +46,7 @@ from mailbridge.outbound.sign import (
     public_txt_value,
     relaxed_body,
     relaxed_headers,
+    split_message,
 )
 
 DOMAIN = "riverside-clinic.test"  # .test is reserved: never resolvable for real
@@ -687,3 +688,46 @@ def test_relaxed_body_equals_dkimpys(body: bytes) -> None:
 )
 def test_relaxed_headers_equal_dkimpys(fields: list[tuple[bytes, bytes]]) -> None:
     assert relaxed_headers(fields) == Relaxed.canonicalize_headers(fields)
+
+
+_MESSAGE_PIECES = st.lists(
+    st.sampled_from(
+        [
+            b"From: a@x.test",
+            b"Subject: s",
+            b" folded",
+            b"\tfolded",
+            b"X:y",
+            b"",
+            b"body",
+            b"  ",
+            b"From x",
+            b"::",
+        ]
+    )
+    | st.binary(max_size=10),
+    max_size=12,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    pieces=_MESSAGE_PIECES,
+    ends=st.lists(st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r"]), min_size=12, max_size=12),
+)
+def test_split_message_equals_dkimpys_parse(pieces: list[bytes], ends: list[bytes]) -> None:
+    message = b"".join(piece + end for piece, end in zip(pieces, ends, strict=False))
+    try:
+        expected: object = dkim.rfc822_parse(message)
+    except Exception as exc:  # MessageFormatError, or IndexError for a first line that is a continuation
+        expected = type(exc)
+    try:
+        found: object = split_message(message)
+    except Exception as exc:
+        found = type(exc)
+    assert found == expected
+
+
+def test_split_message_of_a_composed_notification() -> None:
+    message = b"From: a@x.test\r\nSubject: s\r\n folded\r\n\r\nline\r\n\r\n-- \r\nend\r\n"
+    assert split_message(message) == dkim.rfc822_parse(message)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from mailbridge.domain import directory
 from mailbridge.domain.db import transaction
+from mailbridge.domain.fingerprint import fingerprint
 from mailbridge.domain.models import InboundLog, OutboxKind
 from mailbridge.outbound.catalog import LOOP_FIELDS, SPECS, sample_context
 from mailbridge.outbound.context import BODY_MAX_CHARS, split_withheld, wrap_text
@@ -283,3 +284,76 @@ def test_the_pictures_in_the_docs_are_the_ones_listed() -> None:
     assert listed == on_disk
     assert len(on_disk) == len(SPECS) * 4  # each template: 375 and 800 px, light and dark
     assert all((root / p).stat().st_size < 60_000 for p in on_disk)
+
+
+NOTIFICATIONS = [name for name in SPECS if name.startswith("notification")]
+
+
+@pytest.mark.parametrize("lang", LOCALES)
+@pytest.mark.parametrize("name", NOTIFICATIONS)
+def test_a_shared_rendering_gives_each_recipient_exactly_their_own(name: str, lang: str) -> None:
+    """render_shared renders a message once for all its recipients: each copy must be the one a
+    rendering of its own would give, link escaped, text wrapped where it would wrap, and the
+    shared rendering must have that copy's fingerprint."""
+    renderer = Renderer()
+    base = sample_context(name, lang) | {"body": "Un & deux <b>x</b> " * 12}
+    links = [
+        "https://mailbridge.example.org/u/gAAAAABn" + "A1b2-_" * 20,
+        "https://mailbridge.example.org/u/gAAAAABn" + "Zz9-_x" * 20,  # same length: the kept one
+        "https://mb.example/u/a&b=<c>" + "q" * 40,  # escaped in the HTML
+        "https://mb.example/" + "w" * 75,  # alone on its text line
+    ]
+    for link in links:
+        context = base | {"unsubscribe_link": link}
+        own, shared = renderer.render_shared(name, lang, context)
+        assert own == renderer.render(name, lang, context)
+        assert link not in shared.text
+        for part in (own, shared):
+            assert fingerprint(
+                b"k" * 32,
+                text=part.text,
+                html=part.html,
+                body=base["body"],
+                sender="s",
+                address="a@b.c",
+                subject=part.subject,
+            ) == fingerprint(
+                b"k" * 32,
+                text=own.text,
+                html=own.html,
+                body=base["body"],
+                sender="s",
+                address="a@b.c",
+                subject=own.subject,
+            )
+
+
+def test_a_shared_rendering_is_made_once_and_only_for_plain_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    renderer = Renderer()
+    calls: list[str] = []
+    real = renderer.render
+
+    def counting(name: str, locale: str, context: dict[str, Any], override: Any = None) -> Any:
+        calls.append(str(context.get("unsubscribe_link")))
+        return real(name, locale, context, override)
+
+    monkeypatch.setattr(renderer, "render", counting)
+    context = sample_context("notification_full", "en")
+    for token in ("a" * 60, "b" * 60, "c" * 60):
+        renderer.render_shared(
+            "notification_full", "en", context | {"unsubscribe_link": f"https://m.example/u/{token}"}
+        )
+    assert len(calls) == 1
+    renderer.render_shared(
+        "notification_full",
+        "en",
+        context | {"subject": "Other", "unsubscribe_link": "https://m.example/u/" + "d" * 60},
+    )
+    assert len(calls) == 2  # anything else differs: rendered again
+    for odd in (
+        "https://m.example/u/a b" + "c" * 40,
+        "mailto:x@y.z" + "c" * 60,
+        "https://m.example/é" + "c" * 60,
+    ):
+        own, shared = renderer.render_shared("notification_full", "en", context | {"unsubscribe_link": odd})
+        assert own is shared and calls[-1] == odd  # rendered for the recipient alone

@@ -14,7 +14,7 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.headerregistry import Address
 from typing import Any
 
@@ -35,7 +35,7 @@ from mailbridge.domain.models import (
 )
 from mailbridge.domain.practice_settings import PracticeSettings
 from mailbridge.inbound.envelope import verp_address
-from mailbridge.inbound.tokens import AddressTemplate, TokenIssuer
+from mailbridge.inbound.tokens import AddressTemplate, TokenIssuer, token_hash
 from mailbridge.observability import TEMPLATE_OVERRIDE_FAILED
 from mailbridge.outbound.compose import (
     Envelope,
@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 # The body the policy is asked about: long enough that a practice's minimum length never decides
 # whether a recipient may answer a notification by email.
 POLICY_BODY = "x" * 10_000
+#: Reply tokens kept in memory by lookup hash (``Builder.reply_token``); past this, forgotten at once.
+ISSUED_KEPT = 20_000
 
 
 class NothingToSend(Exception):
@@ -101,6 +103,7 @@ class ReplyAddress:
     conversation_id: str
     local_template: str
     domain: str
+    lookup: str | None = None  # ReplyToken.lookup of the pair's live token when the batch was read
 
     def address(self, token: str) -> Address:
         return named(None, f"{AddressTemplate(self.local_template).local_part(token)}@{self.domain}")
@@ -145,6 +148,8 @@ class Builder:
     public_url: str = ""  # mailbridge's own base URL, for the one-click unsubscribe links
     conversation_link_path: str = DEFAULT_CONVERSATION_PATH  # the operator's; a practice may set its own
     preferences_link_path: str = DEFAULT_PREFERENCES_PATH
+    # SHA-256 (ReplyToken.lookup) → the reply token it hashes, for tokens this process has issued.
+    _issued: dict[str, str] = field(default_factory=dict, repr=False)
 
     def build(self, session: Session, row: Outbox, snapshot: BatchSnapshot | None = None) -> Built:
         """Signed bytes for one row: the three steps in a row (the worker spreads them over a batch)."""
@@ -186,11 +191,26 @@ class Builder:
         )
 
     def reply_token(self, session: Session, draft: Draft) -> str | None:
-        """The recipient's reply token when they may answer by email: created on first use (a write)."""
+        """The recipient's reply token when they may answer by email: created on first use (a write).
+
+        ``TokenIssuer.issue`` reads the pair's row with one query per notification. The batch has
+        read every pair's live row (``BatchSnapshot.reply_lookups``: the SHA-256 the database keeps)
+        in one query, so a token this process issued before is taken from memory when its hash is
+        still the row's lookup: same token, no query. A revoked or replaced token has another lookup
+        (or none), and ``issue`` decides as always.
+        """
         if draft.reply is None:
             return None
         reply = draft.reply
-        return self.tokens.issue(session, reply.practice_id, reply.user_id, reply.conversation_id)
+        if reply.lookup is not None:
+            known = self._issued.get(reply.lookup)
+            if known is not None:
+                return known
+        token = self.tokens.issue(session, reply.practice_id, reply.user_id, reply.conversation_id)
+        if len(self._issued) >= ISSUED_KEPT:
+            self._issued.clear()
+        self._issued[token_hash(token)] = token
+        return token
 
     def finish(self, draft: Draft, token: str | None) -> Built:
         """Compose and sign: CPU only, no database."""
@@ -260,6 +280,7 @@ class Builder:
                 conversation.id,
                 settings.reply_local_template,
                 practice.reply_domain,
+                batch.reply_lookups.get((recipient.id, conversation.id)),
             )
         app = (settings.app_url or self.app_url).rstrip("/")  # a practice's own portal first
         link = conversation_link(
@@ -309,7 +330,7 @@ class Builder:
         name = "notification_minimal" if minimal else "notification_full"
         if external:
             name = "notification_external_minimal" if minimal else "notification_external_full"
-        rendered = self._render(batch, practice, name, lang, context, inline)
+        rendered, shared = self._render(batch, practice, name, lang, context, inline, shared=True)
         from_name = (
             f"{message.author.name} via {practice.name}" if not minimal else practice.name if shown else None
         )
@@ -330,7 +351,7 @@ class Builder:
         )
         sent = notification_fingerprint(
             self.fingerprint_key,
-            rendered,
+            shared,  # what the recipients' copies share: the same fingerprint, computed once
             body=shown_body,
             from_name=from_name,
             notify_from=practice.notify_from,
@@ -362,8 +383,12 @@ class Builder:
         lang: str,
         context: dict[str, Any],
         inline: tuple[InlineImage, ...],
-    ) -> Rendered:
+        shared: bool = False,
+    ) -> tuple[Rendered, Rendered]:
         """The practice's own template when it has one that renders cleanly, else the default.
+
+        Returns the rendering twice, or with *shared*, the default's rendering and the one its
+        recipients share but for their own link (``Renderer.render_shared``: rendered once for all).
 
         A practice's template was checked when saved, but real data can still break it (a value the
         sample did not have) or make it put something forbidden in the HTML: then the default is
@@ -379,7 +404,7 @@ class Builder:
             except Exception as exc:  # the sandbox and StrictUndefined raise TemplateError subclasses
                 problems = [f"{type(exc).__name__}: {exc}"]
             if not problems:
-                return rendered
+                return rendered, rendered
             log.warning(
                 "template_override_failed",
                 extra={
@@ -391,7 +416,10 @@ class Builder:
                 },
             )
             TEMPLATE_OVERRIDE_FAILED.labels(practice.slug).inc()
-        return self.renderer.render(name, lang, context)
+        if shared:
+            return self.renderer.render_shared(name, lang, context)
+        rendered = self.renderer.render(name, lang, context)
+        return rendered, rendered
 
     def _notice(
         self, batch: BatchSnapshot, practice: Practice, settings: PracticeSettings, row: Outbox
@@ -415,7 +443,7 @@ class Builder:
         if external:
             del context["signin_link"]
         name = "notice_external" if external else "notice"
-        rendered = self._render(batch, practice, name, lang, context, inline)
+        rendered, _ = self._render(batch, practice, name, lang, context, inline)
         in_reply_to = str(payload.get("in_reply_to") or "") or None
         env = Envelope(
             from_address=named(practice.name if shown else None, practice.notify_from),
@@ -448,7 +476,7 @@ class Builder:
         lang = _lang(practice.locale)
         identity, inline = self._identity(practice, settings, batch.logos.get(practice.id), lang, True)
         context = {**identity, "rcpt": str(payload.get("rcpt", ""))}
-        rendered = self._render(batch, practice, "forward", lang, context, inline)
+        rendered, _ = self._render(batch, practice, "forward", lang, context, inline)
         message_id = f"<f.{row.id}@{self._domain(practice)}>"
         env = Envelope(
             from_address=named("mailbridge", practice.notify_from),

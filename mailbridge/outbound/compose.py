@@ -13,7 +13,6 @@ import sys
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import quoprimime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import SMTP as _SMTP
@@ -213,8 +212,54 @@ def _fold_cached(name: str, key: str | tuple[str, str, str]) -> bytes:
     return SMTP.fold_binary(name, header)
 
 
+# Fields whose value is new in every notification (Message-ID, its threading fields, Thread-Index,
+# the Date, the Reply-To with the recipient's token) always missed that cache, and parsing them into
+# header objects to fold them again was about a tenth of the worker's time. When such a value is
+# plain ASCII of the shapes below and the field fits on one line, the header object folds it to
+# ``Name: value`` CRLF, verbatim: that is written directly (tests/test_outbound_compose.py compares
+# both ways on these shapes and on near misses). Anything else goes through the header object.
+_MSG_ID = r"<[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9.-]+>"
+_VERBATIM = {
+    "message-id": re.compile(_MSG_ID),
+    "in-reply-to": re.compile(_MSG_ID),
+    "references": re.compile(rf"{_MSG_ID}(?: {_MSG_ID})*"),
+    "thread-index": re.compile(r"[A-Za-z0-9+/]+={0,2}"),
+    "date": re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d [+-]\d{4}"),
+}
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9+_-]+(?:\.[A-Za-z0-9+_-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+_ADDRESS_FIELDS = frozenset({"reply-to", "to", "from"})
+
+
+def _verbatim(name: str, value: str | Address) -> bytes | None:
+    """The folded field when it is ``Name: value`` CRLF as is (see above), else None."""
+    lower = name.lower()
+    if isinstance(value, Address):
+        if lower not in _ADDRESS_FIELDS or value.display_name:
+            return None
+        text = f"{value.username}@{value.domain}"
+        if not _PLAIN_ADDRESS.fullmatch(text):
+            return None
+    elif lower == "list-unsubscribe":  # _UriListHeader writes one URI whole, however long
+        if not _ONE_URI.fullmatch(value) or "=?" in value:
+            return None
+        return f"{name}: {value}".encode("ascii") + _LINESEP
+    else:
+        pattern = _VERBATIM.get(lower)
+        if pattern is None or not pattern.fullmatch(value) or "=?" in value:
+            return None
+        text = value
+    if len(name) + 2 + len(text) > _MAX_LINE:
+        return None
+    return f"{name}: {text}".encode("ascii") + _LINESEP
+
+
 def _fold(name: str, value: str | Address) -> bytes:
-    return _fold_cached(name, _hashable(value))
+    return _verbatim(name, value) or _fold_cached(name, _hashable(value))
+
+
+def _fold_slow(name: str, value: str | Address) -> bytes:
+    """Always through the header object (what ``_fold`` must equal; for tests)."""
+    return _fold_cached.__wrapped__(name, _hashable(value))
 
 
 def _text_body(text: str) -> tuple[str, bytes]:
@@ -230,18 +275,74 @@ def _text_body(text: str) -> tuple[str, bytes]:
         body = _LINESEP.join(lines) + _LINESEP
         return ("7bit" if body.isascii() else "8bit"), body
     sniff = _LINESEP.join(lines[:10]) + _LINESEP
-    sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), max_length)
-    if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
+    # quoprimime.body_encode of the first ten lines, as long as it would be (LF line ends)
+    sniff_qp_length = sum(_qp_line(line)[1] + 1 for line in lines[:10])
+    if sniff_qp_length > len(binascii.b2a_base64(sniff)):
         data = _LINESEP.join(lines) + _LINESEP
         step = max_length // 4 * 3
         encoded = "".join(
             binascii.b2a_base64(data[i : i + step]).decode("ascii") for i in range(0, len(data), step)
         )
         return "base64", _crlf(encoded)
-    if len(lines) <= 10:
-        return "quoted-printable", _crlf(sniff_qp)
-    encoded = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), max_length)
-    return "quoted-printable", _crlf(encoded)
+    return "quoted-printable", _LINESEP.join([_qp_line(line)[0] for line in lines]) + _LINESEP
+
+
+# What quoprimime's body map writes as "=XX": every octet but TAB and the printable ones ("=" is
+# replaced before, with bytes.replace, being the one frequent in HTML).
+_QP_OTHER = re.compile(rb"[^\t -~]")
+_QP_SOFT_BREAK = b"=" + _LINESEP
+
+
+def _qp_escape(match: re.Match[bytes]) -> bytes:
+    return b"=%02X" % match.group()[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _qp_line(line: bytes) -> tuple[bytes, int]:
+    """One line (no line end) as ``quoprimime.body_encode(..., 78)`` writes it, with CRLF after each
+    soft break; and the length it has there with LF ones.
+
+    ``body_encode`` translates every character but the printable ones, TAB, CR and LF, then encodes
+    line by line, each line on its own: so a body's encoding is its lines' encodings joined. Here
+    the translation is two passes over bytes (``str.translate`` with a table of strings was most of
+    the time) and the cutting is ``body_encode``'s loop, step for step; the result is compared with
+    ``body_encode`` in tests/test_outbound_compose.py. Lines that repeat (the template's) are kept
+    in a bounded cache.
+    """
+    quoted = line.replace(b"=", b"=3D")
+    if _QP_OTHER.search(quoted):
+        quoted = _QP_OTHER.sub(_qp_escape, quoted)
+    pieces: list[bytes] = []
+    start = 0
+    laststart = len(quoted) - 1 - _MAX_LINE
+    while start <= laststart:
+        stop = start + _MAX_LINE - 1
+        if quoted[stop - 2] == 0x3D:  # "=": do not cut an escape sequence
+            pieces.append(quoted[start : stop - 1])
+            start = stop - 2
+        elif quoted[stop - 1] == 0x3D:
+            pieces.append(quoted[start:stop])
+            start = stop - 1
+        else:
+            pieces.append(quoted[start:stop] + b"=")
+            start = stop
+    soft_breaks = len(pieces)
+    if quoted and quoted[-1] in b" \t":  # a line ending in whitespace, as body_encode ends it
+        room = start - laststart
+        last = quoted[-1]
+        if room >= 3:
+            tail = b"=%02X" % last
+        elif room == 2:
+            tail = bytes((last,)) + _QP_SOFT_BREAK
+            soft_breaks += 1
+        else:
+            tail = _QP_SOFT_BREAK + b"=%02X" % last
+            soft_breaks += 1
+        pieces.append(quoted[start:-1] + tail)
+    else:
+        pieces.append(quoted[start:])
+    encoded = _LINESEP.join(pieces)
+    return encoded, len(encoded) - soft_breaks  # each CRLF is one LF in body_encode's output
 
 
 def _crlf(encoded: str) -> bytes:
@@ -293,10 +394,27 @@ def _multipart(subtype: str, parts: list[bytes], mime_version: bool) -> tuple[li
     """``(head fields, body)`` of a multipart part holding *parts*, as the generator writes it."""
     boundary = _boundary(parts)
     head = [_fold("MIME-Version", "1.0")] if mime_version else []
-    head.append(_fold("Content-Type", f'multipart/{subtype}; boundary="{boundary}"'))
+    head.append(_multipart_type(subtype, boundary))
     delimiter = b"--" + boundary.encode("ascii")
     body = delimiter + _LINESEP + (_LINESEP + delimiter + _LINESEP).join(parts)
     return head, body + _LINESEP + delimiter + b"--" + _LINESEP
+
+
+#: A boundary as ``_boundary`` first draws it: 15 "=", 19 digits, "==".
+_BOUNDARY_SHAPE = re.compile(rf"={{15}}[0-9]{{{_BOUNDARY_WIDTH}}}==")
+_BOUNDARY_STANDIN = "=" * 15 + "0" * _BOUNDARY_WIDTH + "=="
+
+
+def _multipart_type(subtype: str, boundary: str) -> bytes:
+    """The multipart Content-Type field. Every boundary of the usual shape has the same length and
+    the same kinds of characters, so it folds like a stand-in of that shape: folded once (cached),
+    with the boundary put in its place. Any other boundary (``_boundary``'s ``.N`` retries) is folded."""
+    if _BOUNDARY_SHAPE.fullmatch(boundary):
+        folded = _fold_cached("Content-Type", f'multipart/{subtype}; boundary="{_BOUNDARY_STANDIN}"')
+        standin = _BOUNDARY_STANDIN.encode("ascii")
+        if folded.count(standin) == 1:
+            return folded.replace(standin, boundary.encode("ascii"))
+    return _fold("Content-Type", f'multipart/{subtype}; boundary="{boundary}"')
 
 
 def _image_part(image: InlineImage) -> bytes:

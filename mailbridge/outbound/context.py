@@ -7,6 +7,7 @@ before adding ``<br>``/``<p>``, so it can be marked safe.
 
 from __future__ import annotations
 
+import functools
 import re
 import textwrap
 from typing import Any
@@ -99,21 +100,26 @@ def wrap_text(text: str, width: int = _WIDTH) -> str:
     for line in text.split("\n"):
         if len(line) <= width:
             out.append(line)
-            continue
-        lead = re.match(r"[ \t>]*", line)
-        prefix = lead.group(0) if lead else ""
-        out.extend(
-            textwrap.wrap(
-                line[len(prefix) :],
-                width=width,
-                initial_indent=prefix,
-                subsequent_indent=prefix,
-                break_long_words=False,
-                break_on_hyphens=False,
-            )
-            or [line]
-        )
+        else:
+            out.extend(_wrap_line(line, width))
     return "\n".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _wrap_line(line: str, width: int) -> tuple[str, ...]:
+    """One long line wrapped (``textwrap`` is most of wrap_text's time); a message's lines come
+    again in each of its recipients' notifications, the template's in every one."""
+    lead = re.match(r"[ \t>]*", line)
+    prefix = lead.group(0) if lead else ""
+    wrapped = textwrap.wrap(
+        line[len(prefix) :],
+        width=width,
+        initial_indent=prefix,
+        subsequent_indent=prefix,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return tuple(wrapped) or (line,)
 
 
 def practice_identity(

@@ -16,6 +16,8 @@ the header factory refuses CR/LF anyway).
 
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,12 @@ HTML_MAX_BYTES = 100 * 1024
 SOURCE_LIMITS = {"subject": 1_000, "text": 20_000, "mjml": 100_000}
 #: The logo's ``src`` in samples: a ``cid:`` reference, the only kind of image a template may show.
 SAMPLE_LOGO = "cid:logo.sample@mailbridge.invalid"
+#: The per-recipient link :meth:`Renderer.render_shared` puts in afterwards: an http(s) URL of
+#: printable ASCII, no space (what ``unsubscribe.UnsubscribeTokens`` links are).
+SHARED_LINK = "unsubscribe_link"
+_PLAIN_URL = re.compile(r"https?://[!-~]+")
+#: Renderings kept by render_shared: a message's recipients are notified within a batch or two.
+SHARED_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,17 @@ EXTERNAL_ADVICE: dict[str, dict[str, str]] = {
 }
 
 
+def _plain(value: Any) -> bool:
+    """Data whose ``repr`` says all it holds (no object shown by its address)."""
+    if value is None or isinstance(value, str | int | float):  # bool is an int, Markup a str
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
 def _one_line(value: str) -> str:
     return " ".join(value.split())
 
@@ -177,6 +196,9 @@ class Renderer:
         self._sources: dict[tuple[str, str], Source] = {}
         self._partials: dict[str, dict[str, str]] = {}
         self._compiled: dict[tuple[bool, str], Template] = {}
+        self._shared: dict[tuple[str, str, int, str], Rendered] = {}
+        # A host no link can have (.invalid, RFC 2606) and that no template text contains.
+        self._stand_in = f"https://{secrets.token_hex(6)}.invalid/"
 
     # ---- sources ---------------------------------------------------------------------------------
 
@@ -213,6 +235,47 @@ class Renderer:
         if override is not None:
             source = override.over(source)
         return self._render(source, lang, context)
+
+    def render_shared(self, name: str, locale: str, context: dict[str, Any]) -> tuple[Rendered, Rendered]:
+        """``render(name, locale, context)``, and the same rendering with a stand-in for the
+        recipient's own link (``context["unsubscribe_link"]``), from which its fingerprint is made.
+
+        Every recipient of a message gets the same notification but for that link: the rendering is
+        made once with a stand-in of the link's length and kept (a small bounded cache, keyed on the
+        template, the locale and everything else in the context), and each recipient's copy is that
+        rendering with their link put in, escaped in the HTML as Jinja escapes it. The stand-in has
+        the link's length and no space, so the text part wraps where it would have wrapped, and
+        being a URL too, it leaves the fingerprint unchanged (URLs and tags carry no words there):
+        the fingerprint of the kept rendering is computed once and found again for the next
+        recipient. Only for the shipped templates, whose use of the link tests pin (it is printed,
+        never filtered); a ``templates_dir`` of the operator's, or a link that is not a plain URL,
+        is rendered for each recipient, and that rendering is also the second one returned.
+        """
+        link = str(context.get(SHARED_LINK, ""))
+        base = self._stand_in
+        if (
+            self.templates_dir != DEFAULT_TEMPLATES
+            or not _PLAIN_URL.fullmatch(link)
+            or len(link) < len(base) + 1
+            or not all(_plain(value) for value in context.values())  # the key is their repr
+        ):
+            rendered = self.render(name, locale, context)
+            return rendered, rendered
+        lang = locale if locale in LOCALES else "en"
+        stand_in = base + "x" * (len(link) - len(base))
+        rest = repr(sorted((k, v) for k, v in context.items() if k != SHARED_LINK))
+        key = (name, lang, len(link), rest)
+        shared = self._shared.get(key)
+        if shared is None:
+            if len(self._shared) >= SHARED_KEPT:
+                self._shared.clear()
+            shared = self._shared[key] = self.render(name, lang, context | {SHARED_LINK: stand_in})
+        own = Rendered(
+            subject=shared.subject.replace(stand_in, link),
+            text=shared.text.replace(stand_in, link),
+            html=shared.html.replace(stand_in, str(escape(link))),
+        )
+        return own, shared
 
     def notice_texts(self, reason: str, locale: str, external: bool = False) -> tuple[str, str]:
         """``(explanation, advice)`` of a notice for *reason*, in *locale*; *external*: for an

@@ -13,7 +13,9 @@ is still asked for every row, on state read during this batch: the conversation'
 from ``conversations.situation`` itself, once per conversation, and each recipient is then judged
 as its actor, exactly as ``fanout.enqueue_notifications`` does (see :meth:`BatchSnapshot.situation`).
 Which participants hold each conversation's company among their favourites is read for the whole
-batch in one query too (it was one query per conversation).
+batch in one query too (it was one query per conversation), and so are the recipients' live reply
+tokens, as the SHA-256 the database keeps (``reply_lookups``): the builder re-uses a token it issued
+before only while that hash is still the row's (see ``Builder.reply_token``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from mailbridge.domain.models import (
     Practice,
     PracticeLogo,
     PracticeTemplate,
+    ReplyToken,
     Suppression,
     User,
 )
@@ -89,6 +92,8 @@ class BatchSnapshot:
     logos: dict[int, PracticeLogo] = field(default_factory=dict)  # practice id → its logo
     muted: set[tuple[int, str]] = field(default_factory=set)  # (recipient id, conversation id)
     holders: dict[str, convs.KnownHolders] = field(default_factory=dict)  # conversation id → favourites
+    # (user id, conversation id) → ReplyToken.lookup of the pair's live (unrevoked) reply token
+    reply_lookups: dict[tuple[int, str], str] = field(default_factory=dict)
     _settings: dict[int, PracticeSettings] = field(default_factory=dict)
     _situations: dict[tuple[str, str], Situation] = field(default_factory=dict)
 
@@ -155,6 +160,14 @@ class BatchSnapshot:
             logos=logos,
             muted=mutes.muted_pairs(session, conversation_ids),
             holders=_holders(session, conversations.values()),
+            reply_lookups=_reply_lookups(
+                session,
+                {
+                    (r.recipient_id, messages[r.message_id].conversation_id)
+                    for r in notifications
+                    if r.recipient_id is not None and r.message_id in messages
+                },
+            ),
         )
 
     def settings(self, practice: Practice) -> PracticeSettings:
@@ -208,3 +221,18 @@ def _holders(session: Session, conversations: Iterable[Conversation]) -> dict[st
         covered = frozenset(p.user_id for p in c.participants)
         out[c.id] = convs.KnownHolders(covered, frozenset(u for u in covered if (c.company_id, u) in pairs))
     return out
+
+
+def _reply_lookups(session: Session, pairs: set[tuple[int, str]]) -> dict[tuple[int, str], str]:
+    """The live reply tokens' lookup hashes of these (user, conversation) pairs, in one query."""
+    if not pairs:
+        return {}
+    rows = session.execute(
+        select(ReplyToken.user_id, ReplyToken.conversation_id, ReplyToken.lookup).where(
+            ReplyToken.user_id.in_({user for user, _ in pairs}),
+            ReplyToken.conversation_id.in_({conversation for _, conversation in pairs}),
+            ReplyToken.revoked_at.is_(None),
+        )
+    )
+    found = {(int(user), str(conversation)): str(lookup) for user, conversation, lookup in rows}
+    return {pair: lookup for pair, lookup in found.items() if pair in pairs}

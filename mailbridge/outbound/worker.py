@@ -298,7 +298,14 @@ class Worker:
                     select(Outbox).where(Outbox.id.in_(list(deliveries)), self._still_ours())
                 ).all()
                 # a row deleted meanwhile (its message erased) has nothing to record
+                # The batch's practices, read once and held here: ``_record_row``'s ``session.get``
+                # then finds them in the identity map (weak references: one read and dropped was
+                # read again, one query and one autoflush of the rows so far for every row).
+                practices = session.scalars(
+                    select(Practice).where(Practice.id.in_({row.practice_id for row in rows}))
+                ).all()
                 attempts = [self._record_row(session, row, deliveries[row.id]) for row in rows]
+                del practices
         except Exception:
             log.warning("outbox_batch_record_failed", exc_info=True, extra={"rows": len(deliveries)})
             for row_id, delivery in deliveries.items():
