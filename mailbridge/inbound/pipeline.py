@@ -29,7 +29,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, Text, bindparam, cast, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, joinedload
 
@@ -61,7 +61,7 @@ from mailbridge.domain.models import (
     new_id,
     utcnow,
 )
-from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.domain.practice_settings import PracticeSettings, settings_from_json
 from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.inbound import prescan as prescan_mod
 from mailbridge.inbound.answered import answered_fingerprints, message_ids
@@ -87,6 +87,20 @@ log = logging.getLogger(__name__)
 # also search the session's identity map, which costs more than the statement itself.
 INBOUND_TABLE: Table = InboundLog.__table__  # type: ignore[assignment]
 TOKEN_TABLE: Table = ReplyToken.__table__  # type: ignore[assignment]
+# store_raw's two statements, built once (issue 17 item 4: building a statement anew each time cost
+# more than running it). The insert runs on the session's connection (Core: an ORM-enabled
+# ``Session.execute`` costs about twice as much). The practice stays an ORM object, held in the
+# run's identity map (``Context.practice``) for the steps that look it up again; its settings come
+# with it as their stored text, the key of ``settings_from_json``'s cache, read in this same
+# statement: a change made on any node is a new text, applied to the next run with nothing to
+# invalidate.
+_INSERT_RECEIVED = insert(INBOUND_TABLE)
+# resolve_sender's read of the token's owner with every address they hold, built once (its
+# ``session.get`` with a ``joinedload`` option built the option and the statement at every reply).
+_TOKEN_OWNER = select(User).options(joinedload(User.addresses)).where(User.id == bindparam("id"))
+_PRACTICE_FOR_RUN = select(Practice, cast(Practice.settings, Text).label("settings_text")).where(
+    Practice.id == bindparam("id")
+)
 
 # Reasons a known participant can fix: they get one polite notice per reason per day (never a stranger).
 FIXABLE = frozenset(
@@ -248,24 +262,25 @@ def store_raw(ctx: Context) -> None:
         raise Deferred(replies.TEMPFAIL, "tempfail_storage") from exc
     try:
         with writer_gate(ctx.deps.sessions):
-            ctx.db.execute(
-                insert(INBOUND_TABLE).values(
-                    id=row_id,
-                    practice_id=practice_id,
-                    received_at=utcnow(),
-                    door=ctx.envelope.door,
-                    peer=ctx.envelope.peer,
-                    helo=(ctx.envelope.helo or "")[:255] or None,
-                    mail_from=ctx.envelope.mail_from[:320],
-                    rcpt=ctx.envelope.target.redacted[:320],
-                    token_id=ctx.envelope.target.token_id,
-                    size=ctx.size,
-                    raw_ref=ref,
-                    state=InboundState.received,
-                    details={},
-                )
+            ctx.db.connection().execute(
+                _INSERT_RECEIVED,
+                {
+                    "id": row_id,
+                    "practice_id": practice_id,
+                    "received_at": utcnow(),
+                    "door": ctx.envelope.door,
+                    "peer": ctx.envelope.peer,
+                    "helo": (ctx.envelope.helo or "")[:255] or None,
+                    "mail_from": ctx.envelope.mail_from[:320],
+                    "rcpt": ctx.envelope.target.redacted[:320],
+                    "token_id": ctx.envelope.target.token_id,
+                    "size": ctx.size,
+                    "raw_ref": ref,
+                    "state": InboundState.received,
+                    "details": {},
+                },
             )
-            practice = ctx.db.get(Practice, practice_id)
+            found = ctx.db.execute(_PRACTICE_FOR_RUN, {"id": practice_id}).first()
             ctx.db.commit()
     except BaseException:
         with contextlib.suppress(SQLAlchemyError):
@@ -278,10 +293,11 @@ def store_raw(ctx: Context) -> None:
     ctx.inbound_id = row_id
     ctx.raw_path = final
     ctx.practice_id = practice_id
-    ctx.practice = practice
-    if practice is not None:
+    if found is not None:
+        practice, settings_text = found
+        ctx.practice = practice
         ctx.practice_slug = practice.slug
-        ctx.settings = PracticeSettings.model_validate(practice.settings or {})
+        ctx.settings = settings_from_json(settings_text)
         # Mail from our own notification address or reply domain is a loop (A12), never a reply.
         ctx.own_addresses = frozenset({practice.notify_from.lower(), "@" + practice.reply_domain.lower()})
     if ctx.size > ctx.settings.effective_message_max_bytes:
@@ -411,7 +427,7 @@ def resolve_sender(ctx: Context) -> None:
     if target.kind == "reply":
         # The token was found live at RCPT; whatever changed since, the policy step judges afresh.
         owner = (
-            session.get(User, target.user_id, options=[joinedload(User.addresses)])
+            session.execute(_TOKEN_OWNER, {"id": target.user_id}).unique().scalar_one_or_none()
             if target.user_id is not None
             else None
         )
@@ -1082,12 +1098,14 @@ FORGET_RAW = frozenset({InboundState.posted, InboundState.duplicate, InboundStat
 def _cleanup_raw(ctx: Context) -> None:
     """The local working copy always goes (the object store keeps what is kept). The stored copy
     goes once a committed row stopped naming it, so a deletion erases every copy (seed 003); if
-    this delete fails, no row names the object and the housekeeping sweep removes it."""
+    this delete fails, no row names the object and the housekeeping sweep removes it. For the same
+    reason the delete is not made durable (no directory fsync, issue 17 item 4): an unlink lost
+    with a power cut leaves such an orphan too, and the sweep takes it the same way."""
     with contextlib.suppress(OSError):
         ctx.raw_path.unlink(missing_ok=True)
     if ctx.raw_forgotten and ctx.raw_ref:
         try:
-            ctx.deps.vault.delete(ctx.raw_ref)
+            ctx.deps.vault.delete(ctx.raw_ref, sync=False)
         except OSError:
             log.warning("raw_delete_failed", extra={"ref": ctx.raw_ref}, exc_info=True)
 
