@@ -29,9 +29,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, Text, bindparam, cast, insert, select, update
+from sqlalchemy import Table, Text, bindparam, cast, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 
 from mailbridge import replies
 from mailbridge.crypto.keyring import KeyringError
@@ -57,6 +57,7 @@ from mailbridge.domain.models import (
     ReplyToken,
     Route,
     User,
+    UserAddress,
     UserKind,
     new_id,
     utcnow,
@@ -95,9 +96,14 @@ TOKEN_TABLE: Table = ReplyToken.__table__  # type: ignore[assignment]
 # statement: a change made on any node is a new text, applied to the next run with nothing to
 # invalidate.
 _INSERT_RECEIVED = insert(INBOUND_TABLE)
-# resolve_sender's read of the token's owner with every address they hold, built once (its
-# ``session.get`` with a ``joinedload`` option built the option and the statement at every reply).
-_TOKEN_OWNER = select(User).options(joinedload(User.addresses)).where(User.id == bindparam("id"))
+# resolve_sender's read of the token's owner and whether they hold the From address
+# (``User.owns_address``'s comparison, on the normalised address), built once: it was a
+# ``session.get`` with a ``joinedload`` of every address, the option and statement built anew and
+# the joined rows de-duplicated at every reply.
+_TOKEN_OWNER = select(
+    User,
+    exists().where(UserAddress.user_id == User.id, UserAddress.address == bindparam("address")).label("owns"),
+).where(User.id == bindparam("id"))
 _PRACTICE_FOR_RUN = select(Practice, cast(Practice.settings, Text).label("settings_text")).where(
     Practice.id == bindparam("id")
 )
@@ -426,15 +432,16 @@ def resolve_sender(ctx: Context) -> None:
     session = ctx.db
     if target.kind == "reply":
         # The token was found live at RCPT; whatever changed since, the policy step judges afresh.
-        owner = (
-            session.execute(_TOKEN_OWNER, {"id": target.user_id}).unique().scalar_one_or_none()
+        found = (
+            session.execute(_TOKEN_OWNER, {"id": target.user_id, "address": ctx.from_address}).first()
             if target.user_id is not None
             else None
         )
-        if owner is None or target.conversation_id is None:
+        if found is None or target.conversation_id is None:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
+        owner, owns = found
         ctx.conversation_id = target.conversation_id
-        if not owner.owns_address(ctx.from_address):
+        if not owns:  # ctx.from_address is normalised, as every stored address is
             raise Rejected(replies.SENDER_MISMATCH, "reply_user_mismatch")
         ctx.sender = owner
         ctx.notice_to = (owner.id, owner.locale)
