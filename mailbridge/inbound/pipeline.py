@@ -421,6 +421,21 @@ def _forward_to_operator(ctx: Context) -> None:
             )
 
 
+_AUTOCOMMIT: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"}
+
+
+def _reads_without_transaction(ctx: Context) -> None:
+    """On PostgreSQL, a step that only reads takes its connection in autocommit: no BEGIN and COMMIT
+    round trips around its statements (issue 17 item 4). Nothing is lost: at READ COMMITTED, the
+    isolation the engine uses, each statement already reads its own snapshot inside a transaction
+    too, and these steps take no locks. The write transactions (``store_raw``, ``store``, the
+    policy re-read inside the latter) get a connection of their own, with the default isolation,
+    since ``_release`` ends the step's. SQLite's driver starts no transaction for a read anyway."""
+    session = ctx.db
+    if not session.in_transaction() and session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options=_AUTOCOMMIT)
+
+
 def resolve_sender(ctx: Context) -> None:
     """The From addr-spec, exactly one (A4, A5); for replies it must be one of the token owner's addresses."""
     address = single_from(ctx.msg)
@@ -429,6 +444,7 @@ def resolve_sender(ctx: Context) -> None:
     ctx.from_address = normalise(address.addr_spec)
     ctx.details["from"] = ctx.from_address
     target = ctx.envelope.target
+    _reads_without_transaction(ctx)
     session = ctx.db
     if target.kind == "reply":
         # The token was found live at RCPT; whatever changed since, the policy step judges afresh.
@@ -613,6 +629,7 @@ def _answered(ctx: Context) -> list[Fingerprint]:
 def sender_policy(ctx: Context) -> None:
     """Who may post, evaluated now; confidential and private replies need an aligned pass or wait for staff."""
     target = ctx.envelope.target
+    _reads_without_transaction(ctx)
     session = ctx.db
     if target.kind == "route":
         _route_policy(ctx, session)
