@@ -96,6 +96,9 @@ TOKEN_TABLE: Table = ReplyToken.__table__  # type: ignore[assignment]
 # statement: a change made on any node is a new text, applied to the next run with nothing to
 # invalidate.
 _INSERT_RECEIVED = insert(INBOUND_TABLE)
+_PRACTICE_FOR_RUN = select(Practice, cast(Practice.settings, Text).label("settings_text")).where(
+    Practice.id == bindparam("id")
+)
 # resolve_sender's read of the token's owner and whether they hold the From address
 # (``User.owns_address``'s comparison, on the normalised address), built once: it was a
 # ``session.get`` with a ``joinedload`` of every address, the option and statement built anew and
@@ -104,9 +107,6 @@ _TOKEN_OWNER = select(
     User,
     exists().where(UserAddress.user_id == User.id, UserAddress.address == bindparam("address")).label("owns"),
 ).where(User.id == bindparam("id"))
-_PRACTICE_FOR_RUN = select(Practice, cast(Practice.settings, Text).label("settings_text")).where(
-    Practice.id == bindparam("id")
-)
 
 # Reasons a known participant can fix: they get one polite notice per reason per day (never a stranger).
 FIXABLE = frozenset(
