@@ -97,7 +97,28 @@ TOKEN_TABLE: Table = ReplyToken.__table__  # type: ignore[assignment]
 # invalidate.
 _INSERT_RECEIVED = insert(INBOUND_TABLE)
 _PRACTICE_FOR_RUN = select(Practice, cast(Practice.settings, Text).label("settings_text")).where(
-    Practice.id == bindparam("id")
+    Practice.id == bindparam("practice_id")
+)
+# On PostgreSQL the insert rides along with that read, as a data-modifying CTE: one statement, one
+# round trip fewer, the same transaction (the read does not see the new row, and needs not).
+_RECEIVED_COLUMNS = (
+    "id",
+    "practice_id",
+    "received_at",
+    "door",
+    "peer",
+    "helo",
+    "mail_from",
+    "rcpt",
+    "token_id",
+    "state",
+    "size",
+    "raw_ref",
+    "details",
+    "updated_at",
+)
+_INSERT_RECEIVED_WITH_PRACTICE = _PRACTICE_FOR_RUN.add_cte(
+    insert(INBOUND_TABLE).values({name: bindparam(name) for name in _RECEIVED_COLUMNS}).cte("received")
 )
 # resolve_sender's read of the token's owner and whether they hold the From address
 # (``User.owns_address``'s comparison, on the normalised address), built once: it was a
@@ -267,26 +288,29 @@ def store_raw(ctx: Context) -> None:
         final.unlink(missing_ok=True)
         raise Deferred(replies.TEMPFAIL, "tempfail_storage") from exc
     try:
+        now = utcnow()
+        received = {
+            "id": row_id,
+            "practice_id": practice_id,
+            "received_at": now,
+            "door": ctx.envelope.door,
+            "peer": ctx.envelope.peer,
+            "helo": (ctx.envelope.helo or "")[:255] or None,
+            "mail_from": ctx.envelope.mail_from[:320],
+            "rcpt": ctx.envelope.target.redacted[:320],
+            "token_id": ctx.envelope.target.token_id,
+            "state": InboundState.received,
+            "size": ctx.size,
+            "raw_ref": ref,
+            "details": {},
+            "updated_at": now,
+        }
         with writer_gate(ctx.deps.sessions):
-            ctx.db.connection().execute(
-                _INSERT_RECEIVED,
-                {
-                    "id": row_id,
-                    "practice_id": practice_id,
-                    "received_at": utcnow(),
-                    "door": ctx.envelope.door,
-                    "peer": ctx.envelope.peer,
-                    "helo": (ctx.envelope.helo or "")[:255] or None,
-                    "mail_from": ctx.envelope.mail_from[:320],
-                    "rcpt": ctx.envelope.target.redacted[:320],
-                    "token_id": ctx.envelope.target.token_id,
-                    "size": ctx.size,
-                    "raw_ref": ref,
-                    "state": InboundState.received,
-                    "details": {},
-                },
-            )
-            found = ctx.db.execute(_PRACTICE_FOR_RUN, {"id": practice_id}).first()
+            if ctx.db.get_bind().dialect.name == "postgresql":
+                found = ctx.db.execute(_INSERT_RECEIVED_WITH_PRACTICE, received).first()
+            else:
+                ctx.db.connection().execute(_INSERT_RECEIVED, received)
+                found = ctx.db.execute(_PRACTICE_FOR_RUN, {"practice_id": practice_id}).first()
             ctx.db.commit()
     except BaseException:
         with contextlib.suppress(SQLAlchemyError):
