@@ -422,3 +422,22 @@ def test_rows_written_before_object_storage_are_still_read(tmp_path: Path) -> No
         got = api.get(f"{BASE}/attachments/{attachment_id}?as=dr-smith")
         assert got.status_code == 200 and got.content == pdf
     services.close()
+
+
+def test_local_delete_syncs_the_directory_unless_told_the_removal_need_not_survive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sync=False`` (the pipeline's raw copy once no row names it): the file goes, without the
+    directory fsync; an unlink lost with a power cut leaves an orphan the sweep removes."""
+    from mailbridge.storage import objects
+
+    synced: list[Path] = []
+    monkeypatch.setattr(objects, "fsync_dir", synced.append)
+    store = LocalObjectStore(tmp_path / "objects")
+    for key in ("raw/1/2026-12-05/a", "raw/1/2026-12-05/b"):
+        store.put(key, io.BytesIO(b"x"))
+    synced.clear()
+    store.delete("raw/1/2026-12-05/a", sync=False)
+    assert not store.exists("raw/1/2026-12-05/a") and synced == []
+    store.delete("raw/1/2026-12-05/b")
+    assert not store.exists("raw/1/2026-12-05/b") and synced == [tmp_path / "objects/raw/1/2026-12-05"]

@@ -13,6 +13,7 @@ and accepts it in a write only unchanged; see ``domain.directory.upsert_practice
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -173,3 +174,25 @@ def merge_patch(stored: dict[str, Any], patch: dict[str, Any], depth: int = 0) -
         else:
             merged[key] = value
     return merged
+
+
+# The settings of the practices mail recently arrived for, by their stored JSON text. Keyed on the
+# content itself, read in the statement that needs it: a change made on any node is a different
+# text, so it applies to the very next message there, with nothing to invalidate. Validating the
+# same few hundred bytes again at every RCPT and every run cost more than the statement reading
+# them (issue 17 item 4). The models are shared, never modified in place (writes build new ones).
+_BY_TEXT: dict[str, PracticeSettings] = {}
+_BY_TEXT_MAX = 512  # practices of one deployment with mail in flight; past it, start over
+
+
+def settings_from_json(text: str | None) -> PracticeSettings:
+    """The validated settings for a practice's stored ``settings`` JSON text (as ``CAST(settings AS
+    TEXT)`` returns it), from the cache when this exact text was seen before."""
+    key = text or "{}"
+    found = _BY_TEXT.get(key)
+    if found is None:
+        found = PracticeSettings.model_validate(json.loads(key) or {})
+        if len(_BY_TEXT) >= _BY_TEXT_MAX:
+            _BY_TEXT.clear()  # a plain dict: get/set/clear are atomic under the GIL, no lock needed
+        _BY_TEXT[key] = found
+    return found

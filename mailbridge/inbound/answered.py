@@ -51,7 +51,12 @@ def answered_fingerprints(
     references: frozenset[str],
 ) -> Sequence[Fingerprint]:
     """Fingerprints of the notifications the reply names, else of the participant's latest ones."""
-    rows = session.execute(_QUERY, {"c": conversation_id, "r": recipient_id, "p": practice_id}).all()
+    # On the session's connection: a Core statement gains nothing from the ORM's execute but its cost.
+    rows = (
+        session.connection()
+        .execute(_QUERY, {"c": conversation_id, "r": recipient_id, "p": practice_id})
+        .all()
+    )
     named: list[Fingerprint] = []
     recent: list[Fingerprint] = []
     for message_id, data in rows:

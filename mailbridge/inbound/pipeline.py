@@ -29,9 +29,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, Text, bindparam, cast, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 
 from mailbridge import replies
 from mailbridge.crypto.keyring import KeyringError
@@ -57,11 +57,12 @@ from mailbridge.domain.models import (
     ReplyToken,
     Route,
     User,
+    UserAddress,
     UserKind,
     new_id,
     utcnow,
 )
-from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.domain.practice_settings import PracticeSettings, settings_from_json
 from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.inbound import prescan as prescan_mod
 from mailbridge.inbound.answered import answered_fingerprints, message_ids
@@ -87,6 +88,46 @@ log = logging.getLogger(__name__)
 # also search the session's identity map, which costs more than the statement itself.
 INBOUND_TABLE: Table = InboundLog.__table__  # type: ignore[assignment]
 TOKEN_TABLE: Table = ReplyToken.__table__  # type: ignore[assignment]
+# store_raw's two statements, built once (issue 17 item 4: building a statement anew each time cost
+# more than running it). The insert runs on the session's connection (Core: an ORM-enabled
+# ``Session.execute`` costs about twice as much). The practice stays an ORM object, held in the
+# run's identity map (``Context.practice``) for the steps that look it up again; its settings come
+# with it as their stored text, the key of ``settings_from_json``'s cache, read in this same
+# statement: a change made on any node is a new text, applied to the next run with nothing to
+# invalidate.
+_INSERT_RECEIVED = insert(INBOUND_TABLE)
+_PRACTICE_FOR_RUN = select(Practice, cast(Practice.settings, Text).label("settings_text")).where(
+    Practice.id == bindparam("practice_id")
+)
+# On PostgreSQL the insert rides along with that read, as a data-modifying CTE: one statement, one
+# round trip fewer, the same transaction (the read does not see the new row, and needs not).
+_RECEIVED_COLUMNS = (
+    "id",
+    "practice_id",
+    "received_at",
+    "door",
+    "peer",
+    "helo",
+    "mail_from",
+    "rcpt",
+    "token_id",
+    "state",
+    "size",
+    "raw_ref",
+    "details",
+    "updated_at",
+)
+_INSERT_RECEIVED_WITH_PRACTICE = _PRACTICE_FOR_RUN.add_cte(
+    insert(INBOUND_TABLE).values({name: bindparam(name) for name in _RECEIVED_COLUMNS}).cte("received")
+)
+# resolve_sender's read of the token's owner and whether they hold the From address
+# (``User.owns_address``'s comparison, on the normalised address), built once: it was a
+# ``session.get`` with a ``joinedload`` of every address, the option and statement built anew and
+# the joined rows de-duplicated at every reply.
+_TOKEN_OWNER = select(
+    User,
+    exists().where(UserAddress.user_id == User.id, UserAddress.address == bindparam("address")).label("owns"),
+).where(User.id == bindparam("id"))
 
 # Reasons a known participant can fix: they get one polite notice per reason per day (never a stranger).
 FIXABLE = frozenset(
@@ -247,25 +288,29 @@ def store_raw(ctx: Context) -> None:
         final.unlink(missing_ok=True)
         raise Deferred(replies.TEMPFAIL, "tempfail_storage") from exc
     try:
+        now = utcnow()
+        received = {
+            "id": row_id,
+            "practice_id": practice_id,
+            "received_at": now,
+            "door": ctx.envelope.door,
+            "peer": ctx.envelope.peer,
+            "helo": (ctx.envelope.helo or "")[:255] or None,
+            "mail_from": ctx.envelope.mail_from[:320],
+            "rcpt": ctx.envelope.target.redacted[:320],
+            "token_id": ctx.envelope.target.token_id,
+            "state": InboundState.received,
+            "size": ctx.size,
+            "raw_ref": ref,
+            "details": {},
+            "updated_at": now,
+        }
         with writer_gate(ctx.deps.sessions):
-            ctx.db.execute(
-                insert(INBOUND_TABLE).values(
-                    id=row_id,
-                    practice_id=practice_id,
-                    received_at=utcnow(),
-                    door=ctx.envelope.door,
-                    peer=ctx.envelope.peer,
-                    helo=(ctx.envelope.helo or "")[:255] or None,
-                    mail_from=ctx.envelope.mail_from[:320],
-                    rcpt=ctx.envelope.target.redacted[:320],
-                    token_id=ctx.envelope.target.token_id,
-                    size=ctx.size,
-                    raw_ref=ref,
-                    state=InboundState.received,
-                    details={},
-                )
-            )
-            practice = ctx.db.get(Practice, practice_id)
+            if ctx.db.get_bind().dialect.name == "postgresql":
+                found = ctx.db.execute(_INSERT_RECEIVED_WITH_PRACTICE, received).first()
+            else:
+                ctx.db.connection().execute(_INSERT_RECEIVED, received)
+                found = ctx.db.execute(_PRACTICE_FOR_RUN, {"practice_id": practice_id}).first()
             ctx.db.commit()
     except BaseException:
         with contextlib.suppress(SQLAlchemyError):
@@ -278,10 +323,11 @@ def store_raw(ctx: Context) -> None:
     ctx.inbound_id = row_id
     ctx.raw_path = final
     ctx.practice_id = practice_id
-    ctx.practice = practice
-    if practice is not None:
+    if found is not None:
+        practice, settings_text = found
+        ctx.practice = practice
         ctx.practice_slug = practice.slug
-        ctx.settings = PracticeSettings.model_validate(practice.settings or {})
+        ctx.settings = settings_from_json(settings_text)
         # Mail from our own notification address or reply domain is a loop (A12), never a reply.
         ctx.own_addresses = frozenset({practice.notify_from.lower(), "@" + practice.reply_domain.lower()})
     if ctx.size > ctx.settings.effective_message_max_bytes:
@@ -399,6 +445,21 @@ def _forward_to_operator(ctx: Context) -> None:
             )
 
 
+_AUTOCOMMIT: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"}
+
+
+def _reads_without_transaction(ctx: Context) -> None:
+    """On PostgreSQL, a step that only reads takes its connection in autocommit: no BEGIN and COMMIT
+    round trips around its statements (issue 17 item 4). Nothing is lost: at READ COMMITTED, the
+    isolation the engine uses, each statement already reads its own snapshot inside a transaction
+    too, and these steps take no locks. The write transactions (``store_raw``, ``store``, the
+    policy re-read inside the latter) get a connection of their own, with the default isolation,
+    since ``_release`` ends the step's. SQLite's driver starts no transaction for a read anyway."""
+    session = ctx.db
+    if not session.in_transaction() and session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options=_AUTOCOMMIT)
+
+
 def resolve_sender(ctx: Context) -> None:
     """The From addr-spec, exactly one (A4, A5); for replies it must be one of the token owner's addresses."""
     address = single_from(ctx.msg)
@@ -407,18 +468,20 @@ def resolve_sender(ctx: Context) -> None:
     ctx.from_address = normalise(address.addr_spec)
     ctx.details["from"] = ctx.from_address
     target = ctx.envelope.target
+    _reads_without_transaction(ctx)
     session = ctx.db
     if target.kind == "reply":
         # The token was found live at RCPT; whatever changed since, the policy step judges afresh.
-        owner = (
-            session.get(User, target.user_id, options=[joinedload(User.addresses)])
+        found = (
+            session.execute(_TOKEN_OWNER, {"id": target.user_id, "address": ctx.from_address}).first()
             if target.user_id is not None
             else None
         )
-        if owner is None or target.conversation_id is None:
+        if found is None or target.conversation_id is None:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
+        owner, owns = found
         ctx.conversation_id = target.conversation_id
-        if not owner.owns_address(ctx.from_address):
+        if not owns:  # ctx.from_address is normalised, as every stored address is
             raise Rejected(replies.SENDER_MISMATCH, "reply_user_mismatch")
         ctx.sender = owner
         ctx.notice_to = (owner.id, owner.locale)
@@ -590,6 +653,7 @@ def _answered(ctx: Context) -> list[Fingerprint]:
 def sender_policy(ctx: Context) -> None:
     """Who may post, evaluated now; confidential and private replies need an aligned pass or wait for staff."""
     target = ctx.envelope.target
+    _reads_without_transaction(ctx)
     session = ctx.db
     if target.kind == "route":
         _route_policy(ctx, session)
@@ -1082,12 +1146,14 @@ FORGET_RAW = frozenset({InboundState.posted, InboundState.duplicate, InboundStat
 def _cleanup_raw(ctx: Context) -> None:
     """The local working copy always goes (the object store keeps what is kept). The stored copy
     goes once a committed row stopped naming it, so a deletion erases every copy (seed 003); if
-    this delete fails, no row names the object and the housekeeping sweep removes it."""
+    this delete fails, no row names the object and the housekeeping sweep removes it. For the same
+    reason the delete is not made durable (no directory fsync, issue 17 item 4): an unlink lost
+    with a power cut leaves such an orphan too, and the sweep takes it the same way."""
     with contextlib.suppress(OSError):
         ctx.raw_path.unlink(missing_ok=True)
     if ctx.raw_forgotten and ctx.raw_ref:
         try:
-            ctx.deps.vault.delete(ctx.raw_ref)
+            ctx.deps.vault.delete(ctx.raw_ref, sync=False)
         except OSError:
             log.warning("raw_delete_failed", extra={"ref": ctx.raw_ref}, exc_info=True)
 

@@ -821,10 +821,17 @@ async def start_smtp(
 
 
 def make_decider(services: Any) -> Any:
-    """The RCPT decision with a short transaction of its own (runs in a worker thread)."""
+    """The RCPT decision with a short read of its own (runs in a worker thread).
+
+    The decision is one SELECT (``envelope._DECIDE``), consistent by itself: on PostgreSQL it runs
+    in autocommit, without the BEGIN and ROLLBACK round trips a transaction around it would add
+    (issue 17 item 4). SQLite's driver starts no transaction for a read anyway."""
+    autocommit = {"isolation_level": "AUTOCOMMIT"} if services.engine.dialect.name == "postgresql" else None
 
     def decide(address: str) -> RecipientDecision:
         with services.sessions() as session:
+            if autocommit is not None:
+                session.connection(execution_options=autocommit)
             return decide_recipient(session, services.tokens, services.verp_secret, address)
 
     return decide

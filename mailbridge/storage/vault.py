@@ -171,7 +171,9 @@ class Vault:
                 return False
         return self.objects.exists(ref)
 
-    def delete(self, ref: str) -> None:
+    def delete(self, ref: str, *, sync: bool = True) -> None:
+        """Remove a stored object; ``sync=False`` only where no row names it any more (see
+        ``LocalObjectStore.delete``): the removal need not survive a power loss."""
         if _SHA256_HEX.fullmatch(ref):
             if self.legacy_blobs is not None:
                 self._legacy_blob_path(ref).unlink(missing_ok=True)
@@ -180,7 +182,7 @@ class Vault:
             with contextlib.suppress(StorageError):
                 self._legacy_raw(ref).unlink(missing_ok=True)
             return
-        self.objects.delete(ref)
+        self.objects.delete(ref, sync=sync)
 
     @contextlib.contextmanager
     def local_copy(self, ref: str) -> Iterator[Path]:
