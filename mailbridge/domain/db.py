@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -54,10 +56,44 @@ def make_engine(url: str, busy_timeout: float = 30.0, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    ping_after = kwargs.pop("ping_after", PING_AFTER_IDLE)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        ping_when_idle(engine, ping_after)
+    return engine
+
+
+PING_AFTER_IDLE = 2.0  # seconds a pooled connection may rest before it is tested again
+
+
+def ping_when_idle(engine: Engine, after: float) -> None:
+    """Test a pooled connection before use only when it rested more than ``after`` seconds.
+
+    ``pool_pre_ping`` tests it at every checkout: five round trips per reply on PostgreSQL
+    (docs/benchmarks.md, steps), for connections returned milliseconds earlier. A server restart or
+    an idle timeout leaves connections that sat in the pool; one checked in a moment ago was just
+    working. A connection that fails the test is discarded and the pool hands out a fresh one
+    (raising ``DisconnectionError`` from ``checkout`` is SQLAlchemy's documented way); one that
+    breaks inside that window fails its statement, the run answers 451 and the sender retries.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _rested_from(_dbapi_conn: Any, record: Any) -> None:
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _test_if_rested(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("checked_in")
+        if since is None or time.monotonic() - since <= after:
+            return  # new, or back from work a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # the driver's own error: the connection is gone
+            raise DisconnectionError(str(exc)) from exc
+        if not alive:
+            raise DisconnectionError("the pooled connection did not answer")
 
 
 def private_database_file(path: Path) -> None:
