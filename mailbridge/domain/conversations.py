@@ -10,8 +10,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select
-from sqlalchemy.orm import Session, contains_eager
+from sqlalchemy import Table, and_, bindparam, func, insert, select, update
+from sqlalchemy.orm import Session, contains_eager, lazyload, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from mailbridge.domain import audit, erasure, events, pagination
 from mailbridge.domain.directory import friendship_between, holders_of
@@ -24,10 +25,12 @@ from mailbridge.domain.models import (
     Favorite,
     Message,
     MessageSource,
+    NotificationMute,
     Participant,
     Practice,
     User,
     UserKind,
+    new_id,
     utcnow,
 )
 from mailbridge.domain.practice_settings import PracticeSettings
@@ -97,40 +100,73 @@ def _person(user: User, holds_company: bool) -> Person:
 @dataclass(frozen=True)
 class KnownHolders:
     """Which of *covered* hold the conversation's company among their favourites, read with the
-    conversation (``conversation_for_policy``): ``situation`` asks again only for anyone else."""
+    conversation (``conversation_for_policy``): ``situation`` asks again only for anyone else.
+    ``muted``: who muted the conversation's notifications, when read with it too (``with_mutes``),
+    so the fan-out asks no second time; None when not read. ``practice``: the conversation's,
+    refreshed by the same statement (held here: the identity map keeps only what is referenced)."""
 
     covered: frozenset[int]
     holders: frozenset[int]
+    muted: frozenset[int] | None = None
+    practice: Practice | None = None
+
+
+def _policy_read(with_mutes: bool) -> Any:
+    """The statement of ``conversation_for_policy``, built once: building an ORM select costs more
+    CPU than SQLite takes to run it (issue 17). The practice comes in the same row (its settings
+    are part of what the policy judges); the conversation's company and creator are left to load
+    when asked for: the policy reads their ids only."""
+    columns: list[Any] = [Conversation, Practice, Favorite.user_id]
+    if with_mutes:
+        columns.append(NotificationMute.user_id)
+    query = (
+        select(*columns)
+        .join(Practice, Practice.id == Conversation.practice_id)
+        .outerjoin(Conversation.participants)
+        .outerjoin(Participant.user)
+        .outerjoin(
+            Favorite,
+            and_(Favorite.company_id == Conversation.company_id, Favorite.user_id == Participant.user_id),
+        )
+    )
+    if with_mutes:  # one row per (user, conversation) at most: the join adds no row
+        query = query.outerjoin(
+            NotificationMute,
+            and_(
+                NotificationMute.conversation_id == Conversation.id,
+                NotificationMute.user_id == Participant.user_id,
+            ),
+        )
+    return (
+        query.where(Conversation.id == bindparam("conversation_id"))
+        .options(
+            contains_eager(Conversation.participants).contains_eager(Participant.user),
+            lazyload(Conversation.company),
+            lazyload(Conversation.creator),
+        )
+        .execution_options(populate_existing=True)
+    )
+
+
+_POLICY_READ = {False: _policy_read(False), True: _policy_read(True)}
 
 
 def conversation_for_policy(
-    session: Session, conversation_id: str
+    session: Session, conversation_id: str, *, with_mutes: bool = False
 ) -> tuple[Conversation | None, KnownHolders]:
-    """The conversation, its company, its participants with their users and which of them hold its
-    company among their favourites: everything ``situation`` reads, in ONE statement (it took three:
-    the conversation, its participants, the favourites). Rows already loaded are refreshed
-    (``populate_existing``): the policy is judged on what the database says now."""
-    rows = (
-        session.execute(
-            select(Conversation, Favorite.user_id)
-            .outerjoin(Conversation.participants)
-            .outerjoin(Participant.user)
-            .outerjoin(
-                Favorite,
-                and_(Favorite.company_id == Conversation.company_id, Favorite.user_id == Participant.user_id),
-            )
-            .where(Conversation.id == conversation_id)
-            .options(contains_eager(Conversation.participants).contains_eager(Participant.user))
-            .execution_options(populate_existing=True)
-        )
-        .unique()
-        .all()
-    )
+    """The conversation, its practice, its participants with their users and which of them hold its
+    company among their favourites: everything ``situation`` reads, in ONE statement (it took four:
+    the conversation, the practice, its participants, the favourites). Rows already loaded are
+    refreshed (``populate_existing``): the policy is judged on what the database says now.
+    ``with_mutes``: the same statement also reads who muted the conversation (the fan-out's)."""
+    rows = session.execute(_POLICY_READ[with_mutes], {"conversation_id": conversation_id}).unique().all()
     if not rows:
         return None, KnownHolders(frozenset(), frozenset())
     conversation = rows[0][0]
     covered = frozenset(p.user_id for p in conversation.participants)
-    return conversation, KnownHolders(covered, frozenset(uid for _, uid in rows if uid is not None))
+    holders = frozenset(row[2] for row in rows if row[2] is not None)
+    muted = frozenset(row[3] for row in rows if row[3] is not None) if with_mutes else None
+    return conversation, KnownHolders(covered, holders, muted, rows[0][1])
 
 
 def situation(
@@ -384,6 +420,7 @@ def post_message(
         attachments=attachments,
         idempotency_key=idempotency_key,
         notify=notify,
+        muted=known.muted if known is not None else None,
     )
 
 
@@ -405,6 +442,21 @@ def post_situation(
     )
 
 
+# The write path's statements, built once (issue 17: statement construction cost more CPU than
+# running them). Core, not the ORM: the rows are known in full here, so a flush's unit of work
+# would only add bookkeeping; the Message returned is attached to the session as if loaded.
+MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+ATTACHMENTS: Table = Attachment.__table__  # type: ignore[assignment]
+CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+_INSERT_MESSAGE = insert(MESSAGES)
+_INSERT_ATTACHMENTS = insert(ATTACHMENTS)
+_TOUCH_CONVERSATION = (
+    update(CONVERSATIONS)
+    .where(CONVERSATIONS.c.id == bindparam("b_id"))
+    .values(updated_at=bindparam("b_now"))
+)
+
+
 def _write_message(
     session: Session,
     practice: Practice,
@@ -420,42 +472,61 @@ def _write_message(
     attachments: Sequence[NewAttachment],
     idempotency_key: str | None,
     notify: bool,
+    muted: Collection[int] | None = None,
 ) -> Message:
-    message = Message(
-        conversation_id=conversation.id,
-        author_id=author.id,
-        author=author,
-        body=body,
-        body_html=body_html,
-        hidden_text=hidden_text,
-        source=source,
-        internal=internal,
-        idempotency_key=idempotency_key,
-        # Given at construction, the collection is known complete: no SELECT after the INSERT when
-        # the event counts the attachments (an empty collection would otherwise be lazy-loaded).
-        attachments=[
-            Attachment(
-                position=position,
-                filename=item.filename,
-                content_type=item.content_type,
-                declared_type=item.declared_type,
-                size=item.size,
-                sha256=item.sha256,
-                content_id=item.content_id,
-                storage_key=item.storage_key,
-            )
-            for position, item in enumerate(attachments)
-        ],
-    )
+    """The message, its attachment rows, its event and its notifications, written with Core
+    statements in the caller's transaction. A repeated ``idempotency_key`` raises IntegrityError at
+    the message's INSERT, before anything else of it is written."""
+    session.flush()  # what the caller added first is written first (a new conversation, an event)
+    now = utcnow()
+    values: dict[str, Any] = {
+        "id": new_id(),
+        "conversation_id": conversation.id,
+        "author_id": author.id,
+        "body": body,
+        "body_html": body_html,
+        "hidden_text": hidden_text,
+        "source": source,
+        "internal": internal,
+        "idempotency_key": idempotency_key,
+        "created_at": now,
+        "deleted_at": None,
+    }
+    files = [
+        {
+            "id": new_id(),
+            "message_id": values["id"],
+            "position": position,
+            "filename": item.filename,
+            "content_type": item.content_type,
+            "declared_type": item.declared_type,
+            "size": item.size,
+            "sha256": item.sha256,
+            "content_id": item.content_id,
+            "storage_key": item.storage_key,
+        }
+        for position, item in enumerate(attachments)
+    ]
+    connection = session.connection()
+    connection.execute(_TOUCH_CONVERSATION, {"b_id": conversation.id, "b_now": now})
+    connection.execute(_INSERT_MESSAGE, values)
+    if files:
+        connection.execute(_INSERT_ATTACHMENTS, files)
+    set_committed_value(conversation, "updated_at", now)
+    # The objects callers use (the API answers with the message and its files), made persistent
+    # as rows already in the database: no flush will write them again.
+    rows = [Attachment(**row) for row in files]
+    for row in rows:
+        make_transient_to_detached(row)
+    message = Message(**values, author=author, attachments=rows)
+    make_transient_to_detached(message)
     session.add(message)
-    conversation.updated_at = utcnow()
-    session.flush()
     events.message_created(session, practice.id, message, author)
     if notify:
         from mailbridge.outbound.fanout import enqueue_notifications
 
         # The snapshot the post was judged on also says who may read: no second look-up.
-        enqueue_notifications(session, practice, conversation, message, snapshot)
+        enqueue_notifications(session, practice, conversation, message, snapshot, muted=muted)
     return message
 
 

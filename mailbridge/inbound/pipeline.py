@@ -29,7 +29,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, joinedload
 
@@ -776,6 +776,16 @@ def store(ctx: Context) -> None:
     ctx.raw_forgotten = True
 
 
+# The final transaction's two UPDATEs, built once (issue 17); the inbound row's SET clause is the
+# parameters' other keys (``_final_values`` and the post's ids).
+_TOKEN_USED = (
+    update(TOKEN_TABLE)
+    .where(TOKEN_TABLE.c.id == bindparam("b_id"), TOKEN_TABLE.c.revoked_at.is_(None))
+    .values(last_used_at=bindparam("b_now"))
+)
+_INBOUND_POSTED = update(INBOUND_TABLE).where(INBOUND_TABLE.c.id == bindparam("b_id"))
+
+
 def _post_in(
     ctx: Context, session: Session, key: str, accepted: list[NewAttachment], source: MessageSource
 ) -> tuple[str, str]:
@@ -788,18 +798,20 @@ def _post_in(
     # what is true now, in the transaction that writes it.
     session.expire_all()
     # A repeat (same token, Message-ID and body) meets the unique idempotency key at the insert.
-    practice = session.get_one(Practice, ctx.practice_id)
     if ctx.envelope.target.kind == "route":
+        practice = session.get_one(Practice, ctx.practice_id)
         sender = session.get_one(User, sender_id)  # the run's own session, or the group's
         message = _open_conversation(ctx, session, practice, sender, key, source)
     else:
         assert ctx.conversation_id is not None
-        # The policy's reads again, as one statement (conversation, participants, favourites).
-        found, known = convs.conversation_for_policy(session, ctx.conversation_id)
+        # The policy's reads again, as one statement (conversation, practice, participants,
+        # favourites, and the mutes the fan-out reads).
+        found, known = convs.conversation_for_policy(session, ctx.conversation_id, with_mutes=True)
         if found is None:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
         conversation = found
-        # A participant was just loaded (refreshed) with the conversation: no statement.
+        # Both were just loaded (refreshed) with the conversation: no statement.
+        practice = known.practice or session.get_one(Practice, ctx.practice_id)
         sender = session.get_one(User, sender_id)
         message = convs.post_message(
             session,
@@ -817,23 +829,21 @@ def _post_in(
         )
         # The token was live at RCPT; revoked since (participant removed, conversation deleted),
         # the reply is refused as an unknown address would have been.
-        used = session.execute(
-            update(TOKEN_TABLE)
-            .where(TOKEN_TABLE.c.id == ctx.envelope.target.token_id, TOKEN_TABLE.c.revoked_at.is_(None))
-            .values(last_used_at=utcnow())
+        used = session.connection().execute(
+            _TOKEN_USED, {"b_id": ctx.envelope.target.token_id, "b_now": utcnow()}
         )
         if getattr(used, "rowcount", 1) != 1:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
     ctx.details["posted"] = message.id
-    session.execute(
-        update(INBOUND_TABLE)
-        .where(INBOUND_TABLE.c.id == ctx.inbound_id)
-        .values(
+    session.connection().execute(
+        _INBOUND_POSTED,
+        {
             **_final_values(ctx, InboundState.posted, "posted", replies.OK),
-            posted_message_id=message.id,
-            conversation_id=message.conversation_id,
-            raw_ref=None,  # the post lives in the database; the raw copy goes after the commit
-        )
+            "b_id": ctx.inbound_id,
+            "posted_message_id": message.id,
+            "conversation_id": message.conversation_id,
+            "raw_ref": None,  # the post lives in the database; the raw copy goes after the commit
+        },
     )
     if ctx.envelope.finalize is not None:
         ctx.envelope.finalize(session)

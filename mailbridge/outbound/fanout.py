@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import null, select, update
+from sqlalchemy import Table, insert, null, select, update
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import suppressions
+from mailbridge.domain.db import note_written
 from mailbridge.domain.models import (
     Conversation,
     Message,
@@ -20,6 +21,7 @@ from mailbridge.domain.models import (
     Practice,
     User,
     UserKind,
+    new_id,
     utcnow,
 )
 from mailbridge.domain.mutes import muted_users
@@ -30,25 +32,34 @@ from mailbridge.policy.rules import Situation, can_read
 log = logging.getLogger(__name__)
 
 
+OUTBOX: Table = Outbox.__table__  # type: ignore[assignment]
+_INSERT_OUTBOX = insert(OUTBOX)  # built once: the hot path runs it for every posted reply
+
+
 def enqueue_notifications(
     session: Session,
     practice: Practice,
     conversation: Conversation,
     message: Message,
     snapshot: Situation | None = None,
+    *,
+    muted: Collection[int] | None = None,
 ) -> int:
     """Every participant but the author who may read the conversation now; internal notes to staff only.
 
     Seed 003: "recipients with a portal account created will be immediately notified": a staff member
     or client without one is skipped (``skipped: no_portal_account`` in the delivery log). External
-    agents never have one and are always notified: the email is the only way they read."""
+    agents never have one and are always notified: the email is the only way they read.
+
+    ``muted``: who muted the conversation, when the caller read it in this transaction already
+    (``conversations.conversation_for_policy(with_mutes=True)``); else it is read here. The rows go
+    in as one INSERT (an executemany), not as objects for a flush to write."""
     from dataclasses import replace
 
     from mailbridge.domain.conversations import practice_settings, situation
 
     delay = practice_settings(practice).notify_delay_seconds
     now = utcnow()
-    created = 0
     recipients = [
         p.user
         for p in conversation.active_participants()
@@ -60,50 +71,79 @@ def enqueue_notifications(
     base = snapshot if snapshot is not None else situation(session, message.author, conversation)
     people = {person.id: person for person in base.participants}
     blocked = suppressions.active_among(session, practice.id, [u.email for u in recipients], now)
-    muted = set(muted_users(session, conversation.id))
+    if muted is None:
+        muted = set(muted_users(session, conversation.id))
+    rows: list[dict[str, Any]] = []
+
+    def skip(user: User, reason: str, answer: str | None = None) -> None:
+        rows.append(_skipped(practice, conversation, message, user.id, user.email, reason, now, answer))
+
     for user in recipients:
         verdict = can_read(replace(base, actor=people[user.id]))
         if verdict.reason == "account_inactive":
-            _skipped(session, practice, conversation, message, user.id, user.email, verdict.reason)
+            skip(user, verdict.reason)
             continue
         if not verdict.allowed:
             continue
         if not notifiable(user):
-            _skipped(session, practice, conversation, message, user.id, user.email, "no_portal_account")
+            skip(user, "no_portal_account")
             continue
         if user.id in muted:  # one-click unsubscribe from this conversation's notifications (RFC 8058)
-            _skipped(session, practice, conversation, message, user.id, user.email, "conversation_muted")
+            skip(user, "conversation_muted")
             continue
         hit = blocked.get(user.email.lower())
         if hit is not None:  # never a silent drop: a row that says so, with the address, in …/outbound
             NOTIFICATIONS_SUPPRESSED.labels(hit.reason.value).inc()
-            _skipped(
-                session,
-                practice,
-                conversation,
-                message,
-                user.id,
-                user.email,
-                hit.reason.value,
-                answer=suppressions.describe(hit),
-            )
+            skip(user, hit.reason.value, suppressions.describe(hit))
             continue
         if delay and _coalesce(session, conversation.id, user.id, message.id):
             continue
-        session.add(
-            Outbox(
-                practice_id=practice.id,
-                kind=OutboxKind.notification,
-                message_id=message.id,
-                conversation_id=conversation.id,
-                recipient_id=user.id,
-                to_address=user.email,
-                next_attempt_at=now + timedelta(seconds=delay),
+        rows.append(
+            _row(
+                practice.id,
+                message.id,
+                conversation.id,
+                user.id,
+                user.email,
+                OutboxState.pending,
+                None,
+                now,
+                now + timedelta(seconds=delay),
             )
         )
-        created += 1
-    session.flush()
-    return created
+    if rows:
+        session.connection().execute(_INSERT_OUTBOX, rows)
+        note_written(session, Outbox)
+    return sum(1 for row in rows if row["state"] == OutboxState.pending)
+
+
+def _row(
+    practice_id: int,
+    message_id: str,
+    conversation_id: str,
+    recipient_id: int,
+    address: str,
+    state: OutboxState,
+    answer: str | None,
+    now: datetime,
+    due: datetime,
+) -> dict[str, Any]:
+    """One notification's outbox row, every column given (the rows of one INSERT share their keys)."""
+    return {
+        "id": new_id(),
+        "practice_id": practice_id,
+        "kind": OutboxKind.notification,
+        "message_id": message_id,
+        "conversation_id": conversation_id,
+        "recipient_id": recipient_id,
+        "to_address": address,
+        "payload": {},
+        "state": state,
+        "attempts": 0,
+        "next_attempt_at": due,
+        "last_answer": answer,
+        "created_at": now,
+    }
 
 
 def notifiable(user: User) -> bool:
@@ -113,15 +153,15 @@ def notifiable(user: User) -> bool:
 
 
 def _skipped(
-    session: Session,
     practice: Practice,
     conversation: Conversation,
     message: Message,
     recipient_id: int,
     address: str,
     reason: str,
+    now: datetime,
     answer: str | None = None,
-) -> None:
+) -> dict[str, Any]:
     """A participant deliberately not notified (a deactivated account, no portal account, a muted
     conversation, a suppressed address) leaves a row in the delivery log
     saying so, never sent: ``GET …/outbound?state=suppressed`` shows who and why."""
@@ -129,17 +169,16 @@ def _skipped(
         "notification_skipped",
         extra={"practice": practice.slug, "to": redact_address(address), "reason": reason},
     )
-    session.add(
-        Outbox(
-            practice_id=practice.id,
-            kind=OutboxKind.notification,
-            message_id=message.id,
-            conversation_id=conversation.id,
-            recipient_id=recipient_id,
-            to_address=address,
-            state=OutboxState.suppressed,
-            last_answer=answer or f"skipped: {reason}",
-        )
+    return _row(
+        practice.id,
+        message.id,
+        conversation.id,
+        recipient_id,
+        address,
+        OutboxState.suppressed,
+        answer or f"skipped: {reason}",
+        now,
+        now,
     )
 
 
