@@ -6,7 +6,7 @@ rows and the notifications to send (transactional outbox) in the caller's transa
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ from sqlalchemy import Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, contains_eager, lazyload, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from mailbridge.domain import audit, erasure, events, pagination
+from mailbridge.domain import audit, erasure, events, pagination, suppressions
 from mailbridge.domain.directory import friendship_between, holders_of
 from mailbridge.domain.errors import Forbidden, Invalid, NotFound
 from mailbridge.domain.models import (
@@ -28,6 +28,7 @@ from mailbridge.domain.models import (
     NotificationMute,
     Participant,
     Practice,
+    Suppression,
     User,
     UserKind,
     new_id,
@@ -101,24 +102,28 @@ def _person(user: User, holds_company: bool) -> Person:
 class KnownHolders:
     """Which of *covered* hold the conversation's company among their favourites, read with the
     conversation (``conversation_for_policy``): ``situation`` asks again only for anyone else.
-    ``muted``: who muted the conversation's notifications, when read with it too (``with_mutes``),
-    so the fan-out asks no second time; None when not read. ``practice``: the conversation's,
-    refreshed by the same statement (held here: the identity map keeps only what is referenced)."""
+
+    Read by the same statement too, so that nobody asks again in the transaction: ``practice``,
+    the conversation's (held here: the identity map keeps only what is referenced); with
+    ``fanout``, who muted the conversation (``muted``) and the suppressions stopping mail to the
+    participants' addresses now (``suppressed``, by address; see ``suppressions.sql_comparable``
+    for the addresses the fan-out still looks up itself). None: not read."""
 
     covered: frozenset[int]
     holders: frozenset[int]
-    muted: frozenset[int] | None = None
     practice: Practice | None = None
+    muted: frozenset[int] | None = None
+    suppressed: Mapping[str, Suppression] | None = None
 
 
-def _policy_read(with_mutes: bool) -> Any:
+def _policy_read(fanout: bool) -> Any:
     """The statement of ``conversation_for_policy``, built once: building an ORM select costs more
     CPU than SQLite takes to run it (issue 17). The practice comes in the same row (its settings
     are part of what the policy judges); the conversation's company and creator are left to load
     when asked for: the policy reads their ids only."""
     columns: list[Any] = [Conversation, Practice, Favorite.user_id]
-    if with_mutes:
-        columns.append(NotificationMute.user_id)
+    if fanout:
+        columns += [NotificationMute.user_id, Suppression]
     query = (
         select(*columns)
         .join(Practice, Practice.id == Conversation.practice_id)
@@ -129,12 +134,19 @@ def _policy_read(with_mutes: bool) -> Any:
             and_(Favorite.company_id == Conversation.company_id, Favorite.user_id == Participant.user_id),
         )
     )
-    if with_mutes:  # one row per (user, conversation) at most: the join adds no row
+    if fanout:  # one row at most per participant in each (unique keys): the joins add no row
         query = query.outerjoin(
             NotificationMute,
             and_(
                 NotificationMute.conversation_id == Conversation.id,
                 NotificationMute.user_id == Participant.user_id,
+            ),
+        ).outerjoin(
+            Suppression,
+            and_(
+                Suppression.practice_id == Conversation.practice_id,
+                Suppression.address == func.lower(User.email),
+                suppressions.suppressing(bindparam("now")),
             ),
         )
     return (
@@ -152,21 +164,28 @@ _POLICY_READ = {False: _policy_read(False), True: _policy_read(True)}
 
 
 def conversation_for_policy(
-    session: Session, conversation_id: str, *, with_mutes: bool = False
+    session: Session, conversation_id: str, *, fanout: bool = False
 ) -> tuple[Conversation | None, KnownHolders]:
     """The conversation, its practice, its participants with their users and which of them hold its
     company among their favourites: everything ``situation`` reads, in ONE statement (it took four:
     the conversation, the practice, its participants, the favourites). Rows already loaded are
     refreshed (``populate_existing``): the policy is judged on what the database says now.
-    ``with_mutes``: the same statement also reads who muted the conversation (the fan-out's)."""
-    rows = session.execute(_POLICY_READ[with_mutes], {"conversation_id": conversation_id}).unique().all()
+    ``fanout``: the same statement also reads what the notifications' fan-out asks (mutes and
+    suppressions), for a post in this transaction."""
+    params: dict[str, Any] = {"conversation_id": conversation_id}
+    if fanout:
+        params["now"] = utcnow()
+    rows = session.execute(_POLICY_READ[fanout], params).unique().all()
     if not rows:
         return None, KnownHolders(frozenset(), frozenset())
     conversation = rows[0][0]
     covered = frozenset(p.user_id for p in conversation.participants)
     holders = frozenset(row[2] for row in rows if row[2] is not None)
-    muted = frozenset(row[3] for row in rows if row[3] is not None) if with_mutes else None
-    return conversation, KnownHolders(covered, holders, muted, rows[0][1])
+    if not fanout:
+        return conversation, KnownHolders(covered, holders, rows[0][1])
+    muted = frozenset(row[3] for row in rows if row[3] is not None)
+    suppressed = {row[4].address: row[4] for row in rows if row[4] is not None}
+    return conversation, KnownHolders(covered, holders, rows[0][1], muted, suppressed)
 
 
 def situation(
@@ -421,6 +440,7 @@ def post_message(
         idempotency_key=idempotency_key,
         notify=notify,
         muted=known.muted if known is not None else None,
+        suppressed=known.suppressed if known is not None else None,
     )
 
 
@@ -451,9 +471,7 @@ CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 _INSERT_MESSAGE = insert(MESSAGES)
 _INSERT_ATTACHMENTS = insert(ATTACHMENTS)
 _TOUCH_CONVERSATION = (
-    update(CONVERSATIONS)
-    .where(CONVERSATIONS.c.id == bindparam("b_id"))
-    .values(updated_at=bindparam("b_now"))
+    update(CONVERSATIONS).where(CONVERSATIONS.c.id == bindparam("b_id")).values(updated_at=bindparam("b_now"))
 )
 
 
@@ -473,6 +491,7 @@ def _write_message(
     idempotency_key: str | None,
     notify: bool,
     muted: Collection[int] | None = None,
+    suppressed: Mapping[str, Suppression] | None = None,
 ) -> Message:
     """The message, its attachment rows, its event and its notifications, written with Core
     statements in the caller's transaction. A repeated ``idempotency_key`` raises IntegrityError at
@@ -526,7 +545,9 @@ def _write_message(
         from mailbridge.outbound.fanout import enqueue_notifications
 
         # The snapshot the post was judged on also says who may read: no second look-up.
-        enqueue_notifications(session, practice, conversation, message, snapshot, muted=muted)
+        enqueue_notifications(
+            session, practice, conversation, message, snapshot, muted=muted, suppressed=suppressed
+        )
     return message
 
 

@@ -51,12 +51,12 @@ def normalize(address: str) -> str:
     return normalise(address)
 
 
-def live(now: datetime) -> ColumnElement[bool]:
+def live(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
     """Rows not yet expired (hard bounces and complaints never expire)."""
     return or_(Suppression.expires_at.is_(None), Suppression.expires_at > now)
 
 
-def suppressing(now: datetime) -> ColumnElement[bool]:
+def suppressing(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
     """Rows that stop notifications now."""
     return and_(Suppression.active.is_(True), live(now))
 
@@ -130,8 +130,7 @@ def _get(session: Session, practice_id: int, address: str) -> Suppression | None
 _ACTIVE_AMONG = select(Suppression).where(
     Suppression.practice_id == bindparam("practice_id"),
     Suppression.address.in_(bindparam("addresses", expanding=True)),
-    Suppression.active.is_(True),
-    or_(Suppression.expires_at.is_(None), Suppression.expires_at > bindparam("now")),
+    suppressing(bindparam("now")),
 )
 
 
@@ -147,6 +146,13 @@ def active_among(
         _ACTIVE_AMONG, {"practice_id": practice_id, "addresses": wanted, "now": now or utcnow()}
     )
     return {row.address: row for row in rows}
+
+
+def sql_comparable(address: str) -> bool:
+    """True when SQL's ``lower(address)`` is exactly ``normalize(address)``, so a join on it finds
+    the same suppression ``active_among`` would (``conversation_for_policy(fanout=True)``): ASCII
+    (SQLite's ``lower`` folds nothing else) with nothing around it for ``normalize`` to strip."""
+    return address.isascii() and normalize(address) == address.lower()
 
 
 def active_for(session: Session, practice_id: int, address: str) -> Suppression | None:

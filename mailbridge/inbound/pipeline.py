@@ -805,8 +805,8 @@ def _post_in(
     else:
         assert ctx.conversation_id is not None
         # The policy's reads again, as one statement (conversation, practice, participants,
-        # favourites, and the mutes the fan-out reads).
-        found, known = convs.conversation_for_policy(session, ctx.conversation_id, with_mutes=True)
+        # favourites, and the mutes and suppressions the fan-out reads).
+        found, known = convs.conversation_for_policy(session, ctx.conversation_id, fanout=True)
         if found is None:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
         conversation = found

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ from mailbridge.domain.models import (
     OutboxKind,
     OutboxState,
     Practice,
+    Suppression,
     User,
     UserKind,
     new_id,
@@ -44,6 +45,7 @@ def enqueue_notifications(
     snapshot: Situation | None = None,
     *,
     muted: Collection[int] | None = None,
+    suppressed: Mapping[str, Suppression] | None = None,
 ) -> int:
     """Every participant but the author who may read the conversation now; internal notes to staff only.
 
@@ -51,8 +53,9 @@ def enqueue_notifications(
     or client without one is skipped (``skipped: no_portal_account`` in the delivery log). External
     agents never have one and are always notified: the email is the only way they read.
 
-    ``muted``: who muted the conversation, when the caller read it in this transaction already
-    (``conversations.conversation_for_policy(with_mutes=True)``); else it is read here. The rows go
+    ``muted`` and ``suppressed``: who muted the conversation and the suppressions stopping mail to
+    its participants, when the caller read them in this transaction already
+    (``conversations.conversation_for_policy(fanout=True)``); else they are read here. The rows go
     in as one INSERT (an executemany), not as objects for a flush to write."""
     from dataclasses import replace
 
@@ -70,7 +73,13 @@ def enqueue_notifications(
     # One snapshot of the conversation; each recipient is then judged as its actor (same rules, fewer queries).
     base = snapshot if snapshot is not None else situation(session, message.author, conversation)
     people = {person.id: person for person in base.participants}
-    blocked = suppressions.active_among(session, practice.id, [u.email for u in recipients], now)
+    if suppressed is None:
+        blocked = suppressions.active_among(session, practice.id, [u.email for u in recipients], now)
+    else:  # an address SQL could not compare exactly is looked up as always
+        blocked = dict(suppressed)
+        unusual = [u.email for u in recipients if not suppressions.sql_comparable(u.email)]
+        if unusual:
+            blocked.update(suppressions.active_among(session, practice.id, unusual, now))
     if muted is None:
         muted = set(muted_users(session, conversation.id))
     rows: list[dict[str, Any]] = []

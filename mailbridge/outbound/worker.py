@@ -474,7 +474,9 @@ def wake_on_commit(sessions: sessionmaker[Session], worker: Worker) -> Any:
     return nudge_on_commit(
         sessions,
         # pre-flush state, or rows the fan-out wrote with Core statements
-        lambda session: Outbox in written_by_core(session) or any(isinstance(obj, Outbox) for obj in session.new),
+        lambda session: (
+            Outbox in written_by_core(session) or any(isinstance(obj, Outbox) for obj in session.new)
+        ),
         worker.nudge,
         "outbox_written",
     )
