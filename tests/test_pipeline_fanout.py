@@ -122,3 +122,30 @@ def test_a_reply_by_email_is_fanned_out_as_an_app_post_is(
         assert (
             session.scalar(select(Message.body).where(Message.id == outcome.message_id)) == "Tuesday is fine."
         )
+
+
+def test_an_internal_note_by_email_goes_to_staff_only_as_from_the_app(
+    seeded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversation = open_conversation(seeded, participants=("alice", "dr-jones", "billing"))
+    with transaction(seeded.sessions) as session:
+        p = directory.get_practice(session, "acme")
+        mutes.mute(session, p.id, directory.get_user(session, p, "billing").id, conversation, "api")
+    address = reply_address(seeded, conversation, "dr-smith")
+    note = reply_message("dr.smith@acme.test", address, "#note\nShe sounded stressed, follow up.")
+    outcome = run_reply(seeded, tmp_path, address, note, monkeypatch)
+    assert outcome.state == InboundState.posted and outcome.message_id is not None
+    expected = {"dr-jones": ("pending", ""), "billing": ("suppressed", "skipped: conversation_muted")}
+    assert rows_for(seeded, outcome.message_id) == expected  # never the client
+    with transaction(seeded.sessions) as session:
+        p = directory.get_practice(session, "acme")
+        posted = convs.post_message(
+            session,
+            p,
+            convs.get_conversation(session, p, conversation),
+            directory.get_user(session, p, "dr-smith"),
+            body="And from the app.",
+            internal=True,
+        )
+        app_id = posted.id
+    assert rows_for(seeded, app_id) == expected

@@ -21,11 +21,12 @@ from mailbridge.domain.db import note_written
 from mailbridge.domain.models import (
     ChartNote,
     Event,
-    Message,
+    MessageSource,
     Outbox,
     OutboxState,
     QuarantineItem,
     User,
+    UserKind,
     new_event_id,
     utcnow,
 )
@@ -97,19 +98,31 @@ def write(
 # ---- one function per emission point ---------------------------------------------------------------
 
 
-def message_created(session: Session, practice_id: int, message: Message, author: User) -> None:
+def message_created(
+    session: Session,
+    practice_id: int,
+    *,
+    conversation_id: str,
+    message_id: str,
+    author: str,
+    author_kind: UserKind,
+    source: MessageSource,
+    internal: bool,
+    attachments: int,
+) -> None:
+    """``author``: the author's external id."""
     write(
         session,
         practice_id,
         "message.created",
-        message.conversation_id,
-        conversation=message.conversation_id,
-        message=message.id,
-        author=author.external_id,
-        author_kind=author.kind.value,
-        source=message.source.value,
-        internal=message.internal,
-        attachments=len(message.attachments),
+        conversation_id,
+        conversation=conversation_id,
+        message=message_id,
+        author=author,
+        author_kind=author_kind.value,
+        source=source.value,
+        internal=internal,
+        attachments=attachments,
     )
 
 

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -251,7 +252,19 @@ def counts_by_reason(session: Session) -> dict[str, int]:
     return counts
 
 
-def describe(row: Suppression) -> str:
+class Block(NamedTuple):
+    """What the fan-out needs of a suppression stopping an address: its reason, status and start."""
+
+    reason: SuppressionReason
+    status: str | None
+    first_seen: datetime
+
+
+def block_of(row: Suppression) -> Block:
+    return Block(row.reason, row.status, row.first_seen)
+
+
+def describe(row: Suppression | Block) -> str:
     """For an outbox row's ``last_answer``: ``suppressed: hard_bounce 5.1.1 (since 2026-12-01)``."""
     status = f" {row.status}" if row.status else ""
     return f"suppressed: {row.reason.value}{status} (since {row.first_seen.date().isoformat()})"

@@ -802,31 +802,31 @@ def _post_in(
         practice = session.get_one(Practice, ctx.practice_id)
         sender = session.get_one(User, sender_id)  # the run's own session, or the group's
         message = _open_conversation(ctx, session, practice, sender, key, source)
+        posted, conversation_id = message.id, message.conversation_id
     else:
         assert ctx.conversation_id is not None
-        # The policy's reads again, as one statement (conversation, practice, participants,
-        # favourites, and the mutes and suppressions the fan-out reads).
-        found, known = convs.conversation_for_policy(session, ctx.conversation_id, fanout=True)
-        if found is None:
+        conversation_id = ctx.conversation_id
+        # The policy's reads again, as one Core statement: the conversation, its practice's
+        # settings, the participants, who holds its company, muted it, or is suppressed.
+        view = convs.post_view(session, conversation_id)
+        if view is None:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
-        conversation = found
-        # Both were just loaded (refreshed) with the conversation: no statement.
-        practice = known.practice or session.get_one(Practice, ctx.practice_id)
-        sender = session.get_one(User, sender_id)
-        message = convs.post_message(
-            session,
-            practice,
-            conversation,
-            sender,
-            body=ctx.body,
-            body_html=ctx.body_html,
-            hidden_text=ctx.hidden,
-            internal=ctx.internal,
-            source=source,
-            attachments=accepted,
-            idempotency_key=key,
-            known=known,
-        )
+        author = view.member(sender_id)
+        if author is not None:
+            posted = convs.post_reply(
+                session,
+                view,
+                author,
+                body=ctx.body,
+                body_html=ctx.body_html,
+                hidden_text=ctx.hidden,
+                internal=ctx.internal,
+                source=source,
+                attachments=accepted,
+                idempotency_key=key,
+            )
+        else:  # not a participant at all: judged (and refused) as a post from the app would be
+            posted = _post_as_entities(ctx, session, key, accepted, source, sender_id)
         # The token was live at RCPT; revoked since (participant removed, conversation deleted),
         # the reply is refused as an unknown address would have been.
         used = session.connection().execute(
@@ -834,22 +834,52 @@ def _post_in(
         )
         if getattr(used, "rowcount", 1) != 1:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
-    ctx.details["posted"] = message.id
+    ctx.details["posted"] = posted
     session.connection().execute(
         _INBOUND_POSTED,
         {
             **_final_values(ctx, InboundState.posted, "posted", replies.OK),
             "b_id": ctx.inbound_id,
-            "posted_message_id": message.id,
-            "conversation_id": message.conversation_id,
+            "posted_message_id": posted,
+            "conversation_id": conversation_id,
             "raw_ref": None,  # the post lives in the database; the raw copy goes after the commit
         },
     )
     if ctx.envelope.finalize is not None:
         ctx.envelope.finalize(session)
     if ctx.notice_reason == "attachment_withheld":
-        _notice(session, practice, ctx, "attachment_withheld")
-    return message.id, message.conversation_id
+        _notice(session, session.get_one(Practice, ctx.practice_id), ctx, "attachment_withheld")
+    return posted, conversation_id
+
+
+def _post_as_entities(
+    ctx: Context,
+    session: Session,
+    key: str,
+    accepted: list[NewAttachment],
+    source: MessageSource,
+    sender_id: int,
+) -> str:
+    """``convs.post_message`` with the entities read again (``conversation_for_policy``)."""
+    assert ctx.conversation_id is not None
+    conversation, known = convs.conversation_for_policy(session, ctx.conversation_id)
+    if conversation is None:
+        raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
+    message = convs.post_message(
+        session,
+        session.get_one(Practice, ctx.practice_id),
+        conversation,
+        session.get_one(User, sender_id),
+        body=ctx.body,
+        body_html=ctx.body_html,
+        hidden_text=ctx.hidden,
+        internal=ctx.internal,
+        source=source,
+        attachments=accepted,
+        idempotency_key=key,
+        known=known,
+    )
+    return message.id
 
 
 def _open_conversation(
