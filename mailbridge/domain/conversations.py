@@ -1,7 +1,9 @@
 """Conversations and messages: the one place that creates, posts and deletes, for the app and for email alike.
 
 Every post goes through ``post_message`` which asks the policy, writes the message, its attachment
-rows and the notifications to send (transactional outbox) in the caller's transaction.
+rows and the notifications to send (transactional outbox) in the caller's transaction. A reply by
+email, the hot path (issue 17), goes through ``post_reply``: the same policy, rows and fan-out, from
+plain rows read in one Core statement (``post_view``) instead of ORM entities.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select
-from sqlalchemy.orm import Session, contains_eager
+from sqlalchemy import Table, and_, bindparam, func, insert, select, update
+from sqlalchemy.orm import Session, contains_eager, lazyload, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
-from mailbridge.domain import audit, erasure, events, pagination
-from mailbridge.domain.directory import friendship_between, holders_of
+from mailbridge.domain import audit, erasure, events, pagination, suppressions
+from mailbridge.domain.directory import friendship_of, holders_of
 from mailbridge.domain.errors import Forbidden, Invalid, NotFound
 from mailbridge.domain.models import (
     Attachment,
@@ -24,13 +27,18 @@ from mailbridge.domain.models import (
     Favorite,
     Message,
     MessageSource,
+    NotificationMute,
     Participant,
     Practice,
+    StaffRole,
+    Suppression,
     User,
     UserKind,
+    new_id,
     utcnow,
 )
 from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.domain.suppressions import Block
 from mailbridge.domain.visibility import readable_by
 from mailbridge.policy.rules import (
     Joining,
@@ -103,6 +111,27 @@ class KnownHolders:
     holders: frozenset[int]
 
 
+# ``conversation_for_policy``'s statement, built once: building an ORM select cost more CPU than
+# SQLite takes to run it (issue 17). The conversation's company and creator are left to load when
+# asked for: the policy reads their ids only.
+_POLICY_READ = (
+    select(Conversation, Favorite.user_id)
+    .outerjoin(Conversation.participants)
+    .outerjoin(Participant.user)
+    .outerjoin(
+        Favorite,
+        and_(Favorite.company_id == Conversation.company_id, Favorite.user_id == Participant.user_id),
+    )
+    .where(Conversation.id == bindparam("conversation_id"))
+    .options(
+        contains_eager(Conversation.participants).contains_eager(Participant.user),
+        lazyload(Conversation.company),
+        lazyload(Conversation.creator),
+    )
+    .execution_options(populate_existing=True)
+)
+
+
 def conversation_for_policy(
     session: Session, conversation_id: str
 ) -> tuple[Conversation | None, KnownHolders]:
@@ -110,27 +139,202 @@ def conversation_for_policy(
     company among their favourites: everything ``situation`` reads, in ONE statement (it took three:
     the conversation, its participants, the favourites). Rows already loaded are refreshed
     (``populate_existing``): the policy is judged on what the database says now."""
-    rows = (
-        session.execute(
-            select(Conversation, Favorite.user_id)
-            .outerjoin(Conversation.participants)
-            .outerjoin(Participant.user)
-            .outerjoin(
-                Favorite,
-                and_(Favorite.company_id == Conversation.company_id, Favorite.user_id == Participant.user_id),
-            )
-            .where(Conversation.id == conversation_id)
-            .options(contains_eager(Conversation.participants).contains_eager(Participant.user))
-            .execution_options(populate_existing=True)
-        )
-        .unique()
-        .all()
-    )
+    rows = session.execute(_POLICY_READ, {"conversation_id": conversation_id}).unique().all()
     if not rows:
         return None, KnownHolders(frozenset(), frozenset())
     conversation = rows[0][0]
     covered = frozenset(p.user_id for p in conversation.participants)
     return conversation, KnownHolders(covered, frozenset(uid for _, uid in rows if uid is not None))
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A participant as a post by email reads it (``post_view``): plain values, no ORM entity."""
+
+    id: int
+    external_id: str
+    email: str
+    kind: UserKind
+    role: StaffRole | None
+    active: bool
+    portal_account: bool
+    removed: bool
+    holds_company: bool
+    muted: bool
+    block: Block | None  # the suppression stopping mail to ``email`` now, if SQL could compare it
+
+
+@dataclass(frozen=True, slots=True)
+class PostView:
+    """What the final transaction of a reply by email reads, in ONE Core statement (``post_view``):
+    the conversation, its practice's settings, every participant with their user, whether they
+    hold the conversation's company, muted it, or have their address suppressed. Plain rows are
+    several times cheaper than loading and refreshing ORM entities (issue 17); the rules they are
+    judged by are the same (``policy.rules``, ``fanout.fan_out``)."""
+
+    id: str
+    practice_id: int
+    practice_slug: str
+    kind: ConversationKind
+    company_id: int | None
+    deleted: bool
+    settings: PracticeSettings
+    members: tuple[Member, ...]
+
+    def member(self, user_id: int) -> Member | None:
+        return next((m for m in self.members if m.id == user_id), None)
+
+
+_C: Table = Conversation.__table__  # type: ignore[assignment]
+_P: Table = Practice.__table__  # type: ignore[assignment]
+_PT: Table = Participant.__table__  # type: ignore[assignment]
+_U: Table = User.__table__  # type: ignore[assignment]
+_F: Table = Favorite.__table__  # type: ignore[assignment]
+_M: Table = NotificationMute.__table__  # type: ignore[assignment]
+_S: Table = Suppression.__table__  # type: ignore[assignment]
+# One row per participant at most in each outer join (unique keys): favourites (user, company),
+# mutes (user, conversation), suppressions (practice, address).
+_POST_VIEW = (
+    select(
+        _C.c.practice_id,
+        _C.c.kind,
+        _C.c.company_id,
+        _C.c.deleted_at,
+        _P.c.slug,
+        _P.c.settings,
+        _PT.c.user_id,
+        _PT.c.removed_at,
+        _U.c.external_id,
+        _U.c.email,
+        _U.c.kind.label("user_kind"),
+        _U.c.role,
+        _U.c.active,
+        _U.c.portal_account,
+        _F.c.user_id.label("holds"),
+        _M.c.user_id.label("muted"),
+        _S.c.reason,
+        _S.c.status,
+        _S.c.first_seen,
+    )
+    .select_from(
+        _C.join(_P, _P.c.id == _C.c.practice_id)
+        .outerjoin(_PT, _PT.c.conversation_id == _C.c.id)
+        .outerjoin(_U, _U.c.id == _PT.c.user_id)
+        .outerjoin(_F, and_(_F.c.company_id == _C.c.company_id, _F.c.user_id == _PT.c.user_id))
+        .outerjoin(_M, and_(_M.c.conversation_id == _C.c.id, _M.c.user_id == _PT.c.user_id))
+        .outerjoin(
+            _S,
+            and_(
+                _S.c.practice_id == _C.c.practice_id,
+                _S.c.address == func.lower(_U.c.email),
+                suppressions.suppressing(bindparam("now")),
+            ),
+        )
+    )
+    .where(_C.c.id == bindparam("conversation_id"))
+)
+
+
+def post_view(session: Session, conversation_id: str) -> PostView | None:
+    """The conversation as a reply's final transaction judges and notifies it (``PostView``), read
+    now, in the caller's transaction; None when it is gone. A suppression is read here only for an
+    address SQL compares exactly (``suppressions.sql_comparable``): the fan-out looks up the others."""
+    rows = (
+        session.connection().execute(_POST_VIEW, {"conversation_id": conversation_id, "now": utcnow()}).all()
+    )
+    if not rows:
+        return None
+    first = rows[0]
+    members = tuple(
+        Member(
+            id=row.user_id,
+            external_id=row.external_id,
+            email=row.email,
+            kind=row.user_kind,
+            role=row.role,
+            active=row.active,
+            portal_account=row.portal_account,
+            removed=row.removed_at is not None,
+            holds_company=row.holds is not None,
+            muted=row.muted is not None,
+            block=Block(row.reason, row.status, row.first_seen) if row.reason is not None else None,
+        )
+        for row in rows
+        if row.user_id is not None
+    )
+    return PostView(
+        id=conversation_id,
+        practice_id=first.practice_id,
+        practice_slug=first.slug,
+        kind=first.kind,
+        company_id=first.company_id,
+        deleted=first.deleted_at is not None,
+        settings=PracticeSettings.model_validate(first.settings or {}),
+        members=members,
+    )
+
+
+def _snapshot(
+    actor: Person,
+    kind: ConversationKind,
+    participants: tuple[Person, ...],
+    *,
+    deleted: bool,
+    friendship: str | None,
+    settings: PracticeSettings,
+    internal: bool,
+    body: str,
+    is_reply: bool,
+    by_email: bool,
+) -> Situation:
+    """The one place a ``Situation`` is put together, from entities (``situation``) or from a
+    reply's plain rows (``view_situation``)."""
+    return Situation(
+        actor=actor,
+        kind=kind.value,
+        participants=participants,
+        deleted=deleted,
+        friendship=friendship,  # type: ignore[arg-type]
+        internal=internal,
+        body_chars=len(body.strip()),
+        min_body_chars=settings.min_body_chars,
+        group_privacy=settings.group_privacy,
+        is_reply=is_reply,
+        by_email=by_email,
+    )
+
+
+def _member_person(member: Member) -> Person:
+    return Person(
+        id=member.id,
+        kind=member.kind.value,
+        role=member.role.value if member.role else None,
+        active=member.active,
+        holds_company=member.holds_company,
+    )
+
+
+def view_situation(
+    session: Session, view: PostView, actor: Member, *, body: str, internal: bool, has_files: bool
+) -> Situation:
+    """``post_situation`` for a reply by email, from its ``PostView`` (*actor* is one of its members)."""
+    members = [m for m in view.members if not m.removed]
+    friendship = None
+    if view.kind == ConversationKind.direct and len(members) == 2:
+        found = friendship_of(session, members[0].id, members[1].id)
+        friendship = found.state.value if found else None
+    return _snapshot(
+        _member_person(actor),
+        view.kind,
+        tuple(_member_person(m) for m in members),
+        deleted=view.deleted,
+        friendship=friendship,
+        settings=view.settings,
+        internal=internal,
+        body=_effective_body(body, has_files),
+        is_reply=True,
+        by_email=True,
+    )
 
 
 def situation(
@@ -158,19 +362,18 @@ def situation(
             holders |= holders_of(session, conversation.company_id, ids)
     friendship = None
     if conversation.kind == ConversationKind.direct and len(members) == 2:
-        found = friendship_between(session, members[0], members[1])
+        found = friendship_of(session, members[0].id, members[1].id)
         friendship = found.state.value if found else None
     settings = practice_settings(session.get_one(Practice, conversation.practice_id))
-    return Situation(
-        actor=_person(actor, actor.id in holders),
-        kind=conversation.kind.value,
-        participants=tuple(_person(u, u.id in holders) for u in members),
+    return _snapshot(
+        _person(actor, actor.id in holders),
+        conversation.kind,
+        tuple(_person(u, u.id in holders) for u in members),
         deleted=conversation.deleted_at is not None,
-        friendship=friendship,  # type: ignore[arg-type]
+        friendship=friendship,
+        settings=settings,
         internal=internal,
-        body_chars=len(body.strip()),
-        min_body_chars=settings.min_body_chars,
-        group_privacy=settings.group_privacy,
+        body=body,
         is_reply=is_reply,
         by_email=by_email,
     )
@@ -398,11 +601,20 @@ def post_situation(
     by_email: bool = False,
     known: KnownHolders | None = None,
 ) -> Situation:
-    # A message that carries only files is not "too short": the minimum applies to typed text.
-    effective = body if body.strip() or not has_files else "x" * 10_000
     return situation(
-        session, author, conversation, internal=internal, body=effective, by_email=by_email, known=known
+        session,
+        author,
+        conversation,
+        internal=internal,
+        body=_effective_body(body, has_files),
+        by_email=by_email,
+        known=known,
     )
+
+
+def _effective_body(body: str, has_files: bool) -> str:
+    """A message that carries only files is not "too short": the minimum applies to typed text."""
+    return body if body.strip() or not has_files else "x" * 10_000
 
 
 def _write_message(
@@ -421,42 +633,179 @@ def _write_message(
     idempotency_key: str | None,
     notify: bool,
 ) -> Message:
-    message = Message(
-        conversation_id=conversation.id,
-        author_id=author.id,
-        author=author,
+    """The message, its attachment rows, its event and its notifications (``_insert_message``), and
+    the Message object callers use (the API answers with it and its files), attached to the session
+    as rows already in the database: no flush writes them again."""
+    values, files = _insert_message(
+        session,
+        practice.id,
+        conversation.id,
+        author.id,
         body=body,
         body_html=body_html,
         hidden_text=hidden_text,
         source=source,
         internal=internal,
+        attachments=attachments,
         idempotency_key=idempotency_key,
-        # Given at construction, the collection is known complete: no SELECT after the INSERT when
-        # the event counts the attachments (an empty collection would otherwise be lazy-loaded).
-        attachments=[
-            Attachment(
-                position=position,
-                filename=item.filename,
-                content_type=item.content_type,
-                declared_type=item.declared_type,
-                size=item.size,
-                sha256=item.sha256,
-                content_id=item.content_id,
-                storage_key=item.storage_key,
-            )
-            for position, item in enumerate(attachments)
-        ],
     )
+    set_committed_value(conversation, "updated_at", values["created_at"])
+    rows = [Attachment(**row) for row in files]
+    for row in rows:
+        make_transient_to_detached(row)
+    message = Message(**values, author=author, attachments=rows)
+    make_transient_to_detached(message)
     session.add(message)
-    conversation.updated_at = utcnow()
-    session.flush()
-    events.message_created(session, practice.id, message, author)
+    events.message_created(
+        session,
+        practice.id,
+        conversation_id=conversation.id,
+        message_id=message.id,
+        author=author.external_id,
+        author_kind=author.kind,
+        source=source,
+        internal=internal,
+        attachments=len(files),
+    )
     if notify:
         from mailbridge.outbound.fanout import enqueue_notifications
 
         # The snapshot the post was judged on also says who may read: no second look-up.
         enqueue_notifications(session, practice, conversation, message, snapshot)
     return message
+
+
+def post_reply(
+    session: Session,
+    view: PostView,
+    author: Member,
+    *,
+    body: str,
+    body_html: str | None,
+    hidden_text: str | None,
+    internal: bool,
+    source: MessageSource,
+    attachments: Sequence[NewAttachment],
+    idempotency_key: str,
+) -> str:
+    """``post_message`` for a reply by email, from the ``PostView`` its final transaction read: the
+    same policy (``can_post``), the same rows, the same fan-out (``fanout.fan_out``), without ORM
+    entities. Returns the message's id; ``PolicyDenied`` when the policy refuses."""
+    from mailbridge.outbound.fanout import Recipient, fan_out
+
+    snapshot = view_situation(
+        session, view, author, body=body, internal=internal, has_files=bool(attachments)
+    )
+    verdict = can_post(snapshot)
+    if not verdict.allowed:
+        raise PolicyDenied(verdict)
+    values, files = _insert_message(
+        session,
+        view.practice_id,
+        view.id,
+        author.id,
+        body=body,
+        body_html=body_html,
+        hidden_text=hidden_text,
+        source=source,
+        internal=internal,
+        attachments=attachments,
+        idempotency_key=idempotency_key,
+    )
+    events.message_created(
+        session,
+        view.practice_id,
+        conversation_id=view.id,
+        message_id=values["id"],
+        author=author.external_id,
+        author_kind=author.kind,
+        source=source,
+        internal=internal,
+        attachments=len(files),
+    )
+    fan_out(
+        session,
+        view.practice_id,
+        view.practice_slug,
+        view.id,
+        values["id"],
+        author_id=author.id,
+        internal=internal,
+        delay=view.settings.notify_delay_seconds,
+        snapshot=snapshot,
+        recipients=[
+            Recipient(m.id, m.email, m.kind, m.portal_account, m.muted, m.block)
+            for m in view.members
+            if not m.removed
+        ],
+        blocks_known=True,
+    )
+    return str(values["id"])
+
+
+# The write path's statements, built once (issue 17: statement construction cost more CPU than
+# running them). Core, not the ORM: the rows are known in full here, so a flush's unit of work
+# would only add bookkeeping.
+MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+ATTACHMENTS: Table = Attachment.__table__  # type: ignore[assignment]
+_INSERT_MESSAGE = insert(MESSAGES)
+_INSERT_ATTACHMENTS = insert(ATTACHMENTS)
+_TOUCH_CONVERSATION = update(_C).where(_C.c.id == bindparam("b_id")).values(updated_at=bindparam("b_now"))
+
+
+def _insert_message(
+    session: Session,
+    practice_id: int,
+    conversation_id: str,
+    author_id: int,
+    *,
+    body: str,
+    body_html: str | None,
+    hidden_text: str | None,
+    source: MessageSource,
+    internal: bool,
+    attachments: Sequence[NewAttachment],
+    idempotency_key: str | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The message's row and its attachments' rows, written now in the caller's transaction; the
+    conversation's activity time moves. A repeated ``idempotency_key`` raises IntegrityError at the
+    message's INSERT, before anything else of it is written. Returns the rows' values."""
+    session.flush()  # what the caller added first is written first (a new conversation, an event)
+    now = utcnow()
+    values: dict[str, Any] = {
+        "id": new_id(),
+        "conversation_id": conversation_id,
+        "author_id": author_id,
+        "body": body,
+        "body_html": body_html,
+        "hidden_text": hidden_text,
+        "source": source,
+        "internal": internal,
+        "idempotency_key": idempotency_key,
+        "created_at": now,
+        "deleted_at": None,
+    }
+    files = [
+        {
+            "id": new_id(),
+            "message_id": values["id"],
+            "position": position,
+            "filename": item.filename,
+            "content_type": item.content_type,
+            "declared_type": item.declared_type,
+            "size": item.size,
+            "sha256": item.sha256,
+            "content_id": item.content_id,
+            "storage_key": item.storage_key,
+        }
+        for position, item in enumerate(attachments)
+    ]
+    connection = session.connection()
+    connection.execute(_TOUCH_CONVERSATION, {"b_id": conversation_id, "b_now": now})
+    connection.execute(_INSERT_MESSAGE, values)
+    if files:
+        connection.execute(_INSERT_ATTACHMENTS, files)
+    return values, files
 
 
 def require_active_account(actor: User) -> None:

@@ -238,27 +238,52 @@ def pending_migrations(engine: Engine) -> str | None:
     )
 
 
+# ``session.info`` key: the mapped classes whose rows Core statements wrote in this transaction
+# (the hot path's INSERTs, issue 17). No flush sees those rows, so the commit nudges ask about them.
+CORE_WRITTEN = "core_written"
+
+
+def note_written(session: Session, *classes: type) -> None:
+    """Say that rows of *classes* were written with Core statements (no flush saw them)."""
+    session.info.setdefault(CORE_WRITTEN, set()).update(classes)
+
+
+def written_by_core(session: Session) -> set[type]:
+    """The classes ``note_written`` named since this session's last commit or rollback."""
+    found: set[type] = session.info.get(CORE_WRITTEN, set())
+    return found
+
+
 def nudge_on_commit(
     sessions: sessionmaker[Session], wants: Callable[[Session], bool], nudge: Callable[[], None], key: str
 ) -> Callable[[], None]:
     """Call *nudge* after each commit of this process whose flushes *wants* (a worker's own rows
     written): the worker then works within milliseconds instead of at its next poll. Rows written by
     another process or node are found by the poll. *key* names the flag kept in ``session.info``
-    between a flush and the commit. Returns a function that removes the listeners."""
+    between a flush and the commit. *wants* is asked again just before the commit, for the rows
+    Core statements wrote (``note_written``): no flush saw them. Returns a function that removes
+    the listeners."""
 
     def after_flush(session: Session, _context: Any) -> None:
         if wants(session):
             session.info[key] = True
 
+    def before_commit(session: Session) -> None:
+        if written_by_core(session) and wants(session):
+            session.info[key] = True
+
     def after_commit(session: Session) -> None:
+        session.info.pop(CORE_WRITTEN, None)  # every listener's before_commit has asked by now
         if session.info.pop(key, False):
             nudge()
 
     def after_rollback(session: Session) -> None:
+        session.info.pop(CORE_WRITTEN, None)
         session.info.pop(key, None)
 
     listeners: tuple[tuple[str, Callable[..., None]], ...] = (
         ("after_flush", after_flush),
+        ("before_commit", before_commit),
         ("after_commit", after_commit),
         ("after_rollback", after_rollback),
     )

@@ -345,7 +345,11 @@ def set_favorite(session: Session, user: User, company: Company, on: bool) -> bo
 
 
 def friendship_between(session: Session, a: User, b: User) -> Friendship | None:
-    low, high = sorted((a.id, b.id))
+    return friendship_of(session, a.id, b.id)
+
+
+def friendship_of(session: Session, a_id: int, b_id: int) -> Friendship | None:
+    low, high = sorted((a_id, b_id))
     return session.scalar(
         select(Friendship).where(Friendship.user_low_id == low, Friendship.user_high_id == high)
     )

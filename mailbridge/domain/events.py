@@ -14,9 +14,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
-from mailbridge.domain.models import ChartNote, Event, Message, Outbox, OutboxState, QuarantineItem, User
+from mailbridge.domain.db import note_written
+from mailbridge.domain.models import (
+    ChartNote,
+    Event,
+    MessageSource,
+    Outbox,
+    OutboxState,
+    QuarantineItem,
+    User,
+    UserKind,
+    new_event_id,
+    utcnow,
+)
 
 # Every type an endpoint may subscribe to, and what each one means (docs/integration.md lists the payloads).
 EVENT_TYPES: dict[str, str] = {
@@ -51,22 +64,65 @@ def record(
     return event
 
 
+EVENTS: Table = Event.__table__  # type: ignore[assignment]
+_INSERT = insert(EVENTS)
+
+
+def write(
+    session: Session,
+    practice_id: int | None,
+    type: str,
+    conversation_id: str | None = None,
+    **data: Any,
+) -> None:
+    """``record`` for the hot path (a posted reply): one INSERT now, in the caller's transaction,
+    with no Event object to track and flush. The commit still wakes the webhook worker
+    (``db.note_written``)."""
+    if type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type!r}")
+    session.connection().execute(
+        _INSERT,
+        {
+            "id": new_event_id(),
+            "practice_id": practice_id,
+            "type": type,
+            "conversation_id": conversation_id,
+            "data": data,
+            "created_at": utcnow(),
+            "dispatched_at": None,
+        },
+    )
+    note_written(session, Event)
+
+
 # ---- one function per emission point ---------------------------------------------------------------
 
 
-def message_created(session: Session, practice_id: int, message: Message, author: User) -> Event:
-    return record(
+def message_created(
+    session: Session,
+    practice_id: int,
+    *,
+    conversation_id: str,
+    message_id: str,
+    author: str,
+    author_kind: UserKind,
+    source: MessageSource,
+    internal: bool,
+    attachments: int,
+) -> None:
+    """``author``: the author's external id."""
+    write(
         session,
         practice_id,
         "message.created",
-        message.conversation_id,
-        conversation=message.conversation_id,
-        message=message.id,
-        author=author.external_id,
-        author_kind=author.kind.value,
-        source=message.source.value,
-        internal=message.internal,
-        attachments=len(message.attachments),
+        conversation_id,
+        conversation=conversation_id,
+        message=message_id,
+        author=author,
+        author_kind=author_kind.value,
+        source=source.value,
+        internal=internal,
+        attachments=attachments,
     )
 
 

@@ -22,8 +22,9 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -51,12 +52,12 @@ def normalize(address: str) -> str:
     return normalise(address)
 
 
-def live(now: datetime) -> ColumnElement[bool]:
+def live(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
     """Rows not yet expired (hard bounces and complaints never expire)."""
     return or_(Suppression.expires_at.is_(None), Suppression.expires_at > now)
 
 
-def suppressing(now: datetime) -> ColumnElement[bool]:
+def suppressing(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
     """Rows that stop notifications now."""
     return and_(Suppression.active.is_(True), live(now))
 
@@ -125,21 +126,34 @@ def _get(session: Session, practice_id: int, address: str) -> Suppression | None
     )
 
 
+# ``active_among``'s statement, built once (issue 17: the fan-out runs it for every posted reply,
+# and building it cost more than running it).
+_ACTIVE_AMONG = select(Suppression).where(
+    Suppression.practice_id == bindparam("practice_id"),
+    Suppression.address.in_(bindparam("addresses", expanding=True)),
+    suppressing(bindparam("now")),
+)
+
+
 def active_among(
     session: Session, practice_id: int, addresses: Iterable[str], now: datetime | None = None
 ) -> dict[str, Suppression]:
-    """The suppressions that stop notifications to any of *addresses* now, by lower-cased address."""
+    """The suppressions that stop notifications to any of *addresses* now, by lower-cased address
+    (``suppressing``'s rule)."""
     wanted = sorted({normalize(a) for a in addresses})
     if not wanted:
         return {}
     rows = session.scalars(
-        select(Suppression).where(
-            Suppression.practice_id == practice_id,
-            Suppression.address.in_(wanted),
-            suppressing(now or utcnow()),
-        )
+        _ACTIVE_AMONG, {"practice_id": practice_id, "addresses": wanted, "now": now or utcnow()}
     )
     return {row.address: row for row in rows}
+
+
+def sql_comparable(address: str) -> bool:
+    """True when SQL's ``lower(address)`` is exactly ``normalize(address)``, so a join on it finds
+    the same suppression ``active_among`` would (``conversation_for_policy(fanout=True)``): ASCII
+    (SQLite's ``lower`` folds nothing else) with nothing around it for ``normalize`` to strip."""
+    return address.isascii() and normalize(address) == address.lower()
 
 
 def active_for(session: Session, practice_id: int, address: str) -> Suppression | None:
@@ -238,7 +252,19 @@ def counts_by_reason(session: Session) -> dict[str, int]:
     return counts
 
 
-def describe(row: Suppression) -> str:
+class Block(NamedTuple):
+    """What the fan-out needs of a suppression stopping an address: its reason, status and start."""
+
+    reason: SuppressionReason
+    status: str | None
+    first_seen: datetime
+
+
+def block_of(row: Suppression) -> Block:
+    return Block(row.reason, row.status, row.first_seen)
+
+
+def describe(row: Suppression | Block) -> str:
     """For an outbox row's ``last_answer``: ``suppressed: hard_bounce 5.1.1 (since 2026-12-01)``."""
     status = f" {row.status}" if row.status else ""
     return f"suppressed: {row.reason.value}{status} (since {row.first_seen.date().isoformat()})"

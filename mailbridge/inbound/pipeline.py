@@ -840,6 +840,16 @@ def store(ctx: Context) -> None:
     ctx.raw_forgotten = True
 
 
+# The final transaction's two UPDATEs, built once (issue 17); the inbound row's SET clause is the
+# parameters' other keys (``_final_values`` and the post's ids).
+_TOKEN_USED = (
+    update(TOKEN_TABLE)
+    .where(TOKEN_TABLE.c.id == bindparam("b_id"), TOKEN_TABLE.c.revoked_at.is_(None))
+    .values(last_used_at=bindparam("b_now"))
+)
+_INBOUND_POSTED = update(INBOUND_TABLE).where(INBOUND_TABLE.c.id == bindparam("b_id"))
+
+
 def _post_in(
     ctx: Context, session: Session, key: str, accepted: list[NewAttachment], source: MessageSource
 ) -> tuple[str, str]:
@@ -852,58 +862,88 @@ def _post_in(
     # what is true now, in the transaction that writes it.
     session.expire_all()
     # A repeat (same token, Message-ID and body) meets the unique idempotency key at the insert.
-    practice = session.get_one(Practice, ctx.practice_id)
     if ctx.envelope.target.kind == "route":
+        practice = session.get_one(Practice, ctx.practice_id)
         sender = session.get_one(User, sender_id)  # the run's own session, or the group's
         message = _open_conversation(ctx, session, practice, sender, key, source)
+        posted, conversation_id = message.id, message.conversation_id
     else:
         assert ctx.conversation_id is not None
-        # The policy's reads again, as one statement (conversation, participants, favourites).
-        found, known = convs.conversation_for_policy(session, ctx.conversation_id)
-        if found is None:
+        conversation_id = ctx.conversation_id
+        # The policy's reads again, as one Core statement: the conversation, its practice's
+        # settings, the participants, who holds its company, muted it, or is suppressed.
+        view = convs.post_view(session, conversation_id)
+        if view is None:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
-        conversation = found
-        # A participant was just loaded (refreshed) with the conversation: no statement.
-        sender = session.get_one(User, sender_id)
-        message = convs.post_message(
-            session,
-            practice,
-            conversation,
-            sender,
-            body=ctx.body,
-            body_html=ctx.body_html,
-            hidden_text=ctx.hidden,
-            internal=ctx.internal,
-            source=source,
-            attachments=accepted,
-            idempotency_key=key,
-            known=known,
-        )
+        author = view.member(sender_id)
+        if author is not None:
+            posted = convs.post_reply(
+                session,
+                view,
+                author,
+                body=ctx.body,
+                body_html=ctx.body_html,
+                hidden_text=ctx.hidden,
+                internal=ctx.internal,
+                source=source,
+                attachments=accepted,
+                idempotency_key=key,
+            )
+        else:  # not a participant at all: judged (and refused) as a post from the app would be
+            posted = _post_as_entities(ctx, session, key, accepted, source, sender_id)
         # The token was live at RCPT; revoked since (participant removed, conversation deleted),
         # the reply is refused as an unknown address would have been.
-        used = session.execute(
-            update(TOKEN_TABLE)
-            .where(TOKEN_TABLE.c.id == ctx.envelope.target.token_id, TOKEN_TABLE.c.revoked_at.is_(None))
-            .values(last_used_at=utcnow())
+        used = session.connection().execute(
+            _TOKEN_USED, {"b_id": ctx.envelope.target.token_id, "b_now": utcnow()}
         )
         if getattr(used, "rowcount", 1) != 1:
             raise Rejected(replies.UNKNOWN_RECIPIENT, "token_revoked")
-    ctx.details["posted"] = message.id
-    session.execute(
-        update(INBOUND_TABLE)
-        .where(INBOUND_TABLE.c.id == ctx.inbound_id)
-        .values(
+    ctx.details["posted"] = posted
+    session.connection().execute(
+        _INBOUND_POSTED,
+        {
             **_final_values(ctx, InboundState.posted, "posted", replies.OK),
-            posted_message_id=message.id,
-            conversation_id=message.conversation_id,
-            raw_ref=None,  # the post lives in the database; the raw copy goes after the commit
-        )
+            "b_id": ctx.inbound_id,
+            "posted_message_id": posted,
+            "conversation_id": conversation_id,
+            "raw_ref": None,  # the post lives in the database; the raw copy goes after the commit
+        },
     )
     if ctx.envelope.finalize is not None:
         ctx.envelope.finalize(session)
     if ctx.notice_reason == "attachment_withheld":
-        _notice(session, practice, ctx, "attachment_withheld")
-    return message.id, message.conversation_id
+        _notice(session, session.get_one(Practice, ctx.practice_id), ctx, "attachment_withheld")
+    return posted, conversation_id
+
+
+def _post_as_entities(
+    ctx: Context,
+    session: Session,
+    key: str,
+    accepted: list[NewAttachment],
+    source: MessageSource,
+    sender_id: int,
+) -> str:
+    """``convs.post_message`` with the entities read again (``conversation_for_policy``)."""
+    assert ctx.conversation_id is not None
+    conversation, known = convs.conversation_for_policy(session, ctx.conversation_id)
+    if conversation is None:
+        raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
+    message = convs.post_message(
+        session,
+        session.get_one(Practice, ctx.practice_id),
+        conversation,
+        session.get_one(User, sender_id),
+        body=ctx.body,
+        body_html=ctx.body_html,
+        hidden_text=ctx.hidden,
+        internal=ctx.internal,
+        source=source,
+        attachments=accepted,
+        idempotency_key=key,
+        known=known,
+    )
+    return message.id
 
 
 def _open_conversation(

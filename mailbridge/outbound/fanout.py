@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import null, select, update
+from sqlalchemy import Table, insert, null, select, update
 from sqlalchemy.orm import Session
 
 from mailbridge.domain import suppressions
+from mailbridge.domain.db import note_written
 from mailbridge.domain.models import (
     Conversation,
     Message,
@@ -20,14 +22,32 @@ from mailbridge.domain.models import (
     Practice,
     User,
     UserKind,
+    new_id,
     utcnow,
 )
 from mailbridge.domain.mutes import muted_users
+from mailbridge.domain.suppressions import Block
 from mailbridge.logs import redact_address
 from mailbridge.observability import NOTIFICATIONS_SUPPRESSED
 from mailbridge.policy.rules import Situation, can_read
 
 log = logging.getLogger(__name__)
+
+
+OUTBOX: Table = Outbox.__table__  # type: ignore[assignment]
+_INSERT_OUTBOX = insert(OUTBOX)  # built once: the hot path runs it for every posted reply
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A participant the fan-out may notify, as plain values (from entities, or a reply's rows)."""
+
+    id: int
+    email: str
+    kind: UserKind
+    portal_account: bool
+    muted: bool  # asked for no more email about this conversation
+    block: Block | None  # a suppression known to stop mail to ``email`` now
 
 
 def enqueue_notifications(
@@ -37,110 +57,161 @@ def enqueue_notifications(
     message: Message,
     snapshot: Situation | None = None,
 ) -> int:
-    """Every participant but the author who may read the conversation now; internal notes to staff only.
+    """Every participant but the author who may read the conversation now; internal notes to staff
+    only (``fan_out``), for a message posted with entities (the app, a release, a new conversation)."""
+    from mailbridge.domain.conversations import practice_settings, situation
+
+    users = [p.user for p in conversation.active_participants()]
+    if not any(u.id != message.author_id for u in users):
+        return 0
+    base = snapshot if snapshot is not None else situation(session, message.author, conversation)
+    muted = set(muted_users(session, conversation.id))
+    return fan_out(
+        session,
+        practice.id,
+        practice.slug,
+        conversation.id,
+        message.id,
+        author_id=message.author_id,
+        internal=message.internal,
+        delay=practice_settings(practice).notify_delay_seconds,
+        snapshot=base,
+        recipients=[Recipient(u.id, u.email, u.kind, u.portal_account, u.id in muted, None) for u in users],
+        blocks_known=False,
+    )
+
+
+def fan_out(
+    session: Session,
+    practice_id: int,
+    practice_slug: str,
+    conversation_id: str,
+    message_id: str,
+    *,
+    author_id: int,
+    internal: bool,
+    delay: int,
+    snapshot: Situation,
+    recipients: Sequence[Recipient],
+    blocks_known: bool,
+) -> int:
+    """One outbox row per active participant but the author who may read the conversation now
+    (each judged as the actor of *snapshot*, the one the post was judged on); internal notes to
+    staff only. Returns how many notifications will be sent.
 
     Seed 003: "recipients with a portal account created will be immediately notified": a staff member
     or client without one is skipped (``skipped: no_portal_account`` in the delivery log). External
-    agents never have one and are always notified: the email is the only way they read."""
+    agents never have one and are always notified: the email is the only way they read.
+
+    ``blocks_known``: the recipients' suppressions were read with them (``Recipient.block``), for
+    every address SQL compares exactly (``suppressions.sql_comparable``); the others, or all of
+    them when False, are looked up here. The rows go in as one INSERT (an executemany), not as
+    objects for a flush to write."""
     from dataclasses import replace
 
-    from mailbridge.domain.conversations import practice_settings, situation
-
-    delay = practice_settings(practice).notify_delay_seconds
     now = utcnow()
-    created = 0
-    recipients = [
-        p.user
-        for p in conversation.active_participants()
-        if p.user_id != message.author_id and (not message.internal or p.user.kind == UserKind.staff)
-    ]
-    if not recipients:
+    candidates = [r for r in recipients if r.id != author_id and (not internal or r.kind == UserKind.staff)]
+    if not candidates:
         return 0
-    # One snapshot of the conversation; each recipient is then judged as its actor (same rules, fewer queries).
-    base = snapshot if snapshot is not None else situation(session, message.author, conversation)
-    people = {person.id: person for person in base.participants}
-    blocked = suppressions.active_among(session, practice.id, [u.email for u in recipients], now)
-    muted = set(muted_users(session, conversation.id))
-    for user in recipients:
-        verdict = can_read(replace(base, actor=people[user.id]))
+    people = {person.id: person for person in snapshot.participants}
+    lookup = [r.email for r in candidates if not (blocks_known and suppressions.sql_comparable(r.email))]
+    found = suppressions.active_among(session, practice_id, lookup, now) if lookup else {}
+    rows: list[dict[str, Any]] = []
+
+    def skip(r: Recipient, reason: str, answer: str | None = None) -> None:
+        log.info(
+            "notification_skipped",
+            extra={"practice": practice_slug, "to": redact_address(r.email), "reason": reason},
+        )
+        rows.append(
+            _row(
+                practice_id,
+                message_id,
+                conversation_id,
+                r.id,
+                r.email,
+                OutboxState.suppressed,
+                answer or f"skipped: {reason}",
+                now,
+                now,
+            )
+        )
+
+    for r in candidates:
+        verdict = can_read(replace(snapshot, actor=people[r.id]))
         if verdict.reason == "account_inactive":
-            _skipped(session, practice, conversation, message, user.id, user.email, verdict.reason)
+            skip(r, verdict.reason)
             continue
         if not verdict.allowed:
             continue
-        if not notifiable(user):
-            _skipped(session, practice, conversation, message, user.id, user.email, "no_portal_account")
+        if not notifiable(r):
+            skip(r, "no_portal_account")
             continue
-        if user.id in muted:  # one-click unsubscribe from this conversation's notifications (RFC 8058)
-            _skipped(session, practice, conversation, message, user.id, user.email, "conversation_muted")
+        if r.muted:  # one-click unsubscribe from this conversation's notifications (RFC 8058)
+            skip(r, "conversation_muted")
             continue
-        hit = blocked.get(user.email.lower())
+        hit = r.block
+        if hit is None:
+            row = found.get(suppressions.normalize(r.email))
+            hit = suppressions.block_of(row) if row is not None else None
         if hit is not None:  # never a silent drop: a row that says so, with the address, in …/outbound
             NOTIFICATIONS_SUPPRESSED.labels(hit.reason.value).inc()
-            _skipped(
-                session,
-                practice,
-                conversation,
-                message,
-                user.id,
-                user.email,
-                hit.reason.value,
-                answer=suppressions.describe(hit),
-            )
+            skip(r, hit.reason.value, suppressions.describe(hit))
             continue
-        if delay and _coalesce(session, conversation.id, user.id, message.id):
+        if delay and _coalesce(session, conversation_id, r.id, message_id):
             continue
-        session.add(
-            Outbox(
-                practice_id=practice.id,
-                kind=OutboxKind.notification,
-                message_id=message.id,
-                conversation_id=conversation.id,
-                recipient_id=user.id,
-                to_address=user.email,
-                next_attempt_at=now + timedelta(seconds=delay),
+        rows.append(
+            _row(
+                practice_id,
+                message_id,
+                conversation_id,
+                r.id,
+                r.email,
+                OutboxState.pending,
+                None,
+                now,
+                now + timedelta(seconds=delay),
             )
         )
-        created += 1
-    session.flush()
-    return created
+    if rows:
+        session.connection().execute(_INSERT_OUTBOX, rows)
+        note_written(session, Outbox)
+    return sum(1 for row in rows if row["state"] == OutboxState.pending)
 
 
-def notifiable(user: User) -> bool:
+def _row(
+    practice_id: int,
+    message_id: str,
+    conversation_id: str,
+    recipient_id: int,
+    address: str,
+    state: OutboxState,
+    answer: str | None,
+    now: datetime,
+    due: datetime,
+) -> dict[str, Any]:
+    """One notification's outbox row, every column given (the rows of one INSERT share their keys)."""
+    return {
+        "id": new_id(),
+        "practice_id": practice_id,
+        "kind": OutboxKind.notification,
+        "message_id": message_id,
+        "conversation_id": conversation_id,
+        "recipient_id": recipient_id,
+        "to_address": address,
+        "payload": {},
+        "state": state,
+        "attempts": 0,
+        "next_attempt_at": due,
+        "last_answer": answer,
+        "created_at": now,
+    }
+
+
+def notifiable(user: User | Recipient) -> bool:
     """Seed 003's rule: someone with a portal account is notified; an external agent too, who reads
     by email and never in a portal. Fan-out and the worker (at send time) both ask this."""
     return user.portal_account or user.kind == UserKind.external
-
-
-def _skipped(
-    session: Session,
-    practice: Practice,
-    conversation: Conversation,
-    message: Message,
-    recipient_id: int,
-    address: str,
-    reason: str,
-    answer: str | None = None,
-) -> None:
-    """A participant deliberately not notified (a deactivated account, no portal account, a muted
-    conversation, a suppressed address) leaves a row in the delivery log
-    saying so, never sent: ``GET …/outbound?state=suppressed`` shows who and why."""
-    log.info(
-        "notification_skipped",
-        extra={"practice": practice.slug, "to": redact_address(address), "reason": reason},
-    )
-    session.add(
-        Outbox(
-            practice_id=practice.id,
-            kind=OutboxKind.notification,
-            message_id=message.id,
-            conversation_id=conversation.id,
-            recipient_id=recipient_id,
-            to_address=address,
-            state=OutboxState.suppressed,
-            last_answer=answer or f"skipped: {reason}",
-        )
-    )
 
 
 def _coalesce(session: Session, conversation_id: str, recipient_id: int, message_id: str) -> bool:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailbridge.domain import events
-from mailbridge.domain.db import nudge_on_commit, transaction, writer_gate
+from mailbridge.domain.db import nudge_on_commit, transaction, writer_gate, written_by_core
 from mailbridge.domain.models import Outbox, OutboxState, Practice, utcnow
 from mailbridge.domain.suppressions import SuppressionPolicy
 from mailbridge.logs import delivery_attempt, redact_address
@@ -480,7 +480,10 @@ def wake_on_commit(sessions: sessionmaker[Session], worker: Worker) -> Any:
     notification then leaves within milliseconds). Returns a function that removes the listeners."""
     return nudge_on_commit(
         sessions,
-        lambda session: any(isinstance(obj, Outbox) for obj in session.new),  # pre-flush state
+        # pre-flush state, or rows the fan-out wrote with Core statements
+        lambda session: (
+            Outbox in written_by_core(session) or any(isinstance(obj, Outbox) for obj in session.new)
+        ),
         worker.nudge,
         "outbox_written",
     )

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from mailbridge.crypto.keyring import Keyring
 from mailbridge.domain import events
-from mailbridge.domain.db import nudge_on_commit, transaction, writer_gate
+from mailbridge.domain.db import nudge_on_commit, transaction, writer_gate, written_by_core
 from mailbridge.domain.models import (
     Event,
     WebhookDelivery,
@@ -489,6 +489,8 @@ def wake_on_commit(sessions: sessionmaker[Session], worker: WebhookWorker) -> An
     def wants(session: Session) -> bool:
         if session.info.get("webhook_worker"):
             return False
+        if Event in written_by_core(session):  # events.write: no flush saw it
+            return True
         return any(isinstance(obj, WAKING) for obj in (*session.new, *session.dirty))
 
     return nudge_on_commit(sessions, wants, worker.nudge, "webhook_written")
