@@ -162,6 +162,7 @@ def _public_suffixes() -> PublicSuffixList:
         return PublicSuffixList()
 
 
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """``mail.example.co.uk`` → ``example.co.uk`` (PSL, private suffixes included, as authheaders does).
 
@@ -170,6 +171,9 @@ def organizational_domain(domain: str) -> str:
     answers the bare TLD there in its lenient mode, which made ``evil.test`` and ``client.test`` the
     same organisation (relaxed alignment between any two such domains); its strict mode says "unknown"
     and the rule is applied here.
+
+    Remembered for the last few thousand names (a pure function of the name and the list loaded
+    once): the PSL walk cost ≈ 0.15 ms per reply, asked twice for every alignment check.
     """
     name = normalise_name(domain)
     if not name:
