@@ -659,27 +659,41 @@ def sender_policy(ctx: Context) -> None:
         _route_policy(ctx, session)
         return
     assert ctx.sender is not None and ctx.conversation_id is not None
-    conversation, known = convs.conversation_for_policy(session, ctx.conversation_id)
-    ctx.conversation = conversation
-    if conversation is None:
+    has_files = bool(ctx.parsed and ctx.parsed.attachments)
+    # The same one-statement read of plain rows that the final transaction judges again
+    # (``convs.post_view``); a sender who is no participant at all is judged from entities, as
+    # ``_post_in`` does.
+    view = convs.post_view(session, ctx.conversation_id)
+    if view is None:
         raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
-    verdict = can_post(
-        convs.post_situation(
+    author = view.member(ctx.sender.id)
+    if author is not None:
+        snapshot = convs.view_situation(
+            session, view, author, body=ctx.body, internal=ctx.internal, has_files=has_files
+        )
+        kind = view.kind
+    else:
+        conversation, known = convs.conversation_for_policy(session, ctx.conversation_id)
+        ctx.conversation = conversation
+        if conversation is None:
+            raise Rejected(replies.UNKNOWN_RECIPIENT, "conversation_missing")
+        snapshot = convs.post_situation(
             session,
             ctx.sender,
             conversation,
             body=ctx.body,
             internal=ctx.internal,
-            has_files=bool(ctx.parsed and ctx.parsed.attachments),
+            has_files=has_files,
             by_email=True,
             known=known,
         )
-    )
+        kind = conversation.kind
+    verdict = can_post(snapshot)
     ctx.rule = verdict.rule
     if not verdict.allowed:
         ctx.notice_reason = verdict.reason
         raise Rejected(_policy_denied(ctx.sender), verdict.reason)
-    strict = ctx.settings.sender_auth == "aligned_required" or conversation.kind in (
+    strict = ctx.settings.sender_auth == "aligned_required" or kind in (
         ConversationKind.confidential,
         ConversationKind.private,
     )
