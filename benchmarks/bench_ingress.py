@@ -273,6 +273,7 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
                 ],
             )
         )
+    out.extend(_verdicts(rows))
     for r in rows + storage_rows + group_rows:
         if r.posted is not None and not r.posted == r.logged == r.result.ok:
             out.append(
@@ -290,6 +291,36 @@ def run(quick: bool = False, count: int | None = None, postgres: bool = True) ->
     if skipped:
         out.append(skipped)
     return "\n".join(out)
+
+
+def _verdicts(rows: list[Row]) -> list[str]:
+    """Issue 17 item 6's targets against this run's rows: ≥ 0.2 of the bare server with one process,
+    ≥ 0.3 with one per CPU; and what time per message each target leaves, against the time taken."""
+    out = []
+    for many, goal in ((False, 0.2), (True, 0.3)):
+        mine = [
+            r
+            for r in rows
+            if r.baseline and r.server.startswith("mailbridge") and ("processes" in r.server) == many
+        ]
+        if not mine:
+            continue
+        parts, met = [], True
+        for r in mine:
+            base = r.baseline or 1.0
+            ratio = r.result.rate / base
+            met = met and ratio >= goal
+            parts.append(
+                f"{r.server.removeprefix('mailbridge ')} {r.mode} {ratio:.2f} "
+                f"({1e3 / (goal * base):.1f} ms per message allowed, {1e3 / max(r.result.rate, 1e-9):.1f} ms taken)"
+            )
+        out.append(
+            f"Target (issue 17 item 6): ≥ {goal} of the bare server with "
+            + ("one process per CPU" if many else "one process")
+            + f" — {'met' if met else 'not met'}: "
+            + "; ".join(parts)
+        )
+    return out
 
 
 def _mode(reuse: bool) -> str:
