@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +42,12 @@ def make_engine(url: str, busy_timeout: float = 30.0, **kwargs: Any) -> Engine:
         engine = create_engine(
             url, connect_args={"timeout": busy_timeout, "check_same_thread": False}, **kwargs
         )
+
+        @event.listens_for(engine, "checkin")
+        def _full_sync_again(dbapi_conn: Any, record: Any) -> None:
+            # ``relax_sync`` lasts one transaction: no other user of the connection inherits it.
+            if record.info.pop(_RELAXED, False):
+                dbapi_conn.execute("PRAGMA synchronous=FULL")
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -94,6 +100,22 @@ def ping_when_idle(engine: Engine, after: float) -> None:
             raise DisconnectionError(str(exc)) from exc
         if not alive:
             raise DisconnectionError("the pooled connection did not answer")
+
+
+_RELAXED = "mailbridge_relaxed_sync"
+
+
+def relax_sync(connection: Connection) -> None:
+    """SQLite: the transaction about to begin on *connection* commits without its own fsync
+    (``synchronous=NORMAL``; WAL stays consistent, only the durability of that one commit waits for
+    the next flushed one). FULL is set again when the connection goes back to the pool, before anyone
+    else can take it. Only for a write whose loss in a power cut no promise depends on
+    (``pipeline.store_raw``). Must be called before the transaction's first write: SQLite refuses
+    to change it inside a transaction."""
+    if connection.dialect.name != "sqlite":
+        return
+    connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+    connection.info[_RELAXED] = True  # the pooled connection's own record: seen at checkin
 
 
 def private_database_file(path: Path) -> None:
