@@ -48,3 +48,30 @@ def test_the_relaxed_commit_ends_with_its_transaction(services: Any, tmp_path: P
     assert settings, "the runs left connections in the pool"
     full = "2" if services.engine.dialect.name == "sqlite" else "on"  # 2 = FULL
     assert set(settings) == {full}
+
+
+def test_the_received_row_commits_without_waiting_for_its_flush(services: Any, tmp_path: Path) -> None:
+    """What the run's first commit asked for, seen from the database itself."""
+    from sqlalchemy import event
+
+    seed(services)
+    conversation = open_conversation(services, participants=("alice",))
+    address = reply_address(services, conversation, "alice")
+    seen: list[str] = []
+    sqlite = services.engine.dialect.name == "sqlite"
+
+    def before_commit(conn: Any) -> None:
+        query = "PRAGMA synchronous" if sqlite else "SHOW synchronous_commit"
+        seen.append(str(conn.exec_driver_sql(query).scalar_one()))
+
+    event.listen(services.engine, "commit", before_commit)
+    try:
+        out: list[Any] = []
+        msg = reply_message("alice@client.test", address, "Thursday is fine, thank you.")
+        start_run(services, tmp_path / "r.eml", address, msg, out).join(60)
+    finally:
+        event.remove(services.engine, "commit", before_commit)
+    assert out[0].reply.code == 250
+    relaxed, full = ("1", "2") if sqlite else ("off", "on")  # 1 = NORMAL, 2 = FULL
+    assert seen.count(relaxed) == 1  # the received row's commit, and no other
+    assert seen[-1] == full  # the post, before its 250

@@ -29,7 +29,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, Text, bindparam, cast, exists, insert, select, update
+from sqlalchemy import Table, Text, bindparam, cast, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -96,9 +96,7 @@ TOKEN_TABLE: Table = ReplyToken.__table__  # type: ignore[assignment]
 # statement: a change made on any node is a new text, applied to the next run with nothing to
 # invalidate.
 _INSERT_RECEIVED = insert(INBOUND_TABLE)
-# The received row's commit need not wait for the flush (store_raw's docstring says why); on
-# PostgreSQL for this transaction only (SET LOCAL ends with it).
-_NO_FLUSH_WAIT_PG = "SET LOCAL synchronous_commit = off"
+# The received row's commit need not wait for the flush (store_raw's docstring says why).
 _PRACTICE_FOR_RUN = select(Practice, cast(Practice.settings, Text).label("settings_text")).where(
     Practice.id == bindparam("practice_id")
 )
@@ -120,9 +118,11 @@ _RECEIVED_COLUMNS = (
     "details",
     "updated_at",
 )
-_INSERT_RECEIVED_WITH_PRACTICE = _PRACTICE_FOR_RUN.add_cte(
-    insert(INBOUND_TABLE).values({name: bindparam(name) for name in _RECEIVED_COLUMNS}).cte("received")
-)
+# It also sets, for this transaction only (``set_config``'s third argument, as SET LOCAL), that its
+# commit need not wait for the flush: in the same statement, no round trip of its own.
+_INSERT_RECEIVED_WITH_PRACTICE = _PRACTICE_FOR_RUN.add_columns(
+    func.set_config("synchronous_commit", "off", True).label("no_flush_wait")
+).add_cte(insert(INBOUND_TABLE).values({name: bindparam(name) for name in _RECEIVED_COLUMNS}).cte("received"))
 # resolve_sender's read of the token's owner and whether they hold the From address
 # (``User.owns_address``'s comparison, on the normalised address), built once: it was a
 # ``session.get`` with a ``joinedload`` of every address, the option and statement built anew and
@@ -319,7 +319,6 @@ def store_raw(ctx: Context) -> None:
         with writer_gate(ctx.deps.sessions):
             connection = ctx.db.connection()
             if connection.dialect.name == "postgresql":
-                connection.exec_driver_sql(_NO_FLUSH_WAIT_PG)
                 found = ctx.db.execute(_INSERT_RECEIVED_WITH_PRACTICE, received).first()
             else:
                 relax_sync(connection)
@@ -338,7 +337,7 @@ def store_raw(ctx: Context) -> None:
     ctx.raw_path = final
     ctx.practice_id = practice_id
     if found is not None:
-        practice, settings_text = found
+        practice, settings_text = found[0], found[1]
         ctx.practice = practice
         ctx.practice_slug = practice.slug
         ctx.settings = settings_from_json(settings_text)
