@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from mailbridge.inbound import mimestream
 from mailbridge.inbound.parse import parse_mail
+from mailbridge.inbound.pipeline import BodyHasher, body_hash
 
 BODY_BYTES = st.binary(max_size=400)
 ENCODINGS = st.sampled_from(["base64", "quoted-printable", "7bit", "8bit"])
@@ -167,3 +168,23 @@ def test_large_attachment_is_decoded_in_runs_not_lines(tmp_path: Path) -> None:
     assert hashlib.sha256(result.attachments[0].file.read()).digest() == hashlib.sha256(payload).digest()
     result.cleanup()
     assert calls <= 8  # 4.1 MB of base64 in 1 MiB runs (it was one call per 4 KB)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    pieces=st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b"a: b", b"x", b" ", b"\n\r\n"]), max_size=40),
+    cuts=st.lists(st.integers(0, 200), max_size=6),
+)
+def test_body_hash_fed_in_pieces_equals_the_hash_in_memory(pieces: list[bytes], cuts: list[int]) -> None:
+    """The idempotency hash of a large message rides on the prescan's read, in slices cut anywhere."""
+    raw = b"".join(pieces)
+    hasher = BodyHasher()
+    start = 0
+    for cut in sorted(cuts):
+        hasher.feed(raw[start:cut])
+        start = max(start, cut)
+    hasher.feed(raw[start:])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "m.eml")
+        path.write_bytes(raw)
+        assert hasher.hexdigest() == body_hash(raw, path) == body_hash(None, path)
