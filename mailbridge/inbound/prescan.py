@@ -398,10 +398,13 @@ class _Walker:
                         # the three bytes kept, else from the first of them: the same count as in one piece
                         resume = keep
                         for end_at in (upto, upto - 1):
-                            if end_at > keep and end_at - 1 > first:
-                                if raw.count(blank, first, end_at) != raw.count(blank, first, end_at - 1):
-                                    resume = end_at
-                                    break
+                            if (
+                                end_at > keep
+                                and end_at - 1 > first
+                                and raw.count(blank, first, end_at) != raw.count(blank, first, end_at - 1)
+                            ):
+                                resume = end_at
+                                break
                         count_from[index] = max(resume, first)
             if not sliding:
                 return found, pos, blocks
@@ -446,9 +449,13 @@ class _Walker:
                     whole = len(raw) if self._at_end() else raw.rfind(b"\n", pos) + 1
                     stop = _HEADER_STOP.search(raw, pos, whole) if whole > pos else None
                     header_end = stop.start() + 1 if stop is not None else whole
-                    if header_end == whole and not self._at_end():
-                        if not top and (whole <= pos or self._header_line(whole)):
-                            return self._result("header_size")
+                    if (
+                        header_end == whole
+                        and not self._at_end()
+                        and not top
+                        and (whole <= pos or self._header_line(whole))
+                    ):
+                        return self._result("header_size")
                 raw = self.raw
                 end = len(raw)
                 if self.pattern is not None and header_end > pos:
