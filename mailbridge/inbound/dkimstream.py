@@ -96,9 +96,13 @@ class _Canonical:
 
     def _lines(self, text: bytes) -> None:
         """Whole lines: each ends in CRLF once canonical (a CR before it stays content, as per line)."""
-        text = text.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        if self.relaxed:
-            text = _WSP_RUN.sub(b" ", _WSP_BEFORE_EOL.sub(b"\r\n", text))
+        if text.count(b"\n") != text.count(b"\r\n"):  # bare LF lines
+            text = text.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        # The regexes have no literal to skip ahead on; base64 has no blanks at all: ask first.
+        if self.relaxed and (b" \r\n" in text or b"\t\r\n" in text):
+            text = _WSP_BEFORE_EOL.sub(b"\r\n", text)
+        if self.relaxed and (b"\t" in text or b"  " in text):
+            text = _WSP_RUN.sub(b" ", text)
         stripped = len(text.rstrip(b"\r\n"))
         if text.endswith(b"\r\n" * ((len(text) - stripped) // 2)) and (len(text) - stripped) % 2 == 0:
             empty = (len(text) - stripped) // 2 - (1 if stripped else 0)  # the first pair ends a line
