@@ -23,7 +23,7 @@ import functools
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -71,14 +71,10 @@ def _delimiter_pattern(boundaries: tuple[bytes, ...]) -> re.Pattern[bytes] | Non
 class _Reader:
     """A message file read in 1 MiB blocks: header lines one at a time, bodies as runs of whole lines
     up to the next delimiter line, found by one regex search per block instead of a Python step per line.
-
-    ``observers`` see every block as it is read (in file order, each byte once): the idempotency body
-    hash and the DKIM body hashes ride on this read instead of reading the file again.
     """
 
-    def __init__(self, handle: BinaryIO, observers: Sequence[Callable[[bytes], None]] = ()) -> None:
+    def __init__(self, handle: BinaryIO) -> None:
         self._handle = handle
-        self._observers = observers
         self.buf = b""
         self.pos = 0
         self.eof = False
@@ -93,8 +89,6 @@ class _Reader:
         if not block:
             self.eof = True
             return False
-        for observe in self._observers:
-            observe(block)
         self.buf = self.buf[self.pos :] + block if self.pos < len(self.buf) else block
         self.pos = 0
         return True
@@ -115,12 +109,6 @@ class _Reader:
         line = self.buf[self.pos : end]
         self.pos = end
         return line
-
-    def drain(self) -> None:
-        """Read to the end, for the observers (a message whose parse stopped early)."""
-        self.buf, self.pos = b"", 0
-        while self._fill():
-            self.buf, self.pos = b"", 0
 
     def until_delimiter(
         self, boundaries: list[bytes], feed: Callable[[bytes], None] | None
@@ -403,21 +391,18 @@ class _Walker:
             )
 
 
-def parse_file(
-    path: Path, spool_dir: Path, observers: Sequence[Callable[[bytes], None]] = ()
-) -> StreamedMail:
-    """Parse a message file in one read; ``observers`` see every byte of the file once, in order."""
+def parse_file(path: Path, spool_dir: Path) -> StreamedMail:
+    """Parse a message file in one read. The idempotency and DKIM body hashes do not ride on this
+    read but on the prescan's, which comes first and must (see ``pipeline.prescan``)."""
     spool_dir.mkdir(parents=True, exist_ok=True)
     with open(path, "rb") as handle:
-        reader = _Reader(handle, observers)
+        reader = _Reader(handle)
         top = _HEADER_PARSER.parsebytes(_read_headers(reader), headersonly=True)
         assert isinstance(top, EmailMessage)
         result = StreamedMail(message=top, defects=[type(d).__name__ for d in top.defects])
         walker = _Walker(reader, spool_dir, result)
         try:
             walker.part(top, [], 0)
-            if observers:
-                reader.drain()
         except Exception:
             result.cleanup()
             raise
