@@ -108,7 +108,7 @@ def _serve_child(conn: Connection, root: str, database_url: str, overrides: dict
         import uvicorn
 
         logging.basicConfig(level=logging.WARNING)
-        from mailbridge.runtime import http_config, install_loop_guards, start_ingress
+        from mailbridge.runtime import bind_http, http_config, install_loop_guards, start_ingress
         from tests.conftest import make_services
 
         services = make_services(Path(root), database_url, **overrides)
@@ -116,7 +116,9 @@ def _serve_child(conn: Connection, root: str, database_url: str, overrides: dict
         install_loop_guards(asyncio.get_running_loop())
         smtp = await start_ingress(services)
         http = uvicorn.Server(http_config(services))
-        serving = asyncio.create_task(http.serve())
+        # the socket is bound by bind_http, as `mailbridge serve` does: without it uvicorn listens on
+        # its default port, not http_listen, and every GET failed
+        serving = asyncio.create_task(http.serve(sockets=[bind_http(services.settings.http_listen)]))
         while not http.started:
             await asyncio.sleep(0.01)
         stop = asyncio.Event()

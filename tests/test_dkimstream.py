@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailbridge.inbound.authenticate import authenticate
-from mailbridge.inbound.dkimstream import canonical_body_digest
+from mailbridge.inbound.dkimstream import BodyDigests, canonical_body_digest
 from mailbridge.inbound.dns import StaticResolver
 from mailbridge.inbound.parse import parse_bytes
 from mailbridge.outbound.sign import generate_rsa_key, public_txt_value
@@ -67,6 +67,19 @@ def test_large_signed_message_verified_from_disk(tmp_path: Path) -> None:
         }
         streamed = authenticate(header_block, parse_bytes(header_block), body_path=path, **kwargs)  # type: ignore[arg-type]
         assert streamed.dkim == "pass" and streamed.aligned
+        # the digests the prescan's read takes: the verifier then never opens the file (it is absent)
+        taken = BodyDigests()
+        with open(path, "rb") as handle:
+            while block := handle.read(65536):
+                taken.feed(block)
+        ridden = authenticate(
+            header_block,
+            parse_bytes(header_block),
+            body_path=tmp_path / "absent.eml",
+            body_digests=taken.digests(),
+            **kwargs,  # type: ignore[arg-type]
+        )
+        assert ridden.dkim == "pass" and ridden.aligned
         whole = authenticate(path.read_bytes(), parse_bytes(path.read_bytes()), **kwargs)  # type: ignore[arg-type]
         assert whole.dkim == "pass"
         with open(path, "r+b") as handle:  # one byte of the body changes
@@ -74,3 +87,26 @@ def test_large_signed_message_verified_from_disk(tmp_path: Path) -> None:
             handle.write(b"X")
         tampered = authenticate(header_block, parse_bytes(header_block), body_path=path, **kwargs)  # type: ignore[arg-type]
         assert tampered.dkim == "fail"
+
+
+@settings(max_examples=500, deadline=None, derandomize=True, database=None)
+@given(st.lists(PIECES, max_size=30).map(b"".join), st.lists(st.integers(0, 80), max_size=5))
+def test_body_digests_in_pieces_equal_the_line_by_line_ones(body: bytes, cuts: list[int]) -> None:
+    """The digests taken while the prescan's read passes (runs of lines, cut anywhere) equal the
+    line-by-line ones, for both canonicalisations."""
+    head = (
+        b"From: a@client.test\r\nDKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=c.test;\r\n"
+        b" s=s1; bh=x; b=y\r\nDKIM-Signature: v=1; a=rsa-sha1; d=c.test; s=s1; bh=x; b=y\r\n\r\n"
+    )
+    raw = head + body
+    digests = BodyDigests()
+    start = 0
+    for cut in sorted(cuts):
+        digests.feed(raw[start:cut])
+        start = max(start, cut)
+    digests.feed(raw[start:])
+    lines = io.BytesIO(body).readlines()
+    assert digests.digests() == {
+        (True, b"rsa-sha256"): canonical_body_digest(lines, True, hashlib.sha256),
+        (False, b"rsa-sha1"): canonical_body_digest(lines, False, hashlib.sha1),
+    }

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import email
+import io
 from email import policy
 from email.message import Message
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mailbridge.inbound.prescan import PrescanLimits, PrescanResult, prescan
+from mailbridge.inbound import prescan as prescan_mod
+from mailbridge.inbound.prescan import PrescanLimits, PrescanResult, prescan_stream
 
 CORPORA = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora"
 LENIENT = PrescanLimits(require_crlf=False)
@@ -42,6 +46,20 @@ def normal_reply() -> bytes:
         + html
         + b"--==alt==--\r\n"
     )
+
+
+def prescan(raw: bytes, limits: PrescanLimits = PrescanLimits()) -> PrescanResult:
+    """The scan in memory; every test here also checks that the streamed scan a large message gets
+    (1 MiB slices, and 4 KiB or 100-byte ones so the slices cut headers and delimiters) says the same."""
+    result = prescan_mod.prescan(raw, limits)
+    saved = prescan_mod._SLICE
+    try:
+        for size in (saved, 4096, 100) if len(raw) < 300_000 else (saved, 65536):
+            prescan_mod._SLICE = size  # type: ignore[misc]
+            assert prescan_stream(io.BytesIO(raw), limits) == result, size
+    finally:
+        prescan_mod._SLICE = saved  # type: ignore[misc]
+    return result
 
 
 def refused(raw: bytes, reason: str, limits: PrescanLimits = PrescanLimits()) -> PrescanResult:
@@ -230,7 +248,7 @@ def test_corpora_pass_and_agree_with_the_parser() -> None:
 def test_line_endings_are_judged_exactly_across_the_slices_of_a_large_message(offset: int) -> None:
     """The bare CR/LF check runs over 1 MiB slices (so it never holds the GIL for long): a CRLF
     across a slice edge is fine, a lone CR or LF there is not."""
-    from mailbridge.inbound.prescan import _SLICE
+    _SLICE = prescan_mod._SLICE
 
     head = b"From: a@b.test\r\nSubject: big\r\n\r\n"
     at = _SLICE + offset - len(head)
@@ -254,3 +272,62 @@ def test_header_fields_the_parser_reads_structurally_are_capped() -> None:
     assert prescan(HEAD + long_subject + b"\r\nbody\r\n").ok  # 12 KB of an unstructured field is fine
     assert prescan(HEAD + huge_received + b"\r\nbody\r\n").reason == "header_field_size"  # over 32 KB
     assert prescan(HEAD + nested).reason == "header_field_size"  # a 7 KB Content-Type in a part
+
+
+_LINES = st.sampled_from(
+    [
+        b"Content-Type: multipart/mixed; boundary=a\r\n",
+        b"Content-Type: multipart/digest; boundary=b\r\n",
+        b"Content-Type: message/rfc822\r\n",
+        b"Content-Type: message/delivery-status\r\n",
+        b"Content-Type: text/plain\r\n",
+        b"X-Long: " + b"y" * 50 + b"\r\n",
+        b" folded\r\n",
+        b"--a\r\n",
+        b"--a--\r\n",
+        b"--b\r\n",
+        b"--b-- \t\r\n",
+        b"--ab\r\n",
+        b"--a-\r\n",
+        b"--b--x\r\n",
+        b"\r\n",
+        b"\n",
+        b"\n\n\n",
+        b"\r\n\r\n\r\n",
+        b"body text\r\n",
+        b"\r",
+        b"x" * 300,
+    ]
+)
+
+
+@settings(max_examples=600, deadline=None, derandomize=True, database=None)
+@given(
+    lines=st.lists(_LINES, max_size=60),
+    top=st.sampled_from([b"multipart/mixed; boundary=a", b"multipart/digest; boundary=b", b"message/rfc822"]),
+    slice_size=st.integers(1, 64),
+    crlf=st.booleans(),
+)
+def test_streamed_scan_equals_the_scan_in_memory(
+    lines: list[bytes], top: bytes, slice_size: int, crlf: bool
+) -> None:
+    """Headers, delimiters and blank lines cut anywhere by the slices; small caps so the window slides."""
+    raw = b"Subject: s\r\nContent-Type: " + top + b"\r\n\r\n" + b"".join(lines)
+    limits = PrescanLimits(
+        require_crlf=crlf, max_header_bytes=100, max_field_bytes=90, max_parsed_field_bytes=80, max_parts=30
+    )
+    saved = prescan_mod._SLICE
+    prescan_mod._SLICE = slice_size  # type: ignore[misc]
+    try:
+        assert prescan_stream(io.BytesIO(raw), limits) == prescan_mod.prescan(raw, limits)
+    finally:
+        prescan_mod._SLICE = saved  # type: ignore[misc]
+
+
+def test_streamed_scan_refuses_what_is_too_long_and_shows_every_byte() -> None:
+    raw = normal_reply()
+    seen = bytearray()
+    assert prescan_stream(io.BytesIO(raw), observers=[seen.extend]) == prescan_mod.prescan(raw)
+    assert bytes(seen) == raw
+    assert prescan_stream(io.BytesIO(raw), max_bytes=len(raw) - 1) is None
+    assert prescan_stream(io.BytesIO(raw), max_bytes=len(raw)) is not None

@@ -99,6 +99,7 @@ def authenticate(
     resolver: Resolver,
     trusted_authserv_ids: Collection[str] = (),
     body_path: Path | None = None,
+    body_digests: dict[tuple[bool, bytes], tuple[bytes, int]] | None = None,
 ) -> AuthResults:
     """DKIM, SPF and DMARC for one message; all DNS goes through ``resolver``.
 
@@ -119,7 +120,7 @@ def authenticate(
     if upstream is not None and "dkim" in upstream.methods:
         dkim_result, dkim_domains = upstream.dkim()
     else:
-        dkim_result, dkim_domains = _check_dkim(raw, resolver, body_path, from_domain)
+        dkim_result, dkim_domains = _check_dkim(raw, resolver, body_path, from_domain, body_digests)
 
     if upstream is not None:
         spf_result, spf_domain = upstream.spf(mail_from, helo)
@@ -220,15 +221,20 @@ _DKIM_PRECEDENCE: Final[tuple[DkimResult, ...]] = ("pass", "temperror", "fail", 
 
 
 def _check_dkim(
-    raw: bytes, resolver: Resolver, body_path: Path | None = None, from_domain: str = ""
+    raw: bytes,
+    resolver: Resolver,
+    body_path: Path | None = None,
+    from_domain: str = "",
+    body_digests: dict[tuple[bool, bytes], tuple[bytes, int]] | None = None,
 ) -> tuple[DkimResult, tuple[str, ...]]:
     """Verify every DKIM-Signature (up to a cap) and fold the results: any pass wins, then temperror.
 
     With ``body_path``, ``raw`` is the header block only and body hashes are streamed from the file
-    (a 100 MB message is never held whole, see dkimstream).
+    (a 100 MB message is never held whole, see dkimstream), or taken from ``body_digests`` when the
+    prescan's read computed them (the file is then not read again).
     """
     try:
-        verifier = StreamedBodyDKIM(raw, body_path) if body_path is not None else dkim.DKIM(raw)
+        verifier = StreamedBodyDKIM(raw, body_path, body_digests) if body_path is not None else dkim.DKIM(raw)
     except Exception:  # dkimpy's own header parse refused the message
         return ("permerror", ()) if re.search(rb"(?im)^dkim-signature\s*:", raw) else ("none", ())
     signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]

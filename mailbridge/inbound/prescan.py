@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import email.message
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email import policy
-from typing import Final, Literal
+from typing import BinaryIO, Final, Literal
 
-__all__ = ["PrescanLimits", "PrescanReason", "PrescanResult", "prescan"]
+__all__ = ["PrescanLimits", "PrescanReason", "PrescanResult", "prescan", "prescan_stream"]
 
 PrescanReason = Literal[
     "mime_depth",
@@ -64,6 +65,7 @@ _DEFAULT_LIMITS: Final = PrescanLimits()
 # MULTILINE mode is tried at every byte); callers search from the "\n" ending the previous line.
 # email.feedparser's header-line pattern: a line that does not match ends the header block.
 _HEADER_LINE: Final = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+_NAME_RUN: Final = re.compile(rb"[\x21-\x39\x3b-\x7e]*")
 _HEADER_STOP: Final = re.compile(rb"\n(?!From |[\x21-\x39\x3b-\x7e]*:|[\t ])")
 _BLANK_LINE: Final = re.compile(rb"\n\r?\n")
 _CONTENT_TYPE_NAME: Final = re.compile(rb"\ncontent-type[ \t]*:", re.IGNORECASE)
@@ -92,7 +94,99 @@ def prescan(raw: bytes, limits: PrescanLimits = _DEFAULT_LIMITS) -> PrescanResul
     """
     if not _line_endings_ok(raw, limits.require_crlf):
         return PrescanResult(False, "bare_line_ending", 0, 0)
+    return _scan(raw, limits, None)
 
+
+def prescan_stream(
+    handle: BinaryIO,
+    limits: PrescanLimits = _DEFAULT_LIMITS,
+    observers: Sequence[Callable[[bytes], None]] = (),
+    max_bytes: int | None = None,
+) -> PrescanResult | None:
+    """``prescan`` over a file read once, in 1 MiB slices, never holding the whole message: the same
+    result as ``prescan`` on its bytes, or None when it holds more than ``max_bytes``.
+
+    The walk keeps a window: an entity's header block (or more than the limit allows), and in a body
+    only the tail of the last slice searched (a newline may start the next delimiter). Line endings are
+    checked slice by slice with one byte of state (did the last slice end in CR); the scan reads to the
+    end even when the walk is done early, so the result does not depend on where a CR falls, and so
+    every ``observer`` sees every byte, once, in order (the pipeline hashes the body for the idempotency
+    key and for DKIM on this same read: issue 17 item 2).
+
+    One difference, for lines longer than a slice: a delimiter line padded with more than ~1 MiB of
+    blanks is not seen here (``prescan`` would see it); a bomb cannot be built of those.
+    """
+    source = _Source(handle, limits.require_crlf, observers, max_bytes)
+    window = b""
+    while len(window) < limits.max_header_bytes + 4 and (block := source.read()):
+        window += block
+    result = _scan(window, limits, source)
+    del window
+    source.drain()
+    if source.too_big:
+        return None
+    if not source.line_endings_ok:
+        return PrescanResult(False, "bare_line_ending", 0, 0)
+    return result
+
+
+class _Source:
+    """A message file in slices for ``prescan_stream``: line endings checked as they pass."""
+
+    def __init__(
+        self,
+        handle: BinaryIO,
+        require_crlf: bool,
+        observers: Sequence[Callable[[bytes], None]],
+        max_bytes: int | None,
+    ) -> None:
+        self._handle = handle
+        self._require_crlf = require_crlf
+        self._observers = observers
+        self._max_bytes = max_bytes
+        self._cr = False  # the last slice ended in CR: the next must start with LF
+        self.eof = False
+        self.too_big = False
+        self.line_endings_ok = True
+        self.size = 0
+        self.reads = 0
+
+    def read(self) -> bytes:
+        if self.eof:
+            return b""
+        block = self._handle.read(_SLICE)
+        self.reads += 1
+        if not block:
+            self.eof = True
+            self.line_endings_ok = self.line_endings_ok and not self._cr
+            return b""
+        self.size += len(block)
+        if self._max_bytes is not None and self.size > self._max_bytes:
+            self.eof = self.too_big = True
+            return b""
+        if self.line_endings_ok:
+            self.line_endings_ok = self._endings_ok(block)
+        for observe in self._observers:
+            observe(block)
+        return block
+
+    def _endings_ok(self, block: bytes) -> bool:
+        crlf = block.count(b"\r\n")
+        joined = self._cr and block.startswith(b"\n")  # a CRLF across the two slices
+        if self._cr and not joined:
+            return False
+        self._cr = block.endswith(b"\r")
+        if block.count(b"\r") - crlf - self._cr:
+            return False
+        return not self._require_crlf or block.count(b"\n") - crlf - joined == 0
+
+    def drain(self) -> None:
+        while self.read():
+            pass
+
+
+def _scan(raw: bytes, limits: PrescanLimits, source: _Source | None) -> PrescanResult:
+    """The top-level header checks and the MIME walk, over the message or a window on it."""
     if raw.startswith((b"\r\n", b"\n")):
         header_end = 0
     else:
@@ -116,7 +210,7 @@ def prescan(raw: bytes, limits: PrescanLimits = _DEFAULT_LIMITS) -> PrescanResul
     lowered = b"\n" + block.lower()
     if lowered.count(b"\nreceived:") > limits.max_received:
         return PrescanResult(False, "loop_received", 0, 0)
-    return _Walker(raw, limits).run()
+    return _Walker(raw, limits, source).run()
 
 
 # Fields the stdlib parses with its (slow) structured parsers when they are read.
@@ -145,6 +239,7 @@ def _field_too_long(block: bytes, limits: PrescanLimits) -> bool:
 
 
 _SLICE: Final = 1 << 20
+_LONG_LINE: Final = 1 << 20  # streamed: a partial line longer than this is not kept whole
 
 
 def _line_endings_ok(raw: bytes, require_crlf: bool) -> bool:
@@ -176,8 +271,9 @@ def _field_count(block: bytes) -> int:
 class _Walker:
     """Linear MIME walk; the state is a stack of enclosing containers, never recursion."""
 
-    def __init__(self, raw: bytes, limits: PrescanLimits) -> None:
-        self.raw = raw
+    def __init__(self, raw: bytes, limits: PrescanLimits, source: _Source | None = None) -> None:
+        self.raw = raw  # the whole message, or (``source`` given) a window on it
+        self.source = source
         self.limits = limits
         # One entry per open container: (boundary, is_digest) for a multipart, (None, False) for message/*.
         self.stack: list[tuple[bytes | None, bool]] = []
@@ -218,9 +314,104 @@ class _Walker:
             self._reindex()
 
     def _line_after(self, index: int) -> int:
-        """Start of the line following the one containing ``index``."""
+        """Start of the line following the one containing ``index`` (streamed: what was before it
+        may be dropped from the window)."""
         nl = self.raw.find(b"\n", index)
+        while nl < 0 and self._more(len(self.raw)):  # a long line: nothing of it is needed
+            nl = self.raw.find(b"\n")
         return len(self.raw) if nl < 0 else nl + 1
+
+    def _at_end(self) -> bool:
+        return self.source is None or self.source.eof
+
+    def _header_line(self, at: int) -> bool:
+        """Is the line at ``at`` a header line (feedparser's test)? Streamed, a line running past the
+        window is read on until its run of name characters ends; that run (no newline in it) is dropped."""
+        while len(self.raw) - at < 5 and self._more(0):  # "From " takes five bytes
+            pass
+        raw = self.raw
+        if _HEADER_LINE.match(raw, at):
+            return True
+        run = _NAME_RUN.match(raw, at)
+        if run is None or run.end() < len(raw) or self._at_end():
+            return False
+        while block := self.source.read() if self.source is not None else b"":
+            end = _NAME_RUN.match(block)
+            if end is not None and end.end() < len(block):
+                self.raw = raw + block[end.end() :]
+                return block[end.end()] == ord(":")
+        return False
+
+    def _more(self, keep_from: int) -> bool:
+        """Streamed: drop ``raw[:keep_from]`` and append one slice; False at the end (or in memory)."""
+        if self.source is None:
+            return False
+        block = self.source.read()
+        if not block:
+            return False
+        self.raw = self.raw[keep_from:] + block
+        return True
+
+    def _ensure(self, pos: int, need: int) -> int:
+        """Streamed: make the window hold ``raw[pos - 1 : pos + need]`` (or to the end); pos's new index."""
+        while len(self.raw) < pos + need:
+            keep = max(pos - 1, 0)
+            if not self._more(keep):
+                break
+            pos -= keep
+        return pos
+
+    def _next_delimiter(
+        self, pos: int, count_blocks: bool = False
+    ) -> tuple[re.Match[bytes] | None, int, int]:
+        """The next delimiter line of an open multipart from ``pos - 1`` on, pos's new index, and (with
+        ``count_blocks``) the blank lines before it. Streamed, the window slides a slice at a time,
+        keeping the newline that may start a delimiter; only whole lines are searched, so the
+        pattern's end-of-text anchor is never met before the real end."""
+        blocks = 0
+        count_from = [pos, pos]  # per blank-line form: counts never overlap, nor may they across windows
+        while True:
+            raw = self.raw
+            at_end = self.source is None or self.source.eof
+            stop = len(raw) if at_end else raw.rfind(b"\n", max(pos - 1, 0)) + 1
+            found = None
+            if self.pattern is not None and stop > max(pos - 1, 0):
+                found = self.pattern.search(raw, max(pos - 1, 0), stop)
+            sliding = found is None and not at_end
+            # A partial line longer than _LONG_LINE is dropped but for its last byte (bounded memory; a
+            # delimiter line is never that long unless padded with blanks); otherwise the window keeps
+            # the last newline (a delimiter after it starts with it) and two bytes before it (a blank
+            # line may end on it).
+            long_tail = len(raw) - stop > _LONG_LINE
+            keep = max(len(raw) - 1, 0) if long_tail else max(stop - 3, 0)
+            if count_blocks:
+                for index, blank in enumerate((b"\n\n", b"\n\r\n")):
+                    first = count_from[index]
+                    # the last newline may start the delimiter, which the count stops before
+                    upto = found.start() if found is not None else len(raw) if not sliding else stop
+                    if sliding and not long_tail:
+                        upto = max(stop - 1, 0)
+                    counted = raw.count(blank, first, upto) if upto > first else 0
+                    blocks += counted
+                    if sliding:
+                        # the next window counts from the last counted blank line's end when it falls in
+                        # the three bytes kept, else from the first of them: the same count as in one piece
+                        resume = keep
+                        for end_at in (upto, upto - 1):
+                            if (
+                                end_at > keep
+                                and end_at - 1 > first
+                                and raw.count(blank, first, end_at) != raw.count(blank, first, end_at - 1)
+                            ):
+                                resume = end_at
+                                break
+                        count_from[index] = max(resume, first)
+            if not sliding:
+                return found, pos, blocks
+            if not self._more(keep):
+                continue  # the end was reached: search the rest as the final text
+            pos = 1 if long_tail else max(pos, stop) - keep
+            count_from = [max(at - keep, 0) for at in count_from]
 
     def _content_type(self, start: int, stop: int) -> bytes | None:
         """Unfolded value of the first Content-Type field in the header block ``raw[start:stop]``."""
@@ -239,8 +430,6 @@ class _Walker:
         return _LINE_BREAKS.sub(b"", value).rstrip(b"\r\n")
 
     def run(self) -> PrescanResult:
-        raw = self.raw
-        end = len(raw)
         pos = 0
         top = True
         in_headers = True
@@ -249,11 +438,26 @@ class _Walker:
             if in_headers:
                 # Header state: one entity's header block. It ends, as in feedparser, at a blank or
                 # non-header line, or at a delimiter of an enclosing multipart (then it has no body).
-                if pos >= end or not _HEADER_LINE.match(raw, pos):
+                # Streamed, the window holds the whole block, or more than the limit allows.
+                pos = self._ensure(pos, self.limits.max_header_bytes + 2)
+                if pos >= len(self.raw) or not self._header_line(pos):
                     header_end = pos
                 else:
-                    stop = _HEADER_STOP.search(raw, pos)
-                    header_end = stop.start() + 1 if stop is not None else end
+                    raw = self.raw
+                    # Streamed, only whole lines are judged; a line running past the window (which
+                    # holds more than the limit) makes the block too large if it is a header line.
+                    whole = len(raw) if self._at_end() else raw.rfind(b"\n", pos) + 1
+                    stop = _HEADER_STOP.search(raw, pos, whole) if whole > pos else None
+                    header_end = stop.start() + 1 if stop is not None else whole
+                    if (
+                        header_end == whole
+                        and not self._at_end()
+                        and not top
+                        and (whole <= pos or self._header_line(whole))
+                    ):
+                        return self._result("header_size")
+                raw = self.raw
+                end = len(raw)
                 if self.pattern is not None and header_end > pos:
                     delimiter = self.pattern.search(raw, pos - 1, header_end)
                     if delimiter is not None:
@@ -273,6 +477,7 @@ class _Walker:
                 pos = header_end
                 if pos < end and (hit is not None or raw[pos] in b"\r\n"):
                     pos = self._line_after(pos)  # consume the blank separator or the delimiter line
+                    raw = self.raw
                 top = False
                 in_headers = False
                 if hit is None:
@@ -292,10 +497,10 @@ class _Walker:
                         return self._result("mime_depth")
                     if kind == "delivery-status":
                         # Each blank-line separated block becomes one child Message object in the parse.
-                        following = self.pattern.search(raw, pos - 1) if self.pattern is not None else None
-                        stop_at = following.start() if following is not None else end
-                        blocks = raw.count(b"\n\n", pos, stop_at) + raw.count(b"\n\r\n", pos, stop_at) + 1
-                        self.parts += blocks
+                        following, pos, blocks = self._next_delimiter(pos, count_blocks=True)
+                        # the body state below finds this same delimiter again, without reading
+                        pos = following.start() + 1 if following is not None else len(self.raw)
+                        self.parts += blocks + 1
                         self.depth = max(self.depth, len(self.stack) + 1)
                         if self.parts > self.limits.max_parts:
                             return self._result("mime_parts")
@@ -304,7 +509,7 @@ class _Walker:
                 # Body state: jump to the next delimiter line of any open multipart.
                 if self.pattern is None:
                     return self._result(None)
-                found = self.pattern.search(raw, max(pos - 1, 0))
+                found, pos, _blocks = self._next_delimiter(pos)
                 if found is None:
                     return self._result(None)  # no (further) delimiter: a defect at worst, not a bomb
                 hit = (self.levels[found.group(1)], found.group(2) is not None)
