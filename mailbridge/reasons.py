@@ -516,6 +516,14 @@ _ENTRIES: tuple[tuple[str, str, str, str, str, str], ...] = (
         "Demandez moins de fichiers par e-mail.",
     ),
     (
+        "padded_delimiter",
+        "refused",
+        "A part boundary is padded with over a megabyte of blanks, a shape only made to hide parts from checks.",
+        "Ask the sender to send the message again from an ordinary mail program.",
+        "Une limite de partie est complétée par plus d'un mégaoctet de blancs, une forme faite pour cacher des parties aux contrôles.",
+        "Demandez de renvoyer le message depuis un logiciel de messagerie ordinaire.",
+    ),
+    (
         "header_size",
         "refused",
         "The message's headers are larger than 256 KB.",

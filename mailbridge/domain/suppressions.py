@@ -152,8 +152,11 @@ def active_among(
 def sql_comparable(address: str) -> bool:
     """True when SQL's ``lower(address)`` is exactly ``normalize(address)``, so a join on it finds
     the same suppression ``active_among`` would (``conversation_for_policy(fanout=True)``): ASCII
-    (SQLite's ``lower`` folds nothing else) with nothing around it for ``normalize`` to strip."""
-    return address.isascii() and normalize(address) == address.lower()
+    (SQLite's ``lower`` folds nothing else) with nothing around it for ``normalize`` to strip, and
+    already in lower case, so that ``lower`` has nothing to fold whatever the database's collation
+    (a Turkish one folds ``I`` to a dotless ``ı``: a review finding). Any other address is looked up
+    apart, exactly."""
+    return address.isascii() and normalize(address) == address
 
 
 def active_for(session: Session, practice_id: int, address: str) -> Suppression | None:

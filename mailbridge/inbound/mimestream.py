@@ -79,6 +79,7 @@ class _Reader:
         self.pos = 0
         self.eof = False
         self.reads = 0  # read() calls, for the measurements in docs/benchmarks.md
+        self._before = b""  # the byte before ``buf`` (dropped by ``_fill``): b"" at the file's start
 
     def _fill(self) -> bool:
         """Append one block to what is left of the buffer; False at the end of the file."""
@@ -89,9 +90,17 @@ class _Reader:
         if not block:
             self.eof = True
             return False
+        if self.pos:
+            self._before = self.buf[self.pos - 1 : self.pos]
         self.buf = self.buf[self.pos :] + block if self.pos < len(self.buf) else block
         self.pos = 0
         return True
+
+    def _at_line_start(self) -> bool:
+        """Is ``pos`` where a line begins? Not after the first MiB of a longer line: feedparser never
+        takes the middle of a line for a delimiter, and the prescan does not count one there."""
+        before = self.buf[self.pos - 1 : self.pos] if self.pos else self._before
+        return before in (b"", b"\n")
 
     def readline(self) -> bytes:
         """The next line with its newline (at most ``_LINE_LIMIT`` bytes), b"" at the end."""
@@ -128,7 +137,7 @@ class _Reader:
             else:
                 stop = len(self.buf) if self.eof else self.buf.rfind(b"\n", self.pos) + 1
             first = self.pos
-            if self.buf.startswith(b"--", self.pos):  # pos is always at the start of a line
+            if self.buf.startswith(b"--", self.pos) and self._at_line_start():
                 newline = self.buf.find(b"\n", self.pos, stop)
                 end = newline + 1 if newline >= 0 else stop
                 found = _delimiter(self.buf[self.pos : end], boundaries)
@@ -156,6 +165,29 @@ class _Reader:
             start = cut
         if stop > start:
             feed(buf[start:stop])
+
+
+_PAD_RUNS = re.compile(rb"([^=])")
+
+
+def _pending_group(tail: bytes) -> bytes:
+    """The unfinished group kept for the next run (fewer than 4 alphabet characters, starting at a
+    group edge) without the pads that cannot matter: the stdlib ignores a pad before a group's
+    third character and stops at the second after it (or the first after its fourth), so at most
+    ``xx==`` or ``xxx=`` is kept. Without this a body of pads was held, and copied again at every
+    run, whole (a review finding: quadratic time, unbounded memory)."""
+    if b"=" not in tail:
+        return tail
+    pieces = _PAD_RUNS.split(tail)  # pads, character, pads, character, ..., pads
+    kept = bytearray()
+    for index, piece in enumerate(pieces):
+        if index % 2:
+            kept += piece
+        else:
+            characters = index // 2  # of the group, before these pads
+            if characters >= 2:
+                kept += piece[: 4 - characters]
+    return bytes(kept)
 
 
 def _read_headers(reader: _Reader) -> bytes:
@@ -262,7 +294,7 @@ class _Sink:
                     rest -= 1
                 if cut == 0:
                     break
-        whole, self._b64 = data[:cut], data[cut:]
+        whole, self._b64 = data[:cut], _pending_group(data[cut:])
         if whole:
             expected = (len(whole) - (whole.count(b"=") if padded else 0)) // 4 * 3
             try:

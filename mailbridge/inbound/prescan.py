@@ -20,6 +20,7 @@ PrescanReason = Literal[
     "nul_in_header",
     "bare_line_ending",
     "loop_received",
+    "padded_delimiter",
 ]
 
 
@@ -113,14 +114,19 @@ def prescan_stream(
     every ``observer`` sees every byte, once, in order (the pipeline hashes the body for the idempotency
     key and for DKIM on this same read: issue 17 item 2).
 
-    One difference, for lines longer than a slice: a delimiter line padded with more than ~1 MiB of
-    blanks is not seen here (``prescan`` would see it); a bomb cannot be built of those.
+    One difference, for lines longer than a slice: the window keeps no line whole past ~1 MiB, so a
+    delimiter line padded with more blanks than that cannot be followed here; the MIME parser would
+    still take it for a delimiter and find whatever parts it hides. Such a line is refused
+    (``padded_delimiter``): no mail program writes one.
     """
     source = _Source(handle, limits.require_crlf, observers, max_bytes)
     window = b""
     while len(window) < limits.max_header_bytes + 4 and (block := source.read()):
         window += block
-    result = _scan(window, limits, source)
+    try:
+        result = _scan(window, limits, source)
+    except _PaddedDelimiter:
+        result = PrescanResult(False, "padded_delimiter", 0, 0)
     del window
     source.drain()
     if source.too_big:
@@ -239,7 +245,9 @@ def _field_too_long(block: bytes, limits: PrescanLimits) -> bool:
 
 
 _SLICE: Final = 1 << 20
-_LONG_LINE: Final = 1 << 20  # streamed: a partial line longer than this is not kept whole
+# Streamed: a partial line longer than this is not kept whole; mimestream's _LINE_LIMIT, the part of
+# a longer line it judges alone (tests/test_prescan.py checks they agree).
+_LONG_LINE: Final = 1 << 20
 
 
 def _line_endings_ok(raw: bytes, require_crlf: bool) -> bool:
@@ -266,6 +274,10 @@ def _field_count(block: bytes) -> int:
     lines = block.count(b"\n") + (0 if block.endswith(b"\n") or not block else 1)
     continuations = block.count(b"\n ") + block.count(b"\n\t") + (1 if block[:1] in (b" ", b"\t") else 0)
     return lines - continuations
+
+
+class _PaddedDelimiter(Exception):
+    """A delimiter line too long for the streamed window (see ``prescan_stream``)."""
 
 
 class _Walker:
@@ -383,6 +395,8 @@ class _Walker:
             # the last newline (a delimiter after it starts with it) and two bytes before it (a blank
             # line may end on it).
             long_tail = len(raw) - stop > _LONG_LINE
+            if long_tail and self._padded_delimiter(raw, stop):
+                raise _PaddedDelimiter
             keep = max(len(raw) - 1, 0) if long_tail else max(stop - 3, 0)
             if count_blocks:
                 for index, blank in enumerate((b"\n\n", b"\n\r\n")):
@@ -412,6 +426,15 @@ class _Walker:
                 continue  # the end was reached: search the rest as the final text
             pos = 1 if long_tail else max(pos, stop) - keep
             count_from = [max(at - keep, 0) for at in count_from]
+
+    def _padded_delimiter(self, raw: bytes, start: int) -> bool:
+        """Would the MIME parser take the long line at ``raw[start:]`` (about to be dropped) for a
+        delimiter? ``mimestream`` judges the first ``_LONG_LINE`` bytes of a longer line alone, as
+        feedparser judges a whole line: an open boundary, then nothing but blanks."""
+        if start == 0 or raw[start - 1 : start] != b"\n":
+            return False  # the rest of a line whose start was judged in an earlier window
+        head = raw[start : start + _LONG_LINE].rstrip(b"\r\n \t")
+        return any(head in (b"--" + boundary, b"--" + boundary + b"--") for boundary in self.levels)
 
     def _content_type(self, start: int, stop: int) -> bytes | None:
         """Unfolded value of the first Content-Type field in the header block ``raw[start:stop]``."""
