@@ -1,17 +1,17 @@
 """Large messages, read as a stream: attachments decoded straight into temporary files, memory stays flat.
 
 The stdlib parser holds the whole message, its text and every decoded part at once (about 4x a
-100 MB attachment). Past ``STREAM_THRESHOLD`` the pipeline reads the spooled file in 1 MiB blocks
+100 MB attachment). Past ``STREAM_THRESHOLD`` the pipeline reads the spooled file in 256 KiB blocks
 instead: the header blocks still go through the stdlib (``BytesParser``, ``policy.default``), bodies
 are decoded (base64, quoted-printable, 7bit/8bit/binary) into files under the spool directory. Written
 by hand because no library streams MIME bodies to disk with the stdlib's header semantics; it follows
 ``email.feedparser``'s boundary rules (an enclosing delimiter ends a part).
 
 Bodies are not walked line by line in Python (issue 17 item 2): one regex search per block finds the
-candidate delimiter lines, and the lines between go to ``binascii`` a run (up to 1 MiB) at a time. A
+candidate delimiter lines, and the lines between go to ``binascii`` a run (up to a block) at a time. A
 137 MB message with a 100 MB attachment took 1.75 M Python steps and ≈ 1.1 s of CPU (5.5 s under
-cProfile) holding the GIL all along, stalling the event loop; it now takes ≈ 130 reads and ≈ 400
-decoder calls of ≤ 3 ms each (≈ 0.5 s, two thirds of it ``a2b_base64``), so the loop gets a turn
+cProfile) holding the GIL all along, stalling the event loop; it now takes ≈ 530 reads and ≈ 1,100
+decoder calls of ≤ 1 ms each (≈ 0.5 s, two thirds of it ``a2b_base64``), so the loop gets a turn
 between any two of them.
 """
 
@@ -52,7 +52,11 @@ class StreamedMail(ParsedMail):
             path.unlink(missing_ok=True)
 
 
-_BLOCK = 1024 * 1024  # bytes read at a time, and the most any one C call below works on
+# Bytes read at a time, and the most any one C call below works on: each such call holds the GIL
+# (≈ 0.7 ms at 256 KiB), and every other thread of the process — small replies' pipelines, the API's
+# reads — waits for it at each of its own statements and reads. 1 MiB blocks put p99 of small
+# replies at 2-4 × idle while a 137 MB message was parsed (docs/benchmarks.md, isolation).
+_BLOCK = 256 * 1024
 _LINE_LIMIT = 1024 * 1024  # a longer line counts as several, as ``readline(1 MiB)`` read it before
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _NOT_BASE64 = bytes(c for c in range(256) if c not in _BASE64_ALPHABET + b"=")
@@ -69,7 +73,7 @@ def _delimiter_pattern(boundaries: tuple[bytes, ...]) -> re.Pattern[bytes] | Non
 
 
 class _Reader:
-    """A message file read in 1 MiB blocks: header lines one at a time, bodies as runs of whole lines
+    """A message file read in 256 KiB blocks: header lines one at a time, bodies as runs of whole lines
     up to the next delimiter line, found by one regex search per block instead of a Python step per line.
     """
 
@@ -220,7 +224,7 @@ class _Sink:
     """Decodes one part's body as it streams, a run of whole lines at a time: to memory for inline
     text (at most ``TEXT_LIMIT`` and one run), to a temp file otherwise.
 
-    Base64 and quoted-printable are decoded by ``binascii`` over each run (up to 1 MiB), never line by
+    Base64 and quoted-printable are decoded by ``binascii`` over each run (up to a block), never line by
     line in Python: the results equal the stdlib's decoding of the whole body (``email.message``'s
     ``get_payload(decode=True)``), which the property tests check on bodies cut at random places.
     """

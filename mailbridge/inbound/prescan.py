@@ -104,7 +104,7 @@ def prescan_stream(
     observers: Sequence[Callable[[bytes], None]] = (),
     max_bytes: int | None = None,
 ) -> PrescanResult | None:
-    """``prescan`` over a file read once, in 1 MiB slices, never holding the whole message: the same
+    """``prescan`` over a file read once, in 256 KiB slices, never holding the whole message: the same
     result as ``prescan`` on its bytes, or None when it holds more than ``max_bytes``.
 
     The walk keeps a window: an entity's header block (or more than the limit allows), and in a body
@@ -114,7 +114,7 @@ def prescan_stream(
     every ``observer`` sees every byte, once, in order (the pipeline hashes the body for the idempotency
     key and for DKIM on this same read: issue 17 item 2).
 
-    One difference, for lines longer than a slice: the window keeps no line whole past ~1 MiB, so a
+    One difference, for lines longer than 1 MiB: the window keeps no line whole past ~1 MiB, so a
     delimiter line padded with more blanks than that cannot be followed here; the MIME parser would
     still take it for a delimiter and find whatever parts it hides. Such a line is refused
     (``padded_delimiter``): no mail program writes one.
@@ -244,7 +244,7 @@ def _field_too_long(block: bytes, limits: PrescanLimits) -> bool:
     return False
 
 
-_SLICE: Final = 1 << 20
+_SLICE: Final = 1 << 18  # 256 KiB, for the GIL's sake: see mimestream._BLOCK
 # Streamed: a partial line longer than this is not kept whole; mimestream's _LINE_LIMIT, the part of
 # a longer line it judges alone (tests/test_prescan.py checks they agree).
 _LONG_LINE: Final = 1 << 20
@@ -253,7 +253,7 @@ _LONG_LINE: Final = 1 << 20
 def _line_endings_ok(raw: bytes, require_crlf: bool) -> bool:
     """No bare CR (and with ``require_crlf`` no bare LF), counted slice by slice: one ``count`` over a
     137 MB message holds the GIL for half a second, stalling the event loop and every other thread;
-    over 1 MiB slices the interpreter can switch threads between them. A CRLF across a slice edge
+    over 256 KiB slices the interpreter can switch threads between them. A CRLF across a slice edge
     is counted in the slice where it starts."""
     end = len(raw)
     for start in range(0, end, _SLICE):

@@ -1,0 +1,21 @@
+"""A serving process hands the GIL over every 0.5 ms (runtime.share_the_gil; docs/benchmarks.md,
+isolation): set when the ingress starts, never lengthened."""
+
+from __future__ import annotations
+
+import sys
+
+from mailbridge import runtime
+
+
+def test_the_switch_interval_is_shortened_not_lengthened() -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        runtime.share_the_gil()
+        assert sys.getswitchinterval() == runtime.GIL_SWITCH_SECONDS
+        sys.setswitchinterval(0.0001)
+        runtime.share_the_gil()
+        assert sys.getswitchinterval() == 0.0001  # an operator's shorter choice stays
+    finally:
+        sys.setswitchinterval(before)
