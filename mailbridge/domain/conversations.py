@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, insert, select, update
+from sqlalchemy import Table, Text, and_, bindparam, cast, func, insert, select, update
 from sqlalchemy.orm import Session, contains_eager, lazyload, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -37,7 +37,7 @@ from mailbridge.domain.models import (
     new_id,
     utcnow,
 )
-from mailbridge.domain.practice_settings import PracticeSettings
+from mailbridge.domain.practice_settings import PracticeSettings, settings_from_json
 from mailbridge.domain.suppressions import Block
 from mailbridge.domain.visibility import readable_by
 from mailbridge.policy.rules import (
@@ -201,7 +201,7 @@ _POST_VIEW = (
         _C.c.company_id,
         _C.c.deleted_at,
         _P.c.slug,
-        _P.c.settings,
+        cast(_P.c.settings, Text).label("settings_text"),  # validated once per text: settings_from_json
         _PT.c.user_id,
         _PT.c.removed_at,
         _U.c.external_id,
@@ -269,7 +269,7 @@ def post_view(session: Session, conversation_id: str) -> PostView | None:
         kind=first.kind,
         company_id=first.company_id,
         deleted=first.deleted_at is not None,
-        settings=PracticeSettings.model_validate(first.settings or {}),
+        settings=settings_from_json(first.settings_text),
         members=members,
     )
 
